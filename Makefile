@@ -1,0 +1,31 @@
+# Quick start: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Until the daemon lands (issue 5), the demo validates and plans the example config.
+demo: $(BIN)/.installed
+	$(BIN)/mailsync validate -c config.example.yaml
+	$(BIN)/mailsync plan -c config.example.yaml
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/ruff check mailsync tests bench
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/config_bench.py
+
+clean:
+	rm -rf $(VENV) var demo .pytest_cache .hypothesis

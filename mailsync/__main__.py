@@ -1,0 +1,3 @@
+from mailsync.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""The ``mailsync`` command line: parse, call, print. Exit 0 ok, 1 failure, 2 usage."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailsync import __version__
+from mailsync.config.load import Loaded, load_file, load_text
+from mailsync.config.problems import Problem, summary
+from mailsync.errors import ConfigError, StoreError
+
+DEFAULT_CONFIG = "config.yaml"
+
+config_option = click.option(
+    "-c", "--config", "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("MAILSYNC_CONFIG", DEFAULT_CONFIG),
+    show_default="config.yaml, or $MAILSYNC_CONFIG",
+    help="The configuration file.",
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+    show_default=True, help="Output format.",
+)
+
+
+class Exit(click.exceptions.Exit):
+    """Leave with an exit code after printing."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailsync")
+def main() -> None:
+    """mailsync: a declarative, configuration-as-code mail daemon."""
+
+
+def _print_problems(problems: tuple[Problem, ...] | list[Problem], *, err: bool = False) -> None:
+    for p in problems:
+        click.echo(p.render(), err=err)
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@format_option
+def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
+    """Check configuration FILES (default: the -c file) against the schema and the rules.
+
+    Prints every problem as FILE:LINE:COL: error|warning: PATH: message, then a summary.
+    Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable.
+    """
+    targets = list(files) or [config_path]
+    problems: list[Problem] = []
+    unreadable = False
+    for target in targets:
+        try:
+            loaded = load_file(target)
+        except ConfigError as exc:
+            click.echo(f"{exc}", err=True)
+            unreadable = True
+            continue
+        problems.extend(loaded.problems)
+    if fmt == "json":
+        click.echo(json.dumps([p.as_dict() for p in problems], indent=2))
+    else:
+        _print_problems(problems)
+        click.echo(summary(problems))
+    if unreadable:
+        raise Exit(2)
+    if any(p.severity == "error" for p in problems):
+        raise Exit(1)
+
+
+def _read_loaded(path: Path, base_dir: Path) -> Loaded | ConfigError:
+    from mailsync.config.load import read_text
+
+    try:
+        return load_text(read_text(path), str(path), base_dir, validate=False)
+    except ConfigError as exc:
+        return exc
+
+
+def _checked(loaded: Loaded | ConfigError, name: str) -> Loaded:
+    """Exit 1 (with every problem printed) unless ``loaded`` holds a model."""
+    if isinstance(loaded, ConfigError):
+        click.echo(f"error: {loaded}", err=True)
+        raise Exit(1)
+    if loaded.config is None:
+        _print_problems(loaded.problems, err=True)
+        click.echo(f"{name}: refused: {summary(list(loaded.problems))}", err=True)
+        raise Exit(1)
+    return loaded
+
+
+def _load_or_exit(path: Path) -> Loaded:
+    try:
+        loaded: Loaded | ConfigError = load_file(path)
+    except ConfigError as exc:
+        loaded = exc
+    return _checked(loaded, str(path))
+
+
+@main.command()
+@config_option
+@click.option("--against", type=click.Path(dir_okay=False, path_type=Path),
+              help="Compare with this file instead of the config the daemon last applied.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@format_option
+def plan(config_path: Path, against: Path | None, detailed_exitcode: bool, fmt: str) -> None:
+    """Show what applying the -c file would change, like a Terraform plan.
+
+    Compares with the configuration the daemon last applied (kept in state_dir), or
+    with --against FILE, e.g. --against <(git show main:config.yaml).
+    """
+    from mailsync.plan import diff
+
+    base_dir = config_path.resolve().parent
+    pending = None
+    if against is not None:
+        from mailsync.forked import Forked
+
+        # The other side is only compared with (checked in full only if it does not fit
+        # the model); it is parsed in a forked child while this process checks the new file.
+        other = against
+        pending = Forked(lambda: _read_loaded(other, base_dir))
+    new = _load_or_exit(config_path)
+    assert new.config is not None
+    old_config = None
+    if pending is not None:
+        old_loaded = _checked(pending.result(), str(against))
+        old_config = old_loaded.config
+        compared = str(against)
+    else:
+        old_config, compared = _last_applied(new, base_dir)
+    _print_problems(new.warnings, err=True)
+    result = diff(old_config, new.config)
+    if fmt == "json":
+        out: dict[str, Any] = {"file": str(config_path), "against": compared, **result.as_dict()}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(result.render())
+    if detailed_exitcode and not result.empty:
+        raise Exit(2)
+
+
+def _last_applied(new: Loaded, base_dir: Path) -> tuple[Any, str]:
+    from mailsync.store import Store
+
+    assert new.config is not None
+    state_dir = new.config.daemon.state_dir
+    try:
+        store = Store.open(state_dir, create=False)
+    except StoreError:
+        return None, "(nothing applied yet)"
+    try:
+        applied = store.last_applied_config()
+    finally:
+        store.close()
+    if applied is None:
+        return None, "(nothing applied yet)"
+    loaded = load_text(applied.text, f"{state_dir}/applied config", base_dir, validate=False)
+    if loaded.config is None:
+        click.echo("warning: the last applied config no longer loads; planning from nothing",
+                   err=True)
+        return None, "(unreadable applied config)"
+    return loaded.config, f"applied config of {applied.applied_at.isoformat()}"
+
+
+@main.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of the configuration file (for editors and CI)."""
+    from mailsync.config.schema import schema
+
+    click.echo(json.dumps(schema(), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Semantic checks that run after the schema: references, names, risky settings.
+
+Each check takes the model (and the raw data where a key's presence matters) and
+yields ``(severity, path, message)``; the loader places them on lines.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from mailsync.config.model import Config, OutgoingServer, filter_match
+from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
+from mailsync.config.problems import Path, Severity
+from mailsync.config.secrets import Secret
+
+Finding = tuple[Severity, Path, str]
+
+_PLAINTEXT_PORTS = {"smtp": {25, 587}, "imap": {143}, "pop": {110}}
+
+
+def _declared(name: str, kind: str, names: Sequence[str]) -> str:
+    if not names:
+        return f"{name!r} is not a declared {kind} (none are declared)"
+    close = difflib.get_close_matches(name, list(names), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    shown = ", ".join(sorted(names)[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    return f"{name!r} is not a declared {kind}{hint} (declared: {shown})"
+
+
+def _duplicates(section: str, names: Iterable[str], what: str) -> Iterator[Finding]:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            path: Path = (section, i) if what == "user" else (section, i, "name")
+            yield ("error", path,
+                   f"duplicate {what} name {name!r} (also {section}[{seen[name]}]); names must be unique")
+        else:
+            seen[name] = i
+
+
+def _security_port(path: Path, protocol: str, security: str | None, port: int | None,
+                   explicit: bool) -> Iterator[Finding]:
+    if not explicit or security is None or port is None:
+        return
+    if security == "ssl" and port in _PLAINTEXT_PORTS[protocol]:
+        yield ("warning", path + ("port",),
+               f"security ssl (implicit TLS) on port {port}, a plain-text/STARTTLS port: "
+               "almost surely wrong (use starttls, or the implicit-TLS port)")
+    if security == "starttls" and port in IMPLICIT_TLS_PORTS:
+        yield ("warning", path + ("port",),
+               f"security starttls on port {port}, an implicit-TLS port: "
+               "almost surely wrong (use ssl)")
+
+
+def _secret_warnings(path: Path, secret: Secret | None, provider: str | None) -> Iterator[Finding]:
+    if secret is None:
+        return
+    if secret.kind == "plain":
+        yield ("warning", path + ("password",),
+               "plain-text password in the config: use {env: NAME}, {file: PATH} "
+               "or {credential: NAME}")
+        if provider == "gmail" and len(secret.ref.replace(" ", "")) != 16:
+            yield ("warning", path + ("password",),
+                   "gmail needs a 16-character App Password (Google account → Security → "
+                   "App passwords), not the account password")
+
+
+def _tls_warning(path: Path, tls_verify: bool, security: str | None) -> Iterator[Finding]:
+    if not tls_verify and security != "none":
+        yield ("warning", path + ("tls_verify",),
+               "tls_verify is false: the server's certificate and host name are not checked")
+
+
+def _login_checks(path: Path, raw: dict[str, Any], protocol: str, host: str | None,
+                  provider: str | None) -> Iterator[Finding]:
+    if host is None:
+        if provider not in (None, "custom") and protocol not in PROVIDERS.get(provider, {}):
+            yield ("error", path + ("provider",),
+                   f"provider {provider} offers no {protocol.upper()} preset: set host, "
+                   "or choose another type")
+        else:
+            yield ("error", path,
+                   f"no host: set host, or a provider preset ({', '.join(PROVIDERS)})")
+    if ("username" in raw) != ("password" in raw):
+        missing = "password" if "username" in raw else "username"
+        yield ("error", path, f"{missing} is missing: username and password go together")
+
+
+def check(config: Config, data: dict[str, Any]) -> list[Finding]:
+    """Every semantic problem of a schema-valid config."""
+    return list(_check(config, data))
+
+
+def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
+    users = list(config.users)
+    user_set = set(users)
+    types = [t.name for t in config.activity_types]
+    type_set = set(types)
+    servers = {s.name: s for s in config.outgoing_servers}
+
+    yield from _duplicates("users", users, "user")
+    yield from _duplicates("outgoing_servers", (s.name for s in config.outgoing_servers),
+                           "outgoing server")
+    yield from _duplicates("incoming_servers", (s.name for s in config.incoming_servers),
+                           "incoming server")
+    yield from _duplicates("accounts", (a.name for a in config.accounts), "account")
+    yield from _duplicates("activity_types", (t.name for t in config.activity_types),
+                           "activity type")
+
+    retry = config.daemon.retry
+    if retry.first > retry.max:
+        yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")
+    if retry.max > retry.lifetime:
+        yield ("error", ("daemon", "retry", "max"), "retry.max is longer than retry.lifetime")
+
+    for i, s in enumerate(config.outgoing_servers):
+        raw = data["outgoing_servers"][i]
+        path: Path = ("outgoing_servers", i)
+        yield from _login_checks(path, raw, "smtp", s.host, s.provider)
+        yield from _security_port(path, "smtp", s.security, s.port,
+                                  "port" in raw and "security" in raw)
+        yield from _secret_warnings(path, s.password, s.provider)
+        yield from _tls_warning(path, s.tls_verify, s.security)
+
+    for i, inc in enumerate(config.incoming_servers):
+        raw = data["incoming_servers"][i]
+        path = ("incoming_servers", i)
+        if inc.type == "local":
+            for key in ("host", "port", "security", "provider", "username", "password",
+                        "folder", "tls_verify"):
+                if key in raw:
+                    yield ("error", path + (key,),
+                           f"{key} does not apply to a local Maildir (type: local takes path)")
+        else:
+            yield from _login_checks(path, raw, inc.type, inc.host, inc.provider)
+            if "path" in raw:
+                yield ("error", path + ("path",),
+                       f"path applies to type local only (this server is {inc.type})")
+            if inc.type == "pop" and "folder" in raw:
+                yield ("error", path + ("folder",), "folder applies to IMAP only (POP3 has one mailbox)")
+            yield from _security_port(path, inc.type, inc.security, inc.port,
+                                      "port" in raw and "security" in raw)
+            yield from _secret_warnings(path, inc.password, inc.provider)
+            yield from _tls_warning(path, inc.tls_verify, inc.security)
+        if inc.activity is not None:
+            if inc.activity.type not in type_set:
+                yield ("error", path + ("activity", "type"),
+                       _declared(inc.activity.type, "activity type", types))
+            if inc.activity.user is not None and inc.activity.user not in user_set:
+                yield ("error", path + ("activity", "user"),
+                       _declared(inc.activity.user, "user", users))
+            if inc.activity.user is None:
+                t = config.activity_type(inc.activity.type)
+                if t is not None and t.default_user is None:
+                    yield ("error", path + ("activity",),
+                           f"no user: set activity.user, or default_user on type {t.name!r}")
+
+    for i, acc in enumerate(config.accounts):
+        raw = data["accounts"][i]
+        path = ("accounts", i)
+        login_keys = [k for k in ("provider", "host", "port", "security", "tls_verify",
+                                  "username", "password", "max_connections", "timeout") if k in raw]
+        if acc.server is not None and login_keys:
+            yield ("error", path + (login_keys[0],),
+                   f"{login_keys[0]} conflicts with server: an account sends through a declared "
+                   "server or through its own login, not both")
+        elif acc.server is None and acc.own_login is None:
+            yield ("error", path,
+                   "no way to send: set server (a declared outgoing server) or its own login "
+                   "(provider or host, username, password)")
+        if acc.server is not None and acc.server not in servers:
+            yield ("error", path + ("server",),
+                   _declared(acc.server, "outgoing server", list(servers)))
+        if acc.own_login is not None and acc.server is None:
+            yield from _login_checks(path, raw, "smtp", acc.own_login.host, acc.own_login.provider)
+            yield from _security_port(path, "smtp", acc.own_login.security, acc.own_login.port,
+                                      "port" in raw and "security" in raw)
+            yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
+            yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
+        for j, user in enumerate(acc.granted_to):
+            if user not in user_set:
+                yield ("error", path + ("granted_to", j), _declared(user, "user", users))
+        server = servers.get(acc.server) if acc.server else None
+        if server is not None and not server.allows(acc.email):
+            yield from _refused_from(path, acc.email, server, config)
+
+    if config.alias_domain is not None and config.outgoing_servers:
+        domain = config.alias_domain.domain
+        probe = f"{config.alias_domain.default_from or 'x'}@{domain}"
+        if not any(s.allows(probe) for s in config.outgoing_servers):
+            yield ("warning", ("alias_domain", "domain"),
+                   f"no outgoing server's from_filter allows {domain}: rewritten From "
+                   "addresses and bounces through this domain cannot be sent")
+
+    for i, t in enumerate(config.activity_types):
+        path = ("activity_types", i)
+        if t.default_user is not None and t.default_user not in user_set:
+            yield ("error", path + ("default_user",), _declared(t.default_user, "user", users))
+        if t.default_next is not None and t.default_next not in type_set:
+            yield ("error", path + ("default_next",),
+                   _declared(t.default_next, "activity type", types))
+        for j, nxt in enumerate(t.recommended_next):
+            if nxt not in type_set:
+                yield ("error", path + ("recommended_next", j),
+                       _declared(nxt, "activity type", types))
+        if t.chaining == "trigger" and t.default_next is None:
+            yield ("error", path + ("chaining",),
+                   "chaining: trigger needs default_next (the type scheduled when this one is done)")
+
+
+def _refused_from(path: Path, email: str, server: OutgoingServer,
+                  config: Config) -> Iterator[Finding]:
+    alias = config.alias_domain
+    if alias is not None and alias.default_from:
+        yield ("warning", path + ("email",),
+               f"server {server.name!r} may not send as {email} (from_filter: "
+               f"{', '.join(server.from_filter)}): From will be rewritten to "
+               f"{alias.default_from}@{alias.domain} with {email} in Reply-To")
+    else:
+        yield ("warning", path + ("email",),
+               f"server {server.name!r} may not send as {email} (from_filter: "
+               f"{', '.join(server.from_filter)}) and no alias_domain.default_from is set: "
+               "its messages will fail")
+
+
+__all__ = ["check", "filter_match"]

@@ -1,0 +1,116 @@
+"""Read a configuration file: YAML → schema → model → semantic checks.
+
+``load_file`` never raises on bad content: it returns every problem found, each placed
+on its line, and the model when there were no errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailsync.config import checks, schema
+from mailsync.config.model import Config, build
+from mailsync.config.problems import Problem, format_path
+from mailsync.config.yamlload import Document, parse
+from mailsync.errors import ConfigError, ConfigInvalid
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The outcome of reading one file: its model (None when it has errors) and problems."""
+
+    file: str
+    text: str
+    config: Config | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) -> Loaded:
+    """Parse and check ``text`` (named ``file`` in problems); paths relative to ``base_dir``.
+
+    ``validate=False`` skips the schema and the semantic checks (falling back to them when
+    the text does not fit the model): for the side of a plan that is only compared with,
+    such as the last applied config or ``plan --against``.
+    """
+    doc = parse(text, file)
+    if doc.data is None:
+        problems = doc.problems or (schema.validate(doc) if validate else [])
+        return Loaded(file, text, None, tuple(sorted(problems)))
+    # Duplicate keys are reported and the first one kept, so that everything else in the
+    # file is still checked: every problem is reported, not just the first.
+    problems = list(doc.problems)
+    if validate:
+        problems += schema.validate(doc)
+    if any(p.severity == "error" for p in problems) and not _buildable(problems, doc):
+        return Loaded(file, text, None, tuple(sorted(problems)))
+    if not isinstance(doc.data, dict):
+        return Loaded(file, text, None, (Problem(file, 1, 1, "error", "(root)",
+                                                 "expected a mapping"),))
+    try:
+        config = build(doc.data, base_dir, source=file)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        if validate:
+            raise
+        # Unvalidated text that does not fit the model: validate to say why.
+        return load_text(text, file, base_dir, validate=True)
+    if validate:
+        problems += _place(doc, checks.check(config, doc.data))
+    has_errors = any(p.severity == "error" for p in problems)
+    return Loaded(file, text, None if has_errors else config, tuple(sorted(problems)))
+
+
+def _buildable(problems: list[Problem], doc: Document) -> bool:
+    """Only duplicate-key errors so far: the data is schema-valid and can be checked further."""
+    return len(problems) == len(doc.problems) and isinstance(doc.data, dict)
+
+
+def _place(doc: Document, findings: list[checks.Finding]) -> list[Problem]:
+    out = []
+    for severity, path, message in findings:
+        line, col = doc.marks.value(path)
+        out.append(Problem(doc.file, line, col, severity, format_path(path), message))
+    return out
+
+
+def read_text(path: Path) -> str:
+    """The file's text; ConfigError (naming the file) when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_file(path: Path, *, validate: bool = True) -> Loaded:
+    """Read and check a configuration file; raises ConfigError only when it cannot be read."""
+    text = read_text(path)
+    return load_text(text, str(path), path.resolve().parent, validate=validate)
+
+
+def load_config(path: Path) -> Config:
+    """The model of a valid file; raises ConfigInvalid (with every problem) otherwise."""
+    loaded = load_file(path)
+    if loaded.config is None:
+        raise ConfigInvalid(loaded.problems)
+    return loaded.config

@@ -1,0 +1,308 @@
+"""The configuration as a tree of frozen dataclasses, built from validated data.
+
+Values here are effective: provider presets and defaults are filled in, durations are
+``timedelta``, sizes are bytes, relative paths are resolved against the config file's
+directory, and secrets are :class:`Secret` references (never their values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from mailsync.config.presets import Security, resolve_endpoint
+from mailsync.config.secrets import Secret, from_config
+from mailsync.config.units import parse_duration, parse_size
+
+IncomingType = Literal["pop", "imap", "local"]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Backoff of deferred messages."""
+
+    first: timedelta = timedelta(minutes=5)
+    max: timedelta = timedelta(hours=1)
+    lifetime: timedelta = timedelta(days=5)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """Settings of the daemon process."""
+
+    state_dir: Path
+    spool_dir: Path
+    metrics_listen: str = "127.0.0.1:9877"
+    log_format: Literal["text", "json"] = "text"
+    retry: Retry = Retry()
+    max_message_size: int = 25 << 20
+    history_retention: timedelta = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class AliasDomain:
+    """Domain for the catchall Reply-To, VERP bounces and rewritten From addresses."""
+
+    domain: str
+    catchall: str | None = None
+    bounce: str | None = None
+    default_from: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingServer:
+    """An SMTP server (declared, or the implicit one of an account's own login)."""
+
+    name: str
+    host: str | None
+    port: int
+    security: Security
+    provider: str | None = None
+    tls_verify: bool = True
+    username: str | None = None
+    password: Secret | None = None
+    from_filter: tuple[str, ...] = ()
+    priority: int = 10
+    max_connections: int = 4
+    timeout: timedelta = timedelta(seconds=30)
+
+    def allows(self, address: str) -> bool:
+        """Whether ``from_filter`` lets this server send as ``address`` (empty: any)."""
+        return not self.from_filter or filter_match(self.from_filter, address) is not None
+
+
+def filter_match(entries: tuple[str, ...], address: str) -> Literal["address", "domain"] | None:
+    """How a from_filter matches an address: the exact address, its domain, or not at all."""
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    entries_l = [e.lower() for e in entries]
+    if address in entries_l:
+        return "address"
+    if domain in entries_l:
+        return "domain"
+    return None
+
+
+@dataclass(frozen=True)
+class ActivityRule:
+    """Schedule an activity of ``type`` for ``user`` for each new message."""
+
+    type: str
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class IncomingServer:
+    """A mailbox polled for new messages."""
+
+    name: str
+    type: IncomingType
+    host: str | None = None
+    port: int | None = None
+    security: Security | None = None
+    provider: str | None = None
+    tls_verify: bool = True
+    username: str | None = None
+    password: Secret | None = None
+    folder: str | None = None
+    path: Path | None = None
+    poll_interval: timedelta = timedelta(seconds=60)
+    keep_on_server: bool = True
+    timeout: timedelta = timedelta(seconds=30)
+    activity: ActivityRule | None = None
+    deliver_to: Path | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    """A sending account: an address, a sender name, how it sends, and who may use it."""
+
+    name: str
+    email: str
+    sender_name: str | None = None
+    server: str | None = None
+    own_login: OutgoingServer | None = None
+    granted_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Deadline rule: base (previous deadline or completion date) + count units."""
+
+    count: int = 0
+    unit: Literal["days", "weeks", "months"] = "days"
+    base: Literal["previous_deadline", "completion_date"] = "previous_deadline"
+
+
+@dataclass(frozen=True)
+class ActivityType:
+    """A kind of activity (reply, call, meeting...)."""
+
+    name: str
+    action: Literal["none", "email", "phonecall", "meeting", "upload_document"] = "none"
+    default_user: str | None = None
+    model: str | None = None
+    default_summary: str | None = None
+    icon: str | None = None
+    decoration: Literal["none", "warning", "danger"] = "none"
+    delay: Delay = Delay()
+    chaining: Literal["trigger", "suggest"] = "suggest"
+    default_next: str | None = None
+    recommended_next: tuple[str, ...] = ()
+    default_description: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file."""
+
+    daemon: Daemon
+    alias_domain: AliasDomain | None = None
+    users: tuple[str, ...] = ()
+    outgoing_servers: tuple[OutgoingServer, ...] = ()
+    incoming_servers: tuple[IncomingServer, ...] = ()
+    accounts: tuple[Account, ...] = ()
+    activity_types: tuple[ActivityType, ...] = ()
+    version: int = 1
+    source: str = field(default="", compare=False)
+
+    def outgoing(self, name: str) -> OutgoingServer | None:
+        return next((s for s in self.outgoing_servers if s.name == name), None)
+
+    def account(self, name: str) -> Account | None:
+        return next((a for a in self.accounts if a.name == name), None)
+
+    def activity_type(self, name: str) -> ActivityType | None:
+        return next((t for t in self.activity_types if t.name == name), None)
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _secret(value: Any) -> Secret | None:
+    return None if value is None else from_config(value)
+
+
+def _dur(value: str | None, default: timedelta) -> timedelta:
+    return default if value is None else parse_duration(value)
+
+
+def _outgoing(d: dict[str, Any], name: str) -> OutgoingServer:
+    host, port, security = resolve_endpoint(
+        "smtp", d.get("provider"), d.get("host"), d.get("port"), d.get("security")
+    )
+    ff = d.get("from_filter")
+    return OutgoingServer(
+        name=name,
+        host=host,
+        port=port,
+        security=security,
+        provider=d.get("provider"),
+        tls_verify=d.get("tls_verify", True),
+        username=d.get("username"),
+        password=_secret(d.get("password")),
+        from_filter=(ff,) if isinstance(ff, str) else tuple(ff or ()),
+        priority=d.get("priority", 10),
+        max_connections=d.get("max_connections", 4),
+        timeout=_dur(d.get("timeout"), timedelta(seconds=30)),
+    )
+
+
+def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
+    kind: IncomingType = d["type"]
+    host = port = security = None
+    if kind != "local":
+        host, port, security = resolve_endpoint(
+            kind, d.get("provider"), d.get("host"), d.get("port"), d.get("security")
+        )
+    act = d.get("activity")
+    deliver = d.get("deliver_to")
+    return IncomingServer(
+        name=d["name"],
+        type=kind,
+        host=host,
+        port=port,
+        security=security,
+        provider=d.get("provider"),
+        tls_verify=d.get("tls_verify", True),
+        username=d.get("username"),
+        password=_secret(d.get("password")),
+        folder=d.get("folder", "INBOX") if kind == "imap" else d.get("folder"),
+        path=_path(base, d["path"]) if "path" in d else None,
+        poll_interval=_dur(d.get("poll_interval"), timedelta(seconds=60)),
+        keep_on_server=d.get("keep_on_server", True),
+        timeout=_dur(d.get("timeout"), timedelta(seconds=30)),
+        activity=ActivityRule(act["type"], act.get("user")) if act else None,
+        deliver_to=_path(base, deliver["maildir"]) if deliver else None,
+    )
+
+
+def _account(d: dict[str, Any]) -> Account:
+    own = None
+    if any(k in d for k in ("provider", "host", "username", "password")):
+        own = _outgoing(d, f"account:{d['name']}")
+    return Account(
+        name=d["name"],
+        email=d["email"],
+        sender_name=d.get("sender_name"),
+        server=d.get("server"),
+        own_login=own,
+        granted_to=tuple(d.get("granted_to", ())),
+    )
+
+
+def _activity_type(d: dict[str, Any]) -> ActivityType:
+    delay = d.get("delay") or {}
+    return ActivityType(
+        name=d["name"],
+        action=d.get("action", "none"),
+        default_user=d.get("default_user"),
+        model=d.get("model"),
+        default_summary=d.get("default_summary"),
+        icon=d.get("icon"),
+        decoration=d.get("decoration", "none"),
+        delay=Delay(delay.get("count", 0), delay.get("unit", "days"),
+                    delay.get("from", "previous_deadline")),
+        chaining=d.get("chaining", "suggest"),
+        default_next=d.get("default_next"),
+        recommended_next=tuple(d.get("recommended_next", ())),
+        default_description=d.get("default_description"),
+    )
+
+
+def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
+    """The model of schema-valid ``data``; relative paths are taken from ``base_dir``."""
+    dd = data.get("daemon") or {}
+    retry = dd.get("retry") or {}
+    daemon = Daemon(
+        state_dir=_path(base_dir, dd.get("state_dir", "./var/state")),
+        spool_dir=_path(base_dir, dd.get("spool_dir", "./var/spool")),
+        metrics_listen=dd.get("metrics_listen", "127.0.0.1:9877"),
+        log_format=dd.get("log_format", "text"),
+        retry=Retry(
+            _dur(retry.get("first"), Retry.first),
+            _dur(retry.get("max"), Retry.max),
+            _dur(retry.get("lifetime"), Retry.lifetime),
+        ),
+        max_message_size=parse_size(dd["max_message_size"]) if "max_message_size" in dd
+        else 25 << 20,
+        history_retention=_dur(dd.get("history_retention"), timedelta(days=90)),
+    )
+    ad = data.get("alias_domain")
+    alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),
+                        ad.get("default_from")) if ad else None
+    return Config(
+        daemon=daemon,
+        alias_domain=alias,
+        users=tuple(data.get("users", ())),
+        outgoing_servers=tuple(_outgoing(d, d["name"]) for d in data.get("outgoing_servers", ())),
+        incoming_servers=tuple(_incoming(d, base_dir) for d in data.get("incoming_servers", ())),
+        accounts=tuple(_account(d) for d in data.get("accounts", ())),
+        activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
+        version=data.get("version", 1),
+        source=source,
+    )

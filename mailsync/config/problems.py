@@ -1,0 +1,51 @@
+"""Problems found in a configuration file, and their one-line rendering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    """Render ``("accounts", 1, "granted_to", 0)`` as ``accounts[1].granted_to[0]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(root)"
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One error or warning, located at a line and column (1-based) of a file."""
+
+    file: str
+    line: int
+    column: int
+    severity: Severity
+    path: str
+    message: str
+
+    def render(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.path}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "severity": self.severity,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+def summary(problems: list[Problem] | tuple[Problem, ...]) -> str:
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
+    return f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"

@@ -1,0 +1,174 @@
+"""JSON Schema validation of a parsed document, with errors placed on lines.
+
+Every jsonschema error is translated into a :class:`Problem` that points at the
+offending value, at the unknown key itself, or at the mapping a required key is
+missing from, and that says what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from mailsync.config.problems import Path, Problem, format_path
+from mailsync.config.yamlload import Document
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "nothing",
+}
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, as shipped in the package."""
+    text = resources.files("mailsync").joinpath("data/mailsync.schema.json").read_text("utf-8")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    # Imported here: jsonschema costs ~0.2 s to import, which commands that do not
+    # validate (history, queue...) should not pay.
+    import jsonschema
+
+    cls = jsonschema.Draft202012Validator
+    return cls(_inline(schema(), schema()["$defs"]), format_checker=cls.FORMAT_CHECKER)
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every local ``$ref`` replaced by its target.
+
+    jsonschema resolves a ``$ref`` on every use, which costs half of the validation time
+    of a large file; the schema has no recursion, so inlining is exact.
+    """
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = _inline(defs[node["$ref"].rpartition("/")[2]], defs)
+            return {**target, **{k: _inline(v, defs) for k, v in node.items() if k != "$ref"}}
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+    return repr(value)
+
+
+def _allowed_list(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _type_of(value: Any) -> str:
+    for name, py in (("boolean", bool), ("integer", int), ("number", float), ("string", str),
+                     ("array", list), ("object", dict)):
+        if isinstance(value, py):
+            return name
+    return "null"
+
+
+def _problems_for(error: Any, doc: Document) -> list[Problem]:
+    path: Path = tuple(error.absolute_path)
+    instance = error.instance
+    kind = error.validator
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    marks = doc.marks
+
+    def at_value(message: str, p: Path = path) -> Problem:
+        line, col = marks.value(p)
+        return Problem(doc.file, line, col, "error", format_path(p), message)
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(sub.get("properties", {}))
+        out = []
+        for key in instance:
+            if key in allowed:
+                continue
+            child = path + (key,)
+            line, col = marks.key(child)
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+            out.append(Problem(
+                doc.file, line, col, "error", format_path(child),
+                f"unknown key {key!r}{did_you_mean} (allowed: {_allowed_list(allowed)})",
+            ))
+        return out
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in instance]
+        return [at_value(f"missing required key {k!r}") for k in missing]
+    if kind == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        got = _TYPE_NAMES.get(_type_of(instance), "nothing")
+        return [at_value(f"expected {want}, got {got} {_describe(instance)}"
+                         if not isinstance(instance, (dict, list)) else f"expected {want}, got {got}")]
+    if kind == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        return [at_value(f"{_describe(instance)} is not allowed (allowed: {allowed})")]
+    if kind == "const":
+        return [at_value(f"{_describe(instance)} is not allowed (allowed: {error.validator_value})")]
+    if kind == "pattern":
+        what = sub.get("description") or f"a value matching {error.validator_value}"
+        return [at_value(f"{_describe(instance)} is not valid: expected {_lower_first(what)}")]
+    if kind == "format":
+        return [at_value(f"{_describe(instance)} is not a valid {error.validator_value}")]
+    if kind in ("minimum", "maximum"):
+        word = "at least" if kind == "minimum" else "at most"
+        return [at_value(f"{_describe(instance)} is out of range: must be {word} {error.validator_value}")]
+    if kind == "minLength":
+        return [at_value("must not be empty")]
+    if kind in ("minProperties", "maxProperties") and "env" in sub.get("properties", {}):
+        return [at_value("a secret takes exactly one of: env, file, credential")]
+    if kind == "anyOf":
+        # Report the most specific branch failure (e.g. a bad from_filter entry).
+        best = _best_branch(error)
+        if best is not None:
+            return _problems_for(best, doc)
+    return [at_value(error.message)]
+
+
+def _best_branch(error: Any) -> Any:
+    candidates = [e for e in error.context or [] if e.validator != "type"]
+    if candidates:
+        return max(candidates, key=lambda e: len(e.absolute_path))
+    return None
+
+
+def _lower_first(text: str) -> str:
+    text = text.rstrip(".")
+    return text[:1].lower() + text[1:] if not re.match(r"^[A-Z]{2}", text) else text
+
+
+def validate(doc: Document) -> list[Problem]:
+    """All schema problems of ``doc``, each placed on its line."""
+    if doc.data is None:
+        line, col = 1, 1
+        return [Problem(doc.file, line, col, "error", "(root)",
+                        "the file is empty: expected a mapping with at least `version: 1`")]
+    problems: list[Problem] = []
+    for error in _validator().iter_errors(doc.data):
+        problems.extend(_problems_for(error, doc))
+    return problems

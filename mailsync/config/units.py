@@ -1,0 +1,43 @@
+"""Durations (``30s``, ``5m``, ``1h``, ``5d``) and sizes (``25MiB``): parse and format."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
+_SIZE = re.compile(r"^([0-9]+)(B|KiB|MiB|GiB)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BYTES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``'5m'`` -> ``timedelta(minutes=5)``; raises ValueError on anything else."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (expected e.g. 30s, 5m, 1h, 5d)")
+    return timedelta(seconds=int(m.group(1)) * _SECONDS[m.group(2)])
+
+
+def format_duration(value: timedelta) -> str:
+    """The largest exact unit: ``timedelta(hours=2)`` -> ``'2h'``."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _SECONDS[unit] == 0:
+            return f"{seconds // _SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def parse_size(text: str) -> int:
+    """``'25MiB'`` -> bytes; raises ValueError on anything else."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (expected e.g. 512KiB, 25MiB)")
+    return int(m.group(1)) * _BYTES[m.group(2)]
+
+
+def format_size(value: int) -> str:
+    for unit in ("GiB", "MiB", "KiB"):
+        if value and value % _BYTES[unit] == 0:
+            return f"{value // _BYTES[unit]}{unit}"
+    return f"{value}B"

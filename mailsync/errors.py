@@ -1,0 +1,63 @@
+"""The one exception hierarchy of mailsync.
+
+Adapters translate their library's errors into these at the boundary, so callers
+never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
+
+    MailsyncError
+    ├── ConfigError            the configuration file cannot be used
+    │   └── ConfigInvalid      it was read, but has errors (carries the problems)
+    ├── SecretError            a secret reference cannot be resolved
+    ├── StoreError             the SQLite store cannot be opened or written
+    └── DeliveryError          sending or fetching failed
+        ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
+        └── PermanentFailure   do not retry (5xx, refused by policy)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailsync.config.problems import Problem
+
+
+class MailsyncError(Exception):
+    """Base class of every error mailsync raises on purpose."""
+
+
+class ConfigError(MailsyncError):
+    """The configuration file cannot be read or used."""
+
+
+class ConfigInvalid(ConfigError):
+    """The configuration file was read but has errors; ``problems`` lists all of them."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        errors = [p for p in self.problems if p.severity == "error"]
+        super().__init__(f"{len(errors)} error(s) in the configuration")
+
+
+class SecretError(MailsyncError):
+    """A secret reference cannot be resolved (unset variable, unreadable file)."""
+
+
+class StoreError(MailsyncError):
+    """The store cannot be opened, migrated or written."""
+
+
+class DeliveryError(MailsyncError):
+    """Sending or fetching a message failed; ``code`` is the server's reply code if any."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TemporaryFailure(DeliveryError):
+    """A failure worth retrying later: a 4xx reply, a timeout or a lost connection."""
+
+
+class PermanentFailure(DeliveryError):
+    """A failure not worth retrying: a 5xx reply or a refusal by policy."""

@@ -1,0 +1,115 @@
+"""The SQLite store: schema, migrations and queries.
+
+One database file in ``state_dir`` (WAL mode). Migrations are a list applied in order
+and recorded in ``PRAGMA user_version``, so a store created by any earlier release
+opens in a later one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mailsync.errors import StoreError
+
+DB_NAME = "mailsync.db"
+
+MIGRATIONS: list[str] = [
+    # 1: the last applied configuration, for `mailsync plan`.
+    """
+    CREATE TABLE applied_config (
+        id INTEGER PRIMARY KEY,
+        applied_at TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        source TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class AppliedConfig:
+    """A configuration the daemon applied: its text, hash, origin and time."""
+
+    applied_at: datetime
+    sha256: str
+    source: str
+    text: str
+
+
+def db_path(state_dir: Path) -> Path:
+    return state_dir / DB_NAME
+
+
+class Store:
+    """The daemon's state in one SQLite file (WAL, synchronous=NORMAL)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path, *, create: bool = True) -> Store:
+        """Open (and migrate) the store in ``state_dir``; StoreError if impossible."""
+        path = db_path(state_dir)
+        try:
+            if create:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            elif not path.exists():
+                raise StoreError(f"{path}: no store yet (the daemon has not run)")
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store = cls(conn, path)
+            store.migrate()
+            return store
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+
+    def migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: store schema version {version} is newer than this mailsync "
+                f"knows ({len(MIGRATIONS)}); upgrade mailsync"
+            )
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(sql):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {number}")
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def record_applied_config(self, text: str, sha256: str, source: str,
+                              now: datetime | None = None) -> None:
+        """Remember ``text`` as the configuration now in force."""
+        at = (now or datetime.now(timezone.utc)).isoformat()
+        self.conn.execute(
+            "INSERT INTO applied_config (applied_at, sha256, source, text) VALUES (?, ?, ?, ?)",
+            (at, sha256, source, text),
+        )
+
+    def last_applied_config(self) -> AppliedConfig | None:
+        row = self.conn.execute(
+            "SELECT applied_at, sha256, source, text FROM applied_config ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return AppliedConfig(datetime.fromisoformat(row[0]), row[1], row[2], row[3])
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (migrations contain no ';' inside literals)."""
+    return [s.strip() for s in sql.split(";") if s.strip()]
