@@ -10,6 +10,7 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
     ├── StoreError             the SQLite store cannot be opened or written
     └── DeliveryError          sending or fetching failed
         ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
+        │   └── ConnectError   no usable session: DNS, refused, timeout, TLS, AUTH
         └── PermanentFailure   do not retry (5xx, refused by policy)
 """
 
@@ -61,3 +62,17 @@ class TemporaryFailure(DeliveryError):
 
 class PermanentFailure(DeliveryError):
     """A failure not worth retrying: a 5xx reply or a refusal by policy."""
+
+
+class ConnectError(TemporaryFailure):
+    """No usable session could be opened to a server; ``kind`` classifies why.
+
+    kind: ``dns`` (unknown host), ``refused``, ``timeout``, ``tls`` (handshake or
+    certificate), ``starttls`` (not offered: never falls back to plain text), ``auth``
+    (authentication failed), ``protocol`` (unexpected greeting or reply), ``closed``
+    (the server hung up). Messages are deferred and the next eligible server is tried.
+    """
+
+    def __init__(self, message: str, kind: str, code: int | None = None) -> None:
+        super().__init__(message, code)
+        self.kind = kind

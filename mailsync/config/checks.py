@@ -167,9 +167,12 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
                    f"{login_keys[0]} conflicts with server: an account sends through a declared "
                    "server or through its own login, not both")
         elif acc.server is None and acc.own_login is None:
-            yield ("error", path,
-                   "no way to send: set server (a declared outgoing server) or its own login "
-                   "(provider or host, username, password)")
+            if not config.outgoing_servers:
+                yield ("error", path,
+                       "no way to send: set server or its own login (provider or host, "
+                       "username, password); no outgoing server is declared to choose from")
+            elif not any(s.allows(acc.email) for s in config.outgoing_servers):
+                yield from _refused_from(path, acc.email, None, config)
         if acc.server is not None and acc.server not in servers:
             yield ("error", path + ("server",),
                    _declared(acc.server, "outgoing server", list(servers)))
@@ -210,19 +213,21 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
                    "chaining: trigger needs default_next (the type scheduled when this one is done)")
 
 
-def _refused_from(path: Path, email: str, server: OutgoingServer,
+def _refused_from(path: Path, email: str, server: OutgoingServer | None,
                   config: Config) -> Iterator[Finding]:
+    if server is not None:
+        who = f"server {server.name!r} may not send as {email} (from_filter: " \
+              f"{', '.join(server.from_filter)})"
+    else:
+        who = f"no outgoing server's from_filter allows {email}"
     alias = config.alias_domain
     if alias is not None and alias.default_from:
         yield ("warning", path + ("email",),
-               f"server {server.name!r} may not send as {email} (from_filter: "
-               f"{', '.join(server.from_filter)}): From will be rewritten to "
-               f"{alias.default_from}@{alias.domain} with {email} in Reply-To")
+               f"{who}: From will be rewritten to {alias.default_from}@{alias.domain} "
+               f"with {email} in Reply-To")
     else:
         yield ("warning", path + ("email",),
-               f"server {server.name!r} may not send as {email} (from_filter: "
-               f"{', '.join(server.from_filter)}) and no alias_domain.default_from is set: "
-               "its messages will fail")
+               f"{who} and no alias_domain.default_from is set: its messages will fail")
 
 
 __all__ = ["check", "filter_match"]

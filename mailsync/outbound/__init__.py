@@ -1,0 +1,1 @@
+"""Outbound mail: spool → queue → SMTP, with routing, composition and retries."""
