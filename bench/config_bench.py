@@ -49,7 +49,8 @@ def generate(accounts: int = 2000, outgoing: int = 200, incoming: int = 200, use
             f"  - name: in{i}\n    type: {'imap' if i % 2 else 'pop'}\n"
             f"    host: mail{i}.example.com\n    username: in{i}@example.com\n"
             f"    password: {{credential: in{i}}}\n    poll_interval: 60s\n"
-            f"    keep_on_server: true\n    activity: {{type: T{i % types}, user: user{i % users}}}\n"
+            f"    keep_on_server: true\n"
+            f"    activity: {{type: T{i % types}, user: user{i % users}}}\n"
         )
     out.append("accounts:\n")
     for i in range(accounts):
@@ -65,7 +66,8 @@ def generate(accounts: int = 2000, outgoing: int = 200, incoming: int = 200, use
         out.append(
             f"  - name: T{i}\n    action: email\n    default_user: user{i % users}\n"
             f"    default_summary: Follow up {i}\n    icon: fa-reply\n"
-            f"    delay: {{count: {2 if edit and i % 30 == 0 else 1}, unit: days, from: previous_deadline}}\n"
+            f"    delay: {{count: {2 if edit and i % 30 == 0 else 1}, unit: days,"
+            " from: previous_deadline}\n"
             f"    chaining: suggest\n    recommended_next: [T{(i + 1) % types}]\n"
         )
     return "".join(out)

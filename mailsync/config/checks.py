@@ -25,7 +25,8 @@ def _declared(name: str, kind: str, names: Sequence[str]) -> str:
         return f"{name!r} is not a declared {kind} (none are declared)"
     close = difflib.get_close_matches(name, list(names), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    shown = ", ".join(sorted(names)[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    more = f", ... ({len(names)} in all)" if len(names) > 10 else ""
+    shown = ", ".join(sorted(names)[:10]) + more
     return f"{name!r} is not a declared {kind}{hint} (declared: {shown})"
 
 
@@ -35,7 +36,8 @@ def _duplicates(section: str, names: Iterable[str], what: str) -> Iterator[Findi
         if name in seen:
             path: Path = (section, i) if what == "user" else (section, i, "name")
             yield ("error", path,
-                   f"duplicate {what} name {name!r} (also {section}[{seen[name]}]); names must be unique")
+                   f"duplicate {what} name {name!r} (also {section}[{seen[name]}]); "
+                   "names must be unique")
         else:
             seen[name] = i
 
@@ -139,7 +141,8 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
                 yield ("error", path + ("path",),
                        f"path applies to type local only (this server is {inc.type})")
             if inc.type == "pop" and "folder" in raw:
-                yield ("error", path + ("folder",), "folder applies to IMAP only (POP3 has one mailbox)")
+                yield ("error", path + ("folder",),
+                       "folder applies to IMAP only (POP3 has one mailbox)")
             yield from _security_port(path, inc.type, inc.security, inc.port,
                                       "port" in raw and "security" in raw)
             yield from _secret_warnings(path, inc.password, inc.provider)
@@ -166,6 +169,10 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield ("error", path + (login_keys[0],),
                    f"{login_keys[0]} conflicts with server: an account sends through a declared "
                    "server or through its own login, not both")
+        elif acc.server is None and acc.own_login is None and login_keys:
+            yield ("error", path + (login_keys[0],),
+                   f"{login_keys[0]} applies to the account's own login: set provider or "
+                   "host (with username and password), or remove it")
         elif acc.server is None and acc.own_login is None:
             if not config.outgoing_servers:
                 yield ("error", path,
@@ -210,7 +217,8 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
                        _declared(nxt, "activity type", types))
         if t.chaining == "trigger" and t.default_next is None:
             yield ("error", path + ("chaining",),
-                   "chaining: trigger needs default_next (the type scheduled when this one is done)")
+                   "chaining: trigger needs default_next "
+                   "(the type scheduled when this one is done)")
 
 
 def _refused_from(path: Path, email: str, server: OutgoingServer | None,

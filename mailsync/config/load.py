@@ -7,7 +7,7 @@ on its line, and the model when there were no errors.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailsync.config import checks, schema
@@ -22,7 +22,7 @@ class Loaded:
     """The outcome of reading one file: its model (None when it has errors) and problems."""
 
     file: str
-    text: str
+    text: str = field(repr=False)  # may hold plain-text secrets
     config: Config | None
     problems: tuple[Problem, ...]
 
@@ -62,9 +62,11 @@ def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) ->
                                                  "expected a mapping"),))
     try:
         config = build(doc.data, base_dir, source=file)
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         if validate:
-            raise
+            # Schema-valid but unusable (should not happen): a problem, never a traceback.
+            problems.append(Problem(file, 1, 1, "error", "(root)", f"cannot be used: {exc}"))
+            return Loaded(file, text, None, tuple(sorted(problems)))
         # Unvalidated text that does not fit the model: validate to say why.
         return load_text(text, file, base_dir, validate=True)
     if validate:

@@ -183,15 +183,21 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _secret(value: Any) -> Secret | None:
-    return None if value is None else from_config(value)
+def _secret(value: Any, base: Path) -> Secret | None:
+    if value is None:
+        return None
+    secret = from_config(value)
+    if secret.kind == "file":
+        # Relative secret files are taken from the config file's directory, like all paths.
+        return Secret("file", str(_path(base, secret.ref)))
+    return secret
 
 
 def _dur(value: str | None, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
 
-def _outgoing(d: dict[str, Any], name: str) -> OutgoingServer:
+def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
     host, port, security = resolve_endpoint(
         "smtp", d.get("provider"), d.get("host"), d.get("port"), d.get("security")
     )
@@ -204,7 +210,7 @@ def _outgoing(d: dict[str, Any], name: str) -> OutgoingServer:
         provider=d.get("provider"),
         tls_verify=d.get("tls_verify", True),
         username=d.get("username"),
-        password=_secret(d.get("password")),
+        password=_secret(d.get("password"), base),
         from_filter=(ff,) if isinstance(ff, str) else tuple(ff or ()),
         priority=d.get("priority", 10),
         max_connections=d.get("max_connections", 4),
@@ -230,7 +236,7 @@ def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
         provider=d.get("provider"),
         tls_verify=d.get("tls_verify", True),
         username=d.get("username"),
-        password=_secret(d.get("password")),
+        password=_secret(d.get("password"), base),
         folder=d.get("folder", "INBOX") if kind == "imap" else d.get("folder"),
         path=_path(base, d["path"]) if "path" in d else None,
         poll_interval=_dur(d.get("poll_interval"), timedelta(seconds=60)),
@@ -241,10 +247,10 @@ def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
     )
 
 
-def _account(d: dict[str, Any]) -> Account:
+def _account(d: dict[str, Any], base: Path) -> Account:
     own = None
     if any(k in d for k in ("provider", "host", "username", "password")):
-        own = _outgoing(d, f"account:{d['name']}")
+        own = _outgoing(d, f"account:{d['name']}", base)
     return Account(
         name=d["name"],
         email=d["email"],
@@ -299,9 +305,10 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         daemon=daemon,
         alias_domain=alias,
         users=tuple(data.get("users", ())),
-        outgoing_servers=tuple(_outgoing(d, d["name"]) for d in data.get("outgoing_servers", ())),
+        outgoing_servers=tuple(_outgoing(d, d["name"], base_dir)
+                               for d in data.get("outgoing_servers", ())),
         incoming_servers=tuple(_incoming(d, base_dir) for d in data.get("incoming_servers", ())),
-        accounts=tuple(_account(d) for d in data.get("accounts", ())),
+        accounts=tuple(_account(d, base_dir) for d in data.get("accounts", ())),
         activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
         version=data.get("version", 1),
         source=source,

@@ -32,7 +32,8 @@ class Problem:
     message: str
 
     def render(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.path}: {self.message}"
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.severity}: {self.path}: {self.message}"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -48,4 +49,7 @@ class Problem:
 def summary(problems: list[Problem] | tuple[Problem, ...]) -> str:
     errors = sum(1 for p in problems if p.severity == "error")
     warnings = len(problems) - errors
-    return f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
+    def plural(n: int, word: str) -> str:
+        return f"{n} {word}{'s' if n != 1 else ''}"
+
+    return f"{plural(errors, 'error')}, {plural(warnings, 'warning')}"

@@ -42,8 +42,28 @@ def _validator() -> Any:
     # validate (history, queue...) should not pay.
     import jsonschema
 
-    cls = jsonschema.Draft202012Validator
-    return cls(_inline(schema(), schema()["$defs"]), format_checker=cls.FORMAT_CHECKER)
+    base = jsonschema.Draft202012Validator
+    cls = jsonschema.validators.extend(base, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+    return cls(_inline(schema(), schema()["$defs"]), format_checker=base.FORMAT_CHECKER)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Any:
+    """JSON Schema's ``pattern`` with ECMA-262's ``$``: Python's also matches before a final
+    newline, which would let ``"alice\\n"`` through as a name (a header injection)."""
+    import jsonschema
+
+    if not validator.is_type(instance, "string"):
+        return
+    if re.search(pattern, instance) is None or (pattern.endswith("$") and instance.endswith("\n")):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=1)
+def _pattern_descriptions() -> dict[str, str]:
+    """What each shared pattern means, from its $defs entry (properties override the
+    description with their own, which says what the value is for, not how to write it)."""
+    return {d["pattern"]: d["description"] for d in schema()["$defs"].values()
+            if isinstance(d, dict) and "pattern" in d and "description" in d}
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -63,6 +83,7 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 
 
 def _describe(value: Any) -> str:
+    """A value as shown in a message, with its kind: "a string 'x'", "true", "nothing"."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -72,7 +93,18 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
+        return "a string " + _show(value)
+    if isinstance(value, int):
+        return f"a whole number {value}"
+    return f"a number {value}"
+
+
+def _show(value: Any) -> str:
+    """A value quoted for a message: strings in quotes (cut when long), others as written."""
+    if isinstance(value, str):
         return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value)
 
 
@@ -89,12 +121,19 @@ def _type_of(value: Any) -> str:
     return "null"
 
 
+_SECRET_KEYS = {"password"}
+
+
 def _problems_for(error: Any, doc: Document) -> list[Problem]:
     path: Path = tuple(error.absolute_path)
     instance = error.instance
     kind = error.validator
     sub = error.schema if isinstance(error.schema, dict) else {}
     marks = doc.marks
+    # A secret's value is never shown, even when it is the wrong type (the names inside
+    # a reference, such as {env: NAME}, are not secret).
+    secret = bool(path) and path[-1] in _SECRET_KEYS
+    shown = "the value" if secret else _show(instance)
 
     def at_value(message: str, p: Path = path) -> Problem:
         line, col = marks.value(p)
@@ -116,38 +155,46 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
             ))
         return out
     if kind == "required":
-        missing = [k for k in error.validator_value if k not in instance]
+        # jsonschema reports each missing key as its own error.
+        m = re.match(r"^'(.*)' is a required property$", error.message)
+        missing = [m.group(1)] if m else [k for k in error.validator_value if k not in instance]
         return [at_value(f"missing required key {k!r}") for k in missing]
     if kind == "type":
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        got = _TYPE_NAMES.get(_type_of(instance), "nothing")
-        return [at_value(f"expected {want}, got {got} {_describe(instance)}"
-                         if not isinstance(instance, (dict, list)) else f"expected {want}, got {got}")]
+        got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
+        return [at_value(f"expected {want}, got {got}")]
     if kind == "enum":
-        allowed = ", ".join(str(v) for v in error.validator_value)
-        return [at_value(f"{_describe(instance)} is not allowed (allowed: {allowed})")]
+        values = ", ".join(str(v) for v in error.validator_value)
+        return [at_value(f"{shown} is not allowed (allowed: {values})")]
     if kind == "const":
-        return [at_value(f"{_describe(instance)} is not allowed (allowed: {error.validator_value})")]
+        return [at_value(f"{shown} is not allowed (allowed: {error.validator_value})")]
     if kind == "pattern":
-        what = sub.get("description") or f"a value matching {error.validator_value}"
-        return [at_value(f"{_describe(instance)} is not valid: expected {_lower_first(what)}")]
+        what = (_pattern_descriptions().get(error.validator_value) or sub.get("description")
+                or f"a value matching {error.validator_value}")
+        return [at_value(f"{shown} is not valid: expected {_lower_first(what)}")]
     if kind == "format":
-        return [at_value(f"{_describe(instance)} is not a valid {error.validator_value}")]
+        return [at_value(f"{shown} is not a valid {error.validator_value}")]
     if kind in ("minimum", "maximum"):
         word = "at least" if kind == "minimum" else "at most"
-        return [at_value(f"{_describe(instance)} is out of range: must be {word} {error.validator_value}")]
+        return [at_value(f"{shown} is out of range: must be {word} {error.validator_value}")]
     if kind == "minLength":
         return [at_value("must not be empty")]
     if kind in ("minProperties", "maxProperties") and "env" in sub.get("properties", {}):
         return [at_value("a secret takes exactly one of: env, file, credential")]
     if kind == "anyOf":
-        # Report the most specific branch failure (e.g. a bad from_filter entry).
         best = _best_branch(error)
         if best is not None:
             return _problems_for(best, doc)
-    return [at_value(error.message)]
+        # Every branch failed on its type: say which types are allowed.
+        wanted = [b.get("type") for b in error.validator_value if isinstance(b, dict)]
+        types = [w for w in wanted if isinstance(w, str)]
+        if types and len(types) == len(wanted):
+            want = " or ".join(_TYPE_NAMES.get(w, w) for w in types)
+            got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
+            return [at_value(f"expected {want}, got {got}")]
+    return [at_value(error.message if not secret else "is not valid")]
 
 
 def _best_branch(error: Any) -> Any:
@@ -163,12 +210,22 @@ def _lower_first(text: str) -> str:
 
 
 def validate(doc: Document) -> list[Problem]:
-    """All schema problems of ``doc``, each placed on its line."""
+    """All schema problems of ``doc``, each placed on its line, each said once."""
     if doc.data is None:
         line, col = 1, 1
         return [Problem(doc.file, line, col, "error", "(root)",
                         "the file is empty: expected a mapping with at least `version: 1`")]
     problems: list[Problem] = []
-    for error in _validator().iter_errors(doc.data):
-        problems.extend(_problems_for(error, doc))
+    value_errors: set[str] = set()
+    for error in sorted(_validator().iter_errors(doc.data),
+                        key=lambda e: (e.validator != "pattern", list(e.absolute_path))):
+        if error.validator in ("pattern", "format"):
+            # An address with no '@' fails both `format: email` and its pattern: one problem.
+            where = format_path(tuple(error.absolute_path))
+            if where in value_errors:
+                continue
+            value_errors.add(where)
+        for p in _problems_for(error, doc):
+            if p not in problems:
+                problems.append(p)
     return problems

@@ -16,7 +16,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"{text!r} is not a duration (expected e.g. 30s, 5m, 1h, 5d)")
-    return timedelta(seconds=int(m.group(1)) * _SECONDS[m.group(2)])
+    try:
+        return timedelta(seconds=int(m.group(1)) * _SECONDS[m.group(2)])
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def format_duration(value: timedelta) -> str:

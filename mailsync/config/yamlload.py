@@ -68,6 +68,18 @@ class Document:
     problems: list[Problem]
 
 
+MAX_DEPTH = 64            # nesting deeper than any real config; Python recursion is safe
+MAX_VALUES = 1_000_000    # after alias expansion ("billion laughs" stops here)
+
+
+class _Refused(Exception):
+    """The document cannot be built at all (recursive alias, too deep, too large)."""
+
+    def __init__(self, node: Node, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.node, self.path, self.message = node, path, message
+
+
 class _Builder:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
@@ -75,6 +87,10 @@ class _Builder:
         self.marks = Marks()
         self.problems: list[Problem] = []
         self._constructor = SafeConstructor()
+        # Aliases share one built value (built once, at the anchor); sizes count expansion.
+        self._built: dict[int, tuple[Any, int]] = {}
+        self._active: set[int] = set()
+        self._values = 0
 
     def error(self, node: Node, path: Path, message: str) -> None:
         self.problems.append(
@@ -89,21 +105,70 @@ class _Builder:
         )
 
     def build(self, node: Node, path: Path) -> Any:
-        self.marks.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, ScalarNode):
-            tag = self._tag(node)
-            if tag == _STR:
-                return node.value
-            if tag in _SIMPLE_TAGS:
-                node.tag = tag
-                return self._constructor.construct_object(node)
-            # Timestamps, binary and custom tags are kept as the text the user wrote.
+        self.marks.values.setdefault(path, (node.start_mark.line + 1,
+                                            node.start_mark.column + 1))
+        key = id(node)
+        if key in self._built:  # an alias: the same value again
+            value, size = self._built[key]
+            self._count(node, path, size)
+            return value
+        if key in self._active:
+            raise _Refused(node, path, "an alias refers to a node that contains it "
+                                       "(recursive structures are not allowed)")
+        if len(path) > MAX_DEPTH:
+            raise _Refused(node, path, f"nested more than {MAX_DEPTH} levels deep")
+        before = self._values
+        self._active.add(key)
+        try:
+            if isinstance(node, ScalarNode):
+                self._count(node, path, 1)
+                value = self._scalar(node, path)
+            elif isinstance(node, SequenceNode):
+                self._count(node, path, 1)
+                value = [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            elif isinstance(node, MappingNode):
+                self._count(node, path, 1)
+                value = self._mapping(node, path)
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown YAML node {node!r}")
+        finally:
+            self._active.discard(key)
+        self._built[key] = (value, self._values - before)
+        return value
+
+    def _count(self, node: Node, path: Path, size: int) -> None:
+        self._values += size
+        if self._values > MAX_VALUES:
+            raise _Refused(node, path, f"the document expands to more than {MAX_VALUES:,} "
+                                       "values through aliases")
+
+    def _scalar(self, node: ScalarNode, path: Path) -> Any:
+        tag = self._tag(node)
+        if tag == _STR:
             return node.value
-        if isinstance(node, SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if isinstance(node, MappingNode):
-            return self._mapping(node, path)
-        raise AssertionError(f"unknown YAML node {node!r}")  # pragma: no cover
+        if tag in _SIMPLE_TAGS:
+            node.tag = tag
+            try:
+                return self._constructor.construct_object(node)
+            except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):
+                kind = tag.rpartition(":")[2]
+                self.error(node, path, f"{node.value!r} is not a valid {kind} "
+                                       f"(explicit tag !!{kind})")
+                return node.value
+        # Timestamps, binary and custom tags are kept as the text the user wrote.
+        return node.value
+
+    def _explicit(self, node: ScalarNode) -> bool:
+        """Whether the scalar carries an explicit tag (possibly after an &anchor)."""
+        text, i = self.text, node.start_mark.index
+        while i < len(text) and text[i] in "&!":
+            if text[i] == "!":
+                return True
+            while i < len(text) and not text[i].isspace():
+                i += 1
+            while i < len(text) and text[i] in " \t":
+                i += 1
+        return False
 
     def _tag(self, node: ScalarNode) -> str:
         """The tag of a scalar: explicit, or by YAML 1.1 implicit rules when plain."""
@@ -112,20 +177,26 @@ class _Builder:
         value = node.value
         for tag, regexp in _IMPLICIT.get(value[:1], ()):
             if regexp.match(value):
-                if self.text[node.start_mark.index:node.start_mark.index + 1] == "!":
+                if self._explicit(node):
                     return _STR  # an explicit !!str on a value that looks like another type
                 return str(tag)
         return _STR
 
-    def _mapping(self, node: MappingNode, path: Path) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
-        seen: dict[Any, int] = {}
-        merged: dict[Any, Any] = {}
+    def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        merged: dict[str, Any] = {}
+        merged_marks = Marks()
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and self._tag(key_node) == _MERGE:
-                for source in self._merge_sources(value_node, path):
-                    for k, v in source.items():
-                        merged.setdefault(k, v)
+                # Build merged mappings with their own marks: explicit keys keep theirs.
+                own, self.marks = self.marks, merged_marks
+                try:
+                    for source in self._merge_sources(value_node, path):
+                        for k, v in source.items():
+                            merged.setdefault(k, v)
+                finally:
+                    self.marks = own
                 continue
             if not isinstance(key_node, ScalarNode):
                 self.error(key_node, path, "a mapping key must be a plain value")
@@ -145,25 +216,28 @@ class _Builder:
             result[key] = self.build(value_node, child)
         for k, v in merged.items():
             result.setdefault(k, v)
+        depth = len(path)
+        for table, mine in ((merged_marks.values, self.marks.values),
+                            (merged_marks.keys, self.marks.keys)):
+            for p, mark in table.items():
+                if len(p) > depth and p[depth] not in seen:
+                    mine.setdefault(p, mark)
         return result
 
-    def build_key(self, node: ScalarNode) -> Any:
-        tag = self._tag(node)
-        if tag not in _SIMPLE_TAGS:
-            return node.value
-        node.tag = tag
-        value = self._constructor.construct_object(node)
-        # A key such as `on:` or `1:` is still a name in this format.
-        return node.value if value is None or isinstance(value, bool) else value
+    def build_key(self, node: ScalarNode) -> str:
+        """Keys are names in this format: `1:`, `on:` and `1.5:` are the strings written."""
+        return str(node.value)
 
-    def _merge_sources(self, node: Node, path: Path) -> list[dict[Any, Any]]:
+    def _merge_sources(self, node: Node, path: Path) -> list[dict[str, Any]]:
         nodes = node.value if isinstance(node, SequenceNode) else [node]
         sources = []
         for n in nodes:
             if not isinstance(n, MappingNode):
                 self.error(n, path, "a merge key (<<) takes a mapping or a list of mappings")
                 continue
-            sources.append(self._mapping(n, path))
+            value = self.build(n, path)
+            if isinstance(value, dict):
+                sources.append(value)
         return sources
 
 
@@ -185,5 +259,11 @@ def parse(text: str, file: str) -> Document:
             Problem(file, 1, 1, "error", "(root)", f"YAML syntax error: {exc}")
         )
         return Document(file, text, None, builder.marks, builder.problems)
-    data = None if node is None else builder.build(node, ())
+    if node is None:
+        return Document(file, text, None, builder.marks, builder.problems)
+    try:
+        data = builder.build(node, ())
+    except _Refused as exc:
+        builder.error(exc.node, exc.path, exc.message)
+        return Document(file, text, None, builder.marks, builder.problems)
     return Document(file, text, data, builder.marks, builder.problems)
