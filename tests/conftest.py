@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+# The real SMTP server fixture (`smtp_server`) is shared by every test module.
+pytest_plugins = ["tests.smtpserver"]
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
 

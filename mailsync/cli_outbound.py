@@ -1,0 +1,328 @@
+"""Commands of the outbound side: send, run --once, history, queue, test."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailsync.cli import Exit, _load_or_exit, config_option, main
+from mailsync.config.model import Config, OutgoingServer
+from mailsync.errors import ConnectError, SecretError, StoreError
+from mailsync.store import OutboundStore, Store, db_path
+from mailsync.tables import table
+
+list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                           default="table", show_default=True, help="Output format.")
+
+
+def _config(config_path: Path) -> Config:
+    loaded = _load_or_exit(config_path)
+    assert loaded.config is not None
+    return loaded.config
+
+
+def _store(config: Config, *, create: bool = True) -> Store:
+    try:
+        return Store.open(config.daemon.state_dir, create=create)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+
+
+# -- send ------------------------------------------------------------------------------
+@main.command()
+@config_option
+@click.option("--user", required=True, help="Who sends (a declared user).")
+@click.option("--account", help="Account to send through (default: the user's only one).")
+@click.option("--to", "to", multiple=True, required=True, help="Recipient (repeatable).")
+@click.option("--cc", multiple=True, help="Cc recipient (repeatable).")
+@click.option("--bcc", multiple=True, help="Bcc recipient (repeatable).")
+@click.option("--subject", required=True)
+@click.option("--text-file", type=click.File("r"), help="Plain-text body ('-' = stdin).")
+@click.option("--html-file", type=click.File("r"), help="HTML body.")
+@click.option("--reply-to")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
+              help="Extra header (repeatable).")
+@click.option("--attach", multiple=True, type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="Attach a file (repeatable).")
+@click.option("--idempotency-key", help="A key that makes a repeated send a no-op.")
+def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
+         cc: tuple[str, ...], bcc: tuple[str, ...], subject: str, text_file: Any,
+         html_file: Any, reply_to: str | None, headers: tuple[str, ...],
+         attach: tuple[Path, ...], idempotency_key: str | None) -> None:
+    """Drop a message into the spool (tmp/ then new/); the daemon sends it.
+
+    The body comes from --text-file and/or --html-file, or from standard input.
+    """
+    from mailsync.outbound.spool import drop
+
+    config = _config(config_path)
+    text = text_file.read() if text_file else None
+    html = html_file.read() if html_file else None
+    if text is None and html is None:
+        text = sys.stdin.read()
+    extra: dict[str, str] = {}
+    for h in headers:
+        name, sep, value = h.partition("=")
+        if not sep or not name.strip():
+            raise click.UsageError(f"--header {h!r}: expected NAME=VALUE")
+        extra[name.strip()] = value.strip()
+    try:
+        path = drop(config.daemon.spool_dir, user=user, account=account, to=list(to),
+                    cc=list(cc), bcc=list(bcc), subject=subject, text=text, html=html,
+                    reply_to=reply_to, headers=extra, attachments=list(attach),
+                    idempotency_key=idempotency_key)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+    click.echo(str(path))
+
+
+# -- run --once ------------------------------------------------------------------------
+@main.command()
+@config_option
+@click.option("--once", is_flag=True,
+              help="Ingest the spool, send all that is due, then exit.")
+def run(config_path: Path, once: bool) -> None:
+    """Run the daemon (with --once: one pass, then exit 0)."""
+    from mailsync import logs
+    from mailsync.metrics import Metrics
+    from mailsync.outbound.deliver import Deliverer
+
+    loaded = _load_or_exit(config_path)
+    config = loaded.config
+    assert config is not None
+    logs.setup(config.daemon.log_format)
+    if not once:
+        raise click.UsageError("the long-running daemon is not there yet: use --once")
+    store = _store(config)
+    outbound = OutboundStore(store)
+    metrics = Metrics()
+    metrics.prime(config)
+    try:
+        last = store.last_applied_config()
+        if last is None or last.sha256 != loaded.sha256:
+            store.record_applied_config(loaded.text, loaded.sha256, str(config_path))
+        outbound.recover(time.time())
+        deliverer = Deliverer(config, outbound, metrics)
+        try:
+            ingested, sent = _ingest_and_send(config, metrics, deliverer)
+        finally:
+            deliverer.close()
+    finally:
+        store.close()
+    click.echo(
+        f"spool: {ingested.queued} queued, {ingested.rejected} rejected, "
+        f"{ingested.duplicates} already taken; "
+        f"send: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed, "
+        f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
+
+
+def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
+    """Ingest the spool (in a child process) while sending what each committed batch queued."""
+    import threading
+
+    from mailsync.outbound.pickup import Pickup
+
+    pickup = Pickup(config)  # forked before this process starts any thread
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        result["sent"] = deliverer.run_once(until=done)
+
+    sender = threading.Thread(target=send, name="mailsync-deliver")
+    sender.start()
+    try:
+        ingested = pickup.wait(metrics, on_commit=deliverer.wake)
+    finally:
+        done.set()
+        deliverer.wake()
+        sender.join()
+    return ingested, result["sent"]
+
+
+# -- history ---------------------------------------------------------------------------
+@main.group(invoke_without_command=True)
+@config_option
+@click.option("--status", multiple=True, help="Only these statuses (repeatable).")
+@click.option("--account")
+@click.option("--user")
+@click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@list_format
+@click.pass_context
+def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
+            account: str | None, user: str | None, since: str | None, limit: int,
+            fmt: str) -> None:
+    """List sent, queued and refused messages, newest first (`history show ID` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailsync import history as h
+    from mailsync.store import STATUSES
+    from mailsync.tables import parse_since
+
+    for s in status:
+        if s not in STATUSES:
+            raise click.BadParameter(f"{s!r} (allowed: {', '.join(STATUSES)})",
+                                     param_hint="--status")
+    try:
+        since_t = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    config = _config(config_path)
+    rows: list[dict[str, Any]] = []
+    if db_path(config.daemon.state_dir).exists():
+        store = _store(config, create=False)
+        try:
+            rows = h.list_messages(OutboundStore(store),
+                                   h.Filters(status, account, user, since_t, limit))
+        finally:
+            store.close()
+    _print_rows(rows, h.LIST_COLUMNS, fmt)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(table(rows, columns))
+    else:
+        click.echo("(no messages)")
+
+
+@history.command("show")
+@click.argument("message_id", type=int)
+@config_option
+@click.option("--raw", is_flag=True, help="Print the message exactly as stored.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> None:
+    """Everything about one message: status, recipients' replies, attempts, content."""
+    from mailsync import history as h
+
+    config = _config(config_path)
+    detail = None
+    if db_path(config.daemon.state_dir).exists():
+        store = _store(config, create=False)
+        try:
+            detail = h.show(OutboundStore(store), message_id)
+        finally:
+            store.close()
+    if detail is None:
+        click.echo(f"error: no message {message_id}", err=True)
+        raise Exit(1)
+    if raw:
+        if detail["raw"] is None:
+            click.echo(f"error: the content of message {message_id} was not kept", err=True)
+            raise Exit(1)
+        sys.stdout.buffer.write(detail["raw"])
+        sys.stdout.flush()
+        return
+    if fmt == "json":
+        content = detail.pop("raw")
+        detail["content"] = content.decode("utf-8", "replace") if content else None
+        click.echo(json.dumps(detail, indent=2))
+    else:
+        click.echo(h.render_show(detail))
+
+
+# -- queue -----------------------------------------------------------------------------
+@main.group()
+def queue() -> None:
+    """Look at and act on the outbound queue."""
+
+
+@queue.command("list")
+@config_option
+@list_format
+def queue_list(config_path: Path, fmt: str) -> None:
+    """Messages not yet delivered: queued, sending, deferred, held."""
+    from mailsync import history as h
+
+    config = _config(config_path)
+    rows: list[dict[str, Any]] = []
+    if db_path(config.daemon.state_dir).exists():
+        store = _store(config, create=False)
+        try:
+            rows = h.list_messages(OutboundStore(store), h.Filters(
+                ("queued", "sending", "deferred", "held"), limit=10_000))
+        finally:
+            store.close()
+    _print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
+                       "next_attempt_at", "error"), fmt)
+
+
+_ACTIONS = {
+    # command: (new status, allowed from, what it says)
+    "retry": ("queued", ("deferred", "failed"), "queued for an immediate retry"),
+    "hold": ("held", ("queued", "deferred"), "held by an operator"),
+    "release": ("queued", ("held",), "released by an operator"),
+    "delete": ("failed", ("queued", "deferred", "held"), "deleted from the queue by an operator"),
+}
+
+
+def _queue_action(name: str) -> None:
+    new, allowed, what = _ACTIONS[name]
+
+    @queue.command(name, help=f"Message ID: {what} (from {', '.join(allowed)}).")
+    @click.argument("message_id", type=int)
+    @config_option
+    def action(message_id: int, config_path: Path) -> None:
+        config = _config(config_path)
+        store = _store(config)
+        try:
+            old = OutboundStore(store).transition(message_id, new, allowed, time.time(), what)
+        except KeyError:
+            click.echo(f"error: no message {message_id}", err=True)
+            raise Exit(1) from None
+        except ValueError as exc:
+            click.echo(f"error: message {message_id} is {exc}; {name} applies to "
+                       f"{', '.join(allowed)} messages", err=True)
+            raise Exit(1) from None
+        finally:
+            store.close()
+        click.echo(f"message {message_id}: {old} -> {new} ({what})")
+
+
+for _name in _ACTIONS:
+    _queue_action(_name)
+
+
+# -- test ------------------------------------------------------------------------------
+@main.command("test")
+@click.argument("names", nargs=-1)
+@config_option
+def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
+    """Connect and log in to each outgoing server (or those NAMEd): OK or Connection Error."""
+    from mailsync.outbound.smtp import open_session
+
+    config = _config(config_path)
+    servers: dict[str, OutgoingServer] = {s.name: s for s in config.outgoing_servers}
+    for a in config.accounts:
+        if a.own_login is not None:
+            servers[a.name] = a.own_login
+    unknown = [n for n in names if n not in servers]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} (declared: {', '.join(servers) or 'none'})",
+            param_hint="NAME")
+    failed = 0
+    for name in names or tuple(servers):
+        server = servers[name]
+        try:
+            password = server.password.resolve() if server.password else None
+            session = open_session(server, password)
+            session.close()
+        except (ConnectError, SecretError) as exc:
+            failed += 1
+            click.echo(f"{name}: Connection Error: {exc}")
+            continue
+        click.echo(f"{name}: OK")
+    if failed:
+        raise Exit(1)

@@ -1,0 +1,156 @@
+"""Read side of the send history: listings and one message's full record.
+
+What the admin's "History, error reports" screen showed: each message's status, every
+attempt, each recipient's reply, the error, and the content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mailsync.store import OutboundStore
+from mailsync.tables import iso
+
+LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
+                "attempts", "error")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Listing filters; None means any."""
+
+    status: tuple[str, ...] = ()
+    account: str | None = None
+    user: str | None = None
+    since: float | None = None
+    limit: int = 100
+
+
+def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
+    """Messages newest first, as objects with stable keys (see LIST_COLUMNS)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if f.status:
+        where.append(f"m.status IN ({','.join('?' * len(f.status))})")
+        args.extend(f.status)
+    if f.account:
+        where.append("m.account = ?")
+        args.append(f.account)
+    if f.user:
+        where.append("m.user = ?")
+        args.append(f.user)
+    if f.since is not None:
+        where.append("m.created_at >= ?")
+        args.append(f.since)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = store.query(
+        "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
+        " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
+        " m.next_attempt_at, m.source,"
+        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt"
+        f" FROM messages m {clause} ORDER BY m.id DESC LIMIT ?", (*args, f.limit))
+    return [_summary(r) for r in rows]
+
+
+def _summary(r: Any) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "status": r["status"],
+        "created_at": iso(r["created_at"]),
+        "updated_at": iso(r["updated_at"]),
+        "account": r["account"],
+        "user": r["user"],
+        "server": r["server"],
+        "from": r["from_address"],
+        "to": r["rcpt"],
+        "message_id": r["message_id"],
+        "subject": r["subject"],
+        "attempts": r["attempts"],
+        "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "deferred" else None,
+        "error": r["last_error"],
+        "reason": r["reason"],
+        "source": r["source"],
+    }
+
+
+def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
+    """One message in full: summary, recipients, attempts, events; ``raw`` as bytes."""
+    rows = store.query(
+        "SELECT m.*, m.from_address, (SELECT group_concat(address, ', ') FROM recipients r"
+        " WHERE r.message = m.id) AS rcpt FROM messages m WHERE m.id = ?", (mid,))
+    if not rows:
+        return None
+    r = rows[0]
+    out = _summary(r)
+    out["size"] = r["size"]
+    out["raw"] = r["raw"]
+    out["recipients"] = [
+        {"address": x["address"], "status": x["status"], "code": x["code"],
+         "reply": x["reply"], "updated_at": iso(x["updated_at"])}
+        for x in store.query("SELECT * FROM recipients WHERE message = ?", (mid,))
+    ]
+    out["attempts_detail"] = [
+        {"at": iso(x["at"]), "server": x["server"], "result": x["result"], "code": x["code"],
+         "reply": x["reply"],
+         "duration_ms": round(x["duration"] * 1000, 1) if x["duration"] is not None else None}
+        for x in store.query("SELECT * FROM attempts WHERE message = ? ORDER BY id", (mid,))
+    ]
+    out["events"] = [
+        {"at": iso(x["at"]), "status": x["status"], "detail": x["detail"]}
+        for x in store.query("SELECT * FROM events WHERE message = ? ORDER BY id", (mid,))
+    ]
+    return out
+
+
+def render_show(d: dict[str, Any]) -> str:
+    """The full record as text: header, recipients, attempts, events, content."""
+    lines = [f"Message {d['id']}: {d['status']}"]
+    for key in ("created_at", "updated_at", "user", "account", "server", "from", "message_id",
+                "subject", "attempts", "next_attempt_at", "error", "reason", "source", "size"):
+        if d.get(key) not in (None, ""):
+            lines.append(f"  {key.replace('_', ' ')}: {d[key]}")
+    if d["recipients"]:
+        lines.append("Recipients:")
+        for x in d["recipients"]:
+            reply = f" {x['code']} {x['reply']}" if x["code"] or x["reply"] else ""
+            lines.append(f"  {x['address']}: {x['status']}{reply}")
+    if d["attempts_detail"]:
+        lines.append("Attempts:")
+        for x in d["attempts_detail"]:
+            dur = f" ({x['duration_ms']} ms)" if x["duration_ms"] is not None else ""
+            code = f" {x['code']}" if x["code"] else ""
+            lines.append(f"  {x['at']} {x['server']}: {x['result']}{code} {x['reply'] or ''}"
+                         f"{dur}".rstrip())
+    lines.append("Events:")
+    for x in d["events"]:
+        lines.append(f"  {x['at']} {x['status']}" + (f": {x['detail']}" if x["detail"] else ""))
+    lines.append("Content:")
+    raw = d.get("raw")
+    if raw is None:
+        lines.append("  (pruned or not kept)")
+    else:
+        lines.append(_readable(raw))
+    return "\n".join(lines)
+
+
+def _readable(raw: bytes) -> str:
+    """Headers and the text parts of a message, decoded for reading."""
+    from email import message_from_bytes, policy
+
+    msg = message_from_bytes(raw, policy=policy.default)
+    out = [f"  {k}: {v}" for k, v in msg.items()]
+    body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
+    if body is not None:
+        try:
+            text = body.get_content()
+        except (LookupError, KeyError, AttributeError):
+            text = body.get_payload(decode=True)
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        out.append("")
+        out.extend("  " + line for line in str(text).splitlines())
+    attachments = [p.get_filename() for p in msg.walk() if p.get_filename()]
+    if attachments:
+        out.append("")
+        out.append("  Attachments: " + ", ".join(str(a) for a in attachments))
+    return "\n".join(out)

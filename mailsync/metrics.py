@@ -1,0 +1,97 @@
+"""Prometheus metrics (DESIGN §6): one registry, injected; label values are config names.
+
+Series known to exist (each declared server, account, reason) are created at 0 by
+:meth:`Metrics.prime`, so dashboards and alerts see them before the first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from mailsync import __version__
+from mailsync.config.model import Config
+
+REJECT_REASONS = ("unparseable", "unknown_user", "ungranted_account", "no_account",
+                  "no_recipients", "bad_recipient", "header_injection", "oversize")
+FAIL_REASONS = ("permanent", "expired", "no_server")
+ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
+
+
+class Metrics:
+    """Every mailsync series, registered in ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.messages_sent = Counter(
+            "mailsync_messages_sent", "Messages accepted by an SMTP server.",
+            ["account", "server"], registry=r)
+        self.messages_failed = Counter(
+            "mailsync_messages_failed", "Messages that failed permanently.",
+            ["account", "reason"], registry=r)
+        self.messages_deferred = Counter(
+            "mailsync_messages_deferred", "Send attempts that ended in a deferral.",
+            ["server"], registry=r)
+        self.messages_rejected = Counter(
+            "mailsync_messages_rejected", "Spool files refused, by reason.",
+            ["reason"], registry=r)
+        self.messages_bounced = Counter(
+            "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
+        self.send_attempts = Counter(
+            "mailsync_send_attempts", "SMTP transactions and connection attempts, by result.",
+            ["server", "result"], registry=r)
+        self.send_duration = Histogram(
+            "mailsync_send_duration_seconds", "Time of one SMTP transaction.", ["server"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r)
+        self.server_up = Gauge(
+            "mailsync_server_up", "1 when the last connection to the server worked.",
+            ["server", "direction"], registry=r)
+        self.mailbox_polls = Counter(
+            "mailsync_mailbox_polls", "Mailbox polls, by result.", ["server", "result"],
+            registry=r)
+        self.mailbox_fetched = Counter(
+            "mailsync_mailbox_messages_fetched", "Messages fetched and stored.", ["server"],
+            registry=r)
+        self.mailbox_last_success = Gauge(
+            "mailsync_mailbox_last_poll_success_timestamp_seconds",
+            "Time of the last successful poll.", ["server"], registry=r)
+        self.config_last_reload_successful = Gauge(
+            "mailsync_config_last_reload_successful", "1 when the last reload was applied.",
+            registry=r)
+        self.config_last_reload_success_timestamp = Gauge(
+            "mailsync_config_last_reload_success_timestamp_seconds",
+            "Time the configuration in force was applied.", registry=r)
+        self.config_reloads = Counter(
+            "mailsync_config_reloads", "Reload attempts, by result.", ["result"], registry=r)
+        self.config_hash = Gauge(
+            "mailsync_config_hash", "First 52 bits of the SHA-256 of the config in force.",
+            registry=r)
+        self.build_info = Info("mailsync_build", "mailsync version.", registry=r)
+        self.build_info.info({"version": __version__})
+
+    def prime(self, config: Config) -> None:
+        """Create every series the config makes known, at 0."""
+        for reason in REJECT_REASONS:
+            self.messages_rejected.labels(reason)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        servers = [s.name for s in config.outgoing_servers]
+        servers += [a.own_login.name for a in config.accounts if a.own_login is not None]
+        for server in servers:
+            self.messages_deferred.labels(server)
+            self.server_up.labels(server, "outgoing")
+            for result in ATTEMPT_RESULTS:
+                self.send_attempts.labels(server, result)
+        for account in config.accounts:
+            self.messages_bounced.labels(account.name)
+            for reason in FAIL_REASONS:
+                self.messages_failed.labels(account.name, reason)
+            if account.server is not None:
+                self.messages_sent.labels(account.name, account.server)
+            elif account.own_login is not None:
+                self.messages_sent.labels(account.name, account.own_login.name)
+        for inc in config.incoming_servers:
+            self.server_up.labels(inc.name, "incoming")
+            self.mailbox_fetched.labels(inc.name)
+            for result in ("success", "failure"):
+                self.mailbox_polls.labels(inc.name, result)

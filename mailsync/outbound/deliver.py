@@ -1,0 +1,273 @@
+"""Store → SMTP: send what is due through per-server connection pools, in worker threads.
+
+Postfix semantics (DESIGN §3): each recipient's reply is kept; 4xx, timeouts and lost
+connections defer with backoff; 5xx fails; past the retry lifetime a deferral becomes a
+failure. A connection failure moves to the next eligible server before deferring. The
+sent status is committed right after the server's acceptance, so a crash can resend at
+most the messages that were in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mailsync.config.model import Account, Config, OutgoingServer
+from mailsync.errors import ConnectError, SecretError
+from mailsync.metrics import Metrics
+from mailsync.outbound import compose, retry, routing
+from mailsync.outbound.sender import ConnectionPool
+from mailsync.outbound.smtp import SmtpSession, open_session
+from mailsync.outbound.types import Delivery, RecipientResult
+from mailsync.store import OutboundStore, Outgoing
+
+log = logging.getLogger("mailsync.deliver")
+
+SessionFactory = Callable[[OutgoingServer, str | None], SmtpSession]
+CLAIM_BATCH = 200
+
+
+@dataclass
+class DeliverStats:
+    """What one pass did, by final status of each try."""
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    held: int = 0
+
+
+def _labels(metric: Any, *values: str) -> Any:
+    return metric.labels(*values)
+
+
+def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession:
+    return open_session(server, password)
+
+
+class Deliverer:
+    """Sends due messages; owns one :class:`ConnectionPool` per outgoing server."""
+
+    def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
+                 factory: SessionFactory = default_factory,
+                 clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.factory = factory
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.pools: dict[str, ConnectionPool] = {}
+        self._closed_opened = 0  # sessions opened by pools already closed
+        self._work_ready = threading.Event()
+        # prometheus_client's labels() costs ~20 µs; a message touches four series.
+        self._series = functools.lru_cache(maxsize=4096)(_labels)
+        self._pools_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+
+    # -- pools -------------------------------------------------------------------------
+    def pool(self, server: OutgoingServer) -> ConnectionPool:
+        """The pool of ``server``, created on first use (one per server name)."""
+        with self._pools_lock:
+            pool = self.pools.get(server.name)
+            if pool is None:
+                pool = ConnectionPool(server, lambda: self._connect(server))
+                self.pools[server.name] = pool
+            return pool
+
+    def _connect(self, server: OutgoingServer) -> SmtpSession:
+        password = None
+        if server.password is not None:
+            try:
+                password = server.password.resolve()
+            except SecretError as exc:
+                raise ConnectError(f"{server.name}: password: {exc}", "auth") from None
+        return self.factory(server, password)
+
+    def close(self) -> None:
+        """Close every pooled session (QUIT)."""
+        with self._pools_lock:
+            pools, self.pools = list(self.pools.values()), {}
+            self._closed_opened += sum(p.opened for p in pools)
+        for pool in pools:
+            pool.close()
+
+    @property
+    def connections_opened(self) -> int:
+        """SMTP sessions opened so far, by every pool this deliverer had."""
+        with self._pools_lock:
+            return self._closed_opened + sum(p.opened for p in self.pools.values())
+
+    # -- one pass ----------------------------------------------------------------------
+    def wake(self) -> None:
+        """New messages were queued: a waiting :meth:`run_once` claims them at once."""
+        self._work_ready.set()
+
+    def run_once(self, workers: int | None = None, *,
+                 until: threading.Event | None = None) -> DeliverStats:
+        """Send everything due now, with up to ``workers`` threads; returns the outcomes.
+
+        With ``until``, keep claiming newly queued messages (see :meth:`wake`) until that
+        event is set and nothing is due: `run --once` sends while it is still ingesting.
+        """
+        stats = DeliverStats()
+        n = workers or self._default_workers()
+        work: queue.Queue[Outgoing | None] = queue.Queue(maxsize=n * 4)
+        threads = [threading.Thread(target=self._worker, args=(work, stats),
+                                    name=f"mailsync-send-{i}", daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                self._work_ready.clear()
+                # Read before claiming: once the producer is done, an empty claim is final.
+                finished = until is None or until.is_set()
+                batch = self.store.claim_due(self.clock(), CLAIM_BATCH)
+                for message in batch:
+                    work.put(message)
+                if batch:
+                    continue
+                if finished:
+                    break
+                self._work_ready.wait(0.05)
+        finally:
+            for _ in threads:
+                work.put(None)
+            for t in threads:
+                t.join()
+        return stats
+
+    def _default_workers(self) -> int:
+        total = sum(s.max_connections for s in self.config.outgoing_servers)
+        total += sum(a.own_login.max_connections for a in self.config.accounts
+                     if a.own_login is not None)
+        return max(1, min(total, 32))
+
+    def _worker(self, work: queue.Queue[Outgoing | None], stats: DeliverStats) -> None:
+        while True:
+            message = work.get()
+            if message is None:
+                return
+            try:
+                outcome = self.send(message)
+            except Exception:  # noqa: BLE001 - one message must not stop the others
+                log.exception("message %d: unexpected error while sending", message.id)
+                outcome = self._defer_unexpected(message)
+            with self._stats_lock:
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+
+    # -- one message -------------------------------------------------------------------
+    def send(self, message: Outgoing) -> str:
+        """Try ``message`` once (with failover); record and return its new status."""
+        config = self.config
+        now = self.clock()
+        account = config.account(message.account)
+        if account is None:
+            detail = f"account {message.account!r} is no longer in the configuration"
+            self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
+            return "held"
+        servers = routing.servers_for(config, account, message.from_address, spread=message.id)
+        if not servers:
+            detail = f"no outgoing server may send as {message.from_address}"
+            self.store.record_failure(message.id, "failed", detail, now)
+            self._series(self.metrics.messages_failed, account.name, "no_server").inc()
+            return "failed"
+        mail_from = compose.verp_sender(config, message.id) or message.from_address
+        errors = []
+        for server in servers:
+            pool = self.pool(server)
+            try:
+                session = pool.acquire(timeout=server.timeout.total_seconds())
+            except ConnectError as exc:
+                errors.append(str(exc))
+                self._series(self.metrics.server_up, server.name, "outgoing").set(0)
+                self._series(self.metrics.send_attempts, server.name, "connect_error").inc()
+                log.warning("message %d: %s", message.id, exc)
+                continue
+            self._series(self.metrics.server_up, server.name, "outgoing").set(1)
+            return self._transact(message, account, server, pool, session, mail_from)
+        return self._connect_failed(message, account, servers[-1], "; ".join(errors))
+
+    def _transact(self, message: Outgoing, account: Account, server: OutgoingServer,
+                  pool: ConnectionPool, session: SmtpSession, mail_from: str) -> str:
+        start = time.perf_counter()
+        try:
+            delivery = session.send(mail_from, message.recipients, message.raw)
+        except ConnectError as exc:
+            # Lost mid-transaction: the server may or may not have the message. Defer.
+            pool.release(session)
+            self._series(self.metrics.send_attempts, server.name, "deferred").inc()
+            return self._connect_failed(message, account, server, str(exc), tried=True)
+        pool.release(session)
+        duration = time.perf_counter() - start
+        self._series(self.metrics.send_duration, server.name).observe(duration)
+        return self._record(message, account, delivery, duration)
+
+    def _record(self, message: Outgoing, account: Account, delivery: Delivery,
+                duration: float) -> str:
+        now = self.clock()
+        cfg_retry = self.config.daemon.retry
+        server = delivery.server
+        next_at = None
+        expired = False
+        if delivery.deferred:
+            if retry.expired(message.created_at, now, cfg_retry):
+                expired = True
+                delivery = replace(delivery, recipients=tuple(
+                    RecipientResult(r.address, "failed", r.code,
+                                    f"retry lifetime expired; last reply: {r.reply}")
+                    if r.status == "deferred" else r for r in delivery.recipients))
+            else:
+                next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
+        if delivery.deferred:
+            status = "deferred"
+        elif delivery.sent:
+            status = "sent"
+        else:
+            status = "failed"
+        problems = [f"{r.address}: {r.code or ''} {r.reply}".strip()
+                    for r in delivery.recipients if r.status != "sent"]
+        error = "; ".join(problems) or None
+        self.store.record_delivery(message.id, delivery, status, now, next_attempt_at=next_at,
+                                   error=error, duration=duration)
+        self._series(self.metrics.send_attempts, server, status).inc()
+        if status == "sent":
+            self._series(self.metrics.messages_sent, account.name, server).inc()
+        elif status == "deferred":
+            self._series(self.metrics.messages_deferred, server).inc()
+            log.info("message %d deferred: %s", message.id, error)
+        else:
+            self._series(self.metrics.messages_failed,
+                account.name, "expired" if expired else "permanent").inc()
+            log.warning("message %d failed: %s", message.id, error)
+        return status
+
+    def _connect_failed(self, message: Outgoing, account: Account, server: OutgoingServer,
+                        error: str, tried: bool = False) -> str:
+        now = self.clock()
+        cfg_retry = self.config.daemon.retry
+        if retry.expired(message.created_at, now, cfg_retry):
+            detail = f"retry lifetime expired; last error: {error}"
+            self.store.record_failure(message.id, "failed", detail, now, server=server.name)
+            self._series(self.metrics.messages_failed, account.name, "expired").inc()
+            return "failed"
+        next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
+        self.store.record_failure(message.id, "deferred", error, now, server=server.name,
+                                  next_attempt_at=next_at)
+        self._series(self.metrics.messages_deferred, server.name).inc()
+        return "deferred"
+
+    def _defer_unexpected(self, message: Outgoing) -> str:
+        now = self.clock()
+        next_at = retry.next_attempt(message.created_at, now, self.config.daemon.retry, self.rng)
+        self.store.record_failure(message.id, "deferred", "internal error (see the log)", now,
+                                  next_attempt_at=next_at)
+        return "deferred"

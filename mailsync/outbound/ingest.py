@@ -1,0 +1,148 @@
+"""Spool → store: take the files in ``spool/new``, queue them or reject them, exactly once.
+
+Each batch of files is committed to the store in one transaction, and only then are the
+files removed (or moved to ``rejected/``). A crash in between leaves files whose name
+and content hash the store already knows: the next pass finishes removing them instead
+of queueing them twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailsync.config.model import Config
+from mailsync.metrics import Metrics
+from mailsync.outbound import compose, routing, spool
+from mailsync.outbound.types import Rejection
+from mailsync.store import NewMessage, OutboundStore, RejectedMessage
+
+log = logging.getLogger("mailsync.ingest")
+
+BATCH = 256
+
+
+@dataclass
+class IngestStats:
+    """What one pass did."""
+
+    queued: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _crlf(data: bytes) -> bytes:
+    """SMTP wants CRLF line ends; smtplib sends bytes as they are, bare LFs included."""
+    if b"\n" not in data.replace(b"\r\n", b""):
+        return data  # the common case, checked at C speed
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+def _read(path: Path, max_size: int) -> bytes | None:
+    """The file's bytes (only the first ``max_size + 1`` of an oversize one); None if gone."""
+    try:
+        with path.open("rb") as f:
+            return f.read(max_size + 1)
+    except FileNotFoundError:
+        return None
+
+
+class Ingester:
+    """Takes spool files into the store; one call of :meth:`run_once` is one pass."""
+
+    def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
+                 clock: Callable[[], float] = time.time,
+                 on_commit: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.on_commit = on_commit  # told after each committed batch (wakes the sender)
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        spool.ensure_dirs(config.daemon.spool_dir)
+
+    def run_once(self, limit: int | None = None) -> IngestStats:
+        """Ingest every file now in ``new/`` (at most ``limit``), in batches."""
+        stats = IngestStats()
+        files = spool.scan(self.config.daemon.spool_dir)
+        if limit is not None:
+            files = files[:limit]
+        for start in range(0, len(files), BATCH):
+            self._batch(files[start:start + BATCH], stats)
+        return stats
+
+    def _batch(self, paths: list[Path], stats: IngestStats) -> None:
+        config = self.config
+        max_size = config.daemon.max_message_size
+        now = self.clock()
+        items: list[NewMessage | RejectedMessage] = []
+        by_name: dict[str, Path] = {}
+        rejections: dict[str, Rejection] = {}
+        for path in paths:
+            data = _read(path, max_size)
+            if data is None:
+                continue
+            name = path.name
+            by_name[name] = path
+            sha = hashlib.sha256(data).hexdigest()
+            parsed = spool.parse(name, data, max_size=max_size)
+            if isinstance(parsed, Rejection):
+                rejections[name] = parsed
+                items.append(RejectedMessage(name, sha, parsed.reason, parsed.detail,
+                                             raw=data if len(data) <= max_size else None))
+                continue
+            account = routing.choose_account(config, parsed.user, parsed.account)
+            if isinstance(account, Rejection):
+                rejections[name] = account
+                items.append(RejectedMessage(name, sha, account.reason, account.detail,
+                                             raw=data, user=parsed.user,
+                                             account=parsed.account, subject=parsed.subject))
+                continue
+            composed = compose.compose(parsed, account, config,
+                                       now=datetime.fromtimestamp(now, UTC))
+            items.append(NewMessage(
+                source=name, sha256=sha, user=parsed.user, account=account.name,
+                from_address=composed.from_address, message_id=composed.message_id,
+                subject=composed.subject, raw=_crlf(composed.data), recipients=parsed.recipients,
+                idempotency_key=parsed.idempotency_key))
+        if not items:
+            return
+        result = self.store.ingest(items, now)
+        if self.on_commit is not None and result.queued:
+            self.on_commit()
+        # Committed: now the files may go.
+        for name in result.queued:
+            spool.remove(by_name[name])
+        for name, mid in result.rejected.items():
+            self._reject(by_name[name], rejections[name], mid)
+        for name, mid in result.duplicates.items():
+            self._finish_duplicate(by_name[name], mid)
+        stats.queued += len(result.queued)
+        stats.rejected += len(result.rejected)
+        stats.duplicates += len(result.duplicates)
+
+    def _reject(self, path: Path, rejection: Rejection, mid: int) -> None:
+        spool.reject(self.config.daemon.spool_dir, path, rejection)
+        self.metrics.messages_rejected.labels(rejection.reason).inc()
+        log.warning("rejected spool file %s (message %d): %s: %s", path.name, mid,
+                    rejection.reason, rejection.detail)
+
+    def _finish_duplicate(self, path: Path, mid: int) -> None:
+        rows = self.store.query("SELECT status, reason, last_error FROM messages WHERE id = ?",
+                                (mid,))
+        if rows and rows[0]["status"] == "rejected":
+            # A crash came between recording the rejection and moving the file.
+            spool.reject(self.config.daemon.spool_dir, path,
+                         Rejection(rows[0]["reason"], rows[0]["last_error"] or ""))
+        else:
+            spool.remove(path)
+        log.info("spool file %s was already taken as message %d; not queued twice",
+                 path.name, mid)

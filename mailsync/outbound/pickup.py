@@ -1,0 +1,96 @@
+"""Spool ingestion in a child process, so that it runs beside the sender on another core.
+
+Parsing and composing thousands of spool files is CPU-bound Python; the sender is
+latency-bound and would wait for the GIL behind it (Postfix separates `pickup` and `smtp`
+processes for the same reason). The child opens its own store connection, ingests one
+pass (exactly-once as always: the store, not the process, decides what was taken), tells
+the parent after each committed batch so it can send at once, and dies with its parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+from mailsync.config.model import Config
+from mailsync.errors import MailsyncError
+from mailsync.metrics import Metrics
+from mailsync.outbound.ingest import Ingester, IngestStats
+from mailsync.store import OutboundStore, Store
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (no orphaned ingester)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _child(config: Config, conn: Connection) -> None:
+    _die_with_parent()
+    try:
+        store = Store.open(config.daemon.state_dir)
+        metrics = Metrics()
+        try:
+            ingester = Ingester(config, OutboundStore(store), metrics,
+                                on_commit=lambda: conn.send(("committed", None)))
+            stats = ingester.run_once()
+        finally:
+            store.close()
+        rejected = {s.labels["reason"]: int(s.value)
+                    for family in metrics.messages_rejected.collect()
+                    for s in family.samples if s.name.endswith("_total") and s.value}
+        conn.send(("done", (asdict(stats), rejected)))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class Pickup:
+    """A running ingestion child. Start it before any thread of this process touches the
+    store: a fork copies the locks of the forking process, not the threads that own them."""
+
+    def __init__(self, config: Config) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child, args=(config, child_end),
+                                 name="mailsync-pickup")
+        self._proc.start()
+        child_end.close()
+
+    def wait(self, metrics: Metrics, on_commit: Callable[[], None] | None = None) -> IngestStats:
+        """Relay its commits to ``on_commit`` until it is done; its stats and rejections."""
+        outcome: tuple[str, Any] = ("error", "the ingestion process died")
+        try:
+            while True:
+                try:
+                    kind, payload = self._conn.recv()
+                except EOFError:
+                    break
+                if kind == "committed":
+                    if on_commit is not None:
+                        on_commit()
+                    continue
+                outcome = (kind, payload)
+                break
+        finally:
+            self._conn.close()
+            self._proc.join()
+        kind, payload = outcome
+        if kind != "done":
+            raise MailsyncError(f"spool ingestion failed: {payload}")
+        stats, rejected = payload
+        for reason, count in rejected.items():
+            metrics.messages_rejected.labels(reason).inc(count)
+        return IngestStats(**stats)

@@ -1,0 +1,5 @@
+"""What applications import to send: ``mailsync.spool.drop(...)`` (DESIGN.md §2)."""
+
+from mailsync.outbound.spool import Attachment, drop, drop_eml
+
+__all__ = ["Attachment", "drop", "drop_eml"]

@@ -1,0 +1,375 @@
+"""A real SMTP server for tests: aiosmtpd in a thread on 127.0.0.1, with trustme TLS.
+
+Use the ``smtp_server`` factory fixture from any test module::
+
+    from tests.smtpserver import smtp_server_fixture  # noqa: F401  (fixture "smtp_server")
+
+    def test_x(smtp_server):
+        server = smtp_server(tls="starttls", auth={"relay": "pw"})
+        ...  # connect to server.host:server.port, trusting server.client_context()
+
+A subprocess can trust the certificate with ``SSL_CERT_FILE=server.ca_file``. The server
+records every accepted message, TCP connection and login, thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+TlsMode = Literal["none", "starttls", "ssl"]
+HOST = "127.0.0.1"
+
+
+class _QuietLoginData(logging.Filter):
+    """aiosmtpd itself sets the deprecated Session.login_data on every successful AUTH and
+    logs a warning about it; drop just that line so test output shows real problems."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+_AIOSMTPD_LOG = logging.getLogger("mail.log")
+if not any(isinstance(f, _QuietLoginData) for f in _AIOSMTPD_LOG.filters):
+    _AIOSMTPD_LOG.addFilter(_QuietLoginData())
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message the server accepted: its envelope, content and how it came.
+
+    ``data`` is the content as received: CRLF line ends, dot-stuffing undone.
+    """
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    tls: bool
+    auth_user: str | None
+    mail_options: tuple[str, ...] = ()
+
+
+class _Handler:
+    """aiosmtpd hooks: canned replies per option, recording into the owning SmtpServer."""
+
+    def __init__(self, owner: SmtpServer) -> None:
+        self.owner = owner
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        owner = self.owner
+        owner._command("MAIL")
+        if owner.auth is not None and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        if owner.mail_reply is not None:
+            return owner.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.owner._command("RCPT")
+        reply = self.owner.recipient_replies.get(address)
+        if reply is not None and not reply.startswith("2"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return reply or "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        owner = self.owner
+        if owner.data_reply is not None:
+            return owner.data_reply
+        transport = server.transport
+        tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        user = session.auth_data if isinstance(session.auth_data, str) else None
+        owner._record(
+            Received(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=tuple(envelope.rcpt_tos),
+                data=envelope.original_content or b"",
+                tls=tls,
+                auth_user=user,
+                mail_options=tuple(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 OK queued"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.owner._command("RSET")
+        return "250 2.0.0 OK"
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        self.owner._command("NOOP")
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.owner._command("QUIT")
+        return "221 2.0.0 Bye"
+
+
+class _SMTP(SMTP):
+    """aiosmtpd's SMTP, which can drop the connection in the middle of DATA."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.owner = handler.owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again after STARTTLS; never when an implicit-TLS handshake fails.
+        self.owner._track(self, True)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner._track(self, False)
+        super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.owner._command("DATA")
+        if not self.owner.drop_on_data or not self.envelope or not self.envelope.rcpt_tos:
+            await super().smtp_DATA(arg)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self._reader.readuntil(b"\r\n")  # take one line of the message, then hang up
+        _abort(self)
+
+
+class _Controller(Controller):
+    def __init__(self, owner: SmtpServer, **kwargs: Any) -> None:
+        super().__init__(_Handler(owner), hostname=HOST, port=owner.port, **kwargs)
+        self.owner = owner
+
+    def factory(self) -> SMTP:
+        with self.owner._lock:
+            self.owner.connections += 1  # one call per TCP connection
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self) -> None:
+        # Bound to port 0 (no race for a free port): learn the real port before
+        # aiosmtpd's start() pokes the server on self.port.
+        assert isinstance(self.server, asyncio.Server)
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+class SmtpServer:
+    """A real SMTP server on 127.0.0.1 with a free port; a context manager.
+
+    tls: "none", "starttls" (offered unless ``offer_starttls`` is false) or "ssl"
+    (implicit TLS), with a trustme certificate for 127.0.0.1 and localhost.
+    auth: username → password (AUTH PLAIN/LOGIN); when set, MAIL before AUTH gets 530.
+    recipient_replies: address → reply at RCPT, e.g. "550 5.1.1 No such user".
+    mail_reply / data_reply: a reply given at MAIL FROM / at the end of DATA instead of 250
+    (a message answered with data_reply is not recorded).
+    drop_on_data: hang up after the first line of message data.
+
+    Records (read them from the test thread): ``messages`` (:class:`Received`),
+    ``connections`` (TCP connections accepted), ``logins`` / ``failed_logins`` (user
+    names), ``commands`` (MAIL, RCPT, DATA, RSET, NOOP, QUIT in arrival order).
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: TlsMode = "none",
+        auth: dict[str, str] | None = None,
+        offer_starttls: bool = True,
+        recipient_replies: dict[str, str] | None = None,
+        mail_reply: str | None = None,
+        data_reply: str | None = None,
+        drop_on_data: bool = False,
+        ca: trustme.CA | None = None,
+    ) -> None:
+        self.tls = tls
+        self.auth = dict(auth) if auth is not None else None
+        self.offer_starttls = offer_starttls
+        self.recipient_replies = dict(recipient_replies or {})
+        self.mail_reply = mail_reply
+        self.data_reply = data_reply
+        self.drop_on_data = drop_on_data
+        self.ca = ca or trustme.CA()
+        self.host = HOST
+        self.port = 0
+        self.messages: list[Received] = []
+        self.connections = 0
+        self.logins: list[str] = []
+        self.commands: list[str] = []  # MAIL, RCPT, DATA, RSET, NOOP, QUIT as they came
+        self.failed_logins: list[str] = []
+        self._lock = threading.Condition()
+        self._live: set[_SMTP] = set()
+        self._tmp = Path(tempfile.mkdtemp(prefix="smtpserver-"))
+        self.ca_file = self._tmp / "ca.pem"  # PEM of ``ca``, for SSL_CERT_FILE
+        self._controller: _Controller | None = None
+
+    def __repr__(self) -> str:
+        return f"SmtpServer({self.host}:{self.port}, tls={self.tls!r})"
+
+    def __enter__(self) -> SmtpServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this server's CA (and verifies the host)."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+    def start(self) -> SmtpServer:
+        """Listen on 127.0.0.1: a free port the first time, the same port after stop().
+
+        Restarting keeps the records (messages, connections...) and the certificate.
+        """
+        self._tmp.mkdir(exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        kwargs: dict[str, Any] = {
+            "server_hostname": "localhost",  # not socket.getfqdn(): no DNS in tests
+            "ready_timeout": 10.0,
+            "authenticator": self._authenticate if self.auth is not None else None,
+            # AUTH only after STARTTLS in "starttls" mode. aiosmtpd does not count
+            # implicit TLS for this check, so "ssl" (and "none") must not require it.
+            "auth_require_tls": self.tls == "starttls",
+        }
+        if self.tls != "none":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ca.issue_cert(HOST, "localhost").configure_cert(context)
+            if self.tls == "ssl":
+                kwargs["ssl_context"] = context
+            elif self.offer_starttls:
+                kwargs["tls_context"] = context
+        with self._lock:
+            before = self.connections
+        self._controller = _Controller(self, **kwargs)
+        self._controller.start()
+        self.port = self._controller.port
+        with self._lock:
+            self.connections = before  # forget aiosmtpd's own readiness probe
+        return self
+
+    def stop(self) -> None:
+        """Hang up on every client, stop the thread, remove the CA file (idempotent)."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            # Close live connections inside the loop first: transports left open when
+            # the loop closes would raise ResourceWarning (an error under pytest here).
+            future = asyncio.run_coroutine_threadsafe(self._hang_up(), controller.loop)
+            future.result(timeout=10)
+            controller.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Wait until at least ``count`` messages arrived; returns them (fails on timeout)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise AssertionError(f"{len(self.messages)} of {count} messages within {timeout}s")
+            return list(self.messages)
+
+    @property
+    def live_connections(self) -> int:
+        """TCP connections open right now."""
+        with self._lock:
+            return len(self._live)
+
+    def drop_connections(self) -> None:
+        """Hang up on every connected client (as a server restart would)."""
+        assert self._controller is not None, "the server is not running"
+        loop = self._controller.loop
+        asyncio.run_coroutine_threadsafe(self._hang_up(), loop).result(timeout=10)
+
+    def recipients(self) -> list[str]:
+        """Every envelope recipient of every accepted message, in order."""
+        with self._lock:
+            return [r for m in self.messages for r in m.rcpt_tos]
+
+    # -- called from the server thread ------------------------------------------------
+
+    def _record(self, message: Received) -> None:
+        with self._lock:
+            self.messages.append(message)
+            self._lock.notify_all()
+
+    def _command(self, verb: str) -> None:
+        with self._lock:
+            self.commands.append(verb)
+
+    def _track(self, protocol: _SMTP, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._live.add(protocol)
+            else:
+                self._live.discard(protocol)
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self.auth is not None
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = data.login.decode("utf-8", "replace")
+        ok = self.auth.get(user) == data.password.decode("utf-8", "replace")
+        with self._lock:
+            (self.logins if ok else self.failed_logins).append(user)
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+    async def _hang_up(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for protocol in live:
+            _abort(protocol)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._live:
+                    break
+            await asyncio.sleep(0.01)
+
+
+def _abort(protocol: _SMTP) -> None:
+    """Drop a connection at once. close() would wait for the client's TLS close_notify,
+    which a blocked client never sends, and leave the socket open when the loop ends."""
+    for transport in (protocol.transport, protocol._original_transport):
+        if transport is not None:
+            transport.abort()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(name="smtp_server")
+def smtp_server_fixture() -> Iterator[Callable[..., SmtpServer]]:
+    """Factory: ``smtp_server(tls=..., auth=..., ...)`` starts a server; all stop at teardown.
+
+    Import it as ``smtp_server_fixture``: importing the name ``smtp_server`` works too,
+    but ruff then reports F811 on every test whose parameter is ``smtp_server``.
+    """
+    servers: list[SmtpServer] = []
+
+    def start(**options: Any) -> SmtpServer:
+        server = SmtpServer(**options)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+smtp_server = smtp_server_fixture  # the same fixture under its own name (see above)
