@@ -181,8 +181,8 @@ def schema_cmd() -> None:
     click.echo(json.dumps(schema(), indent=2))
 
 
-# The outbound commands register themselves on `main`.
-from mailsync import cli_outbound  # noqa: E402,F401
+# The commands of each side register themselves on `main`.
+from mailsync import cli_activities, cli_inbound, cli_outbound  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

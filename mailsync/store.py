@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mailsync import activity_tables
 from mailsync.errors import StoreError
+from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound.types import Delivery
 
 DB_NAME = "mailsync.db"
@@ -92,6 +94,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (source, sha256)
     ) WITHOUT ROWID;
     """,
+    # 3: inbound fetch state and fetched messages (mailsync/inbound/tables.py).
+    inbound_tables.MIGRATION,
+    # 4: activities (mailsync/activity_tables.py).
+    activity_tables.MIGRATION,
 ]
 
 

@@ -1,0 +1,3 @@
+"""Commands of the inbound side (registered on `mailsync.cli.main`)."""
+
+from __future__ import annotations
