@@ -112,7 +112,7 @@ def run(config_path: Path, once: bool) -> None:
         outbound.recover(time.time())
         deliverer = Deliverer(config, outbound, metrics)
         try:
-            ingested, sent = _ingest_and_send(config, metrics, deliverer)
+            ingested, sent = _ingest_and_send(config, outbound, metrics, deliverer)
         finally:
             deliverer.close()
     finally:
@@ -124,10 +124,12 @@ def run(config_path: Path, once: bool) -> None:
         f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
 
 
-def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
-    """Ingest the spool (in a child process) while sending what each committed batch queued."""
+def _ingest_and_send(config: Config, outbound: OutboundStore, metrics: Any,
+                     deliverer: Any) -> tuple[Any, Any]:
+    """Ingest the spool (prepared in a child process) while sending each committed batch."""
     import threading
 
+    from mailsync.outbound.ingest import Ingester
     from mailsync.outbound.pickup import Pickup
 
     pickup = Pickup(config)  # forked before this process starts any thread
@@ -140,7 +142,7 @@ def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any,
     sender = threading.Thread(target=send, name="mailsync-deliver")
     sender.start()
     try:
-        ingested = pickup.wait(metrics, on_commit=deliverer.wake)
+        ingested = pickup.wait(Ingester(config, outbound, metrics, on_commit=deliverer.wake))
     finally:
         done.set()
         deliverer.wake()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -265,11 +265,75 @@ def _event(conn: sqlite3.Connection, message: int, now: float, status: str,
                  (message, now, status, detail))
 
 
+class GroupCommit:
+    """Writes from several threads committed together: each caller returns only once its
+    own write is committed, but one COMMIT serves everyone who arrived meanwhile.
+
+    The first waiting caller becomes the leader and commits the whole group; the others
+    wait for it. A group that fails is retried write by write, so one bad write does not
+    fail the others, and each caller gets its own write's exception.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cv = threading.Condition()
+        self._pending: list[tuple[int, Callable[[sqlite3.Connection], None]]] = []
+        self._issued = 0
+        self._done = 0
+        self._leading = False
+        self._errors: dict[int, BaseException] = {}
+
+    def run(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        with self._cv:
+            self._issued += 1
+            ticket = self._issued
+            self._pending.append((ticket, write))
+            while self._done < ticket:
+                if self._leading:
+                    self._cv.wait()
+                    continue
+                self._leading = True
+                batch, self._pending = self._pending, []
+                last = batch[-1][0]
+                self._cv.release()
+                try:
+                    errors = self._commit(batch)
+                finally:
+                    self._cv.acquire()
+                    self._leading = False
+                    self._done = last
+                    self._errors.update(errors)
+                    self._cv.notify_all()
+            error = self._errors.pop(ticket, None)
+        if error is not None:
+            raise error
+
+    def _commit(self, batch: list[tuple[int, Callable[[sqlite3.Connection], None]]]
+                ) -> dict[int, BaseException]:
+        try:
+            with self.store.transaction() as conn:
+                for _, write in batch:
+                    write(conn)
+            return {}
+        except Exception:  # noqa: BLE001 - retried one by one below
+            if len(batch) == 1:
+                raise
+        errors: dict[int, BaseException] = {}
+        for ticket, write in batch:
+            try:
+                with self.store.transaction() as conn:
+                    write(conn)
+            except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                errors[ticket] = exc
+        return errors
+
+
 class OutboundStore:
     """Queue and history queries over a :class:`Store` (the outbound half of the store)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._group = GroupCommit(store)
 
     def ingested(self, source: str, sha256: str) -> tuple[int, str] | None:
         """(message id, status) when this exact spool file was taken before, else None."""
@@ -371,24 +435,39 @@ class OutboundStore:
     def record_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
                         duration: float) -> None:
-        """Store one SMTP transaction's outcome: per-recipient replies, status, attempt."""
-        with self.store.transaction() as conn:
-            conn.executemany(
-                "UPDATE recipients SET status = ?, code = ?, reply = ?, updated_at = ?"
-                " WHERE message = ? AND address = ?",
-                [(r.status, r.code, r.reply, now, mid, r.address) for r in delivery.recipients])
+        """Store one SMTP transaction's outcome: per-recipient replies, status, attempt.
+
+        Returns once it is committed (group commit: concurrent senders share one
+        transaction), so a sender never has more than one accepted message unrecorded.
+        """
+        worst = next((r for r in delivery.recipients if r.status != "sent"), None)
+        first = worst or (delivery.recipients[0] if delivery.recipients else None)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if len(delivery.recipients) == 1:
+                r = delivery.recipients[0]
+                conn.execute(
+                    "UPDATE recipients SET status = ?, code = ?, reply = ?, updated_at = ?"
+                    " WHERE message = ? AND address = ?",
+                    (r.status, r.code, r.reply, now, mid, r.address))
+            else:
+                conn.executemany(
+                    "UPDATE recipients SET status = ?, code = ?, reply = ?, updated_at = ?"
+                    " WHERE message = ? AND address = ?",
+                    [(r.status, r.code, r.reply, now, mid, r.address)
+                     for r in delivery.recipients])
             conn.execute(
                 "UPDATE messages SET status = ?, server = ?, attempts = attempts + 1,"
                 " updated_at = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 (status, delivery.server, now, next_attempt_at, error, mid))
-            worst = next((r for r in delivery.recipients if r.status != "sent"), None)
-            first = worst or (delivery.recipients[0] if delivery.recipients else None)
             conn.execute(
                 "INSERT INTO attempts (message, at, server, result, code, reply, duration)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, delivery.server, status, first.code if first else None,
                  first.reply if first else None, duration))
             _event(conn, mid, now, status, error)
+
+        self._group.run(write)
 
     def record_failure(self, mid: int, status: str, error: str, now: float, *,
                        server: str | None = None, next_attempt_at: float | None = None,

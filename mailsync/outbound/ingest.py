@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,69 @@ def _read(path: Path, max_size: int) -> bytes | None:
         return None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One spool file read, parsed, routed and composed: what the store will take."""
+
+    path: Path
+    item: NewMessage | RejectedMessage
+    rejection: Rejection | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Prepared files committed together, with the time they were taken."""
+
+    now: float
+    items: tuple[Prepared, ...]
+
+
+def prepare(config: Config, paths: list[Path], now: float) -> Batch:
+    """Read, parse, route and compose spool files: no store, no file changes.
+
+    The CPU-heavy half of ingestion, so that it can run in another process (pickup.py).
+    """
+    max_size = config.daemon.max_message_size
+    when = datetime.fromtimestamp(now, UTC)
+    out: list[Prepared] = []
+    for path in paths:
+        data = _read(path, max_size)
+        if data is None:
+            continue  # taken meanwhile
+        name = path.name
+        sha = hashlib.sha256(data).hexdigest()
+        parsed = spool.parse(name, data, max_size=max_size)
+        if isinstance(parsed, Rejection):
+            raw = data if len(data) <= max_size else None
+            out.append(Prepared(path, RejectedMessage(name, sha, parsed.reason, parsed.detail,
+                                                      raw=raw), parsed))
+            continue
+        account = routing.choose_account(config, parsed.user, parsed.account)
+        if isinstance(account, Rejection):
+            out.append(Prepared(path, RejectedMessage(
+                name, sha, account.reason, account.detail, raw=data, user=parsed.user,
+                account=parsed.account, subject=parsed.subject), account))
+            continue
+        composed = compose.compose(parsed, account, config, now=when)
+        out.append(Prepared(path, NewMessage(
+            source=name, sha256=sha, user=parsed.user, account=account.name,
+            from_address=composed.from_address, message_id=composed.message_id,
+            subject=composed.subject, raw=_crlf(composed.data), recipients=parsed.recipients,
+            idempotency_key=parsed.idempotency_key)))
+    return Batch(now, tuple(out))
+
+
+def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
+                  limit: int | None = None) -> Iterator[Batch]:
+    """Every file now in ``new/`` (at most ``limit``), prepared in batches, oldest first."""
+    spool.ensure_dirs(config.daemon.spool_dir)
+    files = spool.scan(config.daemon.spool_dir)
+    if limit is not None:
+        files = files[:limit]
+    for start in range(0, len(files), BATCH):
+        yield prepare(config, files[start:start + BATCH], clock())
+
+
 class Ingester:
     """Takes spool files into the store; one call of :meth:`run_once` is one pass."""
 
@@ -72,59 +135,27 @@ class Ingester:
     def run_once(self, limit: int | None = None) -> IngestStats:
         """Ingest every file now in ``new/`` (at most ``limit``), in batches."""
         stats = IngestStats()
-        files = spool.scan(self.config.daemon.spool_dir)
-        if limit is not None:
-            files = files[:limit]
-        for start in range(0, len(files), BATCH):
-            self._batch(files[start:start + BATCH], stats)
+        for batch in prepare_spool(self.config, self.clock, limit):
+            self.commit(batch, stats)
         return stats
 
-    def _batch(self, paths: list[Path], stats: IngestStats) -> None:
-        config = self.config
-        max_size = config.daemon.max_message_size
-        now = self.clock()
-        items: list[NewMessage | RejectedMessage] = []
-        by_name: dict[str, Path] = {}
-        rejections: dict[str, Rejection] = {}
-        for path in paths:
-            data = _read(path, max_size)
-            if data is None:
-                continue
-            name = path.name
-            by_name[name] = path
-            sha = hashlib.sha256(data).hexdigest()
-            parsed = spool.parse(name, data, max_size=max_size)
-            if isinstance(parsed, Rejection):
-                rejections[name] = parsed
-                items.append(RejectedMessage(name, sha, parsed.reason, parsed.detail,
-                                             raw=data if len(data) <= max_size else None))
-                continue
-            account = routing.choose_account(config, parsed.user, parsed.account)
-            if isinstance(account, Rejection):
-                rejections[name] = account
-                items.append(RejectedMessage(name, sha, account.reason, account.detail,
-                                             raw=data, user=parsed.user,
-                                             account=parsed.account, subject=parsed.subject))
-                continue
-            composed = compose.compose(parsed, account, config,
-                                       now=datetime.fromtimestamp(now, UTC))
-            items.append(NewMessage(
-                source=name, sha256=sha, user=parsed.user, account=account.name,
-                from_address=composed.from_address, message_id=composed.message_id,
-                subject=composed.subject, raw=_crlf(composed.data), recipients=parsed.recipients,
-                idempotency_key=parsed.idempotency_key))
-        if not items:
+    def commit(self, batch: Batch, stats: IngestStats) -> None:
+        """Store a prepared batch in one transaction, then remove or reject its files."""
+        if not batch.items:
             return
-        result = self.store.ingest(items, now)
+        result = self.store.ingest([p.item for p in batch.items], batch.now)
         if self.on_commit is not None and result.queued:
             self.on_commit()
+        by_name = {p.item.source: p for p in batch.items}
         # Committed: now the files may go.
         for name in result.queued:
-            spool.remove(by_name[name])
+            spool.remove(by_name[name].path)
         for name, mid in result.rejected.items():
-            self._reject(by_name[name], rejections[name], mid)
+            rejection = by_name[name].rejection
+            assert rejection is not None
+            self._reject(by_name[name].path, rejection, mid)
         for name, mid in result.duplicates.items():
-            self._finish_duplicate(by_name[name], mid)
+            self._finish_duplicate(by_name[name].path, mid)
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)

@@ -1,0 +1,191 @@
+"""`mailsync send`, `mailsync test`, metrics of a pass, secrets in outbound output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+
+import pytest
+
+from mailsync.metrics import Metrics
+from mailsync.outbound.deliver import Deliverer
+from mailsync.outbound.ingest import Ingester
+from mailsync.outbound.spool import drop
+from mailsync.store import GroupCommit, Store
+from tests.outbound_helpers import (
+    history,
+    load,
+    open_store,
+    run,
+    run_once,
+    server_yaml,
+    show,
+    write_config,
+)
+
+CANARY = "canary-S3cret-pw-0427"
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_send_command_drops_a_message_that_run_sends(tmp_path, smtp_server):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    body = tmp_path / "body.txt"
+    body.write_text("Invoice attached.\n")
+    attachment = tmp_path / "invoice.pdf"
+    attachment.write_bytes(b"%PDF-1.4 fake")
+    result = run(["send", "-c", str(cfg), "--user", "alice", "--to", "ann@example.org",
+                  "--bcc", "audit@example.org", "--subject", "Invoice", "--text-file", str(body),
+                  "--attach", str(attachment), "--header", "X-Order=42"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "spool" / "new").joinpath(result.output.strip().rsplit("/", 1)[1]).exists()
+    run_once(cfg)
+    (got,) = srv.wait_for(1)
+    assert sorted(got.rcpt_tos) == ["ann@example.org", "audit@example.org"]
+    assert b"X-Order: 42" in got.data and b"invoice.pdf" in got.data
+    assert b"Bcc:" not in got.data
+
+
+def test_send_reads_the_body_from_stdin_and_refuses_bad_input(tmp_path):
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()))
+    ok = run(["send", "-c", str(cfg), "--user", "alice", "--to", "a@example.org",
+              "--subject", "From stdin"], input="piped body\n")
+    assert ok.exit_code == 0, ok.output
+    bad = run(["send", "-c", str(cfg), "--user", "alice", "--to", "a@example.org",
+               "--subject", "x", "--header", "X-Evil=a\r\nBcc: b@example.org"], input="x")
+    assert bad.exit_code == 1 and "error:" in bad.output
+    usage = run(["send", "-c", str(cfg), "--user", "alice", "--to", "a@example.org",
+                 "--subject", "x", "--header", "novalue"], input="x")
+    assert usage.exit_code == 2
+
+
+def test_test_command_says_ok_or_connection_error_per_server(tmp_path, smtp_server, monkeypatch):
+    good = smtp_server(auth={"relay": CANARY})
+    monkeypatch.setenv("RELAY_PW", CANARY)
+    monkeypatch.setenv("WRONG_PW", "not-the-password")
+    cfg = write_config(
+        tmp_path,
+        server_yaml("main", good.port, extra="    username: relay\n    password: {env: RELAY_PW}\n")
+        + server_yaml("wrongpw", good.port,
+                      extra="    username: relay\n    password: {env: WRONG_PW}\n")
+        + server_yaml("down", _dead_port()),
+        accounts="  - name: sales\n    email: sales@example.com\n    server: main\n"
+                 "    granted_to: [alice]\n")
+    result = run(["test", "-c", str(cfg)])
+    assert result.exit_code == 1
+    lines = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
+    assert lines["main"] == "OK"
+    assert lines["wrongpw"].startswith("Connection Error: ")
+    assert "authentication" in lines["wrongpw"]
+    assert lines["down"].startswith("Connection Error: ") and "refused" in lines["down"]
+    assert CANARY not in result.output
+    only = run(["test", "main", "-c", str(cfg)])
+    assert only.exit_code == 0 and only.output.strip() == "main: OK"
+    assert run(["test", "nope", "-c", str(cfg)]).exit_code == 2
+
+
+def test_gmail_authentication_failure_mentions_the_app_password(tmp_path, smtp_server,
+                                                                monkeypatch):
+    srv = smtp_server(auth={"someone@gmail.com": "right"})
+    monkeypatch.setenv("GMAIL_PW", "wrong-password")
+    cfg = write_config(tmp_path, server_yaml(
+        "main", srv.port,
+        extra="    provider: gmail\n    username: someone@gmail.com\n"
+              "    password: {env: GMAIL_PW}\n"))
+    result = run(["test", "-c", str(cfg)])
+    assert result.exit_code == 1 and "App Password" in result.output
+
+
+def test_a_failed_login_leaks_the_password_nowhere(tmp_path, smtp_server, monkeypatch, caplog):
+    srv = smtp_server(auth={"relay": "the-real-one"})
+    monkeypatch.setenv("RELAY_PW", CANARY)
+    cfg = write_config(tmp_path, server_yaml(
+        "main", srv.port, extra="    username: relay\n    password: {env: RELAY_PW}\n"))
+    drop(tmp_path / "spool", user="alice", subject="x", text="x", to=["a@example.org"])
+    with caplog.at_level(logging.DEBUG, logger="mailsync"):
+        out = run(["run", "--once", "-c", str(cfg)])
+    assert out.exit_code == 0 and "1 deferred" in out.output
+    (row,) = history(cfg)
+    detail = show(cfg, row["id"])
+    everything = [out.output, caplog.text, json.dumps(detail),
+                  run(["history", "-c", str(cfg)]).output,
+                  run(["plan", "-c", str(cfg)]).output,
+                  run(["validate", "-c", str(cfg)]).output]
+    assert "authentication" in detail["error"]
+    assert [text for text in everything if CANARY in text] == []
+
+
+def test_a_pass_feeds_the_metrics(tmp_path, smtp_server):
+    srv = smtp_server(recipient_replies={"busy@example.org": "450 4.2.1 busy",
+                                         "gone@example.org": "550 5.1.1 gone"})
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    spool = tmp_path / "spool"
+    drop(spool, user="alice", subject="ok", text="x", to=["a@example.org"])
+    drop(spool, user="alice", subject="later", text="x", to=["busy@example.org"])
+    drop(spool, user="alice", subject="never", text="x", to=["gone@example.org"])
+    drop(spool, user="mallory", subject="who", text="x", to=["a@example.org"])
+    config = load(cfg)
+    metrics = Metrics()
+    metrics.prime(config)
+    store, outbound = open_store(cfg)
+    try:
+        Ingester(config, outbound, metrics).run_once()
+        deliverer = Deliverer(config, outbound, metrics)
+        deliverer.run_once()
+        deliverer.close()
+    finally:
+        store.close()
+    value = metrics.registry.get_sample_value
+    assert value("mailsync_messages_sent_total", {"account": "sales", "server": "main"}) == 1
+    assert value("mailsync_messages_deferred_total", {"server": "main"}) == 1
+    assert value("mailsync_messages_failed_total",
+                 {"account": "sales", "reason": "permanent"}) == 1
+    assert value("mailsync_messages_rejected_total", {"reason": "unknown_user"}) == 1
+    assert value("mailsync_messages_rejected_total", {"reason": "oversize"}) == 0
+    assert value("mailsync_send_attempts_total", {"server": "main", "result": "sent"}) == 1
+    assert value("mailsync_send_duration_seconds_count", {"server": "main"}) == 3
+    assert value("mailsync_server_up", {"server": "main", "direction": "outgoing"}) == 1
+    # Primed at 0 before anything happened to them:
+    assert value("mailsync_messages_sent_total", {"account": "support", "server": "main"}) == 0
+
+
+def test_group_commit_commits_every_write_and_isolates_a_bad_one(tmp_path):
+    store = Store.open(tmp_path)
+    store.conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    group = GroupCommit(store)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            value = n if n != 13 else 1  # 13 collides with 1: its write alone must fail
+            group.run(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (value,)))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(1, 41)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = {r[0] for r in store.conn.execute("SELECT n FROM t")}
+    store.close()
+    assert rows == set(range(1, 41)) - {13}
+    assert len(errors) == 1 and "UNIQUE" in str(errors[0])
+
+
+@pytest.mark.parametrize("status", ["sent", "rejected"])
+def test_history_status_filter(tmp_path, smtp_server, status):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    drop(tmp_path / "spool", user="alice", subject="fine", text="x", to=["a@example.org"])
+    (tmp_path / "spool" / "new" / "x.json").write_text("{}")
+    run_once(cfg)
+    rows = history(cfg, "--status", status)
+    assert len(rows) == 1 and rows[0]["status"] == status
