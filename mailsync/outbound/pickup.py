@@ -15,7 +15,6 @@ import ctypes
 import multiprocessing
 import signal
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
