@@ -13,7 +13,8 @@ import click
 from mailsync.cli import Exit, _load_or_exit, config_option, main
 from mailsync.config.model import Config, OutgoingServer
 from mailsync.errors import ConnectError, SecretError, StoreError
-from mailsync.store import OutboundStore, Store, db_path
+from mailsync.outbound.queue import OutboundStore
+from mailsync.store import Store, db_path
 from mailsync.tables import table
 
 list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
@@ -110,6 +111,7 @@ def run(config_path: Path, once: bool) -> None:
         if last is None or last.sha256 != loaded.sha256:
             store.record_applied_config(loaded.text, loaded.sha256, str(config_path))
         outbound.recover(time.time())
+        outbound.prune(time.time(), config.daemon.history_retention.total_seconds())
         deliverer = Deliverer(config, outbound, metrics)
         try:
             ingested, sent = _ingest_and_send(config, outbound, metrics, deliverer)
@@ -167,7 +169,7 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
     if ctx.invoked_subcommand is not None:
         return
     from mailsync import history as h
-    from mailsync.store import STATUSES
+    from mailsync.outbound.queue import STATUSES
     from mailsync.tables import parse_since
 
     for s in status:

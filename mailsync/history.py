@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mailsync.store import OutboundStore
+from mailsync.outbound.queue import OutboundStore
 from mailsync.tables import iso
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
@@ -77,8 +77,9 @@ def _summary(r: Any) -> dict[str, Any]:
 def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
     """One message in full: summary, recipients, attempts, events; ``raw`` as bytes."""
     rows = store.query(
-        "SELECT m.*, m.from_address, (SELECT group_concat(address, ', ') FROM recipients r"
-        " WHERE r.message = m.id) AS rcpt FROM messages m WHERE m.id = ?", (mid,))
+        "SELECT m.*, c.raw, (SELECT group_concat(address, ', ') FROM recipients r"
+        " WHERE r.message = m.id) AS rcpt FROM messages m"
+        " LEFT JOIN contents c ON c.message = m.id WHERE m.id = ?", (mid,))
     if not rows:
         return None
     r = rows[0]
@@ -94,10 +95,13 @@ def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
         {"at": iso(x["at"]), "server": x["server"], "result": x["result"], "code": x["code"],
          "reply": x["reply"],
          "duration_ms": round(x["duration"] * 1000, 1) if x["duration"] is not None else None}
-        for x in store.query("SELECT * FROM attempts WHERE message = ? ORDER BY id", (mid,))
+        for x in store.query("SELECT at, server, status AS result, code, reply, duration"
+                             " FROM events WHERE message = ? AND server IS NOT NULL ORDER BY id",
+                             (mid,))
     ]
     out["events"] = [
-        {"at": iso(x["at"]), "status": x["status"], "detail": x["detail"]}
+        {"at": iso(x["at"]), "status": x["status"], "detail": x["detail"],
+         "server": x["server"]}
         for x in store.query("SELECT * FROM events WHERE message = ? ORDER BY id", (mid,))
     ]
     return out

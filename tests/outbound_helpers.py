@@ -12,7 +12,8 @@ from mailsync.cli import main
 from mailsync.config.load import load_file
 from mailsync.config.model import Config
 from mailsync.outbound.spool import ensure_dirs
-from mailsync.store import OutboundStore, Store
+from mailsync.outbound.queue import OutboundStore
+from mailsync.store import Store
 
 
 def server_yaml(name: str, port: int, *, security: str = "none", priority: int = 10,

@@ -13,7 +13,8 @@ from mailsync.metrics import Metrics
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
-from mailsync.store import GroupCommit, Store
+from mailsync.outbound.queue import GroupCommit
+from mailsync.store import Store
 from tests.outbound_helpers import (
     history,
     load,
@@ -189,3 +190,25 @@ def test_history_status_filter(tmp_path, smtp_server, status):
     run_once(cfg)
     rows = history(cfg, "--status", status)
     assert len(rows) == 1 and rows[0]["status"] == status
+
+
+def test_content_past_the_retention_is_pruned_and_metadata_kept(tmp_path, smtp_server):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    cfg.write_text(cfg.read_text().replace("  max_message_size: 1MiB\n",
+                                           "  max_message_size: 1MiB\n  history_retention: 1s\n"))
+    drop(tmp_path / "spool", user="alice", subject="old news", text="x", to=["a@example.org"])
+    run_once(cfg)
+    (row,) = history(cfg)
+    assert show(cfg, row["id"])["content"]
+    store, outbound = open_store(cfg)
+    try:
+        import time
+
+        assert outbound.prune(time.time() + 5, 1) == 1
+    finally:
+        store.close()
+    detail = show(cfg, row["id"])
+    assert detail["content"] is None and detail["subject"] == "old news"
+    assert detail["status"] == "sent"
+    assert run(["history", "show", str(row["id"]), "--raw", "-c", str(cfg)]).exit_code == 1

@@ -26,12 +26,34 @@ from mailsync.outbound import compose, retry, routing
 from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.types import Delivery, RecipientResult
-from mailsync.store import OutboundStore, Outgoing
+from mailsync.outbound.queue import OutboundStore, Outgoing
 
 log = logging.getLogger("mailsync.deliver")
 
 SessionFactory = Callable[[OutgoingServer, str | None], SmtpSession]
 CLAIM_BATCH = 200
+CHUNK = 16
+
+
+class _Held:
+    """The session a worker keeps between consecutive messages to the same server."""
+
+    def __init__(self) -> None:
+        self.pool: ConnectionPool | None = None
+        self.session: SmtpSession | None = None
+
+    def take(self, pool: ConnectionPool, timeout: float) -> SmtpSession:
+        if self.pool is pool and self.session is not None and not self.session.broken:
+            return self.session
+        self.release()
+        session = pool.acquire(timeout=timeout)
+        self.pool, self.session = pool, session
+        return session
+
+    def release(self) -> None:
+        if self.pool is not None and self.session is not None:
+            self.pool.release(self.session)
+        self.pool = self.session = None
 
 
 @dataclass
@@ -120,7 +142,7 @@ class Deliverer:
         """
         stats = DeliverStats()
         n = workers or self._default_workers()
-        work: queue.Queue[Outgoing | None] = queue.Queue(maxsize=n * 4)
+        work: queue.Queue[list[Outgoing] | None] = queue.Queue(maxsize=n * 2)
         threads = [threading.Thread(target=self._worker, args=(work, stats),
                                     name=f"mailsync-send-{i}", daemon=True) for i in range(n)]
         for t in threads:
@@ -131,8 +153,11 @@ class Deliverer:
                 # Read before claiming: once the producer is done, an empty claim is final.
                 finished = until is None or until.is_set()
                 batch = self.store.claim_due(self.clock(), CLAIM_BATCH)
-                for message in batch:
-                    work.put(message)
+                # Chunks, not single messages: fewer hand-offs between threads, and a
+                # worker keeps its SMTP session across the messages of a chunk.
+                size = max(1, min(CHUNK, len(batch) // n))
+                for start in range(0, len(batch), size):
+                    work.put(batch[start:start + size])
                 if batch:
                     continue
                 if finished:
@@ -151,22 +176,36 @@ class Deliverer:
                      if a.own_login is not None)
         return max(1, min(total, 32))
 
-    def _worker(self, work: queue.Queue[Outgoing | None], stats: DeliverStats) -> None:
+    def _worker(self, work: queue.Queue[list[Outgoing] | None], stats: DeliverStats) -> None:
+        counts: dict[str, int] = {}
         while True:
-            message = work.get()
-            if message is None:
-                return
+            chunk = work.get()
+            if chunk is None:
+                break
+            held = _Held()
             try:
-                outcome = self.send(message)
-            except Exception:  # noqa: BLE001 - one message must not stop the others
-                log.exception("message %d: unexpected error while sending", message.id)
-                outcome = self._defer_unexpected(message)
-            with self._stats_lock:
-                setattr(stats, outcome, getattr(stats, outcome) + 1)
+                for message in chunk:
+                    try:
+                        outcome = self.send(message, held)
+                    except Exception:  # noqa: BLE001 - one message must not stop the others
+                        log.exception("message %d: unexpected error while sending", message.id)
+                        outcome = self._defer_unexpected(message)
+                    counts[outcome] = counts.get(outcome, 0) + 1
+            finally:
+                held.release()
+        with self._stats_lock:
+            for outcome, count in counts.items():
+                setattr(stats, outcome, getattr(stats, outcome) + count)
 
     # -- one message -------------------------------------------------------------------
-    def send(self, message: Outgoing) -> str:
+    def send(self, message: Outgoing, held: _Held | None = None) -> str:
         """Try ``message`` once (with failover); record and return its new status."""
+        if held is None:
+            held = _Held()
+            try:
+                return self.send(message, held)
+            finally:
+                held.release()
         config = self.config
         now = self.clock()
         account = config.account(message.account)
@@ -185,7 +224,7 @@ class Deliverer:
         for server in servers:
             pool = self.pool(server)
             try:
-                session = pool.acquire(timeout=server.timeout.total_seconds())
+                session = held.take(pool, server.timeout.total_seconds())
             except ConnectError as exc:
                 errors.append(str(exc))
                 self._series(self.metrics.server_up, server.name, "outgoing").set(0)
@@ -193,20 +232,19 @@ class Deliverer:
                 log.warning("message %d: %s", message.id, exc)
                 continue
             self._series(self.metrics.server_up, server.name, "outgoing").set(1)
-            return self._transact(message, account, server, pool, session, mail_from)
+            return self._transact(message, account, server, session, mail_from)
         return self._connect_failed(message, account, servers[-1], "; ".join(errors))
 
     def _transact(self, message: Outgoing, account: Account, server: OutgoingServer,
-                  pool: ConnectionPool, session: SmtpSession, mail_from: str) -> str:
+                  session: SmtpSession, mail_from: str) -> str:
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)
         except ConnectError as exc:
             # Lost mid-transaction: the server may or may not have the message. Defer.
-            pool.release(session)
+            # (The session is broken; the holder's release closes it.)
             self._series(self.metrics.send_attempts, server.name, "deferred").inc()
             return self._connect_failed(message, account, server, str(exc), tried=True)
-        pool.release(session)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
         return self._record(message, account, delivery, duration)

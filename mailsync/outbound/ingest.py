@@ -8,7 +8,9 @@ of queueing them twice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import logging
 import re
 import time
@@ -21,7 +23,7 @@ from mailsync.config.model import Config
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
 from mailsync.outbound.types import Rejection
-from mailsync.store import NewMessage, OutboundStore, RejectedMessage
+from mailsync.outbound.queue import NewMessage, OutboundStore, RejectedMessage
 
 log = logging.getLogger("mailsync.ingest")
 
@@ -47,20 +49,36 @@ def _crlf(data: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", data)
 
 
-def _read(path: Path, max_size: int) -> bytes | None:
-    """The file's bytes (only the first ``max_size + 1`` of an oversize one); None if gone."""
+def _read(path: str, max_size: int) -> bytes | None:
+    """The file's bytes (only the first ``max_size + 1`` of an oversize one); None if gone.
+
+    O_NOFOLLOW: a member of the spool group must not make the daemon read (and send) a
+    file only the daemon may read by swapping a spool file for a symlink after the scan.
+    """
     try:
-        with path.open("rb") as f:
-            return f.read(max_size + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # a symlink: never followed; left for the operator
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read(max_size + 1)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass(frozen=True)
 class Prepared:
     """One spool file read, parsed, routed and composed: what the store will take."""
 
-    path: Path
+    path: str  # a str, not a Path: batches are pickled to the parent, and Path is slow there
     item: NewMessage | RejectedMessage
     rejection: Rejection | None = None
 
@@ -81,11 +99,12 @@ def prepare(config: Config, paths: list[Path], now: float) -> Batch:
     max_size = config.daemon.max_message_size
     when = datetime.fromtimestamp(now, UTC)
     out: list[Prepared] = []
-    for path in paths:
+    for p in paths:
+        path = str(p)
         data = _read(path, max_size)
         if data is None:
             continue  # taken meanwhile
-        name = path.name
+        name = p.name
         sha = hashlib.sha256(data).hexdigest()
         parsed = spool.parse(name, data, max_size=max_size)
         if isinstance(parsed, Rejection):
@@ -115,8 +134,12 @@ def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
     files = spool.scan(config.daemon.spool_dir)
     if limit is not None:
         files = files[:limit]
-    for start in range(0, len(files), BATCH):
-        yield prepare(config, files[start:start + BATCH], clock())
+    # Small batches first, so that the sender has work within milliseconds of a start
+    # over a full spool; then large ones, which commit cheaply.
+    start, size = 0, 16
+    while start < len(files):
+        yield prepare(config, files[start:start + size], clock())
+        start, size = start + size, min(size * 4, BATCH)
 
 
 class Ingester:
@@ -149,13 +172,13 @@ class Ingester:
         by_name = {p.item.source: p for p in batch.items}
         # Committed: now the files may go.
         for name in result.queued:
-            spool.remove(by_name[name].path)
+            _unlink(by_name[name].path)
         for name, mid in result.rejected.items():
             rejection = by_name[name].rejection
             assert rejection is not None
-            self._reject(by_name[name].path, rejection, mid)
+            self._reject(Path(by_name[name].path), rejection, mid)
         for name, mid in result.duplicates.items():
-            self._finish_duplicate(by_name[name].path, mid)
+            self._finish_duplicate(Path(by_name[name].path), mid)
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)

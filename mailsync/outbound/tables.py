@@ -1,0 +1,65 @@
+"""Store migration of the outbound side: the queue, the send history and its events.
+
+Applied by store.py as migration 2. Statements are separated by ';' (no ';' inside
+literals). The content lives apart from the message row so that status updates rewrite
+small rows (many to a page), not pages of message bytes; attempts are the events that
+name a server.
+"""
+
+from __future__ import annotations
+
+MIGRATION = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    user TEXT,
+    account TEXT,
+    server TEXT,
+    from_address TEXT,
+    message_id TEXT,
+    subject TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    reason TEXT,
+    source TEXT,
+    idempotency_key TEXT UNIQUE
+);
+CREATE INDEX messages_due ON messages (status, next_attempt_at);
+CREATE INDEX messages_created ON messages (created_at);
+CREATE TABLE contents (
+    message INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    raw BLOB NOT NULL
+);
+CREATE TABLE recipients (
+    message INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    status TEXT NOT NULL,
+    code INTEGER,
+    reply TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (message, address)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT,
+    server TEXT,
+    code INTEGER,
+    reply TEXT,
+    duration REAL
+);
+CREATE INDEX events_message ON events (message);
+CREATE TABLE ingested (
+    source TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    message INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (source, sha256)
+) WITHOUT ROWID;
+"""
