@@ -16,16 +16,12 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 
 from mailsync.config.model import ActivityType, Config, Delay
-from mailsync.errors import MailsyncError
+from mailsync.errors import ActivityRefused
 
 State = Literal["open", "done", "cancelled"]
 STATES: tuple[State, ...] = ("open", "done", "cancelled")
 
 _MODEL = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
-
-
-class ActivityRefused(MailsyncError):
-    """A request about activities that the config or the activity's state does not allow."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.activities import (
     Activity,
-    ActivityRefused,
     NewActivity,
     Next,
     RecordRef,
@@ -34,6 +33,7 @@ from mailsync.activities import (
     type_after,
 )
 from mailsync.config.model import Config, IncomingServer
+from mailsync.errors import ActivityRefused
 from mailsync.store import Store, db_path
 
 _COLUMNS = ("id, type, user, deadline, state, summary, note, record_model, record_id, "

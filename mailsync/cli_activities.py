@@ -21,7 +21,6 @@ import click
 from mailsync.activities import (
     STATES,
     Activity,
-    ActivityRefused,
     RecordRef,
     State,
     due_text,
@@ -32,7 +31,7 @@ from mailsync.activities import (
 from mailsync.activity_store import ActivityStore, DoneResult, Filters
 from mailsync.cli import Exit, _load_or_exit, config_option, main
 from mailsync.config.model import Config
-from mailsync.errors import StoreError
+from mailsync.errors import ActivityRefused, StoreError
 from mailsync.store import Store, db_path
 from mailsync.tables import iso
 

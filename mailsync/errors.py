@@ -8,6 +8,7 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
     │   └── ConfigInvalid      it was read, but has errors (carries the problems)
     ├── SecretError            a secret reference cannot be resolved
     ├── StoreError             the SQLite store cannot be opened or written
+    ├── ActivityRefused        an activity request the config or its state does not allow
     └── DeliveryError          sending or fetching failed
         ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
         │   └── ConnectError   no usable session: DNS, refused, timeout, TLS, AUTH
@@ -46,6 +47,11 @@ class SecretError(MailsyncError):
 
 class StoreError(MailsyncError):
     """The store cannot be opened, migrated or written."""
+
+
+class ActivityRefused(MailsyncError):
+    """A request about activities that the config or the activity's state does not allow
+    (unknown or removed type, wrong record model, missing attachment, not open)."""
 
 
 class DeliveryError(MailsyncError):

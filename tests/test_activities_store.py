@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mailsync.activities import ActivityRefused, RecordRef, local_date
+from mailsync.activities import RecordRef, local_date
 from mailsync.activity_store import ActivityCollector, ActivityStore, Filters, schedule_for_fetched
 from mailsync.config.model import (
     ActivityRule,
@@ -22,6 +22,7 @@ from mailsync.config.model import (
     Delay,
     IncomingServer,
 )
+from mailsync.errors import ActivityRefused
 from mailsync.store import Store
 
 NOW = datetime(2025, 1, 31, 12, 0, tzinfo=UTC).timestamp()

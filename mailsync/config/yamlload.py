@@ -113,7 +113,7 @@ class _Builder:
             value = node.value
             if node.tag == _STR and (node.style or value[:1] not in _IMPLICIT):
                 return value
-            return self._scalar(node, path)  # type: ignore[arg-type]
+            return self._scalar(node, path)
         key = id(node)
         if key in self._built:  # an alias: the same value again
             value, size = self._built[key]

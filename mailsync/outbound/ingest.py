@@ -8,10 +8,11 @@ of queueing them twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
-import os
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +23,8 @@ from pathlib import Path
 from mailsync.config.model import Config
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
-from mailsync.outbound.types import Rejection
 from mailsync.outbound.queue import NewMessage, OutboundStore, RejectedMessage
+from mailsync.outbound.types import Rejection
 
 log = logging.getLogger("mailsync.ingest")
 
@@ -68,10 +69,8 @@ def _read(path: str, max_size: int) -> bytes | None:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass(frozen=True)
