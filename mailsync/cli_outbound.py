@@ -114,7 +114,7 @@ def run(config_path: Path, once: bool) -> None:
         outbound.prune(time.time(), config.daemon.history_retention.total_seconds())
         deliverer = Deliverer(config, outbound, metrics)
         try:
-            ingested, sent = _ingest_and_send(config, outbound, metrics, deliverer)
+            ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:
             deliverer.close()
     finally:
@@ -126,12 +126,10 @@ def run(config_path: Path, once: bool) -> None:
         f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
 
 
-def _ingest_and_send(config: Config, outbound: OutboundStore, metrics: Any,
-                     deliverer: Any) -> tuple[Any, Any]:
+def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
     """Ingest the spool (prepared in a child process) while sending each committed batch."""
     import threading
 
-    from mailsync.outbound.ingest import Ingester
     from mailsync.outbound.pickup import Pickup
 
     pickup = Pickup(config)  # forked before this process starts any thread
@@ -144,7 +142,7 @@ def _ingest_and_send(config: Config, outbound: OutboundStore, metrics: Any,
     sender = threading.Thread(target=send, name="mailsync-deliver")
     sender.start()
     try:
-        ingested = pickup.wait(Ingester(config, outbound, metrics, on_commit=deliverer.wake))
+        ingested = pickup.wait(metrics, on_commit=deliverer.wake)
     finally:
         done.set()
         deliverer.wake()

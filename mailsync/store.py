@@ -7,6 +7,8 @@ opens in a later one.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -65,18 +67,33 @@ class Store:
         # One connection shared by the worker threads; writes are serialised here
         # (SQLite would serialise them anyway) and each is one short transaction.
         self.lock = threading.RLock()
+        try:
+            self._writer = os.open(f"{path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                   0o660)
+        except OSError:
+            self._writer = -1  # a read-only state_dir: this process only reads
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on error."""
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on error.
+
+        Writers of every process queue on an flock first: SQLite's own busy handler
+        retries by sleeping for milliseconds, which stalls a sender behind a spool batch.
+        """
         with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if self._writer >= 0:
+                fcntl.flock(self._writer, fcntl.LOCK_EX)
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            finally:
+                if self._writer >= 0:
+                    fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True) -> Store:
@@ -122,6 +139,9 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        if self._writer >= 0:
+            os.close(self._writer)
+            self._writer = -1
 
     def record_applied_config(self, text: str, sha256: str, source: str,
                               now: datetime | None = None) -> None:

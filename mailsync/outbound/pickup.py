@@ -1,12 +1,12 @@
-"""Spool preparation in a child process, so that it runs beside the sender on another core.
+"""Spool ingestion in a child process, so that it runs beside the sender on another core.
 
-Reading, parsing and composing thousands of spool files is CPU-bound Python; the sender
-is latency-bound and would wait for the GIL behind it (Postfix separates `pickup` and
-`smtp` processes for the same reason). The child only reads: it sends prepared batches
-over a pipe, and the parent commits them to the store and then removes the files, so
-exactly-once ingestion works as in one process, and only one process writes the store
-(SQLite's busy handler sleeps for milliseconds when two processes contend). The child
-dies with its parent.
+Reading, parsing, composing and committing thousands of spool files is CPU-bound Python;
+the sender is latency-bound and would wait for the GIL behind it (Postfix separates
+`pickup` and `smtp` processes for the same reason). The child opens its own store
+connection and ingests one pass, exactly-once as always (the store, not the process,
+decides what was taken); writers of both processes queue on the store's flock rather
+than on SQLite's sleeping busy handler. The child tells the parent after each committed
+batch, so that sending starts at once, and it dies with its parent.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ import ctypes
 import multiprocessing
 import signal
 import traceback
+from collections.abc import Callable
+from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
 
 from mailsync.config.model import Config
 from mailsync.errors import MailsyncError
-from mailsync.outbound.ingest import Ingester, IngestStats, prepare_spool
+from mailsync.metrics import Metrics
+from mailsync.outbound.ingest import Ingester, IngestStats
+from mailsync.outbound.queue import OutboundStore
+from mailsync.store import Store
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,9 +42,18 @@ def _die_with_parent() -> None:
 def _child(config: Config, conn: Connection) -> None:
     _die_with_parent()
     try:
-        for batch in prepare_spool(config):
-            conn.send(("batch", batch))
-        conn.send(("done", None))
+        store = Store.open(config.daemon.state_dir)
+        metrics = Metrics()
+        try:
+            ingester = Ingester(config, OutboundStore(store), metrics,
+                                on_commit=lambda: conn.send(("committed", None)))
+            stats = ingester.run_once()
+        finally:
+            store.close()
+        rejected = {s.labels["reason"]: int(s.value)
+                    for family in metrics.messages_rejected.collect()
+                    for s in family.samples if s.name.endswith("_total") and s.value}
+        conn.send(("done", (asdict(stats), rejected)))
     except BaseException:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -47,8 +61,9 @@ def _child(config: Config, conn: Connection) -> None:
 
 
 class Pickup:
-    """A running preparation child. Start it before this process starts any thread: a
-    fork copies the locks of the forking process, not the threads that own them."""
+    """A running ingestion child. Start it before this process starts any thread (and
+    before it uses the store from another thread): a fork copies the locks of the forking
+    process, not the threads that own them."""
 
     def __init__(self, config: Config) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -58,18 +73,19 @@ class Pickup:
         self._proc.start()
         child_end.close()
 
-    def wait(self, ingester: Ingester) -> IngestStats:
-        """Commit each batch the child prepares (through ``ingester``) until it is done."""
-        stats = IngestStats()
-        outcome: tuple[str, Any] = ("error", "the preparation process died")
+    def wait(self, metrics: Metrics, on_commit: Callable[[], None] | None = None) -> IngestStats:
+        """Relay its commits to ``on_commit`` until it is done; its stats; its rejections
+        counted in ``metrics``."""
+        outcome: tuple[str, Any] = ("error", "the ingestion process died")
         try:
             while True:
                 try:
                     kind, payload = self._conn.recv()
                 except EOFError:
                     break
-                if kind == "batch":
-                    ingester.commit(payload, stats)
+                if kind == "committed":
+                    if on_commit is not None:
+                        on_commit()
                     continue
                 outcome = (kind, payload)
                 break
@@ -79,4 +95,7 @@ class Pickup:
         kind, payload = outcome
         if kind != "done":
             raise MailsyncError(f"spool ingestion failed: {payload}")
-        return stats
+        stats, rejected = payload
+        for reason, count in rejected.items():
+            metrics.messages_rejected.labels(reason).inc(count)
+        return IngestStats(**stats)
