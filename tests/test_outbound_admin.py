@@ -12,8 +12,8 @@ import pytest
 from mailsync.metrics import Metrics
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
-from mailsync.outbound.spool import drop
 from mailsync.outbound.queue import GroupCommit
+from mailsync.outbound.spool import drop
 from mailsync.store import Store
 from tests.outbound_helpers import (
     history,
@@ -212,3 +212,16 @@ def test_content_past_the_retention_is_pruned_and_metadata_kept(tmp_path, smtp_s
     assert detail["content"] is None and detail["subject"] == "old news"
     assert detail["status"] == "sent"
     assert run(["history", "show", str(row["id"]), "--raw", "-c", str(cfg)]).exit_code == 1
+
+
+def test_group_commit_of_a_lone_failing_write_raises_its_own_error(tmp_path):
+    store = Store.open(tmp_path)
+    store.conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    group = GroupCommit(store)
+    group.run(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+    with pytest.raises(Exception, match="UNIQUE"):
+        group.run(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+    group.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))  # still usable
+    rows = [r[0] for r in store.conn.execute("SELECT n FROM t ORDER BY n")]
+    store.close()
+    assert rows == [1, 2]

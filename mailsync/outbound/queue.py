@@ -110,8 +110,9 @@ class GroupCommit:
                 batch, self._pending = self._pending, []
                 last = batch[-1][0]
                 self._cv.release()
+                errors: dict[int, BaseException] = {}
                 try:
-                    errors = self._commit(batch)
+                    errors = self._commit(batch)  # never raises: errors are per write
                 finally:
                     self._cv.acquire()
                     self._leading = False
@@ -129,9 +130,9 @@ class GroupCommit:
                 for _, write in batch:
                     write(conn)
             return {}
-        except Exception:  # noqa: BLE001 - retried one by one below
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
             if len(batch) == 1:
-                raise
+                return {batch[0][0]: exc}
         errors: dict[int, BaseException] = {}
         for ticket, write in batch:
             try:
