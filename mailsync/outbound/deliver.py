@@ -23,10 +23,10 @@ from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, SecretError
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, retry, routing
+from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.types import Delivery, RecipientResult
-from mailsync.outbound.queue import OutboundStore, Outgoing
 
 log = logging.getLogger("mailsync.deliver")
 
@@ -42,11 +42,15 @@ class _Held:
         self.pool: ConnectionPool | None = None
         self.session: SmtpSession | None = None
 
-    def take(self, pool: ConnectionPool, timeout: float) -> SmtpSession:
+    def take(self, pool: ConnectionPool) -> SmtpSession:
         if self.pool is pool and self.session is not None and not self.session.broken:
             return self.session
         self.release()
-        session = pool.acquire(timeout=timeout)
+        # No timeout on waiting for a free slot: holders never wait for another pool
+        # while holding one (release comes first), and every network step of theirs has
+        # its own timeout, so a slot always comes free; giving up here would defer a
+        # message only because the pool was busy.
+        session = pool.acquire(timeout=None)
         self.pool, self.session = pool, session
         return session
 
@@ -90,6 +94,7 @@ class Deliverer:
         self.pools: dict[str, ConnectionPool] = {}
         self._closed_opened = 0  # sessions opened by pools already closed
         self._work_ready = threading.Event()
+        self._accounts = {a.name: a for a in config.accounts}
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
         self._series = functools.lru_cache(maxsize=4096)(_labels)
         self._pools_lock = threading.Lock()
@@ -208,7 +213,7 @@ class Deliverer:
                 held.release()
         config = self.config
         now = self.clock()
-        account = config.account(message.account)
+        account = self._accounts.get(message.account)
         if account is None:
             detail = f"account {message.account!r} is no longer in the configuration"
             self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
@@ -224,7 +229,7 @@ class Deliverer:
         for server in servers:
             pool = self.pool(server)
             try:
-                session = held.take(pool, server.timeout.total_seconds())
+                session = held.take(pool)
             except ConnectError as exc:
                 errors.append(str(exc))
                 self._series(self.metrics.server_up, server.name, "outgoing").set(0)
@@ -244,7 +249,7 @@ class Deliverer:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
             self._series(self.metrics.send_attempts, server.name, "deferred").inc()
-            return self._connect_failed(message, account, server, str(exc), tried=True)
+            return self._connect_failed(message, account, server, str(exc))
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
         return self._record(message, account, delivery, duration)
@@ -289,7 +294,7 @@ class Deliverer:
         return status
 
     def _connect_failed(self, message: Outgoing, account: Account, server: OutgoingServer,
-                        error: str, tried: bool = False) -> str:
+                        error: str) -> str:
         now = self.clock()
         cfg_retry = self.config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
