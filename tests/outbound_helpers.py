@@ -11,8 +11,8 @@ from click.testing import CliRunner, Result
 from mailsync.cli import main
 from mailsync.config.load import load_file
 from mailsync.config.model import Config
-from mailsync.outbound.spool import ensure_dirs
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.spool import ensure_dirs
 from mailsync.store import Store
 
 
