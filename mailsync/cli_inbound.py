@@ -1,3 +1,179 @@
-"""Commands of the inbound side (registered on `mailsync.cli.main`)."""
+"""Commands of the inbound side (registered on `mailsync.cli.main`): inbox, inbox show,
+inbox poll."""
 
 from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailsync.cli import Exit, _load_or_exit, config_option, main
+from mailsync.config.model import Config
+from mailsync.errors import StoreError
+from mailsync.store import Store, db_path
+from mailsync.tables import table
+
+
+def _config(config_path: Path) -> Config:
+    loaded = _load_or_exit(config_path)
+    assert loaded.config is not None
+    return loaded.config
+
+
+def _store(config: Config, *, create: bool = True) -> Store:
+    try:
+        return Store.open(config.daemon.state_dir, create=create)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+
+
+def _check_server(config: Config, server: str | None) -> None:
+    names = [s.name for s in config.incoming_servers]
+    if server is not None and server not in names:
+        raise click.BadParameter(f"{server!r} is not a declared incoming server "
+                                 f"(declared: {', '.join(names) or 'none'})",
+                                 param_hint="--server")
+
+
+@main.group(invoke_without_command=True)
+@config_option
+@click.option("--server", help="Only messages fetched from this incoming server.")
+@click.option("--since", help="Only messages fetched since: 2h, 7d, or an ISO date.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.pass_context
+def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str | None,
+          limit: int, fmt: str) -> None:
+    """List fetched messages, newest first (`inbox show ID` for one, `inbox poll` to fetch)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched
+    from mailsync.tables import parse_since
+
+    try:
+        since_t = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    config = _config(config_path)
+    _check_server(config, server)
+    rows: list[dict[str, Any]] = []
+    if db_path(config.daemon.state_dir).exists():
+        store = _store(config, create=False)
+        try:
+            rows = list_fetched(store, InboxFilters(server, since_t, limit))
+        finally:
+            store.close()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(table(rows, LIST_COLUMNS))
+    else:
+        click.echo("(no messages)")
+
+
+@inbox.command("show")
+@click.argument("fetched_id", metavar="ID", type=int)
+@config_option
+@click.option("--raw", is_flag=True, help="Print the message exactly as fetched.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
+    """One fetched message: where it came from, its headers and its text."""
+    from mailsync.inbound.records import show_fetched
+
+    config = _config(config_path)
+    detail = None
+    if db_path(config.daemon.state_dir).exists():
+        store = _store(config, create=False)
+        try:
+            detail = show_fetched(store, fetched_id)
+        finally:
+            store.close()
+    if detail is None:
+        click.echo(f"error: no fetched message {fetched_id}", err=True)
+        raise Exit(1)
+    content: bytes | None = detail.pop("raw")
+    if raw:
+        if content is None:
+            click.echo(f"error: the content of message {fetched_id} was not kept", err=True)
+            raise Exit(1)
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return
+    if fmt == "json":
+        detail["content"] = content.decode("utf-8", "replace") if content else None
+        click.echo(json.dumps(detail, indent=2))
+        return
+    lines = [f"Fetched message {detail['id']} from {detail['server']}"]
+    for key in ("folder", "fetched_at", "message_id", "from", "to", "subject", "date", "size",
+                "bounce_of"):
+        if detail.get(key) not in (None, ""):
+            lines.append(f"  {key.replace('_', ' ')}: {detail[key]}")
+    lines.append("Content:")
+    lines.append(_readable(content) if content is not None else "  (not kept)")
+    click.echo("\n".join(lines))
+
+
+def _readable(raw: bytes) -> str:
+    """The headers and the first text part of a message, decoded for reading."""
+    from email import message_from_bytes, policy
+
+    msg = message_from_bytes(raw, policy=policy.default)
+    out = [f"  {k}: {v}" for k, v in msg.items()]
+    body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
+    if body is not None:
+        try:
+            text = body.get_content()
+        except (LookupError, KeyError, AttributeError):
+            payload = body.get_payload(decode=True)
+            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) \
+                else str(payload)
+        out.append("")
+        out.extend("  " + line for line in str(text).splitlines())
+    return "\n".join(out)
+
+
+@inbox.command("poll")
+@config_option
+@click.option("--server", help="Poll only this incoming server.")
+def inbox_poll(config_path: Path, server: str | None) -> None:
+    """Poll each incoming server (or --server) once and print what each poll did.
+
+    Exit 0 when every poll worked, 1 when one failed (its reason is printed).
+    """
+    from dataclasses import replace
+
+    from mailsync import logs
+    from mailsync.inbound.poller import poll_all_once
+    from mailsync.metrics import Metrics
+
+    config = _config(config_path)
+    _check_server(config, server)
+    logs.setup(config.daemon.log_format)
+    if server is not None:
+        config = replace(config, incoming_servers=tuple(
+            s for s in config.incoming_servers if s.name == server))
+    if not config.incoming_servers:
+        click.echo("(no incoming servers)")
+        return
+    metrics = Metrics()
+    metrics.prime(config)
+    store = _store(config)
+    try:
+        from mailsync.activity_store import schedule_for_fetched
+
+        def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
+            schedule_for_fetched(conn, config, server, fid, subject, now)
+
+        results = poll_all_once(config, store, metrics, on_message=on_message)
+    finally:
+        store.close()
+    for result in results.values():
+        click.echo(result.describe())
+    if any(not r.ok for r in results.values()):
+        raise Exit(1)

@@ -75,7 +75,8 @@ class ConnectError(TemporaryFailure):
 
     kind: ``dns`` (unknown host), ``refused``, ``timeout``, ``tls`` (handshake or
     certificate), ``starttls`` (not offered: never falls back to plain text), ``auth``
-    (authentication failed), ``protocol`` (unexpected greeting or reply), ``closed``
+    (authentication failed), ``folder`` (the IMAP folder or the Maildir is missing),
+    ``protocol`` (unexpected greeting or reply), ``closed``
     (the server hung up). Messages are deferred and the next eligible server is tried.
     """
 

@@ -2,6 +2,18 @@
 
 Kept apart from store.py so that the inbound code owns its tables; store.py applies it
 as migration 3. Statements are separated by ';' (no ';' inside literals).
+
+- ``fetched``: every message taken from an incoming server, with its raw bytes and the
+  indexed headers. ``(server, folder, source_key)`` is unique: the key is what identifies
+  the message at its source (IMAP ``uidvalidity/uid``, a POP3 UIDL, a Maildir file's base
+  name), so storing the same message twice fails in the database itself. For POP3 and
+  local sources the keys of a server *are* its fetch state (the UIDLs or names taken).
+- ``fetch_state``: per IMAP server and folder, UIDVALIDITY and the highest UID stored,
+  how often the UIDVALIDITY changed, and below which UID messages present at the last
+  change are recognised by Message-ID and size. Written in the same transaction as the
+  rows it accounts for.
+- An index on the outbound ``messages.message_id`` (migration 2 has none), for matching
+  a DSN's returned Message-ID with the message this daemon sent.
 """
 
 from __future__ import annotations
@@ -11,8 +23,30 @@ CREATE TABLE fetch_state (
     server TEXT NOT NULL,
     folder TEXT NOT NULL DEFAULT '',
     uidvalidity INTEGER,
-    last_uid INTEGER,
+    last_uid INTEGER NOT NULL DEFAULT 0,
+    uidvalidity_changes INTEGER NOT NULL DEFAULT 0,
+    recognise_below INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
     PRIMARY KEY (server, folder)
 ) WITHOUT ROWID;
+CREATE TABLE fetched (
+    id INTEGER PRIMARY KEY,
+    server TEXT NOT NULL,
+    folder TEXT NOT NULL DEFAULT '',
+    source_key TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    message_id TEXT,
+    from_address TEXT,
+    to_address TEXT,
+    subject TEXT,
+    date TEXT,
+    sent_at REAL,
+    size INTEGER NOT NULL,
+    raw BLOB,
+    bounce_of INTEGER
+);
+CREATE UNIQUE INDEX fetched_source ON fetched (server, folder, source_key);
+CREATE INDEX fetched_message_id ON fetched (server, message_id);
+CREATE INDEX fetched_time ON fetched (fetched_at);
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
 """

@@ -1,0 +1,193 @@
+"""Maildirs on disk: the ``local`` source, and the ``deliver_to`` copy of fetched mail.
+
+Local source: messages in ``new/`` are taken (key = the file's base name, before any
+``:2,`` flags) and, once committed, moved to ``cur/`` (or removed when
+``keep_on_server`` is false). A crash between the commit and the move leaves a stored
+file in ``new/``; the next poll recognises its name and only moves it.
+
+deliver_to: each fetched message is also written to a Maildir, before the commit, under
+a name derived from (server, key) alone. If the process dies after the rename into
+``new/`` and before the commit, the next poll fetches the message again, finds the name
+in ``new/`` or ``cur/``, and does not write a second copy. A batch is written to
+``tmp/``, made durable (one syncfs(2) of the Maildir's filesystem where Linux has it,
+else an fsync per file), renamed into ``new/``, and ``new/`` is fsynced once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import cast
+
+from mailsync.config.model import IncomingServer
+from mailsync.errors import ConnectError
+from mailsync.inbound.source import BATCH, Batch, Cursor, Incoming, Known, describe
+
+
+def base_name(file_name: str) -> str:
+    """A Maildir file's name without its ``:2,FLAGS`` info part."""
+    return file_name.split(":", 1)[0]
+
+
+class LocalSource:
+    """A Maildir on this machine, read from ``new/``."""
+
+    supports_idle = False
+
+    def __init__(self, server: IncomingServer, *, batch: int = BATCH) -> None:
+        self.server = server
+        self.folder = ""
+        self._batch = batch
+        self._path = Path(server.path or ".")
+        self._names: dict[str, str] = {}
+
+    def open(self) -> None:
+        """Check that the path is a Maildir (has new/ and cur/)."""
+        missing = [d for d in ("new", "cur") if not (self._path / d).is_dir()]
+        if missing:
+            raise ConnectError(f"{describe(self.server)}: not a Maildir (no "
+                               f"{' and '.join(m + '/' for m in missing)})", "folder")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def batches(self, cursor: Cursor, known: Known) -> Iterator[Batch]:
+        """Files of new/ not stored yet, oldest name first; stored ones to move first."""
+        self.open()
+        self._names = {}
+        with os.scandir(self._path / "new") as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_file():
+                    self._names[base_name(entry.name)] = entry.name
+        stored = known.keys(list(self._names))
+        if stored:
+            yield Batch(done=tuple(k for k in self._names if k in stored))
+        new = sorted(k for k in self._names if k not in stored)
+        for start in range(0, len(new), self._batch):
+            chunk = new[start:start + self._batch]
+            messages = []
+            for key in chunk:
+                try:
+                    raw = (self._path / "new" / self._names[key]).read_bytes()
+                except FileNotFoundError:
+                    continue  # taken by another reader meanwhile
+                messages.append(Incoming(key, raw))
+            yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages))
+
+    def acknowledge(self, batch: Batch) -> None:
+        """Move committed files to cur/ (or delete them when not kept)."""
+        for key in batch.done:
+            name = self._names.get(key, key)
+            src = self._path / "new" / name
+            try:
+                if self.server.keep_on_server:
+                    target = name if ":" in name else f"{name}:2,"
+                    os.rename(src, self._path / "cur" / target)
+                else:
+                    src.unlink()
+            except FileNotFoundError:
+                pass
+
+    def end_poll(self) -> None:
+        """Nothing to finish."""
+
+    def wait(self, timeout: float, cursor: Cursor, stop: threading.Event | None) -> bool:
+        """No push for a local Maildir here: sleep ``timeout``; always False."""
+        if stop is not None:
+            stop.wait(timeout)
+        else:
+            time.sleep(timeout)
+        return False
+
+
+class MaildirWriter:
+    """Writes fetched messages into a Maildir exactly once, by deterministic names."""
+
+    def __init__(self, path: Path, server: str) -> None:
+        self.path = path
+        self.server = server
+        self._present: set[str] | None = None
+
+    def name_for(self, key: str) -> str:
+        """The file name of the message ``key`` of this server (no '/' or ':')."""
+        digest = hashlib.sha256(f"{self.server}\0{key}".encode()).hexdigest()[:32]
+        return f"mailsync.{self.server}.{digest}"
+
+    def begin_poll(self) -> None:
+        """Forget the listing: files may have been moved or read since the last poll."""
+        self._present = None
+
+    def deliver(self, messages: Sequence[Incoming]) -> int:
+        """Write each message not already there; returns how many files were written."""
+        if not messages:
+            return 0
+        present = self._listing()
+        todo = [(self.name_for(m.key), m.raw) for m in messages]
+        todo = [(name, raw) for name, raw in todo if name not in present]
+        tmp, new = self.path / "tmp", self.path / "new"
+        for name, raw in todo:
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(raw)
+                while view:
+                    view = view[os.write(fd, view):]
+                if _SYNCFS is None:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        if todo and _SYNCFS is not None:
+            _sync_filesystem(tmp)
+        for name, _ in todo:
+            os.rename(tmp / name, new / name)
+        if todo:
+            _fsync_dir(new)
+        present.update(name for name, _ in todo)
+        return len(todo)
+
+    def _listing(self) -> set[str]:
+        if self._present is None:
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            self._present = {base_name(n) for sub in ("new", "cur")
+                             for n in os.listdir(self.path / sub)}
+        return self._present
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), or None where the C library has no such call."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+# One syncfs(2) makes a whole batch of files durable at the cost of one journal commit;
+# an fsync per file costs one each (1.2 ms per file on journaled ext4 here, vs 0.1 ms).
+_SYNCFS = _load_syncfs()
+
+
+def _sync_filesystem(path: Path) -> None:
+    assert _SYNCFS is not None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}", str(path))
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

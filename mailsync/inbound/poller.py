@@ -1,0 +1,255 @@
+"""Polling: one pass over one incoming server (:class:`Poller`), or over all of them.
+
+Each batch a source yields is stored in ONE transaction with the fetch state it
+advances to (and with any bounce it records and the ``on_message`` hook's writes); the
+source acknowledges the batch (deletes it, moves it to cur/) only after that commit.
+With ``deliver_to``, the batch is written to the Maildir before the commit, under names
+that make a rewrite after a crash a no-op. So a crash at any point neither loses a
+message nor stores it twice.
+
+A long-running daemon keeps one Poller per server in its own thread::
+
+    while not stop.is_set():
+        poller.poll_once()
+        poller.wait_for_news(server.poll_interval.total_seconds(), stop)
+
+``wait_for_news`` returns as soon as an IMAP server with IDLE reports new mail, and
+otherwise sleeps the poll interval (or until ``stop`` is set).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailsync.config.model import Config, IncomingServer
+from mailsync.errors import ConnectError, MailsyncError, SecretError
+from mailsync.inbound import records
+from mailsync.inbound.bounces import parse_bounce, record_bounce
+from mailsync.inbound.imap import ImapSource
+from mailsync.inbound.maildir import LocalSource, MaildirWriter
+from mailsync.inbound.message import parse_headers, summarize
+from mailsync.inbound.pop3 import Pop3Source
+from mailsync.inbound.source import Batch, Source, describe
+from mailsync.metrics import Metrics
+from mailsync.store import Store
+
+log = logging.getLogger("mailsync.inbound")
+
+OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None]
+"""Called inside the storing transaction for each new message of a server with an
+``activity`` rule: (connection, server, fetched id, subject, now)."""
+
+
+@dataclass
+class PollResult:
+    """What one poll of one server did: messages stored (``fetched``), skipped as already
+    stored after a UIDVALIDITY change (``recognised``), bounces recorded, files written
+    to deliver_to, and on failure the error and its kind."""
+
+    server: str
+    ok: bool = False
+    fetched: int = 0
+    recognised: int = 0
+    bounced: int = 0
+    delivered: int = 0
+    uidvalidity_changed: bool = False
+    error: str | None = None
+    kind: str | None = None  # ConnectError.kind, or the exception's class name
+    duration: float = 0.0
+
+    def describe(self) -> str:
+        """One line for people: ``support: 3 fetched, 1 bounce`` or the error."""
+        if not self.ok:
+            return f"{self.server}: failed: {self.error}"
+        parts = [f"{self.fetched} fetched"]
+        if self.bounced:
+            parts.append(f"{self.bounced} bounce{'s' if self.bounced != 1 else ''}")
+        if self.recognised:
+            parts.append(f"{self.recognised} already stored")
+        if self.delivered:
+            parts.append(f"{self.delivered} written to deliver_to")
+        if self.uidvalidity_changed:
+            parts.append("UIDVALIDITY changed")
+        return f"{self.server}: {', '.join(parts)}"
+
+
+def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None) -> Source:
+    """The source adapter for ``server.type``; the password is resolved when connecting."""
+
+    def password() -> str | None:
+        return server.password.resolve() if server.password is not None else None
+
+    if server.type == "imap":
+        return ImapSource(server, password=password, context=context)
+    if server.type == "pop":
+        return Pop3Source(server, password=password, context=context)
+    return LocalSource(server)
+
+
+def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None) -> None:
+    """Connect, log in and check the folder (IMAP) or the Maildir (local).
+
+    Raises ConnectError with the reason, worded as for SMTP (``name (host:port):
+    connection refused``), or SecretError when the password cannot be resolved.
+    """
+    source = make_source(server, context=context)
+    try:
+        source.open()
+    finally:
+        source.close()
+
+
+class Poller:
+    """Polls one incoming server; used by one thread at a time. Keeps its session open
+    between polls (IMAP), so an incremental poll is one SELECT."""
+
+    def __init__(self, config: Config, server: IncomingServer, store: Store, metrics: Metrics,
+                 *, on_message: OnMessage | None = None,
+                 clock: Callable[[], float] = time.time,
+                 source: Source | None = None,
+                 context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.server = server
+        self.store = store
+        self.metrics = metrics
+        self.on_message = on_message if server.activity is not None else None
+        self.clock = clock
+        self.source = source if source is not None else make_source(server, context=context)
+        self.known = records.StoreKnown(store, server.name, self.source.folder)
+        self.writer = (MaildirWriter(server.deliver_to, server.name)
+                       if server.deliver_to is not None else None)
+
+    @property
+    def supports_idle(self) -> bool:
+        """True once connected to an IMAP server that offers IDLE."""
+        return self.source.supports_idle
+
+    def poll_once(self) -> PollResult:
+        """Fetch and store what is new; never raises for a server or store problem."""
+        started = time.monotonic()
+        result = PollResult(self.server.name)
+        name = self.server.name
+        reached: bool | None = True  # whether the server could be used (None: unknown)
+        try:
+            self._poll(result)
+            result.ok = True
+        except (ConnectError, SecretError) as exc:
+            self._failed(result, exc)
+            reached = False
+        except (MailsyncError, sqlite3.Error, OSError) as exc:  # the store or deliver_to
+            self._failed(result, exc)
+            reached = None
+        result.duration = time.monotonic() - started
+        self.metrics.mailbox_polls.labels(name, "success" if result.ok else "failure").inc()
+        if result.ok:
+            self.metrics.mailbox_last_success.labels(name).set(self.clock())
+        if reached is not None:
+            self.metrics.server_up.labels(name, "incoming").set(1 if reached else 0)
+        if result.fetched or result.uidvalidity_changed:
+            log.info("%s", result.describe())
+        return result
+
+    def _failed(self, result: PollResult, exc: BaseException) -> None:
+        result.error = str(exc)
+        result.kind = getattr(exc, "kind", None) or type(exc).__name__
+        log.warning("%s: poll failed: %s", self.server.name, exc)
+        self.source.close()
+
+    def wait_for_news(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Wait up to ``timeout`` s for new mail: True as soon as the server says so (IMAP
+        IDLE), False when the time is up. Without IDLE: sleeps (until ``stop``), False.
+
+        A connection failure while waiting is logged, the rest of the time is slept, and
+        True is returned, so that the next poll_once reconnects and reports the failure.
+        """
+        deadline = time.monotonic() + timeout
+        cursor = records.load_cursor(self.store, self.server.name, self.source.folder)
+        try:
+            return self.source.wait(timeout, cursor, stop)
+        except (ConnectError, SecretError) as exc:
+            log.warning("%s: waiting for new mail failed: %s", self.server.name, exc)
+            self.source.close()
+            rest = max(0.0, deadline - time.monotonic())
+            if stop is not None:
+                stop.wait(rest)
+            else:
+                time.sleep(rest)
+            return True
+
+    def close(self) -> None:
+        """Log out and release the session."""
+        self.source.close()
+
+    # -- one pass ----------------------------------------------------------------------
+
+    def _poll(self, result: PollResult) -> None:
+        folder = self.source.folder
+        cursor = records.load_cursor(self.store, self.server.name, folder)
+        changes = cursor.changes
+        if self.writer is not None:
+            self.writer.begin_poll()
+        for batch in self.source.batches(cursor, self.known):
+            if batch.cursor is not None and batch.cursor.changes > changes:
+                result.uidvalidity_changed = True
+            self._commit(batch, result)
+            self.source.acknowledge(batch)
+        self.source.end_poll()
+
+    def _commit(self, batch: Batch, result: PollResult) -> None:
+        """Store a batch and its cursor in one transaction (after deliver_to's files)."""
+        if not batch.messages and batch.cursor is None:
+            return
+        parsed = []
+        for m in batch.messages:
+            fields = parse_headers(m.raw)
+            parsed.append((m, summarize(m.raw, fields), parse_bounce(m.raw, self.config, fields)))
+        if self.writer is not None:
+            result.delivered += self.writer.deliver(batch.messages)
+        name, folder = self.server.name, self.source.folder
+        bounced: list[str | None] = []
+        now = self.clock()
+        with self.store.transaction() as conn:
+            for message, summary, bounce in parsed:
+                fid = records.insert_fetched(conn, name, folder, message.key, summary,
+                                             message.raw, now)
+                if bounce is not None:
+                    outcome = record_bounce(conn, bounce, now)
+                    if outcome is not None:
+                        records.mark_bounce_of(conn, fid, outcome.message)
+                        if outcome.recipients:
+                            bounced.append(outcome.account)
+                if self.on_message is not None:
+                    self.on_message(conn, self.server, fid, summary.subject or "", now)
+            if batch.cursor is not None:
+                records.save_cursor(conn, name, folder, batch.cursor, now)
+        result.fetched += len(parsed)
+        result.recognised += batch.recognised
+        result.bounced += len(bounced)
+        if parsed:
+            self.metrics.mailbox_fetched.labels(name).inc(len(parsed))
+        for account in bounced:
+            self.metrics.messages_bounced.labels(account or "").inc()
+
+
+def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
+                  on_message: OnMessage | None = None,
+                  clock: Callable[[], float] = time.time) -> dict[str, PollResult]:
+    """Poll each incoming server once, one after the other (for ``run --once``)."""
+    results: dict[str, PollResult] = {}
+    for server in config.incoming_servers:
+        poller = Poller(config, server, store, metrics, on_message=on_message, clock=clock)
+        try:
+            results[server.name] = poller.poll_once()
+        finally:
+            poller.close()
+    return results
+
+
+__all__ = ["OnMessage", "PollResult", "Poller", "check_incoming", "describe", "make_source",
+           "poll_all_once"]

@@ -1,0 +1,166 @@
+"""SQL of the inbound tables: fetch state, fetched messages, and their listings.
+
+Writes take the connection of an open transaction (the poller's, one per batch); reads
+take the store and hold its lock, as the outbound store's readers do.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mailsync.inbound.message import Summary
+from mailsync.inbound.source import Cursor
+from mailsync.store import Store
+from mailsync.tables import iso
+
+_CHUNK = 500  # keys per IN (...) query
+
+LIST_COLUMNS = ("id", "server", "fetched_at", "from", "subject", "size", "bounce_of")
+
+
+class StoreKnown:
+    """The :class:`~mailsync.inbound.source.Known` view of one server and folder."""
+
+    def __init__(self, store: Store, server: str, folder: str) -> None:
+        self.store = store
+        self.server = server
+        self.folder = folder
+
+    def keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` stored for this server and folder."""
+        found: set[str] = set()
+        with self.store.lock:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self.store.conn.execute(
+                    f"SELECT source_key FROM fetched WHERE server = ? AND folder = ?"
+                    f" AND source_key IN ({marks})", (self.server, self.folder, *chunk)))
+        return found
+
+    def messages(self, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those (Message-ID, size) pairs stored for this server (any folder)."""
+        wanted = set(pairs)
+        ids = sorted({mid for mid, _ in wanted})
+        found: set[tuple[str, int]] = set()
+        with self.store.lock:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update((r[0], r[1]) for r in self.store.conn.execute(
+                    f"SELECT message_id, size FROM fetched WHERE server = ?"
+                    f" AND message_id IN ({marks})", (self.server, *chunk)))
+        return found & wanted
+
+
+def load_cursor(store: Store, server: str, folder: str) -> Cursor:
+    """The stored cursor of an IMAP folder (an empty one before the first poll)."""
+    with store.lock:
+        row = store.conn.execute(
+            "SELECT uidvalidity, last_uid, uidvalidity_changes, recognise_below"
+            " FROM fetch_state WHERE server = ? AND folder = ?", (server, folder)).fetchone()
+    return Cursor(*row) if row else Cursor()
+
+
+def save_cursor(conn: sqlite3.Connection, server: str, folder: str, cursor: Cursor,
+                now: float) -> None:
+    """Write the cursor (inside the transaction that stores the batch it ends)."""
+    conn.execute(
+        "INSERT INTO fetch_state (server, folder, uidvalidity, last_uid, uidvalidity_changes,"
+        " recognise_below, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (server, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
+        " last_uid = excluded.last_uid, uidvalidity_changes = excluded.uidvalidity_changes,"
+        " recognise_below = excluded.recognise_below, updated_at = excluded.updated_at",
+        (server, folder, cursor.uidvalidity, cursor.last_uid, cursor.changes,
+         cursor.recognise_below, now))
+
+
+def insert_fetched(conn: sqlite3.Connection, server: str, folder: str, key: str,
+                   summary: Summary, raw: bytes, now: float) -> int:
+    """Store one fetched message; its id. A key stored before raises IntegrityError."""
+    cur = conn.execute(
+        "INSERT INTO fetched (server, folder, source_key, fetched_at, message_id,"
+        " from_address, to_address, subject, date, sent_at, size, raw)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (server, folder, key, now, summary.message_id, summary.from_address,
+         summary.to_address, summary.subject, summary.date, summary.sent_at, summary.size,
+         raw))
+    return int(cur.lastrowid or 0)
+
+
+def mark_bounce_of(conn: sqlite3.Connection, fetched_id: int, message: int) -> None:
+    conn.execute("UPDATE fetched SET bounce_of = ? WHERE id = ?", (message, fetched_id))
+
+
+@dataclass(frozen=True)
+class InboxFilters:
+    """Listing filters of ``mailsync inbox``; None means any."""
+
+    server: str | None = None
+    since: float | None = None
+    limit: int = 100
+
+
+def list_fetched(store: Store, f: InboxFilters) -> list[dict[str, Any]]:
+    """Fetched messages, newest first, as objects with stable keys."""
+    where: list[str] = []
+    args: list[Any] = []
+    if f.server is not None:
+        where.append("server = ?")
+        args.append(f.server)
+    if f.since is not None:
+        where.append("fetched_at >= ?")
+        args.append(f.since)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    with store.lock:
+        cur = store.conn.execute(
+            "SELECT id, server, folder, source_key, fetched_at, message_id, from_address,"
+            f" to_address, subject, date, size, bounce_of FROM fetched {clause}"
+            " ORDER BY id DESC LIMIT ?", (*args, f.limit))
+        cur.row_factory = sqlite3.Row
+        rows = cur.fetchall()
+    return [_summary(r) for r in rows]
+
+
+def show_fetched(store: Store, fid: int) -> dict[str, Any] | None:
+    """One fetched message: its summary and ``raw`` bytes."""
+    with store.lock:
+        cur = store.conn.execute(
+            "SELECT id, server, folder, source_key, fetched_at, message_id, from_address,"
+            " to_address, subject, date, size, bounce_of, raw FROM fetched WHERE id = ?",
+            (fid,))
+        cur.row_factory = sqlite3.Row
+        row = cur.fetchone()
+    if row is None:
+        return None
+    out = _summary(row)
+    out["raw"] = row["raw"]
+    return out
+
+
+def uidvalidity_changes(store: Store, server: str) -> int:
+    """How many UIDVALIDITY changes were seen on this server's folders."""
+    with store.lock:
+        row = store.conn.execute("SELECT COALESCE(SUM(uidvalidity_changes), 0) FROM"
+                                 " fetch_state WHERE server = ?", (server,)).fetchone()
+    return int(row[0])
+
+
+def _summary(r: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "server": r["server"],
+        "folder": r["folder"] or None,
+        "source_key": r["source_key"],
+        "fetched_at": iso(r["fetched_at"]),
+        "message_id": r["message_id"],
+        "from": r["from_address"],
+        "to": r["to_address"],
+        "subject": r["subject"],
+        "date": r["date"],
+        "size": r["size"],
+        "bounce_of": r["bounce_of"],
+    }

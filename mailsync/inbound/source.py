@@ -1,0 +1,205 @@
+"""The small interface every incoming source implements, and what they share.
+
+A source (IMAP, POP3, local Maildir) yields :class:`Batch` es of new messages given
+where the store left off (a :class:`Cursor` and a :class:`Known` view of what is stored).
+The poller commits each batch together with the advanced cursor, and only then calls
+:meth:`Source.acknowledge`, which deletes the messages on the server or moves them out of
+``new/`` as the configuration says. A crash anywhere in between is harmless: what was
+committed is recognised on the next poll (by cursor, UIDL or file name) and acknowledged
+then; what was not is fetched again.
+
+Errors: adapters translate their library's errors into
+:class:`mailsync.errors.ConnectError` here, with the same wording as SMTP
+(``support (imap.example.com:993): connection refused``).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailsync.config.model import IncomingServer
+from mailsync.errors import ConnectError
+from mailsync.outbound.smtp import GMAIL_HINT
+
+BATCH = 500  # messages fetched per round trip and committed per transaction
+_BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
+_TIMING = re.compile(r"\s*\([0-9.]+(?: \+ [0-9.]+)* secs\)")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One new message: the key that names it at its source, and its raw bytes."""
+
+    key: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where an IMAP folder was left: its UIDVALIDITY and the highest UID stored.
+
+    ``changes`` counts the UIDVALIDITY changes seen on this folder (logged and kept).
+    ``recognise_below``: after a change, messages with a smaller UID were there when it
+    was seen; they are looked up by Message-ID and size before being fetched (kept in
+    the cursor so that a crash half-way through does not end the recognition early).
+    POP3 and local sources have no cursor: the keys they stored are their state.
+    """
+
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    changes: int = 0
+    recognise_below: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """New messages to store in one transaction, and what to acknowledge after it.
+
+    ``done`` lists the keys to acknowledge once the transaction committed: the keys of
+    ``messages`` and of messages stored by an earlier poll that are still at the source
+    (a crash came between that commit and its acknowledgement, or they were recognised
+    after a UIDVALIDITY change). ``cursor`` is the state after this batch (IMAP only).
+    """
+
+    messages: tuple[Incoming, ...] = ()
+    done: tuple[str, ...] = ()
+    cursor: Cursor | None = None
+    recognised: int = 0
+
+
+class Known(Protocol):
+    """What the store already holds for one server and folder."""
+
+    def keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` already stored."""
+
+    def messages(self, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those (Message-ID, size) pairs already stored."""
+
+
+class Source(Protocol):
+    """An incoming server behind one small interface (IMAP, POP3 or local Maildir)."""
+
+    server: IncomingServer
+    folder: str
+
+    @property
+    def supports_idle(self) -> bool:
+        """Whether :meth:`wait` can wake up when mail arrives (IMAP IDLE)."""
+
+    def open(self) -> None:
+        """Connect, log in and check the folder; ConnectError with the reason if not."""
+
+    def batches(self, cursor: Cursor, known: Known) -> Iterator[Batch]:
+        """The new messages, in batches, oldest first (opens the session if needed)."""
+
+    def acknowledge(self, batch: Batch) -> None:
+        """After ``batch`` was committed: delete it at the source, or move it to cur/."""
+
+    def end_poll(self) -> None:
+        """After the last batch (POP3: QUIT, which makes the deletions happen)."""
+
+    def wait(self, timeout: float, cursor: Cursor, stop: threading.Event | None) -> bool:
+        """Wait up to ``timeout`` s for news; True when new mail is there."""
+
+    def close(self) -> None:
+        """Log out and drop the connection (idempotent; errors ignored)."""
+
+
+def describe(server: IncomingServer) -> str:
+    """How messages name a server: ``support (imap.example.com:993)``."""
+    if server.type == "local":
+        return f"{server.name} ({server.path})"
+    host = server.host or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{server.name} ({host}:{server.port})"
+
+
+def tls_context(server: IncomingServer) -> ssl.SSLContext:
+    """The default context (it honours SSL_CERT_FILE); no checks when tls_verify is off."""
+    context = ssl.create_default_context()
+    if not server.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# Errors a socket, TLS, IMAP or POP3 conversation can raise; everything else is a bug.
+WIRE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, UnicodeError, imaplib.IMAP4.error, poplib.error_proto)
+
+
+def translate(exc: BaseException, server: IncomingServer, phase: str) -> ConnectError:
+    """Turn a socket/TLS/imaplib/poplib error into a ConnectError naming server and reason.
+
+    phase: ``connect``, ``starttls``, ``auth``, ``folder`` or ``fetch``.
+    """
+    where = describe(server)
+    seconds = f"{server.timeout.total_seconds():g}s"
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"{where}: host name not found ({exc.strerror})", "dns")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"{where}: connection refused", "refused")
+    if isinstance(exc, TimeoutError):
+        what = "connecting" if phase == "connect" else "waiting for the server"
+        return ConnectError(f"{where}: timed out after {seconds} {what}", "timeout")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"{where}: TLS certificate verification failed: {exc.verify_message} "
+            "(fix the certificate or its CA; tls_verify: false turns the check off)", "tls")
+    if isinstance(exc, ssl.SSLError):
+        kind = "closed" if phase == "fetch" else "tls"
+        return ConnectError(f"{where}: TLS error: {exc.reason or exc}", kind)
+    if isinstance(exc, imaplib.IMAP4.abort | EOFError | ConnectionError):
+        return ConnectError(f"{where}: the server closed the connection", "closed")
+    if isinstance(exc, UnicodeError):
+        return ConnectError(f"{where}: {_noun(phase)} needs ASCII only, and the value "
+                            "given is not", "auth" if phase == "auth" else "protocol")
+    if isinstance(exc, imaplib.IMAP4.error | poplib.error_proto):
+        reply = server_text(exc)
+        if phase == "auth":
+            message = (f"{where}: authentication failed for user {server.username!r}: "
+                       f"{reply}")
+            if server.provider == "gmail":
+                message += f". {GMAIL_HINT}"
+            return ConnectError(message, "auth")
+        kind = {"starttls": "starttls", "folder": "folder"}.get(phase, "protocol")
+        return ConnectError(f"{where}: unexpected reply during {_noun(phase)}: {reply}", kind)
+    if isinstance(exc, OSError) and phase == "connect":
+        return ConnectError(f"{where}: cannot connect: {exc.strerror or exc}", "refused")
+    detail = getattr(exc, "strerror", None) or exc
+    return ConnectError(f"{where}: connection error: {detail}", "closed")
+
+
+def scrubbed(error: ConnectError, secret: str | None) -> ConnectError:
+    """Guard against a server (or library) that echoes the password back."""
+    if not secret or secret not in str(error):
+        return error
+    return ConnectError(str(error).replace(secret, "***"), error.kind, error.code)
+
+
+def server_text(exc: BaseException) -> str:
+    """The server's words in an imaplib/poplib error, as one line of text.
+
+    Library wrappers are unwrapped (``b'...'`` reprs of replies) and Dovecot's command
+    timings, e.g. ``(0.001 + 0.000 secs).``, dropped.
+    """
+    text = " ".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+                    for a in exc.args) or type(exc).__name__
+    text = _BYTES_REPR.sub(r"\2", text)
+    text = _TIMING.sub("", text)
+    return " ".join(text.split())
+
+
+def _noun(phase: str) -> str:
+    return {"connect": "the greeting", "starttls": "STARTTLS", "auth": "login",
+            "folder": "folder selection", "fetch": "fetching"}.get(phase, phase)
