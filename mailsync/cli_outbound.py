@@ -117,6 +117,7 @@ def run(config_path: Path, once: bool) -> None:
             ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:
             deliverer.close()
+        polls = _poll_mailboxes(config, store, metrics)
     finally:
         store.close()
     click.echo(
@@ -124,6 +125,22 @@ def run(config_path: Path, once: bool) -> None:
         f"{ingested.duplicates} already taken; "
         f"send: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed, "
         f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
+    for result in polls:
+        click.echo(f"inbox: {result.describe()}")
+
+
+def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
+    """Poll each incoming server once; new messages of servers with an activity rule
+    schedule their activity in the same transaction."""
+    if not config.incoming_servers:
+        return []
+    from mailsync.activity_store import schedule_for_fetched
+    from mailsync.inbound.poller import poll_all_once
+
+    def on_message(conn: Any, server: Any, fetched_id: int, subject: str, now: float) -> None:
+        schedule_for_fetched(conn, config, server, fetched_id, subject, now)
+
+    return list(poll_all_once(config, store, metrics, on_message=on_message).values())
 
 
 def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
@@ -301,7 +318,11 @@ for _name in _ACTIONS:
 @click.argument("names", nargs=-1)
 @config_option
 def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
-    """Connect and log in to each outgoing server (or those NAMEd): OK or Connection Error."""
+    """Connect and log in to each server (or those NAMEd): OK or Connection Error.
+
+    Outgoing servers (and accounts' own logins) get SMTP AUTH; incoming servers a login
+    and a check that the folder (IMAP) or the Maildir (local) exists.
+    """
     from mailsync.outbound.smtp import open_session
 
     config = _config(config_path)
@@ -310,12 +331,17 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
         if a.own_login is not None:
             servers[a.name] = a.own_login
     unknown = [n for n in names if n not in servers]
+    incoming = {s.name: s for s in config.incoming_servers}
+    unknown = [n for n in unknown if n not in incoming]
     if unknown:
+        declared = [*servers, *incoming]
         raise click.BadParameter(
-            f"{', '.join(unknown)} (declared: {', '.join(servers) or 'none'})",
+            f"{', '.join(unknown)} (declared: {', '.join(declared) or 'none'})",
             param_hint="NAME")
     failed = 0
     for name in names or tuple(servers):
+        if name not in servers:
+            continue
         server = servers[name]
         try:
             password = server.password.resolve() if server.password else None
@@ -326,5 +352,17 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
             click.echo(f"{name}: Connection Error: {exc}")
             continue
         click.echo(f"{name}: OK")
+    for name in names or tuple(incoming):
+        if name not in incoming:
+            continue
+        from mailsync.inbound.poller import check_incoming
+
+        try:
+            check_incoming(incoming[name])
+        except (ConnectError, SecretError) as exc:
+            failed += 1
+            click.echo(f"{name} (incoming): Connection Error: {exc}")
+            continue
+        click.echo(f"{name} (incoming): OK")
     if failed:
         raise Exit(1)
