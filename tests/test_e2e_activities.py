@@ -62,3 +62,22 @@ def test_fetched_message_schedules_an_activity_whose_completion_triggers_the_nex
     everything = json.loads(run(["activity", "list", "-c", str(cfg), "--state", "all",
                                  "--format", "json"]).output)
     assert sorted(a["type"] for a in everything) == ["Call", "Reply"]
+
+
+def test_test_command_checks_incoming_servers(tmp_path, mailbox):
+    good = incoming_yaml(mailbox, "support", tmp_path / "ok.secret")
+    bad = incoming_yaml(mailbox, "wrongpw", tmp_path / "bad.secret")
+    (tmp_path / "bad.secret").write_text("not-the-password")
+    missing = incoming_yaml(mailbox, "nofolder", tmp_path / "ok2.secret", folder="Nope")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
+                   "incoming_servers:\n" + good + bad + missing)
+    result = run(["test", "-c", str(cfg)])
+    assert result.exit_code == 1
+    lines = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
+    assert lines["support (incoming)"] == "OK"
+    assert lines["wrongpw (incoming)"].startswith("Connection Error: ")
+    assert lines["nofolder (incoming)"].startswith("Connection Error: ")
+    assert mailbox.password not in result.output
+    only = run(["test", "support", "-c", str(cfg)])
+    assert only.exit_code == 0 and only.output.strip() == "support (incoming): OK"
