@@ -310,8 +310,16 @@ def _check_header_value(where: str, value: str | None) -> None:
                        f"{where} contains {kind} ({bad.group()!r}): {_show(value)}")
 
 
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)")
+
+
 def _addresses(value: str, where: str) -> list[tuple[str, str]]:
     """The (display name, address) pairs in a header value; a malformed one is refused."""
+    plain = _PLAIN_ADDRESS.fullmatch(value.strip())
+    if plain is not None and _DOMAIN.match(plain.group(1)):
+        # The common case, one bare address (its local part has no '@', quote or space):
+        # the same answer as email.utils.getaddresses, which costs ~60 µs a call.
+        return [("", plain.group(0))]
     found = []
     for display, addr in getaddresses([value]):
         if not addr:
