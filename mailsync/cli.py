@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,10 @@ from mailsync import __version__
 from mailsync.config.load import Loaded, load_file, load_text
 from mailsync.config.problems import Problem, summary
 from mailsync.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from mailsync.config.model import Config
+    from mailsync.store import Store
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -124,6 +128,24 @@ def _checked(loaded: Loaded | ConfigError, name: str) -> Loaded:
         click.echo(f"{name}: refused: {summary(list(loaded.problems))}", err=True)
         raise Exit(1)
     return loaded
+
+
+def load_config_or_exit(config_path: Path) -> Config:
+    """The model of a valid -c file, or exit 1 with every problem on stderr."""
+    loaded = _load_or_exit(config_path)
+    assert loaded.config is not None
+    return loaded.config
+
+
+def open_store_or_exit(config: Config, *, create: bool = True) -> Store:
+    """The store in state_dir, or exit 1 saying why it cannot be opened."""
+    from mailsync.store import Store
+
+    try:
+        return Store.open(config.daemon.state_dir, create=create)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
 
 
 def _load_or_exit(path: Path) -> Loaded:

@@ -11,25 +11,20 @@ from typing import Any
 
 import click
 
-from mailsync.cli import Exit, _load_or_exit, config_option, main
+from mailsync.cli import (
+    Exit,
+    config_option,
+    load_config_or_exit,
+    main,
+    open_store_or_exit,
+)
 from mailsync.config.model import Config
-from mailsync.errors import StoreError
-from mailsync.store import Store, db_path
+from mailsync.history import readable
+from mailsync.store import db_path
 from mailsync.tables import table
 
-
-def _config(config_path: Path) -> Config:
-    loaded = _load_or_exit(config_path)
-    assert loaded.config is not None
-    return loaded.config
-
-
-def _store(config: Config, *, create: bool = True) -> Store:
-    try:
-        return Store.open(config.daemon.state_dir, create=create)
-    except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise Exit(1) from None
+_config = load_config_or_exit
+_store = open_store_or_exit
 
 
 def _check_server(config: Config, server: str | None) -> None:
@@ -115,27 +110,8 @@ def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
         if detail.get(key) not in (None, ""):
             lines.append(f"  {key.replace('_', ' ')}: {detail[key]}")
     lines.append("Content:")
-    lines.append(_readable(content) if content is not None else "  (not kept)")
+    lines.append(readable(content) if content is not None else "  (not kept)")
     click.echo("\n".join(lines))
-
-
-def _readable(raw: bytes) -> str:
-    """The headers and the first text part of a message, decoded for reading."""
-    from email import message_from_bytes, policy
-
-    msg = message_from_bytes(raw, policy=policy.default)
-    out = [f"  {k}: {v}" for k, v in msg.items()]
-    body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
-    if body is not None:
-        try:
-            text = body.get_content()
-        except (LookupError, KeyError, AttributeError):
-            payload = body.get_payload(decode=True)
-            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) \
-                else str(payload)
-        out.append("")
-        out.extend("  " + line for line in str(text).splitlines())
-    return "\n".join(out)
 
 
 @inbox.command("poll")

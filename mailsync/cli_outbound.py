@@ -10,9 +10,16 @@ from typing import Any
 
 import click
 
-from mailsync.cli import Exit, _load_or_exit, config_option, main
+from mailsync.cli import (
+    Exit,
+    _load_or_exit,
+    config_option,
+    load_config_or_exit,
+    main,
+    open_store_or_exit,
+)
 from mailsync.config.model import Config, OutgoingServer
-from mailsync.errors import ConnectError, SecretError, StoreError
+from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store, db_path
 from mailsync.tables import table
@@ -21,18 +28,8 @@ list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"
                            default="table", show_default=True, help="Output format.")
 
 
-def _config(config_path: Path) -> Config:
-    loaded = _load_or_exit(config_path)
-    assert loaded.config is not None
-    return loaded.config
-
-
-def _store(config: Config, *, create: bool = True) -> Store:
-    try:
-        return Store.open(config.daemon.state_dir, create=create)
-    except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise Exit(1) from None
+_config = load_config_or_exit
+_store = open_store_or_exit
 
 
 # -- send ------------------------------------------------------------------------------

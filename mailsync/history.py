@@ -134,11 +134,11 @@ def render_show(d: dict[str, Any]) -> str:
     if raw is None:
         lines.append("  (pruned or not kept)")
     else:
-        lines.append(_readable(raw))
+        lines.append(readable(raw))
     return "\n".join(lines)
 
 
-def _readable(raw: bytes) -> str:
+def readable(raw: bytes) -> str:
     """Headers and the text parts of a message, decoded for reading."""
     from email import message_from_bytes, policy
 
