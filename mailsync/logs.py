@@ -33,4 +33,5 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger("mailsync")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
+    # Records still propagate: the root logger has no handler in the CLI (no double
+    # lines), and an embedding program or pytest's caplog sees them too.

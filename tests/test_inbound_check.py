@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import time
 import traceback
 from datetime import timedelta
 
@@ -42,7 +43,11 @@ def _error(server) -> ConnectError:
 def test_check_passes_with_a_good_login(rig, mailbox, tmp_path, kind):
     server = _server(rig, mailbox, tmp_path, kind=kind)
     assert check_incoming(server) is None
-    assert f"Login: user=<{mailbox.user}>" in mailbox.dovecot.log()
+    # Dovecot's log process writes asynchronously: wait for the line rather than race it.
+    deadline = time.monotonic() + 5
+    while f"Login: user=<{mailbox.user}>" not in mailbox.dovecot.log():
+        assert time.monotonic() < deadline, "Dovecot logged no login"
+        time.sleep(0.05)
 
 
 def test_check_passes_for_a_local_maildir(rig, tmp_path):
