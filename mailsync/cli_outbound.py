@@ -58,7 +58,7 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
 
     The body comes from --text-file and/or --html-file, or from standard input.
     """
-    from mailsync.outbound.spool import drop
+    from mailsync.outbound.spool import drop, ensure_dirs
 
     config = _config(config_path)
     text = text_file.read() if text_file else None
@@ -72,11 +72,13 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
             raise click.UsageError(f"--header {h!r}: expected NAME=VALUE")
         extra[name.strip()] = value.strip()
     try:
+        # The spool path comes from the config, not from a caller's typo: create it.
+        ensure_dirs(config.daemon.spool_dir)
         path = drop(config.daemon.spool_dir, user=user, account=account, to=list(to),
                     cc=list(cc), bcc=list(bcc), subject=subject, text=text, html=html,
                     reply_to=reply_to, headers=extra, attachments=list(attach),
                     idempotency_key=idempotency_key)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         raise Exit(1) from None
     click.echo(str(path))

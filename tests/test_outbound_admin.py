@@ -226,3 +226,14 @@ def test_group_commit_of_a_lone_failing_write_raises_its_own_error(tmp_path):
     rows = [r[0] for r in store.conn.execute("SELECT n FROM t ORDER BY n")]
     store.close()
     assert rows == [1, 2]
+
+
+def test_send_before_the_daemon_ever_ran_creates_the_spool(tmp_path):
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()))
+    import shutil
+
+    shutil.rmtree(tmp_path / "spool")
+    result = run(["send", "-c", str(cfg), "--user", "alice", "--to", "a@example.org",
+                  "--subject", "first"], input="hello")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
