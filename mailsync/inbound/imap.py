@@ -41,11 +41,10 @@ from mailsync.inbound.source import (
     Incoming,
     Known,
     describe,
-    scrubbed,
     server_text,
-    tls_context,
     translate,
 )
+from mailsync.netio import scrubbed, tls_context
 
 log = logging.getLogger("mailsync.inbound.imap")
 
@@ -94,7 +93,8 @@ class ImapSource:
             raise ConnectError(f"{self._where}: no host name is configured", "dns")
         password = self._password()
         timeout = server.timeout.total_seconds()
-        tls = None if server.security == "none" else (self._context or tls_context(server))
+        tls = None if server.security == "none" else (
+            self._context or tls_context(server.tls_verify))
         client: Any = None
         phase = "connect"
         error: ConnectError | None = None

@@ -27,10 +27,9 @@ from mailsync.inbound.source import (
     Incoming,
     Known,
     describe,
-    scrubbed,
-    tls_context,
     translate,
 )
+from mailsync.netio import scrubbed, tls_context
 
 MAX_LINE = 1 << 20  # poplib refuses lines over 2048 bytes; real mail has longer ones
 T = TypeVar("T")
@@ -88,7 +87,8 @@ class Pop3Source:
             raise ConnectError(f"{self._where}: no host name is configured", "dns")
         password = self._password()
         timeout = server.timeout.total_seconds()
-        tls = None if server.security == "none" else (self._context or tls_context(server))
+        tls = None if server.security == "none" else (
+            self._context or tls_context(server.tls_verify))
         pop: poplib.POP3 | None = None
         phase = "connect"
         error: ConnectError | None = None

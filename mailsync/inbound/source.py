@@ -18,8 +18,6 @@ from __future__ import annotations
 import imaplib
 import poplib
 import re
-import socket
-import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Protocol
 
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.outbound.smtp import GMAIL_HINT
+from mailsync.netio import GMAIL_HINT, fallback_error, network_error
 
 BATCH = 500  # messages fetched per round trip and committed per transaction
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
@@ -124,15 +122,6 @@ def describe(server: IncomingServer) -> str:
     return f"{server.name} ({host}:{server.port})"
 
 
-def tls_context(server: IncomingServer) -> ssl.SSLContext:
-    """The default context (it honours SSL_CERT_FILE); no checks when tls_verify is off."""
-    context = ssl.create_default_context()
-    if not server.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 # Errors a socket, TLS, IMAP or POP3 conversation can raise; everything else is a bug.
 WIRE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, EOFError, UnicodeError, imaplib.IMAP4.error, poplib.error_proto)
@@ -144,21 +133,10 @@ def translate(exc: BaseException, server: IncomingServer, phase: str) -> Connect
     phase: ``connect``, ``starttls``, ``auth``, ``folder`` or ``fetch``.
     """
     where = describe(server)
-    seconds = f"{server.timeout.total_seconds():g}s"
-    if isinstance(exc, socket.gaierror):
-        return ConnectError(f"{where}: host name not found ({exc.strerror})", "dns")
-    if isinstance(exc, ConnectionRefusedError):
-        return ConnectError(f"{where}: connection refused", "refused")
-    if isinstance(exc, TimeoutError):
-        what = "connecting" if phase == "connect" else "waiting for the server"
-        return ConnectError(f"{where}: timed out after {seconds} {what}", "timeout")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ConnectError(
-            f"{where}: TLS certificate verification failed: {exc.verify_message} "
-            "(fix the certificate or its CA; tls_verify: false turns the check off)", "tls")
-    if isinstance(exc, ssl.SSLError):
-        kind = "closed" if phase == "fetch" else "tls"
-        return ConnectError(f"{where}: TLS error: {exc.reason or exc}", kind)
+    common = network_error(exc, where, server.timeout.total_seconds(),
+                           connecting=phase == "connect", transferring=phase == "fetch")
+    if common is not None:
+        return common
     if isinstance(exc, imaplib.IMAP4.abort | EOFError | ConnectionError):
         return ConnectError(f"{where}: the server closed the connection", "closed")
     if isinstance(exc, UnicodeError):
@@ -174,17 +152,7 @@ def translate(exc: BaseException, server: IncomingServer, phase: str) -> Connect
             return ConnectError(message, "auth")
         kind = {"starttls": "starttls", "folder": "folder"}.get(phase, "protocol")
         return ConnectError(f"{where}: unexpected reply during {_noun(phase)}: {reply}", kind)
-    if isinstance(exc, OSError) and phase == "connect":
-        return ConnectError(f"{where}: cannot connect: {exc.strerror or exc}", "refused")
-    detail = getattr(exc, "strerror", None) or exc
-    return ConnectError(f"{where}: connection error: {detail}", "closed")
-
-
-def scrubbed(error: ConnectError, secret: str | None) -> ConnectError:
-    """Guard against a server (or library) that echoes the password back."""
-    if not secret or secret not in str(error):
-        return error
-    return ConnectError(str(error).replace(secret, "***"), error.kind, error.code)
+    return fallback_error(exc, where, connecting=phase == "connect")
 
 
 def server_text(exc: BaseException) -> str:

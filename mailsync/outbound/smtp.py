@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -23,12 +22,8 @@ from types import TracebackType
 
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
+from mailsync.netio import GMAIL_HINT, fallback_error, network_error, scrubbed, tls_context
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
-
-GMAIL_HINT = (
-    "Gmail needs a 16-character App Password (Google Account → Security → "
-    "App passwords), not the account's normal password"
-)
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
 _DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
@@ -55,7 +50,7 @@ def open_session(
     if not server.host:
         raise ConnectError(f"{where}: no host name is configured", "dns")
     timeout = server.timeout.total_seconds()
-    tls = None if server.security == "none" else _tls_context(server, context)
+    tls = None if server.security == "none" else (context or tls_context(server.tls_verify))
     smtp: smtplib.SMTP | None = None
     phase = "connect"
     error: ConnectError | None = None
@@ -103,7 +98,7 @@ def open_session(
         # Raised here, outside the except block, so no library exception is chained.
         if smtp is not None:
             smtp.close()
-        raise _scrubbed(error, password)
+        raise scrubbed(error, password)
     assert smtp is not None
     return SmtpSession(smtp, server)
 
@@ -335,39 +330,16 @@ class SmtpSession:
         self._smtp.close()
 
 
-def _tls_context(server: OutgoingServer, context: ssl.SSLContext | None) -> ssl.SSLContext:
-    if context is not None:
-        return context
-    ctx = ssl.create_default_context()
-    if not server.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _translate(exc: BaseException, server: OutgoingServer, phase: str) -> ConnectError:
     """Turn a socket/TLS/smtplib error into a ConnectError naming server and reason."""
     where = describe(server)
-    seconds = f"{server.timeout.total_seconds():g}s"
-    if isinstance(exc, socket.gaierror):
-        return ConnectError(f"{where}: host name not found ({exc.strerror})", "dns")
-    if isinstance(exc, ConnectionRefusedError):
-        return ConnectError(f"{where}: connection refused", "refused")
-    if isinstance(exc, TimeoutError) or (
-        isinstance(exc, smtplib.SMTPServerDisconnected)
-        and isinstance(exc.__context__, TimeoutError)
-    ):
-        what = "connecting" if phase == "connect" else "waiting for the server"
-        return ConnectError(f"{where}: timed out after {seconds} {what}", "timeout")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ConnectError(
-            f"{where}: TLS certificate verification failed: {exc.verify_message} "
-            "(fix the certificate or its CA; tls_verify: false turns the check off)",
-            "tls",
-        )
-    if isinstance(exc, ssl.SSLError):
-        kind = "closed" if phase == "transaction" else "tls"
-        return ConnectError(f"{where}: TLS error: {exc.reason or exc}", kind)
+    if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__,
+                                                                        TimeoutError):
+        exc = exc.__context__  # smtplib reports a timed-out greeting as a hang-up
+    common = network_error(exc, where, server.timeout.total_seconds(),
+                           connecting=phase == "connect", transferring=phase == "transaction")
+    if common is not None:
+        return common
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         message = (
             f"{where}: authentication failed for user {server.username!r}: "
@@ -396,17 +368,7 @@ def _translate(exc: BaseException, server: OutgoingServer, phase: str) -> Connec
     if isinstance(exc, smtplib.SMTPException):
         kind = "auth" if phase == "auth" else "protocol"
         return ConnectError(f"{where}: {_noun(phase)} failed: {exc}", kind)
-    if isinstance(exc, OSError) and phase == "connect":
-        return ConnectError(f"{where}: cannot connect: {exc.strerror or exc}", "refused")
-    detail = getattr(exc, "strerror", None) or exc
-    return ConnectError(f"{where}: connection error: {detail}", "closed")
-
-
-def _scrubbed(error: ConnectError, secret: str | None) -> ConnectError:
-    """Guard against a server that echoes the password back in its reply."""
-    if not secret or secret not in str(error):
-        return error
-    return ConnectError(str(error).replace(secret, "***"), error.kind, error.code)
+    return fallback_error(exc, where, connecting=phase == "connect")
 
 
 def _noun(phase: str) -> str:
