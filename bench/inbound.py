@@ -25,22 +25,19 @@ dovecot-pop3d) and the test dependencies (trustme, pytest): it reuses tests/dove
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchfs import workdir  # noqa: E402  (bench/benchfs.py, beside this script)
 
 from mailsync.config.load import load_file  # noqa: E402
 from mailsync.inbound.poller import Poller  # noqa: E402
@@ -56,31 +53,6 @@ def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-@contextlib.contextmanager
-def workdir() -> Iterator[tuple[Path, str]]:
-    """A scratch directory, on a loop-mounted journaled ext4 image when possible."""
-    base = Path(tempfile.mkdtemp(prefix="mailsync-bench-"))
-    img, mnt = base / "fs.img", base / "mnt"
-    mounted = False
-    if os.geteuid() == 0 and shutil.which("mkfs.ext4"):
-        mnt.mkdir()
-        try:
-            subprocess.run(["truncate", "-s", "2G", str(img)], check=True)
-            subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
-            subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
-                           capture_output=True)
-            mounted = True
-        except (subprocess.CalledProcessError, OSError):
-            mounted = False
-    try:
-        if mounted:
-            yield mnt, "loop-mounted journaled ext4"
-        else:
-            yield base, "the root filesystem (no loop mount possible)"
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def message(i: int) -> bytes:

@@ -25,10 +25,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from benchfs import workdir  # bench/benchfs.py, beside this script
 
 
 def free_port() -> int:
@@ -37,31 +38,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def workdir() -> Iterator[tuple[Path, str]]:
-    """A scratch directory, on a loop-mounted journaled ext4 image when possible."""
-    base = Path(tempfile.mkdtemp(prefix="mailsync-bench-"))
-    img, mnt = base / "fs.img", base / "mnt"
-    mounted = False
-    if os.geteuid() == 0 and shutil.which("mkfs.ext4"):
-        mnt.mkdir()
-        try:
-            subprocess.run(["truncate", "-s", "2G", str(img)], check=True)
-            subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
-            subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
-                           capture_output=True)
-            mounted = True
-        except (subprocess.CalledProcessError, OSError):
-            mounted = False
-    try:
-        if mounted:
-            yield mnt, "loop-mounted journaled ext4"
-        else:
-            yield base, "the root filesystem (no loop mount possible)"
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
