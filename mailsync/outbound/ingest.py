@@ -8,7 +8,6 @@ of queueing them twice.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
@@ -50,7 +49,7 @@ def _crlf(data: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", data)
 
 
-def _read(path: str, max_size: int) -> bytes | None:
+def _read(path: Path, max_size: int) -> bytes | None:
     """The file's bytes (only the first ``max_size + 1`` of an oversize one); None if gone.
 
     O_NOFOLLOW: a member of the spool group must not make the daemon read (and send) a
@@ -68,16 +67,11 @@ def _read(path: str, max_size: int) -> bytes | None:
         return f.read(max_size + 1)
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """One spool file read, parsed, routed and composed: what the store will take."""
 
-    path: str  # a str, not a Path: batches are pickled to the parent, and Path is slow there
+    path: Path
     item: NewMessage | RejectedMessage
     rejection: Rejection | None = None
 
@@ -93,17 +87,17 @@ class Batch:
 def prepare(config: Config, paths: list[Path], now: float) -> Batch:
     """Read, parse, route and compose spool files: no store, no file changes.
 
-    The CPU-heavy half of ingestion, so that it can run in another process (pickup.py).
+    The CPU-heavy half of ingestion, kept apart from :meth:`Ingester.commit` so that the
+    store transaction of a batch holds no file reads.
     """
     max_size = config.daemon.max_message_size
     when = datetime.fromtimestamp(now, UTC)
     out: list[Prepared] = []
-    for p in paths:
-        path = str(p)
+    for path in paths:
         data = _read(path, max_size)
         if data is None:
             continue  # taken meanwhile
-        name = p.name
+        name = path.name
         sha = hashlib.sha256(data).hexdigest()
         parsed = spool.parse(name, data, max_size=max_size)
         if isinstance(parsed, Rejection):
@@ -171,13 +165,13 @@ class Ingester:
         by_name = {p.item.source: p for p in batch.items}
         # Committed: now the files may go.
         for name in result.queued:
-            _unlink(by_name[name].path)
+            spool.remove(by_name[name].path)
         for name, mid in result.rejected.items():
             rejection = by_name[name].rejection
             assert rejection is not None
-            self._reject(Path(by_name[name].path), rejection, mid)
+            self._reject(by_name[name].path, rejection, mid)
         for name, mid in result.duplicates.items():
-            self._finish_duplicate(Path(by_name[name].path), mid)
+            self._finish_duplicate(by_name[name].path, mid)
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)
