@@ -53,6 +53,7 @@ class LazyGroup(click.Group):
         "test": "mailsync.cli_outbound",
         "inbox": "mailsync.cli_inbound",
         "activity": "mailsync.cli_activities",
+        "reload": "mailsync.cli_daemon",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

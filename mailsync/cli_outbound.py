@@ -88,9 +88,13 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
 @main.command()
 @config_option
 @click.option("--once", is_flag=True,
-              help="Ingest the spool, send all that is due, then exit.")
+              help="Ingest the spool, send all that is due, poll each mailbox, then exit.")
 def run(config_path: Path, once: bool) -> None:
-    """Run the daemon (with --once: one pass, then exit 0)."""
+    """Run the daemon until SIGTERM (with --once: one pass, then exit 0).
+
+    The daemon reloads the file when it changes, on SIGHUP and on `mailsync reload`;
+    it serves /metrics and /healthz on daemon.metrics_listen.
+    """
     from mailsync import logs
     from mailsync.metrics import Metrics
     from mailsync.outbound.deliver import Deliverer
@@ -100,7 +104,9 @@ def run(config_path: Path, once: bool) -> None:
     assert config is not None
     logs.setup(config.daemon.log_format)
     if not once:
-        raise click.UsageError("the long-running daemon is not there yet: use --once")
+        from mailsync.daemon import run as run_daemon
+
+        raise Exit(run_daemon(config_path, loaded))
     store = _store(config)
     outbound = OutboundStore(store)
     metrics = Metrics()

@@ -11,6 +11,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,6 +95,36 @@ class Store:
             finally:
                 if self._writer >= 0:
                     fcntl.flock(self._writer, fcntl.LOCK_UN)
+
+    def writable(self, timeout: float) -> tuple[bool, str]:
+        """Whether a write transaction can begin within ``timeout`` s (for /healthz);
+        begins one and rolls it back. (False, why) when not."""
+        deadline = time.monotonic() + timeout
+        if not self.lock.acquire(timeout=timeout):
+            return False, f"busy for more than {timeout:g}s"
+        try:
+            if self._writer >= 0:
+                while True:
+                    try:
+                        fcntl.flock(self._writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            return False, f"another writer for more than {timeout:g}s"
+                        time.sleep(0.01)
+            elif not os.access(self.path.parent, os.W_OK):
+                return False, f"{self.path.parent} is read-only"
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                return False, str(exc)
+            finally:
+                if self._writer >= 0:
+                    fcntl.flock(self._writer, fcntl.LOCK_UN)
+            return True, "ok"
+        finally:
+            self.lock.release()
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True) -> Store:

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailsync.config.model import Account, Config, OutgoingServer
@@ -68,6 +68,7 @@ class DeliverStats:
     deferred: int = 0
     failed: int = 0
     held: int = 0
+    skipped: list[int] = field(default_factory=list)  # claimed, not tried (halted)
 
 
 def _labels(metric: Any, *values: str) -> Any:
@@ -78,14 +79,41 @@ def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession
     return open_session(server, password)
 
 
+def outgoing_servers(config: Config) -> dict[str, OutgoingServer]:
+    """Every server a message may go through: the declared ones and accounts' own logins."""
+    servers = {s.name: s for s in config.outgoing_servers}
+    for account in config.accounts:
+        if account.own_login is not None:
+            servers[account.own_login.name] = account.own_login
+    return servers
+
+
+@dataclass(frozen=True)
+class _View:
+    """The configuration a message is sent under, swapped as one object on reload."""
+
+    config: Config
+    accounts: dict[str, Account]
+    servers: dict[str, OutgoingServer]
+
+    @classmethod
+    def of(cls, config: Config) -> _View:
+        return cls(config, {a.name: a for a in config.accounts}, outgoing_servers(config))
+
+
 class Deliverer:
-    """Sends due messages; owns one :class:`ConnectionPool` per outgoing server."""
+    """Sends due messages; owns one :class:`ConnectionPool` per outgoing server.
+
+    :meth:`reconfigure` swaps the configuration for the next message and retires only
+    the pools of servers whose settings changed or that left; :meth:`halt` stops a
+    running pass after the messages in flight.
+    """
 
     def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
                  factory: SessionFactory = default_factory,
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None) -> None:
-        self.config = config
+        self._view = _View.of(config)
         self.store = store
         self.metrics = metrics
         self.factory = factory
@@ -94,15 +122,45 @@ class Deliverer:
         self.pools: dict[str, ConnectionPool] = {}
         self._closed_opened = 0  # sessions opened by pools already closed
         self._work_ready = threading.Event()
-        self._accounts = {a.name: a for a in config.accounts}
+        self._halt = threading.Event()
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
         self._series = functools.lru_cache(maxsize=4096)(_labels)
         self._pools_lock = threading.Lock()
         self._stats_lock = threading.Lock()
 
+    @property
+    def config(self) -> Config:
+        """The configuration the next message is sent under."""
+        return self._view.config
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Send the next messages under ``config``; returns the servers whose pools were
+        retired (settings changed, or gone). Their idle sessions close now and lent ones
+        when their message is done; unchanged servers keep their open sessions."""
+        view = _View.of(config)
+        servers = view.servers
+        with self._pools_lock:
+            retired = [pool for name, pool in self.pools.items()
+                       if servers.get(name) != pool.server]
+            for pool in retired:
+                del self.pools[pool.server.name]
+                self._closed_opened += pool.opened
+            self._view = view
+        for pool in retired:
+            pool.close()
+        return [pool.server.name for pool in retired]
+
+    def close_idle(self) -> int:
+        """Close sessions idle longer than their pool's idle timeout; returns how many."""
+        with self._pools_lock:
+            pools = list(self.pools.values())
+        return sum(pool.close_idle() for pool in pools)
+
     # -- pools -------------------------------------------------------------------------
     def pool(self, server: OutgoingServer) -> ConnectionPool:
         """The pool of ``server``, created on first use (one per server name)."""
+        # A message routed just before a reload goes through the settings now in force.
+        server = self._view.servers.get(server.name, server)
         with self._pools_lock:
             pool = self.pools.get(server.name)
             if pool is None:
@@ -138,26 +196,38 @@ class Deliverer:
         """New messages were queued: a waiting :meth:`run_once` claims them at once."""
         self._work_ready.set()
 
+    def halt(self) -> None:
+        """Make a running pass stop claiming and return once the messages being sent are
+        recorded; the messages it had claimed but not begun go back to the queue."""
+        self._halt.set()
+        self._work_ready.set()
+
     def run_once(self, workers: int | None = None, *,
-                 until: threading.Event | None = None) -> DeliverStats:
+                 until: threading.Event | None = None, idle: float = 0.05) -> DeliverStats:
         """Send everything due now, with up to ``workers`` threads; returns the outcomes.
 
         With ``until``, keep claiming newly queued messages (see :meth:`wake`) until that
-        event is set and nothing is due: `run --once` sends while it is still ingesting.
+        event is set and nothing is due: `run --once` sends while it is still ingesting,
+        and the daemon runs one pass for as long as it lives (:meth:`halt` ends it). While
+        nothing is due, the queue is looked at again after ``idle`` seconds at most, or
+        when the next deferred message is due, or at :meth:`wake`.
         """
+        self._halt.clear()
         stats = DeliverStats()
-        n = workers or self._default_workers()
+        n = workers or self.default_workers()
         work: queue.Queue[list[Outgoing] | None] = queue.Queue(maxsize=n * 2)
         threads = [threading.Thread(target=self._worker, args=(work, stats),
                                     name=f"mailsync-send-{i}", daemon=True) for i in range(n)]
         for t in threads:
             t.start()
+        skipped: list[int] = []
         try:
-            while True:
+            while not self._halt.is_set():
                 self._work_ready.clear()
                 # Read before claiming: once the producer is done, an empty claim is final.
                 finished = until is None or until.is_set()
-                batch = self.store.claim_due(self.clock(), CLAIM_BATCH)
+                now = self.clock()
+                batch = self.store.claim_due(now, CLAIM_BATCH)
                 # Chunks, not single messages: fewer hand-offs between threads, and a
                 # worker keeps its SMTP session across the messages of a chunk.
                 size = max(1, min(CHUNK, len(batch) // n))
@@ -167,22 +237,37 @@ class Deliverer:
                     continue
                 if finished:
                     break
-                self._work_ready.wait(0.05)
+                wait = idle
+                if idle > 0.05:
+                    due = self.store.next_due()
+                    if due is not None:
+                        wait = min(idle, max(0.0, due - now))
+                self._work_ready.wait(wait)
         finally:
             for _ in threads:
                 work.put(None)
             for t in threads:
                 t.join()
+            while True:  # chunks no worker took (halted)
+                try:
+                    chunk = work.get_nowait()
+                except queue.Empty:
+                    break
+                if chunk is not None:
+                    skipped.extend(m.id for m in chunk)
+            skipped.extend(stats.skipped)
+            if skipped:
+                self.store.unclaim(skipped, self.clock())
         return stats
 
-    def _default_workers(self) -> int:
-        total = sum(s.max_connections for s in self.config.outgoing_servers)
-        total += sum(a.own_login.max_connections for a in self.config.accounts
-                     if a.own_login is not None)
+    def default_workers(self) -> int:
+        """Worker threads for the configuration in force: one per possible session."""
+        total = sum(s.max_connections for s in self._view.servers.values())
         return max(1, min(total, 32))
 
     def _worker(self, work: queue.Queue[list[Outgoing] | None], stats: DeliverStats) -> None:
         counts: dict[str, int] = {}
+        skipped: list[int] = []
         while True:
             chunk = work.get()
             if chunk is None:
@@ -190,6 +275,9 @@ class Deliverer:
             held = _Held()
             try:
                 for message in chunk:
+                    if self._halt.is_set():
+                        skipped.append(message.id)
+                        continue
                     try:
                         outcome = self.send(message, held)
                     except Exception:  # noqa: BLE001 - one message must not stop the others
@@ -201,6 +289,7 @@ class Deliverer:
         with self._stats_lock:
             for outcome, count in counts.items():
                 setattr(stats, outcome, getattr(stats, outcome) + count)
+            stats.skipped.extend(skipped)
 
     # -- one message -------------------------------------------------------------------
     def send(self, message: Outgoing, held: _Held | None = None) -> str:
@@ -211,9 +300,10 @@ class Deliverer:
                 return self.send(message, held)
             finally:
                 held.release()
-        config = self.config
+        view = self._view  # one configuration for the whole try, even across a reload
+        config = view.config
         now = self.clock()
-        account = self._accounts.get(message.account)
+        account = view.accounts.get(message.account)
         if account is None:
             detail = f"account {message.account!r} is no longer in the configuration"
             self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
@@ -237,11 +327,11 @@ class Deliverer:
                 log.warning("message %d: %s", message.id, exc)
                 continue
             self._series(self.metrics.server_up, server.name, "outgoing").set(1)
-            return self._transact(message, account, server, session, mail_from)
-        return self._connect_failed(message, account, servers[-1], "; ".join(errors))
+            return self._transact(config, message, account, server, session, mail_from)
+        return self._connect_failed(config, message, account, servers[-1], "; ".join(errors))
 
-    def _transact(self, message: Outgoing, account: Account, server: OutgoingServer,
-                  session: SmtpSession, mail_from: str) -> str:
+    def _transact(self, config: Config, message: Outgoing, account: Account,
+                  server: OutgoingServer, session: SmtpSession, mail_from: str) -> str:
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)
@@ -249,15 +339,15 @@ class Deliverer:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
             self._series(self.metrics.send_attempts, server.name, "deferred").inc()
-            return self._connect_failed(message, account, server, str(exc))
+            return self._connect_failed(config, message, account, server, str(exc))
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(message, account, delivery, duration)
+        return self._record(config, message, account, delivery, duration)
 
-    def _record(self, message: Outgoing, account: Account, delivery: Delivery,
-                duration: float) -> str:
+    def _record(self, config: Config, message: Outgoing, account: Account,
+                delivery: Delivery, duration: float) -> str:
         now = self.clock()
-        cfg_retry = self.config.daemon.retry
+        cfg_retry = config.daemon.retry
         server = delivery.server
         next_at = None
         expired = False
@@ -293,10 +383,10 @@ class Deliverer:
             log.warning("message %d failed: %s", message.id, error)
         return status
 
-    def _connect_failed(self, message: Outgoing, account: Account, server: OutgoingServer,
-                        error: str) -> str:
+    def _connect_failed(self, config: Config, message: Outgoing, account: Account,
+                        server: OutgoingServer, error: str) -> str:
         now = self.clock()
-        cfg_retry = self.config.daemon.retry
+        cfg_retry = config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
             detail = f"retry lifetime expired; last error: {error}"
             self.store.record_failure(message.id, "failed", detail, now, server=server.name)

@@ -251,6 +251,38 @@ class OutboundStore:
                 pending[mid].append(address)
         return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(pending[r[0]]), r[5]) for r in rows]
 
+    def unclaim(self, ids: Sequence[int], now: float) -> None:
+        """Messages claimed but not tried (the sender stopped) go back to the queue."""
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE messages SET status = 'queued', updated_at = ?"
+                             " WHERE id = ? AND status = 'sending'", [(now, i) for i in ids])
+
+    def next_due(self) -> float | None:
+        """When the next queued or deferred message is due (None: nothing waits)."""
+        with self.store.lock:
+            row = self.store.conn.execute(
+                "SELECT MIN(next_attempt_at) FROM messages"
+                " WHERE status IN ('queued', 'deferred')").fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    def hold_missing_accounts(self, accounts: Sequence[str], now: float) -> dict[str, int]:
+        """Hold the waiting messages of every account not in ``accounts`` (it left the
+        configuration); returns how many, by account. `queue release` sends them again."""
+        with self.store.transaction() as conn:
+            marks = ",".join("?" * len(accounts))
+            rows = conn.execute(
+                "SELECT id, account FROM messages WHERE status IN ('queued', 'deferred')"
+                f" AND account NOT IN ({marks})", tuple(accounts)).fetchall()
+            held: dict[str, int] = {}
+            for mid, account in rows:
+                conn.execute("UPDATE messages SET status = 'held', updated_at = ?,"
+                             " next_attempt_at = NULL WHERE id = ?", (now, mid))
+                _event(conn, mid, now, "held",
+                       f"account {account!r} left the configuration; "
+                       f"`mailsync queue release {mid}` sends it once it is back")
+                held[account] = held.get(account, 0) + 1
+        return held
+
     def record_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
                         duration: float) -> None:

@@ -1,0 +1,139 @@
+"""The daemon's control socket: ``mailsync reload`` (and ``status``) talk to it.
+
+A Unix stream socket ``mailsync.sock`` in ``state_dir`` (mode 0660: the daemon's user
+and group). One request per connection, one JSON line each way::
+
+    → {"command": "reload"}
+    ← {"ok": true, "result": "applied", "summary": "Plan: 0 to add, 1 to change, 0 to remove.", ...}
+
+The server only parses and answers; what a command does is the daemon's ``handle``,
+called from the socket's thread (the daemon forwards reloads to its supervisor loop and
+waits for the outcome, so the client learns the real result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "mailsync.sock"
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / SOCKET_NAME
+
+
+class ControlServer:
+    """Serves ``handle`` on ``path`` in a thread until :meth:`close`."""
+
+    def __init__(self, path: Path, handle: Handler) -> None:
+        self.path = path
+        self._handle = handle
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            # A socket left by a killed daemon; a live one is refused earlier by the
+            # store's lock (see Daemon), so this never steals another daemon's socket.
+            if path.is_socket():
+                path.unlink()
+        old_umask = os.umask(0o117)
+        try:
+            self._sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        self._sock.listen(8)
+        self._sock.settimeout(0.5)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="mailsync-control",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed.is_set():
+                    return
+                raise
+            threading.Thread(target=self._one, args=(conn,), name="mailsync-control-req",
+                             daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                request = json.loads(_read_line(conn))
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+            except (OSError, ValueError) as exc:
+                reply: dict[str, Any] = {"ok": False, "error": f"bad request: {exc}"}
+            else:
+                conn.settimeout(None)  # the command may take a while (a reload)
+                try:
+                    reply = self._handle(request)
+                except Exception as exc:  # noqa: BLE001 - reported to the client
+                    log.exception("control command %r failed", request.get("command"))
+                    reply = {"ok": False, "error": f"internal error: {exc}"}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        self._thread.join(2.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+def request(path: Path, command: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Send ``command`` to the daemon listening on ``path``; its JSON reply.
+
+    Raises ConnectionError when no daemon listens there (with the reason).
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            raise ConnectionError(f"{path}: no such socket (is the daemon running?)") from None
+        except ConnectionRefusedError:
+            raise ConnectionError(f"{path}: connection refused (the daemon is not "
+                                  "running)") from None
+        except OSError as exc:
+            raise ConnectionError(f"{path}: {exc.strerror or exc}") from None
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        try:
+            line = _read_line(sock)
+        except TimeoutError:
+            raise ConnectionError(f"{path}: no answer within {timeout:g}s") from None
+    if not line:
+        raise ConnectionError(f"{path}: the daemon closed the connection without answering")
+    reply = json.loads(line)
+    if not isinstance(reply, dict):
+        raise ConnectionError(f"{path}: unexpected answer {line[:200]!r}")
+    return reply

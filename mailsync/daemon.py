@@ -1,0 +1,626 @@
+"""The long-running daemon (DESIGN §5): ``mailsync run -c FILE``.
+
+Threads, not asyncio. The supervisor (the main thread) owns the configuration and the
+runtime objects and is the only one that changes them; everything else reads a
+reference that is swapped whole:
+
+- ``mailsync-spool``: takes spool files into the store when watchdog (inotify) reports
+  one in ``spool/new/``, and rescans every ``RESCAN`` seconds (the safety net and the
+  source of truth: a missed event delays a message, it never loses one).
+- ``mailsync-deliver`` and its workers (:class:`~mailsync.outbound.deliver.Deliverer`):
+  one pass that lives as long as the daemon, woken by each spool commit, with one
+  connection pool per outgoing server.
+- ``mailsync-poll-NAME``: one per incoming server, polling every ``poll_interval`` or
+  waiting in IMAP IDLE.
+- the metrics exporter (``/metrics``, ``/healthz``), the control socket
+  (``mailsync reload``) and watchdog's observer (the config file's directory).
+
+A reload (file change after a short debounce, SIGHUP, ``mailsync reload``) runs in the
+supervisor: load → validate → plan → apply. Applying touches only what changed: pools of
+unchanged servers keep their sessions, pollers of unchanged mailboxes keep theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mailsync import logs
+from mailsync.config.load import Loaded, load_text, read_text
+from mailsync.config.model import Config, IncomingServer
+from mailsync.control import ControlServer, socket_path
+from mailsync.errors import ConfigError, MailsyncError
+from mailsync.metrics import Metrics
+from mailsync.outbound import spool
+from mailsync.outbound.deliver import Deliverer, outgoing_servers
+from mailsync.outbound.ingest import Ingester
+from mailsync.outbound.queue import OutboundStore
+from mailsync.plan import diff
+from mailsync.sdnotify import Notifier
+from mailsync.store import Store
+
+log = logging.getLogger("mailsync.daemon")
+
+RESCAN = 5.0  # spool rescan and config-file check (seconds)
+DEBOUNCE = 0.1  # editors write, rename and chmod in a burst: wait for quiet
+SPOOL_PASS = 1000  # files per ingestion pass, so a stop is never far away
+IDLE_CLOSE_EVERY = 5.0
+PRUNE_EVERY = 3600.0
+STATUS_EVERY = 10.0
+STOP_TIMEOUT = 30.0  # for in-flight SMTP transactions at SIGTERM
+PICKUP_AT = 200  # a backlog at least this large at start is ingested in a child process
+IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
+
+
+@dataclass
+class ReloadOutcome:
+    """What a reload did: ``applied``, ``unchanged`` or ``refused``."""
+
+    result: str
+    summary: str
+    errors: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.result != "refused"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "result": self.result, "summary": self.summary,
+                "errors": self.errors, "changes": self.changes, "held": self.held}
+
+
+class _Request:
+    """A reload asked for from another thread, answered by the supervisor."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.done = threading.Event()
+        self.outcome: ReloadOutcome | None = None
+
+
+class AlreadyRunning(MailsyncError):
+    """Another daemon holds this state_dir."""
+
+
+class _Mailbox:
+    """The thread polling one incoming server."""
+
+    def __init__(self, daemon: Daemon, server: IncomingServer,
+                 previous: _Mailbox | None = None) -> None:
+        from mailsync.inbound.poller import Poller
+
+        self.server = server
+        self.stop = threading.Event()
+        self._daemon = daemon
+        self._previous = previous
+        self.poller = Poller(daemon.config, server, daemon.store, daemon.metrics,
+                             on_message=daemon.on_message)
+        self.thread = threading.Thread(target=self._run, name=f"mailsync-poll-{server.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        if self._previous is not None:
+            # The session of the replaced poller is closed before this one polls.
+            self._previous.thread.join()
+            self._previous = None
+        interval = self.server.poll_interval.total_seconds()
+        try:
+            while not self.stop.is_set():
+                result = self.poller.poll_once()
+                if self.stop.is_set():
+                    break
+                if result.ok:
+                    self.poller.wait_for_news(interval, self.stop)
+                else:
+                    self.stop.wait(interval)
+        except Exception:  # noqa: BLE001 - never silently: logged, and the daemon unhealthy
+            log.exception("%s: the poller stopped on an unexpected error", self.server.name)
+            self._daemon.failed_threads.add(self.thread.name)
+        finally:
+            self.poller.close()
+
+    def retire(self) -> None:
+        self.stop.set()
+
+
+class Daemon:
+    """One running mailsync. :meth:`run` (in the main thread) returns the exit code."""
+
+    # Set by start(); shutdown() copes with a start that failed half-way.
+    store: Store
+    outbound: OutboundStore
+    deliverer: Deliverer
+    ingester: Ingester
+    _deliver_thread: threading.Thread
+    _spool_thread: threading.Thread
+
+    def __init__(self, config_path: Path, loaded: Loaded, *,
+                 notifier: Notifier | None = None) -> None:
+        assert loaded.config is not None
+        self.config_path = config_path
+        self.loaded = loaded
+        self.config: Config = loaded.config
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.failed_threads: set[str] = set()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()  # the supervisor has something to do
+        self._spool_wake = threading.Event()
+        self._requests: queue.Queue[_Request] = queue.Queue()
+        self._file_changed_at: float | None = None
+        self._heartbeat = time.monotonic()
+        self._lock_fd = -1
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._exporter: Any = None
+        self._control: ControlServer | None = None
+        self._observer: Any = None
+        self._spool_watch: Any = None
+        self._file_stat: tuple[int, int, int] | None = None
+        self.started_at = time.time()
+        self._counts = {"reloads": 0}
+
+    # -- start ---------------------------------------------------------------------------
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / "mailsync.pid"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise AlreadyRunning(f"{state_dir}: another mailsync daemon uses this state_dir"
+                                 + (f" (pid {other})" if other else "")) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        """Open the store, take the spool backlog, start every thread; then READY=1."""
+        config = self.config
+        self._lock_state_dir(config.daemon.state_dir)
+        self.store = Store.open(config.daemon.state_dir)
+        self.outbound = OutboundStore(self.store)
+        now = time.time()
+        requeued = self.outbound.recover(now)
+        if requeued:
+            log.info("%d messages interrupted while sending were queued again", requeued)
+        self.outbound.prune(now, config.daemon.history_retention.total_seconds())
+        self._record_applied(self.loaded)
+        self.metrics.prime(config)
+        self._set_reload_metrics(self.loaded, ok=True, count=False)
+
+        # A large backlog is ingested by a child process (as `run --once` does), forked
+        # now, before this process has any thread.
+        spool.ensure_dirs(config.daemon.spool_dir)
+        pickup = None
+        if len(spool.scan(config.daemon.spool_dir)) >= PICKUP_AT:
+            from mailsync.outbound.pickup import Pickup
+
+            pickup = Pickup(config)
+
+        self.deliverer = Deliverer(config, self.outbound, self.metrics)
+        self.ingester = Ingester(config, self.outbound, self.metrics,
+                                 on_commit=self.deliverer.wake)
+        self._deliver_thread = threading.Thread(target=self._deliver_loop,
+                                                name="mailsync-deliver", daemon=True)
+        self._deliver_thread.start()
+        self._spool_thread = threading.Thread(target=self._spool_loop, args=(pickup,),
+                                              name="mailsync-spool", daemon=True)
+        self._spool_thread.start()
+        for server in config.incoming_servers:
+            self._mailboxes[server.name] = _Mailbox(self, server)
+        self._start_exporter(config.daemon.metrics_listen)
+        self._control = ControlServer(socket_path(config.daemon.state_dir), self._handle)
+        self._start_watching()
+        self._file_stat = self._stat_config()
+        log.info("mailsync started: %s", self._summary())
+        self.notifier.ready(self._summary())
+
+    def _start_exporter(self, listen: str) -> None:
+        from mailsync.activity_store import ActivityCollector
+        from mailsync.exporter import QueueCollector, start_exporter
+
+        if self._exporter is None and not getattr(self, "_collectors", False):
+            self.metrics.registry.register(QueueCollector(lambda: self.outbound))
+            self.metrics.registry.register(ActivityCollector(lambda: self.store,
+                                                             lambda: self.config))
+            self._collectors = True
+        self._exporter = start_exporter(listen, self.metrics.registry, self.health)
+
+    def _start_watching(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        daemon = self
+        config_dir = self.config_path.resolve().parent
+        config_name = self.config_path.name
+
+        class ConfigEvents(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                # Not "opened" or "closed_no_write": reading the file must not reload it.
+                if event.event_type not in ("created", "modified", "moved", "deleted",
+                                            "closed"):
+                    return
+                paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "")
+                                                                  or "")}
+                if any(Path(p).name == config_name for p in paths if p):
+                    daemon._file_changed_at = time.monotonic()
+                    daemon._wake.set()
+
+        class SpoolEvents(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("created", "moved", "closed"):
+                    daemon._spool_wake.set()
+
+        self._spool_events = SpoolEvents()
+        observer = Observer()
+        observer.schedule(ConfigEvents(), str(config_dir), recursive=False)
+        self._spool_watch = observer.schedule(
+            self._spool_events, str(self.config.daemon.spool_dir / "new"), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    # -- the supervisor --------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, supervise until SIGTERM/SIGINT, stop; the exit code."""
+        self._install_signals()
+        try:
+            self.start()
+        except (MailsyncError, OSError, ValueError) as exc:
+            log.error("cannot start: %s", exc)
+            self.shutdown()
+            return 1
+        try:
+            self._supervise()
+        finally:
+            self.shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        def hup(signum: int, frame: FrameType | None) -> None:
+            self._requests.put(_Request("SIGHUP"))
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        watchdog_every = self.notifier.watchdog_interval()
+        now = time.monotonic()
+        next_ping = now
+        next_idle_close = now + IDLE_CLOSE_EVERY
+        next_prune = now + PRUNE_EVERY
+        next_status = now + STATUS_EVERY
+        next_stat = now + RESCAN
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            self._heartbeat = now
+            if watchdog_every is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + watchdog_every
+            while True:
+                try:
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                request.outcome = self.reload(request.source)
+                request.done.set()
+            changed_at = self._file_changed_at
+            if changed_at is not None and now - changed_at >= DEBOUNCE:
+                self._file_changed_at = None
+                self.reload("file change")
+            if now >= next_stat:
+                # The watcher's safety net (a missed event, a config on a network mount).
+                next_stat = now + RESCAN
+                stat = self._stat_config()
+                if stat != self._file_stat and self._file_changed_at is None:
+                    self.reload("file change (periodic check)")
+            if now >= next_idle_close:
+                next_idle_close = now + IDLE_CLOSE_EVERY
+                self.deliverer.close_idle()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY
+                self._prune()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY
+                self.notifier.status(self._summary())
+            timeout = min(1.0, max(0.0, next_ping - now) if watchdog_every else 1.0)
+            if self._file_changed_at is not None:
+                timeout = min(timeout, DEBOUNCE)
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _prune(self) -> None:
+        try:
+            pruned = self.outbound.prune(time.time(),
+                                         self.config.daemon.history_retention.total_seconds())
+        except MailsyncError as exc:
+            log.warning("pruning the history failed: %s", exc)
+            return
+        if pruned:
+            log.info("history retention: dropped the content of %d old messages", pruned)
+
+    def _summary(self) -> str:
+        counts = self.outbound.counts()
+        waiting = counts.get("queued", 0) + counts.get("deferred", 0) + counts.get("sending", 0)
+        return (f"{len(outgoing_servers(self.config))} outgoing, "
+                f"{len(self.config.incoming_servers)} incoming servers; "
+                f"{waiting} waiting, {counts.get('held', 0)} held, {counts.get('sent', 0)} sent, "
+                f"{counts.get('failed', 0)} failed; config {self.loaded.sha256[:12]}")
+
+    # -- health ---------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: the supervisor loop alive and the store writable."""
+        age = time.monotonic() - self._heartbeat
+        if age > 10.0:
+            return False, f"the supervisor loop has not run for {age:.0f}s"
+        if self.failed_threads:
+            return False, "stopped threads: " + ", ".join(sorted(self.failed_threads))
+        for name in ("_deliver_thread", "_spool_thread"):
+            thread = getattr(self, name, None)
+            if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+                return False, f"thread {thread.name} stopped"
+        if not hasattr(self, "store"):
+            return False, "starting"
+        ok, why = self.store.writable(timeout=2.0)
+        if not ok:
+            return False, f"the store is not writable: {why}"
+        return True, "ok"
+
+    # -- spool and sending ----------------------------------------------------------------
+    def _spool_loop(self, pickup: Any) -> None:
+        if pickup is not None:
+            try:
+                stats = pickup.wait(self.metrics, on_commit=self.deliverer.wake)
+                log.info("spool backlog: %d queued, %d rejected", stats.queued, stats.rejected)
+            except MailsyncError as exc:
+                log.error("%s", exc)
+        while not self._stopping.is_set():
+            try:
+                ingester = self.ingester  # swapped whole on reload
+                stats = ingester.run_once(limit=SPOOL_PASS)
+                more = stats.queued + stats.rejected + stats.duplicates >= SPOOL_PASS
+            except Exception:  # noqa: BLE001 - the store may be busy or full: retry later
+                log.exception("taking the spool failed; retrying in %gs", RESCAN)
+                more = False
+            if more:
+                continue
+            self._spool_wake.wait(RESCAN)
+            self._spool_wake.clear()
+
+    def _deliver_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.deliverer.run_once(self.deliverer.default_workers(), until=self._stopping,
+                                        idle=IDLE_SEND_POLL)
+            except Exception:  # noqa: BLE001 - the store may be busy: retry, do not die
+                log.exception("the sender failed; restarting it in 1s")
+                self._stopping.wait(1.0)
+
+    def on_message(self, conn: Any, server: IncomingServer, fetched_id: int, subject: str,
+                   now: float) -> None:
+        from mailsync.activity_store import schedule_for_fetched
+
+        schedule_for_fetched(conn, self.config, server, fetched_id, subject, now)
+
+    # -- reload ---------------------------------------------------------------------------
+    def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control-socket command (runs in the socket's thread)."""
+        command = request.get("command")
+        if command == "reload":
+            req = _Request("mailsync reload")
+            self._requests.put(req)
+            self._wake.set()
+            while not req.done.wait(0.5):
+                if self._stopping.is_set():
+                    return {"ok": False, "error": "the daemon is stopping"}
+            assert req.outcome is not None
+            return req.outcome.as_dict()
+        if command == "status":
+            return {"ok": True, "status": self._summary(), "pid": os.getpid(),
+                    "config_sha256": self.loaded.sha256}
+        return {"ok": False, "error": f"unknown command {command!r} (reload, status)"}
+
+    def _stat_config(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.config_path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def reload(self, source: str) -> ReloadOutcome:
+        """Load → validate → plan → apply (supervisor thread only)."""
+        self._file_stat = self._stat_config()
+        self.notifier.reloading(f"reloading ({source})")
+        try:
+            outcome = self._reload()
+        except Exception as exc:  # noqa: BLE001 - the old config stays; the daemon lives
+            log.exception("reload failed")
+            outcome = ReloadOutcome("refused", f"internal error while applying: {exc}",
+                                    [str(exc)])
+        if outcome.result == "refused":
+            self._set_reload_metrics(None, ok=False)
+            log.error("config reload (%s) refused, the configuration in force stays: %s",
+                      source, outcome.summary)
+            for line in outcome.errors:
+                log.error("  %s", line)
+        else:
+            self._set_reload_metrics(self.loaded, ok=True)
+            log.info("config reload (%s): %s %s", source, outcome.result, outcome.summary)
+            for line in outcome.changes:
+                log.info("  %s", line)
+        self.notifier.ready(self._summary())
+        return outcome
+
+    def _reload(self) -> ReloadOutcome:
+        path = self.config_path
+        try:
+            text = read_text(path)
+        except ConfigError as exc:
+            return ReloadOutcome("refused", str(exc), [str(exc)])
+        loaded = load_text(text, str(path), path.resolve().parent)
+        if loaded.errors or loaded.config is None:
+            errors = [p.render() for p in loaded.errors]
+            return ReloadOutcome("refused", f"{len(errors)} error(s) in {path}", errors)
+        if loaded.sha256 == self.loaded.sha256:
+            return ReloadOutcome("unchanged", "the file is the configuration in force")
+        new, old = loaded.config, self.config
+        if new.daemon.state_dir != old.daemon.state_dir:
+            why = (f"daemon.state_dir changed ({old.daemon.state_dir} → "
+                   f"{new.daemon.state_dir}): the store cannot move while running; restart")
+            return ReloadOutcome("refused", why, [why])
+        plan = diff(old, new)
+        # What can fail comes first, so a refusal leaves everything as it was.
+        exporter = None
+        if new.daemon.metrics_listen != old.daemon.metrics_listen:
+            from mailsync.exporter import start_exporter
+            try:
+                exporter = start_exporter(new.daemon.metrics_listen, self.metrics.registry,
+                                          self.health)
+            except (OSError, ValueError) as exc:
+                why = f"daemon.metrics_listen {new.daemon.metrics_listen}: {exc}"
+                return ReloadOutcome("refused", why, [why])
+        self._apply(loaded, new, old, exporter)
+        held = self.outbound.hold_missing_accounts([a.name for a in new.accounts], time.time())
+        for account, count in held.items():
+            log.warning("account %s left the configuration: %d waiting messages held "
+                        "(`mailsync queue release ID` once it is back)", account, count)
+        return ReloadOutcome("applied", plan.summary(),
+                             changes=[c for c in plan.render().splitlines()
+                                      if c and not c.startswith("Plan:")], held=held)
+
+    def _apply(self, loaded: Loaded, new: Config, old: Config, exporter: Any) -> None:
+        workers = self.deliverer.default_workers()
+        retired = self.deliverer.reconfigure(new)
+        if retired:
+            log.info("outgoing servers replaced or removed (sessions drained): %s",
+                     ", ".join(retired))
+        if self.deliverer.default_workers() != workers:
+            self.deliverer.halt()  # the pass restarts with as many workers as sessions
+        self.config = new
+        self.loaded = loaded
+        self.ingester = Ingester(new, self.outbound, self.metrics, on_commit=self.deliverer.wake)
+        if new.daemon.spool_dir != old.daemon.spool_dir and self._observer is not None:
+            self._observer.unschedule(self._spool_watch)
+            self._spool_watch = self._observer.schedule(
+                self._spool_events, str(new.daemon.spool_dir / "new"), recursive=False)
+        self._spool_wake.set()  # grants may have changed what the spool may hold
+        self._reconcile_mailboxes(new)
+        if exporter is not None:
+            self._exporter.close()
+            self._exporter = exporter
+        if new.daemon.log_format != old.daemon.log_format:
+            logs.setup(new.daemon.log_format)
+        self.metrics.prime(new)
+        for name in set(outgoing_servers(old)) - set(outgoing_servers(new)):
+            with contextlib.suppress(KeyError):
+                self.metrics.server_up.remove(name, "outgoing")
+        for name in {s.name for s in old.incoming_servers} - {s.name for s in new.incoming_servers}:
+            with contextlib.suppress(KeyError):
+                self.metrics.server_up.remove(name, "incoming")
+        self._record_applied(loaded)
+        self.deliverer.wake()
+
+    def _reconcile_mailboxes(self, new: Config) -> None:
+        wanted = {s.name: s for s in new.incoming_servers}
+        for name, box in list(self._mailboxes.items()):
+            server = wanted.get(name)
+            if server is None:
+                box.retire()
+                del self._mailboxes[name]
+                log.info("incoming server %s removed: its poller stops", name)
+            elif server != box.server:
+                box.retire()
+                self._mailboxes[name] = _Mailbox(self, server, previous=box)
+                log.info("incoming server %s changed: its poller restarts", name)
+            else:
+                box.poller.config = new  # alias domain (bounces) of the config in force
+        for name, server in wanted.items():
+            if name not in self._mailboxes:
+                self._mailboxes[name] = _Mailbox(self, server)
+
+    def _record_applied(self, loaded: Loaded) -> None:
+        last = self.store.last_applied_config()
+        if last is None or last.sha256 != loaded.sha256:
+            self.store.record_applied_config(loaded.text, loaded.sha256,
+                                             str(self.config_path.resolve()))
+
+    def _set_reload_metrics(self, loaded: Loaded | None, *, ok: bool, count: bool = True) -> None:
+        m = self.metrics
+        if count:
+            m.config_reloads.labels("success" if ok else "failure").inc()
+        m.config_last_reload_successful.set(1 if ok else 0)
+        if ok and loaded is not None:
+            m.config_last_reload_success_timestamp.set(time.time())
+            m.config_hash.set(int(loaded.sha256[:13], 16))
+
+    # -- stop -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop taking work, finish the SMTP transactions in flight, close everything."""
+        self._stopping.set()
+        self.notifier.stopping("stopping: finishing the messages in flight")
+        log.info("stopping: finishing the messages in flight")
+        if self._observer is not None:
+            self._observer.stop()
+        if self._control is not None:
+            self._control.close()
+        for box in self._mailboxes.values():
+            box.retire()
+        self._spool_wake.set()
+        deliverer: Deliverer | None = getattr(self, "deliverer", None)
+        if deliverer is not None:
+            deliverer.halt()
+        sender: threading.Thread | None = getattr(self, "_deliver_thread", None)
+        if sender is not None:
+            sender.join(STOP_TIMEOUT)
+            if sender.is_alive():
+                log.error("messages still being sent after %gs; exiting anyway (they are "
+                          "queued again at the next start)", STOP_TIMEOUT)
+        spooler: threading.Thread | None = getattr(self, "_spool_thread", None)
+        if spooler is not None:
+            spooler.join(5.0)
+        for box in self._mailboxes.values():
+            box.thread.join(5.0)
+        if deliverer is not None:
+            deliverer.close()
+        if self._observer is not None:
+            self._observer.join(2.0)
+        if self._exporter is not None:
+            self._exporter.close()
+        store: Store | None = getattr(self, "store", None)
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        log.info("mailsync stopped")
+
+
+def run(config_path: Path, loaded: Loaded,
+        notifier: Callable[[], Notifier] = Notifier) -> int:
+    """``mailsync run``: the daemon until SIGTERM; its exit code."""
+    return Daemon(config_path, loaded, notifier=notifier()).run()

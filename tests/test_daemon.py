@@ -1,0 +1,296 @@
+"""End to end: `mailsync run` as a subprocess against real SMTP and IMAP servers.
+
+Start → drop → delivered; edits of the config file (valid, invalid, identical, an account
+removed with mail waiting) → the right reload outcome through /metrics, `mailsync reload`
+and the history; sd_notify over a real datagram socket; SIGTERM → exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailsync.outbound.spool import drop
+from tests.daemon_helpers import DaemonProcess, daemon_config, free_port, wait_until
+from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture, message  # noqa: F401
+from tests.outbound_helpers import history, run, server_yaml
+from tests.smtpserver import smtp_server_fixture  # noqa: F401
+
+RUN_TIMEOUT = 30
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, **kwargs) -> DaemonProcess:
+        d = DaemonProcess(config, **kwargs)
+        started.append(d)
+        d.wait_healthy()
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    # As editors do: write a new file, then rename it over the old one.
+    tmp = tmp_path / ".config.yaml.swp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _drop(tmp_path: Path, n: int, *, user: str = "alice", account: str | None = None,
+          to: str = "rcpt@example.org", tag: str = "m") -> None:
+    for i in range(n):
+        drop(tmp_path / "spool", user=user, account=account, to=[to],
+             subject=f"{tag} {i}", text=f"body {i}\n")
+
+
+def _statuses(config: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in history(config, "--limit", "10000"):
+        out[row["status"]] = out.get(row["status"], 0) + 1
+    return out
+
+
+def _reload(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailsync", "reload", "-c", str(config)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def test_start_send_reload_and_stop(tmp_path, smtp_server, daemons):
+    server = smtp_server()
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    config = _write(tmp_path, text)
+    d = daemons(config)
+    assert d.metric("mailsync_config_last_reload_successful") == 1
+    assert d.metric("mailsync_server_up", server="main", direction="outgoing") == 0
+
+    _drop(tmp_path, 5)
+    server.wait_for(5)
+    wait_until(lambda: _statuses(config) == {"sent": 5}, what="5 messages sent")
+    assert d.metric("mailsync_messages_sent_total", account="sales", server="main") == 5
+    assert d.metric("mailsync_queue_messages", status="sent") == 5
+    connections = server.connections
+    assert 1 <= connections <= 2  # max_connections: sessions are reused
+
+    # A reload that only changes grants keeps the live SMTP sessions: no new connection.
+    config = _write(tmp_path, text.replace("granted_to: [bob]", "granted_to: [bob, carol]"))
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1,
+               what="the grants change applied")
+    _drop(tmp_path, 3, user="carol", account="support", tag="carol")
+    server.wait_for(8)
+    wait_until(lambda: _statuses(config) == {"sent": 8})
+    assert server.connections == connections
+    assert "granted_to: +carol" in d.log
+
+    # An invalid file is refused: the last good config stays and keeps sending.
+    good = config.read_text()
+    _write(tmp_path, good.replace("users: [alice, bob, carol]", "users: [alice, bob]"))
+    wait_until(lambda: d.metric("mailsync_config_last_reload_successful") == 0,
+               what="the invalid file refused")
+    assert d.metric("mailsync_config_reloads_total", result="failure") == 1
+    refused = _reload(config)
+    assert refused.returncode == 1
+    assert "refused" in refused.stderr
+    assert "config.yaml:" in refused.stderr and "carol" in refused.stderr
+    _drop(tmp_path, 1, user="carol", account="support", tag="still")
+    server.wait_for(9)  # carol's grant is still in force
+    assert d.get("/healthz")[0] == 200
+
+    # Back to the file in force: an identical file is a no-op that succeeds.
+    _write(tmp_path, good)
+    wait_until(lambda: d.metric("mailsync_config_last_reload_successful") == 1)
+    same = _reload(config)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("unchanged:")
+    assert server.connections == connections
+
+    assert d.stop() == 0
+    assert "mailsync stopped" in d.log
+    assert server.live_connections == 0  # sessions closed with QUIT
+
+
+def test_a_dropped_message_is_sent_at_once_not_at_the_next_rescan(tmp_path, smtp_server,
+                                                                  daemons):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
+    d = daemons(config)
+    _drop(tmp_path, 1, tag="warm-up")
+    server.wait_for(1)
+    time.sleep(0.3)
+    started = time.monotonic()
+    _drop(tmp_path, 1, tag="fast")
+    server.wait_for(2, timeout=5)
+    # The periodic rescan runs every 5 s; inotify makes it far sooner (bench/latency.py
+    # measures it: tens of milliseconds).
+    assert time.monotonic() - started < 2.0
+    assert d.stop() == 0
+
+
+def test_removed_account_holds_its_waiting_mail_and_release_sends_it(tmp_path, smtp_server,
+                                                                     daemons):
+    server = smtp_server(recipient_replies={"later@example.org": "451 4.3.0 try later"})
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    config = _write(tmp_path, text)
+    d = daemons(config)
+    _drop(tmp_path, 2, user="bob", account="support", to="later@example.org", tag="deferred")
+    wait_until(lambda: _statuses(config) == {"deferred": 2}, what="2 deferred")
+
+    without = text.replace("  - name: support\n    email: support@example.com\n"
+                           "    server: main\n    granted_to: [bob]\n", "")
+    assert without != text
+    _write(tmp_path, without)
+    wait_until(lambda: _statuses(config) == {"held": 2}, what="held after the removal")
+    assert "account support left the configuration: 2 waiting messages held" in d.log
+    rows = history(config, "--status", "held")
+    detail = json.loads(run(["history", "show", str(rows[0]["id"]), "-c", str(config),
+                             "--format", "json"]).output)
+    assert any("left the configuration" in (e.get("detail") or "")
+               for e in detail["events"])
+
+    # Back in the config, and released: sent again (the server now accepts it).
+    server.recipient_replies.clear()
+    _write(tmp_path, text)
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 2)
+    assert _statuses(config) == {"held": 2}  # held stays held until an operator says
+    for row in rows:
+        assert run(["queue", "release", str(row["id"]), "-c", str(config)]).exit_code == 0
+    wait_until(lambda: _statuses(config) == {"sent": 2}, what="sent after release")
+    assert d.stop() == 0
+
+
+def test_a_changed_server_is_replaced_and_an_unchanged_one_kept(tmp_path, smtp_server,
+                                                                daemons):
+    old, new, other = smtp_server(), smtp_server(), smtp_server()
+    servers = server_yaml("main", old.port) + server_yaml("other", other.port)
+    accounts = ("  - name: sales\n    email: sales@example.com\n    server: main\n"
+                "    granted_to: [alice]\n"
+                "  - name: support\n    email: support@example.com\n    server: other\n"
+                "    granted_to: [bob]\n")
+    text = daemon_config(tmp_path, servers, accounts=accounts)
+    config = _write(tmp_path, text)
+    d = daemons(config)
+    _drop(tmp_path, 2)
+    _drop(tmp_path, 2, user="bob", tag="other")
+    old.wait_for(2)
+    other.wait_for(2)
+    other_connections = other.connections
+
+    _write(tmp_path, text.replace(f"port: {old.port}", f"port: {new.port}"))
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1)
+    wait_until(lambda: old.live_connections == 0, what="the old server's sessions closed")
+    _drop(tmp_path, 2, tag="after")
+    _drop(tmp_path, 1, user="bob", tag="other after")
+    new.wait_for(2)
+    other.wait_for(3)
+    assert len(old.messages) == 2
+    assert other.connections == other_connections
+    assert d.stop() == 0
+
+
+def test_invalid_file_at_start_exits_1_with_its_errors(tmp_path):
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", 2525))
+                    .replace("version: 1", "version: 7"))
+    proc = subprocess.run([sys.executable, "-m", "mailsync", "run", "-c", str(config)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 1
+    assert "config.yaml:1:10" in proc.stdout + proc.stderr
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path, smtp_server, daemons):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
+    d = daemons(config)
+    (tmp_path / "second").mkdir()
+    second = _write(tmp_path / "second",
+                    config.read_text().replace("./state", str(tmp_path / "state"))
+                    .replace("./spool", str(tmp_path / "spool"))
+                    .replace(d.url.rsplit(":", 1)[1], str(free_port())))
+    proc = subprocess.run([sys.executable, "-m", "mailsync", "run", "-c", str(second)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 1
+    assert "another mailsync daemon uses this state_dir" in proc.stderr
+    assert f"pid {d.proc.pid}" in proc.stderr
+    assert d.get("/healthz")[0] == 200
+    assert d.stop() == 0
+
+
+def test_reload_without_a_daemon_says_so(tmp_path):
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", 2525)))
+    proc = _reload(config)
+    assert proc.returncode == 1
+    assert "cannot reach the daemon" in proc.stderr
+    assert "mailsync.sock" in proc.stderr
+
+
+def test_sd_notify_ready_reloading_watchdog_stopping(tmp_path, smtp_server, daemons):
+    server = smtp_server()
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    config = _write(tmp_path, text)
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(10)
+        d = DaemonProcess(config, env={"NOTIFY_SOCKET": str(sock_path),
+                                       "WATCHDOG_USEC": "400000"})
+        # WATCHDOG_PID unset: meant for the main process, which is the daemon itself.
+
+        def receive_until(prefix: str) -> list[str]:
+            seen = []
+            while True:
+                datagram = sock.recv(4096).decode()
+                seen.append(datagram)
+                if datagram.startswith(prefix):
+                    return seen
+
+        first = receive_until("READY=1")
+        assert "STATUS=1 outgoing, 0 incoming servers" in first[-1]
+        pings = receive_until("WATCHDOG=1") + receive_until("WATCHDOG=1")
+        assert pings.count("WATCHDOG=1") >= 2
+        d.proc.send_signal(signal.SIGHUP)
+        seen = receive_until("RELOADING=1")
+        assert "MONOTONIC_USEC=" in seen[-1]
+        assert receive_until("READY=1")[-1].startswith("READY=1")
+        d.proc.send_signal(signal.SIGTERM)
+        assert receive_until("STOPPING=1")[-1].startswith("STOPPING=1")
+        assert d.wait() == 0
+    assert "config reload (SIGHUP): unchanged" in d.log
+
+
+def test_mailboxes_are_polled_and_a_new_message_arrives_by_idle(tmp_path, smtp_server,
+                                                               daemons, mailbox):
+    server = smtp_server()
+    mailbox.append(message(1))
+    incoming = incoming_yaml(mailbox, "support-in", tmp_path / "imap.secret",
+                             extra="    poll_interval: 10m\n")
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port),
+                                            incoming=incoming))
+    d = daemons(config)
+
+    def fetched() -> list[dict]:
+        out = run(["inbox", "-c", str(config), "--format", "json"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    wait_until(lambda: len(fetched()) == 1, what="the first poll")
+    # poll_interval is 10 minutes: only IDLE can bring the next one this soon.
+    mailbox.append(message(2, subject="by idle"))
+    wait_until(lambda: len(fetched()) == 2, timeout=10, what="IDLE delivery")
+    assert {m["subject"] for m in fetched()} == {"message 1", "by idle"}
+    assert d.metric("mailsync_mailbox_messages_fetched_total", server="support-in") == 2
+    assert d.metric("mailsync_server_up", server="support-in", direction="incoming") == 1
+    assert d.stop() == 0
