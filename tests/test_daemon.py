@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.outbound.spool import drop
+from mailsync.outbound.spool import drop, ensure_dirs
 from tests.daemon_helpers import DaemonProcess, daemon_config, free_port, wait_until
 from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture, message  # noqa: F401
 from tests.outbound_helpers import history, run, server_yaml
@@ -294,3 +294,41 @@ def test_mailboxes_are_polled_and_a_new_message_arrives_by_idle(tmp_path, smtp_s
     assert d.metric("mailsync_mailbox_messages_fetched_total", server="support-in") == 2
     assert d.metric("mailsync_server_up", server="support-in", direction="incoming") == 1
     assert d.stop() == 0
+
+
+def test_sigterm_during_a_backlog_finishes_in_flight_and_loses_nothing(tmp_path, smtp_server):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port,
+                                                                  max_connections=4)))
+    total = 1500  # a backlog at start: taken by the pickup child process
+    ensure_dirs(tmp_path / "spool")
+    _drop(tmp_path, total, tag="backlog")
+    d = DaemonProcess(config)
+    try:
+        wait_until(lambda: len(server.messages) >= 50, timeout=20, what="sending began")
+        d.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert d.wait() == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+    statuses = _statuses(config)
+    assert set(statuses) <= {"sent", "queued"}, statuses  # nothing left `sending`
+    assert 50 <= statuses.get("sent", 0) < total  # stopped half-way, as meant
+    received = [m.data for m in server.messages]
+    # Every transaction the server completed was recorded as sent, once.
+    assert statuses.get("sent", 0) == len(received) == len(set(received))
+    left = statuses.get("queued", 0) + len(list((tmp_path / "spool" / "new").iterdir()))
+    assert statuses.get("sent", 0) + left == total
+
+    # The next start sends the rest, and only the rest.
+    d = DaemonProcess(config)
+    try:
+        server.wait_for(total, timeout=60)
+        wait_until(lambda: _statuses(config) == {"sent": total}, timeout=20)
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+    assert len(server.messages) == total
