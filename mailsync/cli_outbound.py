@@ -312,6 +312,20 @@ def _queue_action(name: str) -> None:
         finally:
             store.close()
         click.echo(f"message {message_id}: {old} -> {new} ({what})")
+        if new == "queued":
+            _wake_daemon(config)
+
+
+def _wake_daemon(config: Config) -> None:
+    """Tell a running daemon that a message is due now (else it sees it within a second)."""
+    import contextlib
+
+    from mailsync.control import request, socket_path
+
+    path = socket_path(config.daemon.state_dir)
+    if path.exists():
+        with contextlib.suppress(ConnectionError, OSError, ValueError):
+            request(path, "wake", timeout=2.0)
 
 
 for _name in _ACTIONS:

@@ -440,10 +440,13 @@ class Daemon:
                     return {"ok": False, "error": "the daemon is stopping"}
             assert req.outcome is not None
             return req.outcome.as_dict()
+        if command == "wake":  # `mailsync queue retry/release`: a message is due now
+            self.deliverer.wake()
+            return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self._summary(), "pid": os.getpid(),
                     "config_sha256": self.loaded.sha256}
-        return {"ok": False, "error": f"unknown command {command!r} (reload, status)"}
+        return {"ok": False, "error": f"unknown command {command!r} (reload, status, wake)"}
 
     def _stat_config(self) -> tuple[int, int, int] | None:
         try:
