@@ -79,6 +79,7 @@ class Metrics:
         servers += [a.own_login.name for a in config.accounts if a.own_login is not None]
         for server in servers:
             self.messages_deferred.labels(server)
+            self.send_duration.labels(server)
             self.server_up.labels(server, "outgoing")
             for result in ATTEMPT_RESULTS:
                 self.send_attempts.labels(server, result)

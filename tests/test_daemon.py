@@ -26,6 +26,21 @@ from tests.smtpserver import smtp_server_fixture  # noqa: F401
 
 RUN_TIMEOUT = 30
 
+# DESIGN §6, every series (counters end in _total, histograms in _bucket/_sum/_count).
+DESIGN_SERIES = {
+    "mailsync_messages_sent_total", "mailsync_messages_failed_total",
+    "mailsync_messages_deferred_total", "mailsync_messages_rejected_total",
+    "mailsync_messages_bounced_total", "mailsync_send_attempts_total",
+    "mailsync_send_duration_seconds_bucket", "mailsync_queue_messages",
+    "mailsync_queue_oldest_message_age_seconds", "mailsync_server_up",
+    "mailsync_mailbox_polls_total", "mailsync_mailbox_messages_fetched_total",
+    "mailsync_mailbox_last_poll_success_timestamp_seconds",
+    "mailsync_config_last_reload_successful",
+    "mailsync_config_last_reload_success_timestamp_seconds", "mailsync_config_reloads_total",
+    "mailsync_config_hash", "mailsync_activities_open", "mailsync_activities_overdue",
+    "mailsync_build_info",
+}
+
 
 @pytest.fixture
 def daemons():
@@ -129,6 +144,12 @@ def test_a_dropped_message_is_sent_at_once_not_at_the_next_rescan(tmp_path, smtp
     server = smtp_server()
     config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
     d = daemons(config)
+    text = d.get("/metrics")[1]
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    missing = {name for name in DESIGN_SERIES
+               if not {name, name.removesuffix("_total"), name.removesuffix("_bucket")}
+               & families}
+    assert missing == set()
     _drop(tmp_path, 1, tag="warm-up")
     server.wait_for(1)
     time.sleep(0.3)

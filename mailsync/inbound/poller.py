@@ -234,7 +234,8 @@ class Poller:
         if parsed:
             self.metrics.mailbox_fetched.labels(name).inc(len(parsed))
         for account in bounced:
-            self.metrics.messages_bounced.labels(account or "").inc()
+            # A bounce names a message this daemon sent, so its account is known.
+            self.metrics.messages_bounced.labels(account or "unknown").inc()
 
 
 def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
