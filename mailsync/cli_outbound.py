@@ -346,9 +346,12 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
 
     config = _config(config_path)
     servers: dict[str, OutgoingServer] = {s.name: s for s in config.outgoing_servers}
-    for a in config.accounts:
-        if a.own_login is not None:
-            servers[a.name] = a.own_login
+    # An account's own login is the server `account:NAME` (as in the metrics); plain
+    # NAME works too unless a declared server has that name.
+    own = {a.name: a.own_login for a in config.accounts if a.own_login is not None}
+    for login in own.values():
+        servers[login.name] = login
+    names = tuple(n if n in servers or n not in own else own[n].name for n in names)
     unknown = [n for n in names if n not in servers]
     incoming = {s.name: s for s in config.incoming_servers}
     unknown = [n for n in unknown if n not in incoming]

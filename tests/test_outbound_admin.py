@@ -237,3 +237,25 @@ def test_send_before_the_daemon_ever_ran_creates_the_spool(tmp_path):
                   "--subject", "first"], input="hello")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
+
+
+def test_test_command_names_own_logins_as_the_metrics_do(tmp_path, smtp_server, monkeypatch):
+    relay, own = smtp_server(auth={"relay": "pw1"}), smtp_server(auth={"main": "pw2"})
+    monkeypatch.setenv("PW1", "pw1")
+    monkeypatch.setenv("PW2", "pw2")
+    cfg = write_config(
+        tmp_path,
+        server_yaml("main", relay.port, extra="    username: relay\n    password: {env: PW1}\n"),
+        # An account named like the declared server, with its own login elsewhere.
+        accounts="  - name: main\n    email: main@example.com\n    host: 127.0.0.1\n"
+                 f"    port: {own.port}\n    security: none\n    username: main\n"
+                 "    password: {env: PW2}\n    granted_to: [alice]\n")
+    result = run(["test", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["main: OK", "account:main: OK"]
+    assert relay.logins == ["relay"] and own.logins == ["main"]
+    declared = run(["test", "main", "-c", str(cfg)])
+    assert declared.output.strip() == "main: OK"  # the declared server wins the plain name
+    assert relay.logins == ["relay", "relay"] and own.logins == ["main"]
+    assert run(["test", "account:main", "-c", str(cfg)]).output.strip() == "account:main: OK"
+    assert own.logins == ["main", "main"]
