@@ -353,3 +353,27 @@ def test_sigterm_during_a_backlog_finishes_in_flight_and_loses_nothing(tmp_path,
         if d.proc.poll() is None:
             d.kill()
     assert len(server.messages) == total
+
+
+def test_the_daemon_leaks_no_secret(tmp_path, smtp_server, daemons):
+    canary, other = "c4nary-Daemon-S3cret", "0ther-Daemon-S3cret"
+    server = smtp_server(auth={"relay": canary})
+    login = "    username: relay\n    password: {env: RELAY_PW}\n"
+    text = daemon_config(tmp_path, server_yaml("main", server.port, extra=login))
+    config = _write(tmp_path, text)
+    d = daemons(config, env={"RELAY_PW": canary, "OTHER_PW": other})
+    _drop(tmp_path, 2)
+    server.wait_for(2)
+    # A wrong password: the failure is logged and recorded, the secret is not.
+    _write(tmp_path, text.replace("{env: RELAY_PW}", "{env: OTHER_PW}"))
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1)
+    _drop(tmp_path, 1, tag="wrong")
+    wait_until(lambda: _statuses(config).get("deferred") == 1, what="deferred on auth")
+    reload_out = _reload(config)
+    plan_out = run(["plan", "-c", str(config)]).output
+    everything = [d.log, d.get("/metrics")[1], reload_out.stdout, reload_out.stderr, plan_out,
+                  json.dumps(history(config, "--limit", "100"))]
+    assert "authentication" in d.log  # the failure was logged: the checks below are real
+    assert "password: (changed)" in d.log
+    assert [t for t in everything if canary in t or other in t] == []
+    assert d.stop() == 0
