@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import queue
@@ -224,10 +225,13 @@ class Daemon:
         self._spool_thread.start()
         for server in config.incoming_servers:
             self._mailboxes[server.name] = _Mailbox(self, server)
-        self._start_exporter(config.daemon.metrics_listen)
-        self._control = ControlServer(socket_path(config.daemon.state_dir), self._handle)
         self._start_watching()
         self._file_stat = self._stat_config()
+        if self._file_sha256() != self.loaded.sha256:
+            # Edited between loading and watching: no event will come for that edit.
+            self._file_changed_at = time.monotonic()
+        self._control = ControlServer(socket_path(config.daemon.state_dir), self._handle)
+        self._start_exporter(config.daemon.metrics_listen)  # /healthz: all of the above runs
         log.info("mailsync started: %s", self._summary())
         self.notifier.ready(self._summary())
 
@@ -447,6 +451,12 @@ class Daemon:
             return {"ok": True, "status": self._summary(), "pid": os.getpid(),
                     "config_sha256": self.loaded.sha256}
         return {"ok": False, "error": f"unknown command {command!r} (reload, status, wake)"}
+
+    def _file_sha256(self) -> str | None:
+        try:
+            return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
 
     def _stat_config(self) -> tuple[int, int, int] | None:
         try:

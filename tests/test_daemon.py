@@ -377,3 +377,24 @@ def test_the_daemon_leaks_no_secret(tmp_path, smtp_server, daemons):
     assert "password: (changed)" in d.log
     assert [t for t in everything if canary in t or other in t] == []
     assert d.stop() == 0
+
+
+def test_metrics_listen_and_spool_dir_change_live(tmp_path, smtp_server, daemons):
+    server = smtp_server()
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    config = _write(tmp_path, text)
+    d = daemons(config)
+    old_port = d.url.rsplit(":", 1)[1]
+    new_port = str(free_port())
+    _write(tmp_path, text.replace(f"127.0.0.1:{old_port}", f"127.0.0.1:{new_port}")
+           .replace("spool_dir: ./spool", "spool_dir: ./outbox"))
+    old_url, d.url = d.url, f"http://127.0.0.1:{new_port}"
+    wait_until(lambda: d.get("/healthz")[0] == 200, what="the new metrics address")
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1)
+    d.url = old_url
+    wait_until(lambda: d.get("/healthz")[0] == 0, what="nothing on the old address")
+    d.url = f"http://127.0.0.1:{new_port}"
+    drop(tmp_path / "outbox", user="alice", to=["x@example.org"], subject="new spool",
+         text="x")
+    assert server.wait_for(1)[0].data.count(b"Subject: new spool") == 1
+    assert d.stop() == 0
