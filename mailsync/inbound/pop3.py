@@ -32,13 +32,19 @@ from mailsync.inbound.source import (
 from mailsync.netio import scrubbed, tls_context
 
 MAX_LINE = 1 << 20  # poplib refuses lines over 2048 bytes; real mail has longer ones
+_BLOCK = 1 << 16  # bytes read at a time for a UIDL listing
+_MAX_LISTING = 1 << 30  # a "listing" larger than this is not one (~25 bytes a message)
+_TIDY = bytes(range(0x21, 0x7F)) + b" \r\n"  # what a UIDL listing is made of (RFC 1939)
 T = TypeVar("T")
 
 
 class _LongLines:
-    """poplib's line reader with a larger limit (same logic as poplib.POP3._getline)."""
+    """poplib's line reader with a larger limit (same logic as poplib.POP3._getline),
+    and UIDL's listing read in blocks rather than line by line."""
 
     file: Any
+    _putcmd: Callable[[str], None]
+    _getresp: Callable[[], bytes]
 
     def _getline(self) -> tuple[bytes, int]:
         line: bytes = self.file.readline(MAX_LINE + 1)
@@ -52,6 +58,36 @@ class _LongLines:
         if line[:1] == b"\r":
             return line[1:-1], octets
         return line[:-1], octets
+
+    def uidl_listing(self) -> dict[str, str]:
+        """UIDL without an argument: {UIDL: message number}.
+
+        poplib reads a multi-line answer with one ``readline`` and one unstuffing step
+        a line (5,000 of them for 5,000 messages); this reads it in blocks up to the
+        line that is a lone ``.`` and splits it at once (see :func:`parse_uidl`).
+        """
+        self._putcmd("UIDL")
+        self._getresp()  # error_proto on -ERR
+        return parse_uidl(self._read_multiline())
+
+    def _read_multiline(self) -> bytes:
+        """The rest of a multi-line answer up to its final ``.`` line (left out)."""
+        data = bytearray()
+        read = self.file.read1
+        while True:
+            chunk = read(_BLOCK)
+            if not chunk:
+                raise poplib.error_proto("-ERR EOF")
+            data += chunk
+            if len(data) > _MAX_LISTING:
+                raise poplib.error_proto("UIDL listing too long")
+            if data[-1:] != b"\n":
+                continue
+            # The answer ends with a line that is a lone "." (a data line starting
+            # with "." is stuffed to ".."), and nothing comes after it unasked.
+            start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            if data[start:].rstrip(b"\r\n") == b".":
+                return bytes(data[:start])
 
 
 class _POP3(_LongLines, poplib.POP3):
@@ -74,8 +110,8 @@ class Pop3Source:
         self._password = password
         self._context = context
         self._batch = batch
-        self._pop: poplib.POP3 | None = None
-        self._numbers: dict[str, int] = {}
+        self._pop: _POP3 | _POP3_SSL | None = None
+        self._numbers: dict[str, str] = {}  # UIDL -> message number, as listed
         self._where = describe(server)
 
     def open(self) -> None:
@@ -89,7 +125,7 @@ class Pop3Source:
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
             self._context or tls_context(server.tls_verify))
-        pop: poplib.POP3 | None = None
+        pop: _POP3 | _POP3_SSL | None = None
         phase = "connect"
         error: ConnectError | None = None
         try:
@@ -134,16 +170,11 @@ class Pop3Source:
         self.open()
         pop = self._pop
         assert pop is not None
-        listing = self._call(pop.uidl)
-        self._numbers = {}
-        for line in listing[1]:
-            number, _, uidl = line.decode("ascii", "replace").strip().partition(" ")
-            self._numbers[uidl.strip()] = int(number)
+        self._numbers = self._call(pop.uidl_listing)
         stored = known.keys(list(self._numbers))
         if stored and not self.server.keep_on_server:
             yield Batch(done=tuple(k for k in self._numbers if k in stored))
-        new = [(n, k) for k, n in self._numbers.items() if k not in stored]
-        new.sort()
+        new = sorted((self._number(key), key) for key in self._numbers.keys() - stored)
         for start in range(0, len(new), self._batch):
             chunk = new[start:start + self._batch]
             messages = tuple(Incoming(key, self._retr(pop, number)) for number, key in chunk)
@@ -154,7 +185,7 @@ class Pop3Source:
         if self.server.keep_on_server or not batch.done or self._pop is None:
             return
         for key in batch.done:
-            self._call(self._pop.dele, self._numbers[key])
+            self._call(self._pop.dele, self._number(key))
 
     def end_poll(self) -> None:
         """QUIT: the server deletes what was DELEd, then the session ends."""
@@ -178,6 +209,15 @@ class Pop3Source:
             time.sleep(timeout)
         return False
 
+    def _number(self, key: str) -> int:
+        """The message number listed for ``key`` (ConnectError when it is not one)."""
+        number = self._numbers[key]
+        if number.isdigit():
+            return int(number)
+        self.close()
+        raise translate(poplib.error_proto(f"malformed UIDL line: {number} {key}"),
+                        self.server, "fetch")
+
     def _retr(self, pop: poplib.POP3, number: int) -> bytes:
         _, lines, _ = self._call(pop.retr, number)
         return b"\r\n".join(lines) + b"\r\n"
@@ -190,6 +230,27 @@ class Pop3Source:
             error = translate(exc, self.server, "fetch")
         self.close()
         raise error
+
+
+def parse_uidl(body: bytes) -> dict[str, str]:
+    """A UIDL listing's lines (``1 000000017a8b5c1d``) as {UIDL: message number}.
+
+    A listing of printable ASCII with one space a line (as RFC 1939 has it) is split at
+    once; any other is read line by line with the whitespace around its two parts
+    stripped, for servers that pad them. The last of duplicate UIDLs wins.
+    """
+    text = body.decode("ascii", "replace")
+    if not body.translate(None, _TIDY) and body.count(b" ") == body.count(b"\n"):
+        numbers = {uidl: number for number, _, uidl in
+                   (line.partition(" ") for line in text.splitlines())}
+        if "" not in numbers:  # so each line had one space, with a UIDL after it
+            return numbers
+    numbers = {}
+    for line in text.splitlines():
+        number, _, uidl = line.strip().partition(" ")
+        if number:
+            numbers[uidl.strip()] = number
+    return numbers
 
 
 def _capabilities(pop: poplib.POP3) -> dict[str, list[str]]:

@@ -17,20 +17,62 @@ from mailsync.store import Store
 from mailsync.tables import iso
 
 _CHUNK = 500  # keys per IN (...) query
+_CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed
 
 LIST_COLUMNS = ("id", "server", "fetched_at", "from", "subject", "size", "bounce_of")
 
 
 class StoreKnown:
-    """The :class:`~mailsync.inbound.source.Known` view of one server and folder."""
+    """The :class:`~mailsync.inbound.source.Known` view of one server and folder.
+
+    A POP3 server lists the UIDL of every message it holds on each poll (thousands when
+    messages are kept), and looking each of them up costs ~1 µs of SQL. So when the
+    listing is long and the store holds not many more keys than it, the keys of this
+    server and folder are kept in memory, checked at each call against the number of
+    rows stored (one COUNT over the index, ~35 µs per 1,000 rows) and loaded again in
+    one query when it differs (after a poll that stored something, or a row removed).
+    The answer stays exact where it matters: a key the cache lacks is looked up in the
+    store before it is called new, and every key in the cache was read from a
+    committed row. (Rows removed and as many added by others between two calls leave
+    the count equal: the removed keys are still called stored, as they were once.)
+    """
 
     def __init__(self, store: Store, server: str, folder: str) -> None:
         self.store = store
         self.server = server
         self.folder = folder
+        self._cache: set[str] | None = None
 
     def keys(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` stored for this server and folder."""
+        if len(keys) <= _CHUNK:
+            return self._lookup(keys)  # a short listing: as cheap as checking a cache
+        with self.store.lock:
+            rows = self._count()
+            if self._cache is None or len(self._cache) != rows:
+                self._cache = self._load() if rows <= _CACHE_RATIO * len(keys) else None
+            if self._cache is None:
+                return self._lookup(keys)
+            found = self._cache.intersection(keys)
+            if len(found) < len(keys):  # "new": make sure, in the store itself
+                extra = self._lookup([k for k in keys if k not in found])
+                self._cache.update(extra)
+                found.update(extra)
+        return found
+
+    def _count(self) -> int:
+        row = self.store.conn.execute(
+            "SELECT count(*) FROM fetched WHERE server = ? AND folder = ?",
+            (self.server, self.folder)).fetchone()
+        return int(row[0])
+
+    def _load(self) -> set[str]:
+        """Every key stored for this server and folder (one consistent read)."""
+        return {r[0] for r in self.store.conn.execute(
+            "SELECT source_key FROM fetched WHERE server = ? AND folder = ?",
+            (self.server, self.folder))}
+
+    def _lookup(self, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         with self.store.lock:
             for start in range(0, len(keys), _CHUNK):
