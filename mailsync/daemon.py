@@ -417,7 +417,12 @@ class Daemon:
             self._spool_wake.clear()
 
     def _deliver_loop(self) -> None:
-        while not self._stopping.is_set():
+        while True:
+            # Resume, then look: a stop sets _stopping before it halts, so it is either
+            # seen here or halts the pass below.
+            self.deliverer.resume()
+            if self._stopping.is_set():
+                break
             try:
                 self.deliverer.run_once(self.deliverer.default_workers(), until=self._stopping,
                                         idle=IDLE_SEND_POLL)

@@ -84,7 +84,9 @@ def test_halt_stops_a_pass_and_puts_untried_messages_back(tmp_path, smtp_server)
         assert counts["sent"] == result["stats"].sent == len(server.messages)
         assert 20 <= counts["sent"] < 300
         assert counts["queued"] == 300 - counts["sent"]
-        # A new pass (the daemon restarts it) sends the rest.
+        assert deliverer.run_once().sent == 0  # halted until resumed
+        # Resumed, a new pass (the daemon restarts it) sends the rest.
+        deliverer.resume()
         assert deliverer.run_once().sent == 300 - counts["sent"]
         assert len(server.messages) == 300
         deliverer.close()

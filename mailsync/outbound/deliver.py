@@ -202,6 +202,10 @@ class Deliverer:
         self._halt.set()
         self._work_ready.set()
 
+    def resume(self) -> None:
+        """Let passes run again after :meth:`halt`."""
+        self._halt.clear()
+
     def run_once(self, workers: int | None = None, *,
                  until: threading.Event | None = None, idle: float = 0.05) -> DeliverStats:
         """Send everything due now, with up to ``workers`` threads; returns the outcomes.
@@ -210,9 +214,9 @@ class Deliverer:
         event is set and nothing is due: `run --once` sends while it is still ingesting,
         and the daemon runs one pass for as long as it lives (:meth:`halt` ends it). While
         nothing is due, the queue is looked at again after ``idle`` seconds at most, or
-        when the next deferred message is due, or at :meth:`wake`.
+        when the next deferred message is due, or at :meth:`wake`. After :meth:`halt`,
+        passes return at once until :meth:`resume`.
         """
-        self._halt.clear()
         stats = DeliverStats()
         n = workers or self.default_workers()
         work: queue.Queue[list[Outgoing] | None] = queue.Queue(maxsize=n * 2)
