@@ -13,7 +13,7 @@ from mailsync.config.model import Config
 
 REJECT_REASONS = ("unparseable", "unknown_user", "ungranted_account", "no_account",
                   "no_recipients", "bad_recipient", "header_injection", "oversize")
-FAIL_REASONS = ("permanent", "expired", "no_server")
+FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
 
 

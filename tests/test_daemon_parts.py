@@ -167,3 +167,37 @@ def test_reload_finds_the_state_dir_even_in_a_broken_file(tmp_path):
     assert _state_dir(cfg) == tmp_path / "state"  # YAML syntax error: found on its line
     cfg.write_text("daemon: [\n")
     assert _state_dir(cfg) is None
+
+
+def test_no_server_may_send_holds_the_message_until_released(tmp_path, smtp_server):
+    server = smtp_server()
+    accounts = ("  - name: sales\n    email: sales@example.com\n"
+                "    granted_to: [alice]\n")  # no server: routed by from_filter
+    narrow = server_yaml("main", server.port, extra="    from_filter: example.org\n")
+    cfg = write_config(tmp_path, narrow, accounts=accounts)
+    config = load(cfg)
+    store, outbound = open_store(cfg)
+    try:
+        metrics = Metrics()
+        metrics.prime(config)
+        _queue(cfg, 1)
+        Ingester(config, outbound, metrics).run_once()
+        deliverer = Deliverer(config, outbound, metrics)
+        assert deliverer.run_once().held == 1
+        assert outbound.counts()["held"] == 1 and server.messages == []
+        [event] = outbound.query("SELECT detail FROM events WHERE status = 'held'")
+        assert "no outgoing server may send as sales@example.com" in event["detail"]
+        assert "mailsync queue release 1" in event["detail"]
+        assert metrics.registry.get_sample_value(
+            "mailsync_messages_failed_total", {"account": "sales", "reason": "permanent"}) == 0
+
+        wide = load(write_config(tmp_path, server_yaml("main", server.port,
+                                                       extra="    from_filter: example.com\n"),
+                                 accounts=accounts))
+        deliverer.reconfigure(wide)
+        outbound.transition(1, "queued", ("held",), time.time(), "released by an operator")
+        assert deliverer.run_once().sent == 1
+        assert len(server.messages) == 1
+        deliverer.close()
+    finally:
+        store.close()

@@ -314,10 +314,13 @@ class Deliverer:
             return "held"
         servers = routing.servers_for(config, account, message.from_address, spread=message.id)
         if not servers:
-            detail = f"no outgoing server may send as {message.from_address}"
-            self.store.record_failure(message.id, "failed", detail, now)
-            self._series(self.metrics.messages_failed, account.name, "no_server").inc()
-            return "failed"
+            # A configuration gap (a server removed, a from_filter narrowed), not the
+            # message's fault: held, never dropped, until a server may send it again.
+            detail = (f"no outgoing server may send as {message.from_address}; held until "
+                      f"one may (`mailsync queue release {message.id}`)")
+            self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
+            log.warning("message %d held: %s", message.id, detail)
+            return "held"
         mail_from = compose.verp_sender(config, message.id) or message.from_address
         errors = []
         for server in servers:
