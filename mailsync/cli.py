@@ -54,6 +54,7 @@ class LazyGroup(click.Group):
         "inbox": "mailsync.cli_inbound",
         "activity": "mailsync.cli_activities",
         "reload": "mailsync.cli_daemon",
+        "status": "mailsync.cli_daemon",
         "demo": "mailsync.cli_demo",
     }
 

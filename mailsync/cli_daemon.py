@@ -43,11 +43,47 @@ def _state_dir(config_path: Path) -> Path | None:
     return path if path.is_absolute() else config_path.resolve().parent / path
 
 
+def _socket(config_path: Path, socket_opt: Path | None) -> Path:
+    """The control socket: --socket, $MAILSYNC_SOCKET, or mailsync.sock in state_dir."""
+    if socket_opt is not None:
+        return socket_opt
+    if os.environ.get("MAILSYNC_SOCKET"):
+        return Path(os.environ["MAILSYNC_SOCKET"])
+    state_dir = _state_dir(config_path)
+    if state_dir is None:
+        click.echo(f"error: cannot tell the daemon's state_dir from {config_path}; "
+                   "pass --socket. The file's problems:", err=True)
+        try:
+            _print_problems(load_file(config_path).problems, err=True)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+        raise Exit(1)
+    return socket_path(state_dir)
+
+
+socket_option = click.option(
+    "--socket", "socket_opt", type=click.Path(dir_okay=False, path_type=Path),
+    help="The daemon's control socket (default: mailsync.sock in the config's state_dir, "
+         "or $MAILSYNC_SOCKET).")
+
+
+@main.command("status")
+@config_option
+@socket_option
+def status_cmd(config_path: Path, socket_opt: Path | None) -> None:
+    """Whether the daemon runs, and its one-line summary (exit 1 when it does not run)."""
+    path = _socket(config_path, socket_opt)
+    try:
+        reply = request(path, "status", timeout=10.0)
+    except ConnectionError as exc:
+        click.echo(f"not running: {exc}", err=True)
+        raise Exit(1) from None
+    click.echo(f"running (pid {reply.get('pid')}): {reply.get('status')}")
+
+
 @main.command("reload")
 @config_option
-@click.option("--socket", "socket_opt", type=click.Path(dir_okay=False, path_type=Path),
-              help="The daemon's control socket (default: mailsync.sock in the "
-                   "config's state_dir, or $MAILSYNC_SOCKET).")
+@socket_option
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds to wait for the outcome.")
 def reload_cmd(config_path: Path, socket_opt: Path | None, timeout: float) -> None:
@@ -56,19 +92,7 @@ def reload_cmd(config_path: Path, socket_opt: Path | None, timeout: float) -> No
     Exit 0 when the file was applied (or already in force), 1 when the daemon refused
     it (its errors are printed; the configuration in force stays) or cannot be reached.
     """
-    path = socket_opt or (Path(os.environ["MAILSYNC_SOCKET"])
-                          if os.environ.get("MAILSYNC_SOCKET") else None)
-    if path is None:
-        state_dir = _state_dir(config_path)
-        if state_dir is None:
-            click.echo(f"error: cannot tell the daemon's state_dir from {config_path}; "
-                       "pass --socket. The file's problems:", err=True)
-            try:
-                _print_problems(load_file(config_path).problems, err=True)
-            except ConfigError as exc:
-                click.echo(str(exc), err=True)
-            raise Exit(1)
-        path = socket_path(state_dir)
+    path = _socket(config_path, socket_opt)
     try:
         reply = request(path, "reload", timeout=timeout)
     except ConnectionError as exc:

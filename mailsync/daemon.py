@@ -488,7 +488,7 @@ class Daemon:
                 log.error("  %s", line)
         else:
             self._set_reload_metrics(self.loaded, ok=True)
-            log.info("config reload (%s): %s %s", source, outcome.result, outcome.summary)
+            log.info("config reload (%s): %s: %s", source, outcome.result, outcome.summary)
             for line in outcome.changes:
                 log.info("  %s", line)
         self.notifier.ready(self._summary())

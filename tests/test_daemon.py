@@ -134,9 +134,18 @@ def test_start_send_reload_and_stop(tmp_path, smtp_server, daemons):
     assert same.stdout.startswith("unchanged:")
     assert server.connections == connections
 
+    status = subprocess.run([sys.executable, "-m", "mailsync", "status", "-c", str(config)],
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"running (pid {d.proc.pid}): 1 outgoing, 0 incoming")
+    assert "9 sent" in status.stdout
+
     assert d.stop() == 0
     assert "mailsync stopped" in d.log
     assert server.live_connections == 0  # sessions closed with QUIT
+    status = subprocess.run([sys.executable, "-m", "mailsync", "status", "-c", str(config)],
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert status.returncode == 1 and "not running" in status.stderr
 
 
 def test_a_dropped_message_is_sent_at_once_not_at_the_next_rescan(tmp_path, smtp_server,
