@@ -560,6 +560,8 @@ class Daemon:
         for name in {s.name for s in old.incoming_servers} - {s.name for s in new.incoming_servers}:
             with contextlib.suppress(KeyError):
                 self.metrics.server_up.remove(name, "incoming")
+            with contextlib.suppress(KeyError):
+                self.metrics.mailbox_poll_interval.remove(name)
         self._record_applied(loaded)
         self.deliverer.wake()
 

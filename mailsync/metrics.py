@@ -52,6 +52,10 @@ class Metrics:
         self.mailbox_fetched = Counter(
             "mailsync_mailbox_messages_fetched", "Messages fetched and stored.", ["server"],
             registry=r)
+        self.mailbox_poll_interval = Gauge(
+            "mailsync_mailbox_poll_interval_seconds",
+            "The configured poll_interval (IMAP IDLE also polls at least this often).",
+            ["server"], registry=r)
         self.mailbox_last_success = Gauge(
             "mailsync_mailbox_last_poll_success_timestamp_seconds",
             "Time of the last successful poll.", ["server"], registry=r)
@@ -92,6 +96,7 @@ class Metrics:
             elif account.own_login is not None:
                 self.messages_sent.labels(account.name, account.own_login.name)
         for inc in config.incoming_servers:
+            self.mailbox_poll_interval.labels(inc.name).set(inc.poll_interval.total_seconds())
             self.server_up.labels(inc.name, "incoming")
             self.mailbox_fetched.labels(inc.name)
             for result in ("success", "failure"):
