@@ -23,6 +23,7 @@ unchanged servers keep their sessions, pollers of unchanged mailboxes keep their
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -515,12 +516,9 @@ class Daemon:
         # What can fail comes first, so a refusal leaves everything as it was.
         exporter = None
         if new.daemon.metrics_listen != old.daemon.metrics_listen:
-            from mailsync.exporter import start_exporter
-            try:
-                exporter = start_exporter(new.daemon.metrics_listen, self.metrics.registry,
-                                          self.health)
-            except (OSError, ValueError) as exc:
-                why = f"daemon.metrics_listen {new.daemon.metrics_listen}: {exc}"
+            exporter, why = self._new_exporter(new.daemon.metrics_listen,
+                                               old.daemon.metrics_listen)
+            if exporter is None:
                 return ReloadOutcome("refused", why, [why])
         self._apply(loaded, new, old, exporter)
         held = self.outbound.hold_missing_accounts([a.name for a in new.accounts], time.time())
@@ -530,6 +528,33 @@ class Daemon:
         return ReloadOutcome("applied", plan.summary(),
                              changes=[c for c in plan.render().splitlines()
                                       if c and not c.startswith("Plan:")], held=held)
+
+    def _new_exporter(self, listen: str, old_listen: str) -> tuple[Any, str]:
+        """Bind ``listen`` before the old address is let go; (None, why) when impossible.
+
+        A move on the same port (127.0.0.1:9877 to 0.0.0.0:9877) cannot bind beside the
+        old socket: the old one is closed first, and bound again if the new one fails.
+        """
+        from mailsync.exporter import parse_listen, start_exporter
+
+        try:
+            return start_exporter(listen, self.metrics.registry, self.health), ""
+        except ValueError as exc:
+            return None, f"daemon.metrics_listen {listen}: {exc}"
+        except OSError as exc:
+            first = exc
+        try:
+            same_port = parse_listen(listen)[1] == parse_listen(old_listen)[1]
+        except ValueError:
+            same_port = False
+        if same_port and exc_is_in_use(first):
+            self._exporter.close()
+            try:
+                return start_exporter(listen, self.metrics.registry, self.health), ""
+            except OSError as exc:
+                first = exc
+            self._exporter = start_exporter(old_listen, self.metrics.registry, self.health)
+        return None, f"daemon.metrics_listen {listen}: {first.strerror or first}"
 
     def _apply(self, loaded: Loaded, new: Config, old: Config, exporter: Any) -> None:
         workers = self.deliverer.default_workers()
@@ -638,6 +663,10 @@ class Daemon:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
         log.info("mailsync stopped")
+
+
+def exc_is_in_use(exc: OSError) -> bool:
+    return exc.errno == errno.EADDRINUSE
 
 
 def run(config_path: Path, loaded: Loaded,

@@ -94,6 +94,10 @@ class DaemonProcess:
         """Every sample of /metrics: (name, sorted labels) → value."""
         code, text = self.get("/metrics")
         assert code == 200, text
+        return self._parse(text)
+
+    @staticmethod
+    def _parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         out = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -101,7 +105,11 @@ class DaemonProcess:
         return out
 
     def metric(self, name: str, **labels: str) -> float | None:
-        return self.metrics().get((name, tuple(sorted(labels.items()))))
+        """One sample's value; None when absent or /metrics cannot be read right now."""
+        code, text = self.get("/metrics")
+        if code != 200:
+            return None
+        return self._parse(text).get((name, tuple(sorted(labels.items()))))
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM; the exit code."""

@@ -407,3 +407,26 @@ def test_metrics_listen_and_spool_dir_change_live(tmp_path, smtp_server, daemons
          text="x")
     assert server.wait_for(1)[0].data.count(b"Subject: new spool") == 1
     assert d.stop() == 0
+
+
+def test_metrics_listen_moves_on_the_same_port_and_a_busy_one_is_refused(tmp_path, smtp_server,
+                                                                        daemons):
+    server = smtp_server()
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    config = _write(tmp_path, text)
+    d = daemons(config)
+    port = d.url.rsplit(":", 1)[1]
+    # Same port, another spelling of the address: cannot bind beside the old socket.
+    _write(tmp_path, text.replace(f"127.0.0.1:{port}", f"localhost:{port}"))
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1)
+    assert d.get("/healthz")[0] == 200
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        _write(tmp_path, text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{taken}"))
+        wait_until(lambda: d.metric("mailsync_config_reloads_total", result="failure") == 1)
+        assert d.metric("mailsync_config_last_reload_successful") == 0
+        assert "Address already in use" in d.log
+    assert d.get("/healthz")[0] == 200  # still served where it was
+    assert d.stop() == 0
