@@ -172,8 +172,7 @@ class Daemon:
         self._observer: Any = None
         self._spool_watch: Any = None
         self._file_stat: tuple[int, int, int] | None = None
-        self.started_at = time.time()
-        self._counts = {"reloads": 0}
+        self._pickup: Any = None
 
     # -- start ---------------------------------------------------------------------------
     def _lock_state_dir(self, state_dir: Path) -> None:
@@ -213,7 +212,7 @@ class Daemon:
         if len(spool.scan(config.daemon.spool_dir)) >= PICKUP_AT:
             from mailsync.outbound.pickup import Pickup
 
-            pickup = Pickup(config)
+            pickup = self._pickup = Pickup(config)
 
         self.deliverer = Deliverer(config, self.outbound, self.metrics)
         self.ingester = Ingester(config, self.outbound, self.metrics,
@@ -237,14 +236,13 @@ class Daemon:
         self.notifier.ready(self._summary())
 
     def _start_exporter(self, listen: str) -> None:
+        """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
         from mailsync.activity_store import ActivityCollector
         from mailsync.exporter import QueueCollector, start_exporter
 
-        if self._exporter is None and not getattr(self, "_collectors", False):
-            self.metrics.registry.register(QueueCollector(lambda: self.outbound))
-            self.metrics.registry.register(ActivityCollector(lambda: self.store,
-                                                             lambda: self.config))
-            self._collectors = True
+        self.metrics.registry.register(QueueCollector(lambda: self.outbound))
+        self.metrics.registry.register(ActivityCollector(lambda: self.store,
+                                                         lambda: self.config))
         self._exporter = start_exporter(listen, self.metrics.registry, self.health)
 
     def _start_watching(self) -> None:
@@ -403,7 +401,8 @@ class Daemon:
                 stats = pickup.wait(self.metrics, on_commit=self.deliverer.wake)
                 log.info("spool backlog: %d queued, %d rejected", stats.queued, stats.rejected)
             except MailsyncError as exc:
-                log.error("%s", exc)
+                if not self._stopping.is_set():
+                    log.error("%s", exc)
         while not self._stopping.is_set():
             try:
                 ingester = self.ingester  # swapped whole on reload
@@ -636,6 +635,8 @@ class Daemon:
         for box in self._mailboxes.values():
             box.retire()
         self._spool_wake.set()
+        if self._pickup is not None:
+            self._pickup.terminate()  # a backlog still being taken: the rest waits in new/
         deliverer: Deliverer | None = getattr(self, "deliverer", None)
         if deliverer is not None:
             deliverer.halt()

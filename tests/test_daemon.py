@@ -81,6 +81,20 @@ def _statuses(config: Path) -> dict[str, int]:
     return out
 
 
+def _processes_naming(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (from /proc; no procps needed)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 def _reload(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mailsync", "reload", "-c", str(config)],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -430,3 +444,27 @@ def test_metrics_listen_moves_on_the_same_port_and_a_busy_one_is_refused(tmp_pat
         assert "Address already in use" in d.log
     assert d.get("/healthz")[0] == 200  # still served where it was
     assert d.stop() == 0
+
+
+def test_sigterm_while_the_backlog_is_being_taken_stops_the_pickup_child(tmp_path):
+    # No server at all: the backlog is only being taken when SIGTERM comes.
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", free_port())))
+    ensure_dirs(tmp_path / "spool")
+    _drop(tmp_path, 3000, tag="backlog")
+    d = DaemonProcess(config)
+    try:
+        d.wait_healthy()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.wait(timeout=15) == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+    # The forked child has the daemon's command line: none may outlive it.
+    time.sleep(0.2)
+    assert _processes_naming(str(config)) == []
+    assert "Traceback" not in d.log and "ERROR" not in d.log
+    # Whatever was not taken is still in the spool, and what was is queued: none lost.
+    left = len(list((tmp_path / "spool" / "new").iterdir()))
+    statuses = _statuses(config)
+    assert sum(statuses.values()) + left == 3000
+    assert set(statuses) <= {"queued", "deferred"}

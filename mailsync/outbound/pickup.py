@@ -41,6 +41,11 @@ def _die_with_parent() -> None:
 
 def _child(config: Config, conn: Connection) -> None:
     _die_with_parent()
+    # The parent's handlers were copied by the fork: the parent decides when to stop
+    # (SIGTERM kills the child; a Ctrl-C reaches the parent, which stops it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         store = Store.open(config.daemon.state_dir)
         metrics = Metrics()
@@ -72,6 +77,11 @@ class Pickup:
                                  name="mailsync-pickup")
         self._proc.start()
         child_end.close()
+
+    def terminate(self) -> None:
+        """Stop the child now (what it committed stays; the rest is taken next time)."""
+        if self._proc.is_alive():
+            self._proc.terminate()
 
     def wait(self, metrics: Metrics, on_commit: Callable[[], None] | None = None) -> IngestStats:
         """Relay its commits to ``on_commit`` until it is done; its stats; its rejections
