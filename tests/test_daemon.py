@@ -125,6 +125,8 @@ def test_start_send_reload_and_stop(tmp_path, smtp_server, daemons):
     wait_until(lambda: _statuses(config) == {"sent": 8})
     assert server.connections == connections
     assert "granted_to: +carol" in d.log
+    # The applied file was recorded: `mailsync plan` compares with it and sees nothing.
+    assert run(["plan", "-c", str(config), "--detailed-exitcode"]).exit_code == 0
 
     # An invalid file is refused: the last good config stays and keeps sending.
     good = config.read_text()
