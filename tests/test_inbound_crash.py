@@ -62,7 +62,9 @@ def test_sigkill_while_fetching_loses_nothing_and_stores_nothing_twice(mailbox, 
     deadline = time.monotonic() + 60
     while _stored(db) <= threshold and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.003)
-    time.sleep(rng.uniform(0, 0.12))  # land anywhere in the next batch
+    # Land inside the next batch: a batch of 500 takes ~70 ms on a fast machine (IMAP
+    # with deliver_to at ~7,000/s), so a longer wait could let the poll finish first.
+    time.sleep(rng.uniform(0, 0.04))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     at_kill = _stored(db)
