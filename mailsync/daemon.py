@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -289,11 +290,15 @@ class Daemon:
             log.error("cannot start: %s", exc)
             self.shutdown()
             return 1
+        code = 0
         try:
             self._supervise()
+        except Exception:  # noqa: BLE001 - exit non-zero: systemd restarts (on-failure)
+            log.exception("the supervisor failed; stopping")
+            code = 1
         finally:
             self.shutdown()
-        return 0
+        return code
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
@@ -344,10 +349,10 @@ class Daemon:
                     self.reload("file change (periodic check)")
             if now >= next_idle_close:
                 next_idle_close = now + IDLE_CLOSE_EVERY
-                self.deliverer.close_idle()
+                self._guarded("closing idle SMTP sessions", self.deliverer.close_idle)
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY
-                self._prune()
+                self._guarded("pruning the history", self._prune)
             if now >= next_status:
                 next_status = now + STATUS_EVERY
                 self.notifier.status(self._summary())
@@ -357,18 +362,28 @@ class Daemon:
             self._wake.wait(timeout)
             self._wake.clear()
 
-    def _prune(self) -> None:
+    @staticmethod
+    def _guarded(what: str, task: Callable[[], object]) -> None:
+        """A periodic task: its failure (the store busy for 30 s, ...) is logged, and the
+        supervisor goes on; the task runs again at its next turn."""
         try:
-            pruned = self.outbound.prune(time.time(),
-                                         self.config.daemon.history_retention.total_seconds())
-        except MailsyncError as exc:
-            log.warning("pruning the history failed: %s", exc)
-            return
+            task()
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed; trying again later", what)
+
+    def _prune(self) -> None:
+        pruned = self.outbound.prune(time.time(),
+                                     self.config.daemon.history_retention.total_seconds())
         if pruned:
             log.info("history retention: dropped the content of %d old messages", pruned)
 
     def _summary(self) -> str:
-        counts = self.outbound.counts()
+        try:
+            counts = self.outbound.counts()
+        except (sqlite3.Error, MailsyncError) as exc:
+            return (f"{len(outgoing_servers(self.config))} outgoing, "
+                    f"{len(self.config.incoming_servers)} incoming servers; queue unreadable "
+                    f"({exc}); config {self.loaded.sha256[:12]}")
         waiting = counts.get("queued", 0) + counts.get("deferred", 0) + counts.get("sending", 0)
         return (f"{len(outgoing_servers(self.config))} outgoing, "
                 f"{len(self.config.incoming_servers)} incoming servers; "
