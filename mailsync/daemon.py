@@ -62,7 +62,6 @@ IDLE_CLOSE_EVERY = 5.0
 PRUNE_EVERY = 3600.0
 STATUS_EVERY = 10.0
 STOP_TIMEOUT = 30.0  # for in-flight SMTP transactions at SIGTERM
-PICKUP_AT = 200  # a backlog at least this large at start is ingested in a child process
 IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
 
 
@@ -206,14 +205,16 @@ class Daemon:
         self.metrics.prime(config)
         self._set_reload_metrics(self.loaded, ok=True, count=False)
 
-        # A large backlog is ingested by a child process (as `run --once` does), forked
-        # now, before this process has any thread.
+        # The spool is taken by a long-lived child process (Postfix's pickup), forked
+        # now, before this process has any thread, so that parsing and composing do not
+        # take the GIL from the senders.
         spool.ensure_dirs(config.daemon.spool_dir)
-        pickup = None
-        if len(spool.scan(config.daemon.spool_dir)) >= PICKUP_AT:
-            from mailsync.outbound.pickup import Pickup
+        from mailsync.outbound.pickup import PickupService
 
-            pickup = self._pickup = Pickup(config)
+        try:
+            self._pickup = PickupService(config)
+        except OSError as exc:
+            log.warning("no pickup process (%s): the spool is taken in this process", exc)
 
         self.deliverer = Deliverer(config, self.outbound, self.metrics)
         self.ingester = Ingester(config, self.outbound, self.metrics,
@@ -221,7 +222,7 @@ class Daemon:
         self._deliver_thread = threading.Thread(target=self._deliver_loop,
                                                 name="mailsync-deliver", daemon=True)
         self._deliver_thread.start()
-        self._spool_thread = threading.Thread(target=self._spool_loop, args=(pickup,),
+        self._spool_thread = threading.Thread(target=self._spool_loop,
                                               name="mailsync-spool", daemon=True)
         self._spool_thread.start()
         for server in config.incoming_servers:
@@ -410,26 +411,34 @@ class Daemon:
         return True, "ok"
 
     # -- spool and sending ----------------------------------------------------------------
-    def _spool_loop(self, pickup: Any) -> None:
-        if pickup is not None:
-            try:
-                stats = pickup.wait(self.metrics, on_commit=self.deliverer.wake)
-                log.info("spool backlog: %d queued, %d rejected", stats.queued, stats.rejected)
-            except MailsyncError as exc:
-                if not self._stopping.is_set():
-                    log.error("%s", exc)
+    def _spool_loop(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the pass, not after the wait: a file renamed into new/ after
+            # this point is either seen by this pass or wakes the wait below.
+            self._spool_wake.clear()
+            pickup = self._pickup
             try:
-                ingester = self.ingester  # swapped whole on reload
-                stats = ingester.run_once(limit=SPOOL_PASS)
+                if pickup is not None:
+                    stats = pickup.run_pass(self.config, self.metrics,
+                                            on_commit=self.deliverer.wake, limit=SPOOL_PASS)
+                else:
+                    stats = self.ingester.run_once(limit=SPOOL_PASS)  # swapped on reload
                 more = stats.queued + stats.rejected + stats.duplicates >= SPOOL_PASS
+            except MailsyncError as exc:
+                if self._stopping.is_set():
+                    return
+                if pickup is not None and not pickup.alive:
+                    log.error("%s; the spool is taken in the daemon process from now on", exc)
+                    self._pickup = None
+                    continue
+                log.error("taking the spool failed, retrying in %gs: %s", RESCAN, exc)
+                more = False
             except Exception:  # noqa: BLE001 - the store may be busy or full: retry later
                 log.exception("taking the spool failed; retrying in %gs", RESCAN)
                 more = False
             if more:
                 continue
             self._spool_wake.wait(RESCAN)
-            self._spool_wake.clear()
 
     def _deliver_loop(self) -> None:
         while True:
@@ -651,7 +660,7 @@ class Daemon:
             box.retire()
         self._spool_wake.set()
         if self._pickup is not None:
-            self._pickup.terminate()  # a backlog still being taken: the rest waits in new/
+            self._pickup.close()  # mid-pass too: what it had not taken waits in new/
         deliverer: Deliverer | None = getattr(self, "deliverer", None)
         if deliverer is not None:
             deliverer.halt()

@@ -470,3 +470,35 @@ def test_sigterm_while_the_backlog_is_being_taken_stops_the_pickup_child(tmp_pat
     statuses = _statuses(config)
     assert sum(statuses.values()) + left == 3000
     assert set(statuses) <= {"queued", "deferred"}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after the ")".
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_the_spool_is_taken_by_a_pickup_child_and_in_process_if_it_dies(tmp_path, smtp_server,
+                                                                         daemons):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
+    d = daemons(config)
+    [child] = _children(d.proc.pid)  # the long-lived pickup process
+    _drop(tmp_path, 3, tag="by the child")
+    server.wait_for(3)
+    os.kill(child, signal.SIGKILL)
+    _drop(tmp_path, 2, tag="after its death")
+    server.wait_for(5)
+    wait_until(lambda: _statuses(config) == {"sent": 5})
+    assert "the pickup process is gone" in d.log
+    assert "the spool is taken in the daemon process from now on" in d.log
+    assert d.get("/healthz")[0] == 200
+    assert d.stop() == 0

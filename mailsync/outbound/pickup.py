@@ -109,3 +109,102 @@ class Pickup:
         for reason, count in rejected.items():
             metrics.messages_rejected.labels(reason).inc(count)
         return IngestStats(**stats)
+
+
+def _rejected_totals(metrics: Metrics) -> dict[str, int]:
+    return {s.labels["reason"]: int(s.value)
+            for family in metrics.messages_rejected.collect()
+            for s in family.samples if s.name.endswith("_total") and s.value}
+
+
+def _serve(config: Config, conn: Connection) -> None:
+    """The long-lived child: one ingestion pass per ``("pass", limit)`` request."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    store = Store.open(config.daemon.state_dir)
+    metrics = Metrics()
+    outbound = OutboundStore(store)
+
+    def ingester(cfg: Config) -> Ingester:
+        return Ingester(cfg, outbound, metrics, on_commit=lambda: conn.send(("committed", None)))
+
+    current = ingester(config)
+    try:
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except EOFError:
+                return
+            if kind == "config":
+                current = ingester(payload)
+                continue
+            before = _rejected_totals(metrics)
+            try:
+                stats = current.run_once(limit=payload)
+            except BaseException:  # noqa: BLE001 - reported; the next pass tries again
+                conn.send(("error", traceback.format_exc()))
+                continue
+            after = _rejected_totals(metrics)
+            delta = {r: n - before.get(r, 0) for r, n in after.items() if n != before.get(r, 0)}
+            conn.send(("done", (asdict(stats), delta)))
+    finally:
+        store.close()
+        conn.close()
+
+
+class PickupService:
+    """A long-lived ingestion child for the daemon (Postfix's ``pickup`` process).
+
+    Forked when the daemon starts, before it has any thread; afterwards the daemon's
+    spool thread asks it for one pass at a time (:meth:`run_pass`), and the parent's
+    GIL stays with the senders. Only one thread may use it.
+    """
+
+    def __init__(self, config: Config) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child_end = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_serve, args=(config, child_end),
+                                 name="mailsync-pickup", daemon=True)
+        self._proc.start()
+        child_end.close()
+        self._config = config
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def run_pass(self, config: Config, metrics: Metrics,
+                 on_commit: Callable[[], None] | None = None,
+                 limit: int | None = None) -> IngestStats:
+        """Ingest what is in ``new/`` now under ``config`` (sent first if it changed);
+        MailsyncError when the pass failed or the child is gone."""
+        try:
+            if config is not self._config:
+                self._conn.send(("config", config))
+                self._config = config
+            self._conn.send(("pass", limit))
+            while True:
+                kind, payload = self._conn.recv()
+                if kind == "committed":
+                    if on_commit is not None:
+                        on_commit()
+                    continue
+                break
+        except (EOFError, OSError) as exc:
+            raise MailsyncError(f"the pickup process is gone ({exc or 'closed'})") from None
+        if kind != "done":
+            raise MailsyncError(f"spool ingestion failed: {payload}")
+        stats, rejected = payload
+        for reason, count in rejected.items():
+            metrics.messages_rejected.labels(reason).inc(count)
+        return IngestStats(**stats)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child now, even mid-pass (what it committed stays; the files it had
+        not taken wait in ``new/``). Safe from another thread than :meth:`run_pass`'s,
+        which then fails with MailsyncError."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(timeout)
