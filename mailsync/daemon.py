@@ -29,7 +29,9 @@ import hashlib
 import logging
 import os
 import queue
+import select
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -160,7 +162,16 @@ class Daemon:
         self.metrics = Metrics()
         self.failed_threads: set[str] = set()
         self._stopping = threading.Event()
-        self._wake = threading.Event()  # the supervisor has something to do
+        # The supervisor sleeps in select() on this socket pair: other threads write a
+        # byte to wake it (_poke), and so does CPython's C-level signal handler
+        # (set_wakeup_fd). The Python-level handlers only set these plain attributes:
+        # taking a lock in a signal handler can deadlock the main thread that it
+        # interrupted while holding that same lock.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._signalled_stop = False
+        self._signalled_hups = 0
         self._spool_wake = threading.Event()
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._file_changed_at: float | None = None
@@ -265,7 +276,7 @@ class Daemon:
                                                                   or "")}
                 if any(Path(p).name == config_name for p in paths if p):
                     daemon._file_changed_at = time.monotonic()
-                    daemon._wake.set()
+                    daemon._poke()
 
         class SpoolEvents(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
@@ -303,19 +314,36 @@ class Daemon:
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
-            self.request_stop()
+            self._signalled_stop = True  # no lock here: see __init__
 
         def hup(signum: int, frame: FrameType | None) -> None:
-            self._requests.put(_Request("SIGHUP"))
-            self._wake.set()
+            self._signalled_hups += 1
 
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
+    def _poke(self) -> None:
+        """Wake the supervisor (from any thread)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
     def request_stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
+        """Stop the daemon (from any thread; signals set a flag instead)."""
+        self._signalled_stop = True
+        self._poke()
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait for a poke, a signal or ``timeout``; then drain the wake-up bytes."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
+        while True:
+            try:
+                if not self._wake_r.recv(4096):
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
 
     def _supervise(self) -> None:
         watchdog_every = self.notifier.watchdog_interval()
@@ -325,9 +353,16 @@ class Daemon:
         next_prune = now + PRUNE_EVERY
         next_status = now + STATUS_EVERY
         next_stat = now + RESCAN
-        while not self._stopping.is_set():
+        seen_hups = 0
+        while True:
+            if self._signalled_stop:
+                self._stopping.set()
+                break
             now = time.monotonic()
             self._heartbeat = now
+            if self._signalled_hups != seen_hups:
+                seen_hups = self._signalled_hups
+                self.reload("SIGHUP")
             if watchdog_every is not None and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + watchdog_every
@@ -360,8 +395,7 @@ class Daemon:
             timeout = min(1.0, max(0.0, next_ping - now) if watchdog_every else 1.0)
             if self._file_changed_at is not None:
                 timeout = min(timeout, DEBOUNCE)
-            self._wake.wait(timeout)
-            self._wake.clear()
+            self._sleep(timeout)
 
     @staticmethod
     def _guarded(what: str, task: Callable[[], object]) -> None:
@@ -467,7 +501,7 @@ class Daemon:
         if command == "reload":
             req = _Request("mailsync reload")
             self._requests.put(req)
-            self._wake.set()
+            self._poke()
             while not req.done.wait(0.5):
                 if self._stopping.is_set():
                     return {"ok": False, "error": "the daemon is stopping"}
@@ -687,6 +721,10 @@ class Daemon:
                 store.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
+        with contextlib.suppress(ValueError):  # not the main thread: nothing was installed
+            signal.set_wakeup_fd(-1)
+        self._wake_r.close()
+        self._wake_w.close()
         log.info("mailsync stopped")
 
 

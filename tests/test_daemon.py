@@ -502,3 +502,21 @@ def test_the_spool_is_taken_by_a_pickup_child_and_in_process_if_it_dies(tmp_path
     assert "the spool is taken in the daemon process from now on" in d.log
     assert d.get("/healthz")[0] == 200
     assert d.stop() == 0
+
+
+def test_a_storm_of_signals_neither_deadlocks_nor_kills_the_daemon(tmp_path, smtp_server,
+                                                                   daemons):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
+    d = daemons(config)
+    for _ in range(300):
+        d.proc.send_signal(signal.SIGHUP)
+    # SIGHUPs that come together are one reload; each is answered by the supervisor.
+    wait_until(lambda: (d.metric("mailsync_config_reloads_total", result="success") or 0) >= 1)
+    assert d.get("/healthz")[0] == 200
+    _drop(tmp_path, 1)
+    server.wait_for(1)
+    for _ in range(5):
+        d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+    assert "Traceback" not in d.log
