@@ -549,6 +549,9 @@ class Daemon:
             log.info("config reload (%s): %s: %s", source, outcome.result, outcome.summary)
             for line in outcome.changes:
                 log.info("  %s", line)
+            if outcome.result == "applied":
+                for problem in self.loaded.warnings:
+                    log.warning("%s", problem.render())
         self.notifier.ready(self._summary())
         return outcome
 

@@ -390,7 +390,8 @@ def test_the_daemon_leaks_no_secret(tmp_path, smtp_server, daemons):
     _drop(tmp_path, 2)
     server.wait_for(2)
     # A wrong password: the failure is logged and recorded, the secret is not.
-    _write(tmp_path, text.replace("{env: RELAY_PW}", "{env: OTHER_PW}"))
+    # Plain text in the file: applied with a warning that must not quote it.
+    _write(tmp_path, text.replace("{env: RELAY_PW}", other))
     wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1)
     _drop(tmp_path, 1, tag="wrong")
     wait_until(lambda: _statuses(config).get("deferred") == 1, what="deferred on auth")
@@ -400,6 +401,7 @@ def test_the_daemon_leaks_no_secret(tmp_path, smtp_server, daemons):
                   json.dumps(history(config, "--limit", "100"))]
     assert "authentication" in d.log  # the failure was logged: the checks below are real
     assert "password: (changed)" in d.log
+    assert "plain-text password in the config" in d.log
     assert [t for t in everything if canary in t or other in t] == []
     assert d.stop() == 0
 
