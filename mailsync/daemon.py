@@ -263,7 +263,9 @@ class Daemon:
         from watchdog.observers import Observer
 
         daemon = self
-        config_dir = self.config_path.resolve().parent
+        # The directory the path names, symlinks not followed: a config that is a symlink
+        # swapped by renaming another one beside it (Kubernetes' ConfigMaps) changes there.
+        config_dir = self.config_path.absolute().parent
         config_name = self.config_path.name
 
         class ConfigEvents(FileSystemEventHandler):
@@ -274,7 +276,8 @@ class Daemon:
                     return
                 paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "")
                                                                   or "")}
-                if any(Path(p).name == config_name for p in paths if p):
+                if (any(Path(p).name == config_name for p in paths if p)
+                        or daemon._stat_config() != daemon._file_stat):
                     daemon._file_changed_at = time.monotonic()
                     daemon._poke()
 

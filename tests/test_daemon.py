@@ -522,3 +522,26 @@ def test_a_storm_of_signals_neither_deadlocks_nor_kills_the_daemon(tmp_path, smt
         d.proc.send_signal(signal.SIGTERM)
     assert d.wait(timeout=15) == 0
     assert "Traceback" not in d.log
+
+
+def test_a_symlinked_config_swapped_beside_it_is_reloaded(tmp_path, smtp_server, daemons):
+    # As Kubernetes mounts a ConfigMap: config.yaml -> ..data/config.yaml, and an update
+    # renames a new ..data symlink over the old one; config.yaml itself never changes.
+    server = smtp_server()
+    text = daemon_config(tmp_path, server_yaml("main", server.port))
+    for version, body in (("v1", text), ("v2", text.replace("granted_to: [bob]",
+                                                            "granted_to: [bob, carol]"))):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "config.yaml").write_text(
+            body.replace("./state", str(tmp_path / "state"))
+            .replace("./spool", str(tmp_path / "spool")))
+    (tmp_path / "..data").symlink_to("v1")
+    config = tmp_path / "config.yaml"
+    config.symlink_to("..data/config.yaml")
+    d = daemons(config)
+    (tmp_path / "..data_tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    wait_until(lambda: d.metric("mailsync_config_reloads_total", result="success") == 1,
+               timeout=3, what="the swap seen at once, not at the 5 s periodic check")
+    assert "granted_to: +carol" in d.log
+    assert d.stop() == 0
