@@ -143,8 +143,8 @@ def test_tmpfiles_create_the_spool_with_its_modes():
     lines = config_lines(TMPFILES)
     assert {tuple(line) for line in lines} == {
         ("d", SPOOL, "0750", "mailsync", "mailsync-submit", "-"),
-        ("d", f"{SPOOL}/tmp", "2770", "mailsync", "mailsync-submit", "-"),
-        ("d", f"{SPOOL}/new", "2770", "mailsync", "mailsync-submit", "-"),
+        ("d", f"{SPOOL}/tmp", "3770", "mailsync", "mailsync-submit", "-"),
+        ("d", f"{SPOOL}/new", "3770", "mailsync", "mailsync-submit", "-"),
         ("d", f"{SPOOL}/rejected", "2750", "mailsync", "mailsync-submit", "-"),
     }
 
@@ -174,4 +174,4 @@ def test_sysusers_and_tmpfiles_applied_to_a_scratch_root(tmp_path):
         assert (st.st_uid, st.st_gid) == (uid, submit_gid)
         assert stat.S_ISDIR(st.st_mode)
         modes[sub] = stat.S_IMODE(st.st_mode)
-    assert modes == {"": 0o750, "/tmp": 0o2770, "/new": 0o2770, "/rejected": 0o2750}
+    assert modes == {"": 0o750, "/tmp": 0o3770, "/new": 0o3770, "/rejected": 0o2750}
