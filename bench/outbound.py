@@ -98,14 +98,18 @@ BODY = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod
         "incididunt ut labore et dolore magna aliqua.\r\n") * 14
 
 
+def message(i: int) -> bytes:
+    return (f"X-Mailsync-User: app\r\nTo: user{i}@example.org\r\n"
+            f"Subject: Benchmark message {i}\r\nContent-Type: text/plain\r\n\r\n{BODY}"
+            ).encode()
+
+
 def drop_messages(spool: Path, n: int) -> None:
     from mailsync.outbound.spool import drop_eml, ensure_dirs
 
     ensure_dirs(spool)
     for i in range(n):
-        msg = (f"X-Mailsync-User: app\r\nTo: user{i}@example.org\r\n"
-               f"Subject: Benchmark message {i}\r\nContent-Type: text/plain\r\n\r\n{BODY}")
-        drop_eml(spool, msg.encode())
+        drop_eml(spool, message(i))
 
 
 def one_run(n: int, port: int) -> dict[str, object]:
@@ -165,10 +169,7 @@ def one_daemon_run(n: int, port: int) -> dict[str, object]:
 
                 start = time.perf_counter()
                 for i in range(n):
-                    msg = (f"X-Mailsync-User: app\r\nTo: user{i}@example.org\r\n"
-                           f"Subject: Benchmark message {i}\r\nContent-Type: text/plain\r\n"
-                           f"\r\n{BODY}")
-                    drop_eml(root / "spool", msg.encode())
+                    drop_eml(root / "spool", message(i))
                 dropped = time.perf_counter() - start
                 while sent() < n:
                     if time.perf_counter() - start > 120:

@@ -7,6 +7,9 @@ connection and ingests one pass, exactly-once as always (the store, not the proc
 decides what was taken); writers of both processes queue on the store's flock rather
 than on SQLite's sleeping busy handler. The child tells the parent after each committed
 batch, so that sending starts at once, and it dies with its parent.
+
+:class:`Pickup` is the one-pass child of `run --once`; :class:`PickupService` the
+daemon's long-lived one, which runs a pass whenever the spool thread asks.
 """
 
 from __future__ import annotations
@@ -39,13 +42,45 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(config: Config, conn: Connection) -> None:
-    _die_with_parent()
-    # The parent's handlers were copied by the fork: the parent decides when to stop
-    # (SIGTERM kills the child; a Ctrl-C reaches the parent, which stops it).
+def _child_signals() -> None:
+    """The parent's handlers were copied by the fork: the parent decides when to stop
+    (SIGTERM kills the child; a Ctrl-C or SIGHUP reaches the parent, which decides)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _rejected_totals(metrics: Metrics) -> dict[str, int]:
+    return {s.labels["reason"]: int(s.value)
+            for family in metrics.messages_rejected.collect()
+            for s in family.samples if s.name.endswith("_total") and s.value}
+
+
+def _relay(conn: Connection, on_commit: Callable[[], None] | None) -> tuple[str, Any]:
+    """Read the child's messages, calling ``on_commit`` for each commit, until its answer
+    to the pass; EOFError when the child is gone."""
+    while True:
+        kind, payload = conn.recv()
+        if kind != "committed":
+            return kind, payload
+        if on_commit is not None:
+            on_commit()
+
+
+def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
+    """A pass's answer: its stats, its rejections counted in ``metrics``."""
+    if kind != "done":
+        raise MailsyncError(f"spool ingestion failed: {payload}")
+    stats, rejected = payload
+    for reason, count in rejected.items():
+        metrics.messages_rejected.labels(reason).inc(count)
+    return IngestStats(**stats)
+
+
+def _child(config: Config, conn: Connection) -> None:
+    """The one-pass child of `run --once`."""
+    _die_with_parent()
+    _child_signals()
     try:
         store = Store.open(config.daemon.state_dir)
         metrics = Metrics()
@@ -55,10 +90,7 @@ def _child(config: Config, conn: Connection) -> None:
             stats = ingester.run_once()
         finally:
             store.close()
-        rejected = {s.labels["reason"]: int(s.value)
-                    for family in metrics.messages_rejected.collect()
-                    for s in family.samples if s.name.endswith("_total") and s.value}
-        conn.send(("done", (asdict(stats), rejected)))
+        conn.send(("done", (asdict(stats), _rejected_totals(metrics))))
     except BaseException:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -66,9 +98,9 @@ def _child(config: Config, conn: Connection) -> None:
 
 
 class Pickup:
-    """A running ingestion child. Start it before this process starts any thread (and
-    before it uses the store from another thread): a fork copies the locks of the forking
-    process, not the threads that own them."""
+    """A running one-pass ingestion child. Start it before this process starts any thread
+    (and before it uses the store from another thread): a fork copies the locks of the
+    forking process, not the threads that own them."""
 
     def __init__(self, config: Config) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -78,51 +110,24 @@ class Pickup:
         self._proc.start()
         child_end.close()
 
-    def terminate(self) -> None:
-        """Stop the child now (what it committed stays; the rest is taken next time)."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-
     def wait(self, metrics: Metrics, on_commit: Callable[[], None] | None = None) -> IngestStats:
         """Relay its commits to ``on_commit`` until it is done; its stats; its rejections
         counted in ``metrics``."""
-        outcome: tuple[str, Any] = ("error", "the ingestion process died")
         try:
-            while True:
-                try:
-                    kind, payload = self._conn.recv()
-                except EOFError:
-                    break
-                if kind == "committed":
-                    if on_commit is not None:
-                        on_commit()
-                    continue
-                outcome = (kind, payload)
-                break
+            outcome = _relay(self._conn, on_commit)
+        except EOFError:
+            outcome = ("error", "the ingestion process died")
         finally:
             self._conn.close()
             self._proc.join()
-        kind, payload = outcome
-        if kind != "done":
-            raise MailsyncError(f"spool ingestion failed: {payload}")
-        stats, rejected = payload
-        for reason, count in rejected.items():
-            metrics.messages_rejected.labels(reason).inc(count)
-        return IngestStats(**stats)
-
-
-def _rejected_totals(metrics: Metrics) -> dict[str, int]:
-    return {s.labels["reason"]: int(s.value)
-            for family in metrics.messages_rejected.collect()
-            for s in family.samples if s.name.endswith("_total") and s.value}
+        return _outcome(*outcome, metrics)
 
 
 def _serve(config: Config, conn: Connection) -> None:
-    """The long-lived child: one ingestion pass per ``("pass", limit)`` request."""
+    """The daemon's long-lived child: one ingestion pass per ``("pass", limit)`` request;
+    ``("config", config)`` replaces the configuration for the next passes."""
     _die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _child_signals()
     store = Store.open(config.daemon.state_dir)
     metrics = Metrics()
     outbound = OutboundStore(store)
@@ -185,21 +190,10 @@ class PickupService:
                 self._conn.send(("config", config))
                 self._config = config
             self._conn.send(("pass", limit))
-            while True:
-                kind, payload = self._conn.recv()
-                if kind == "committed":
-                    if on_commit is not None:
-                        on_commit()
-                    continue
-                break
+            outcome = _relay(self._conn, on_commit)
         except (EOFError, OSError) as exc:
             raise MailsyncError(f"the pickup process is gone ({exc or 'closed'})") from None
-        if kind != "done":
-            raise MailsyncError(f"spool ingestion failed: {payload}")
-        stats, rejected = payload
-        for reason, count in rejected.items():
-            metrics.messages_rejected.labels(reason).inc(count)
-        return IngestStats(**stats)
+        return _outcome(*outcome, metrics)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child now, even mid-pass (what it committed stays; the files it had
