@@ -42,8 +42,8 @@ class ControlServer:
         self._handle = handle
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
-            # A socket left by a killed daemon; a live one is refused earlier by the
-            # store's lock (see Daemon), so this never steals another daemon's socket.
+            # A socket left by a killed daemon; a live daemon holds the flock on
+            # state_dir/mailsync.pid, taken first, so this never steals its socket.
             if path.is_socket():
                 path.unlink()
         old_umask = os.umask(0o117)
