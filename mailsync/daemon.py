@@ -606,11 +606,9 @@ class Daemon:
             return None, f"daemon.metrics_listen {listen}: {exc}"
         except OSError as exc:
             first = exc
-        try:
-            same_port = parse_listen(listen)[1] == parse_listen(old_listen)[1]
-        except ValueError:
-            same_port = False
-        if same_port and exc_is_in_use(first):
+        # Both parse: the new one did above (or ValueError came back), the old one is bound.
+        same_port = parse_listen(listen)[1] == parse_listen(old_listen)[1]
+        if same_port and first.errno == errno.EADDRINUSE:
             self._exporter.close()
             try:
                 return start_exporter(listen, self.metrics.registry, self.health), ""
@@ -732,10 +730,6 @@ class Daemon:
         self._wake_r.close()
         self._wake_w.close()
         log.info("mailsync stopped")
-
-
-def exc_is_in_use(exc: OSError) -> bool:
-    return exc.errno == errno.EADDRINUSE
 
 
 def run(config_path: Path, loaded: Loaded,
