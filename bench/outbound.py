@@ -192,27 +192,22 @@ def main() -> None:
                         help="drop the burst into a running daemon instead of run --once")
     args = parser.parse_args()
     port = free_port()
-    results = []
     if args.daemon:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        with sink(port) as sink_name:
-            for _ in range(args.runs):
-                r = one_daemon_run(args.n, port)
-                r["sink"] = sink_name
-                print(json.dumps(r), flush=True)
-                results.append(r)
-        rate = statistics.median(float(r["messages_per_s"]) for r in results)  # type: ignore[arg-type]
-        print(json.dumps({"bench": "outbound_daemon", "summary": True, "runs": len(results),
-                          "median_messages_per_s": rate, "sink": results[0]["sink"],
-                          "filesystem": results[0]["filesystem"]}), flush=True)
-        return
+    run = one_daemon_run if args.daemon else one_run
+    results = []
     with sink(port) as sink_name:
         for _ in range(args.runs):
-            r = one_run(args.n, port)
+            r = run(args.n, port)
             r["sink"] = sink_name
             print(json.dumps(r), flush=True)
             results.append(r)
     rate = statistics.median(float(r["messages_per_s"]) for r in results)  # type: ignore[arg-type]
+    if args.daemon:
+        print(json.dumps({"bench": "outbound_daemon", "summary": True, "runs": len(results),
+                          "median_messages_per_s": rate, "sink": results[0]["sink"],
+                          "filesystem": results[0]["filesystem"]}), flush=True)
+        return
     conns = statistics.median(int(r["smtp_connections"]) for r in results)  # type: ignore[call-overload]
     rss = max(float(r["peak_rss_mb"]) for r in results)  # type: ignore[arg-type]
     print(json.dumps({"bench": "outbound", "summary": True, "runs": len(results),
