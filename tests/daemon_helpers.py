@@ -16,6 +16,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.outbound_helpers import DEFAULT_ACCOUNTS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -28,11 +30,7 @@ def daemon_config(tmp_path: Path, servers: str, *, accounts: str | None = None,
                   retry: str = "{first: 5m, max: 1h, lifetime: 5d}",
                   users: str = "[alice, bob, carol]") -> str:
     """The text of a config for a daemon under ``tmp_path`` (state, spool, metrics)."""
-    accounts = accounts if accounts is not None else (
-        "  - name: sales\n    sender_name: Sales Team\n    email: sales@example.com\n"
-        "    server: main\n    granted_to: [alice, bob]\n"
-        "  - name: support\n    email: support@example.com\n    server: main\n"
-        "    granted_to: [bob]\n")
+    accounts = accounts if accounts is not None else DEFAULT_ACCOUNTS
     port = metrics_port if metrics_port is not None else free_port()
     return (f"version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
             f"  metrics_listen: 127.0.0.1:{port}\n  retry: {retry}\n"

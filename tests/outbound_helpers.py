@@ -23,15 +23,19 @@ def server_yaml(name: str, port: int, *, security: str = "none", priority: int =
             f"    max_connections: {max_connections}\n    timeout: 5s\n{extra}")
 
 
+# sales (alice, bob) and support (bob), both through the outgoing server "main".
+DEFAULT_ACCOUNTS = (
+    "  - name: sales\n    sender_name: Sales Team\n    email: sales@example.com\n"
+    "    server: main\n    granted_to: [alice, bob]\n"
+    "  - name: support\n    email: support@example.com\n    server: main\n"
+    "    granted_to: [bob]\n")
+
+
 def write_config(tmp_path: Path, servers: str, *, accounts: str | None = None,
                  retry: str = "{first: 5m, max: 1h, lifetime: 5d}",
                  alias: str = "{domain: example.com, bounce: bounce, catchall: catchall}",
                  max_size: str = "1MiB") -> Path:
-    accounts = accounts if accounts is not None else (
-        "  - name: sales\n    sender_name: Sales Team\n    email: sales@example.com\n"
-        "    server: main\n    granted_to: [alice, bob]\n"
-        "  - name: support\n    email: support@example.com\n    server: main\n"
-        "    granted_to: [bob]\n")
+    accounts = accounts if accounts is not None else DEFAULT_ACCOUNTS
     text = (f"version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
             f"  retry: {retry}\n  max_message_size: {max_size}\n"
             f"alias_domain: {alias}\nusers: [alice, bob, carol]\n"
