@@ -18,7 +18,7 @@ from mailsync.cli import (
     main,
     open_store_or_exit,
 )
-from mailsync.config.model import Config, OutgoingServer
+from mailsync.config.model import Config
 from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store, db_path
@@ -345,12 +345,10 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
     from mailsync.outbound.smtp import open_session
 
     config = _config(config_path)
-    servers: dict[str, OutgoingServer] = {s.name: s for s in config.outgoing_servers}
+    servers = config.sending_servers()
     # An account's own login is the server `account:NAME` (as in the metrics); plain
     # NAME works too unless a declared server has that name.
     own = {a.name: a.own_login for a in config.accounts if a.own_login is not None}
-    for login in own.values():
-        servers[login.name] = login
     names = tuple(n if n in servers or n not in own else own[n].name for n in names)
     unknown = [n for n in names if n not in servers]
     incoming = {s.name: s for s in config.incoming_servers}

@@ -48,7 +48,7 @@ from mailsync.control import ControlServer, socket_path
 from mailsync.errors import ConfigError, MailsyncError
 from mailsync.metrics import Metrics
 from mailsync.outbound import spool
-from mailsync.outbound.deliver import Deliverer, outgoing_servers
+from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import OutboundStore
 from mailsync.plan import diff
@@ -416,17 +416,16 @@ class Daemon:
             log.info("history retention: dropped the content of %d old messages", pruned)
 
     def _summary(self) -> str:
+        servers = (f"{len(self.config.sending_servers())} outgoing, "
+                   f"{len(self.config.incoming_servers)} incoming servers")
+        config = f"config {self.loaded.sha256[:12]}"
         try:
             counts = self.outbound.counts()
         except (sqlite3.Error, MailsyncError) as exc:
-            return (f"{len(outgoing_servers(self.config))} outgoing, "
-                    f"{len(self.config.incoming_servers)} incoming servers; queue unreadable "
-                    f"({exc}); config {self.loaded.sha256[:12]}")
-        waiting = counts.get("queued", 0) + counts.get("deferred", 0) + counts.get("sending", 0)
-        return (f"{len(outgoing_servers(self.config))} outgoing, "
-                f"{len(self.config.incoming_servers)} incoming servers; "
-                f"{waiting} waiting, {counts.get('held', 0)} held, {counts.get('sent', 0)} sent, "
-                f"{counts.get('failed', 0)} failed; config {self.loaded.sha256[:12]}")
+            return f"{servers}; queue unreadable ({exc}); {config}"
+        waiting = counts["queued"] + counts["deferred"] + counts["sending"]
+        return (f"{servers}; {waiting} waiting, {counts['held']} held, {counts['sent']} sent, "
+                f"{counts['failed']} failed; {config}")
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
@@ -640,7 +639,7 @@ class Daemon:
         if new.daemon.log_format != old.daemon.log_format:
             logs.setup(new.daemon.log_format)
         self.metrics.prime(new)
-        for name in set(outgoing_servers(old)) - set(outgoing_servers(new)):
+        for name in set(old.sending_servers()) - set(new.sending_servers()):
             with contextlib.suppress(KeyError):
                 self.metrics.server_up.remove(name, "outgoing")
         for name in {s.name for s in old.incoming_servers} - {s.name for s in new.incoming_servers}:

@@ -79,9 +79,7 @@ class Metrics:
             self.messages_rejected.labels(reason)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        servers = [s.name for s in config.outgoing_servers]
-        servers += [a.own_login.name for a in config.accounts if a.own_login is not None]
-        for server in servers:
+        for server in config.sending_servers():
             self.messages_deferred.labels(server)
             self.send_duration.labels(server)
             self.server_up.labels(server, "outgoing")

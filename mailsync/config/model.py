@@ -168,6 +168,15 @@ class Config:
     version: int = 1
     source: str = field(default="", compare=False)
 
+    def sending_servers(self) -> dict[str, OutgoingServer]:
+        """Every server a message may go through, by name: the declared outgoing servers
+        and the accounts' own logins (named ``account:NAME``)."""
+        servers = {s.name: s for s in self.outgoing_servers}
+        for account in self.accounts:
+            if account.own_login is not None:
+                servers[account.own_login.name] = account.own_login
+        return servers
+
     def outgoing(self, name: str) -> OutgoingServer | None:
         return next((s for s in self.outgoing_servers if s.name == name), None)
 

@@ -79,15 +79,6 @@ def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession
     return open_session(server, password)
 
 
-def outgoing_servers(config: Config) -> dict[str, OutgoingServer]:
-    """Every server a message may go through: the declared ones and accounts' own logins."""
-    servers = {s.name: s for s in config.outgoing_servers}
-    for account in config.accounts:
-        if account.own_login is not None:
-            servers[account.own_login.name] = account.own_login
-    return servers
-
-
 @dataclass(frozen=True)
 class _View:
     """The configuration a message is sent under, swapped as one object on reload."""
@@ -98,7 +89,7 @@ class _View:
 
     @classmethod
     def of(cls, config: Config) -> _View:
-        return cls(config, {a.name: a for a in config.accounts}, outgoing_servers(config))
+        return cls(config, {a.name: a for a in config.accounts}, config.sending_servers())
 
 
 class Deliverer:
