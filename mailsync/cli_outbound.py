@@ -127,7 +127,8 @@ def run(config_path: Path, once: bool) -> None:
         store.close()
     click.echo(
         f"spool: {ingested.queued} queued, {ingested.rejected} rejected, "
-        f"{ingested.duplicates} already taken; "
+        f"{ingested.duplicates} duplicate{'' if ingested.duplicates == 1 else 's'}"
+        + (f", {ingested.taken} already taken" if ingested.taken else "") + "; "
         f"send: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed, "
         f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
     for result in polls:

@@ -459,7 +459,7 @@ class Daemon:
                                             on_commit=self.deliverer.wake, limit=SPOOL_PASS)
                 else:
                     stats = self.ingester.run_once(limit=SPOOL_PASS)  # swapped on reload
-                more = stats.queued + stats.rejected + stats.duplicates >= SPOOL_PASS
+                more = stats.files >= SPOOL_PASS
             except MailsyncError as exc:
                 if self._stopping.is_set():
                     return

@@ -34,6 +34,10 @@ class Metrics:
         self.messages_rejected = Counter(
             "mailsync_messages_rejected", "Spool files refused, by reason.",
             ["reason"], registry=r)
+        self.spool_duplicates = Counter(
+            "mailsync_spool_duplicates",
+            "Spool files not queued because their idempotency key was seen before.",
+            registry=r)
         self.messages_bounced = Counter(
             "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
         self.send_attempts = Counter(

@@ -42,6 +42,8 @@ MIGRATIONS: list[str] = [
     inbound_tables.MIGRATION,
     # 4: activities (mailsync/activity_tables.py).
     activity_tables.MIGRATION,
+    # 5: spool claims instead of a permanent record of every file taken.
+    outbound_tables.CLAIMS_MIGRATION,
 ]
 
 

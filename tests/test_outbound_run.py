@@ -235,21 +235,20 @@ def test_lifetime_expiry_turns_a_deferral_into_a_failure(tmp_path, smtp_server):
 
 
 def test_crash_between_commit_and_unlink_does_not_queue_twice(tmp_path, smtp_server):
-    from mailsync.metrics import Metrics
-    from mailsync.outbound.ingest import Ingester
+    from mailsync.outbound.ingest import prepare_spool
     from tests.outbound_helpers import load
 
     srv = smtp_server()
     cfg = write_config(tmp_path, server_yaml("main", srv.port))
     path = drop(tmp_path / "spool", user="alice", subject="once", text="x", to=["a@example.org"])
-    content = path.read_bytes()
     store, outbound = open_store(cfg)
     try:
-        Ingester(load(cfg), outbound, Metrics()).run_once()
+        # The crash: the batch is committed, and the process dies before removing the file.
+        for batch in prepare_spool(load(cfg)):
+            outbound.ingest([p.item for p in batch.items], batch.now)
     finally:
         store.close()
-    # Simulate the crash: the file is back where it was, as if never removed.
-    path.write_bytes(content)
+    assert path.exists()
     out = run_once(cfg)
     assert "0 queued" in out.output and "1 already taken" in out.output
     assert not path.exists()
@@ -264,8 +263,11 @@ def test_idempotency_key_is_queued_once(tmp_path, smtp_server):
         drop(tmp_path / "spool", user="alice", subject="once", text="x",
              to=["a@example.org"], idempotency_key="order-42")
     out = run_once(cfg)
-    assert "1 queued" in out.output and "1 already taken" in out.output
-    assert len(history(cfg)) == 1
+    assert "1 queued" in out.output and "1 duplicate;" in out.output
+    (row,) = history(cfg)
+    events = show(cfg, row["id"])["events"]
+    assert [e["status"] for e in events] == ["queued", "duplicate", "sent"]
+    assert "order-42" in events[1]["detail"]
 
 
 def test_hold_release_and_delete(tmp_path):

@@ -1,9 +1,12 @@
 """Spool → store: take the files in ``spool/new``, queue them or reject them, exactly once.
 
-Each batch of files is committed to the store in one transaction, and only then are the
-files removed (or moved to ``rejected/``). A crash in between leaves files whose name
-and content hash the store already knows: the next pass finishes removing them instead
-of queueing them twice.
+Each batch of files is committed to the store in one transaction, which also claims each
+file, and only then are the files removed (or moved to ``rejected/``) and their claims
+released. A crash in between leaves files that the store has claimed (same name, content
+hash, inode and ctime): the next pass finishes removing them instead of queueing them
+twice. A file dropped again later under the same name and content is a new message; only
+an ``idempotency_key`` seen before suppresses one, visibly (an event on the earlier
+message, ``mailsync_spool_duplicates_total``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from mailsync.config.model import Config
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
-from mailsync.outbound.queue import NewMessage, OutboundStore, RejectedMessage
+from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
 from mailsync.outbound.types import Rejection
 
 log = logging.getLogger("mailsync.ingest")
@@ -36,7 +39,12 @@ class IngestStats:
 
     queued: int = 0
     rejected: int = 0
-    duplicates: int = 0
+    duplicates: int = 0   # an idempotency key seen before: not queued
+    taken: int = 0        # left in new/ by a crash after its commit: finished, not queued
+
+    @property
+    def files(self) -> int:
+        return self.queued + self.rejected + self.duplicates + self.taken
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -49,8 +57,9 @@ def _crlf(data: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", data)
 
 
-def _read(path: Path, max_size: int) -> bytes | None:
-    """The file's bytes (only the first ``max_size + 1`` of an oversize one); None if gone.
+def _read(path: Path, max_size: int) -> tuple[bytes, os.stat_result] | None:
+    """The file's bytes (only the first ``max_size + 1`` of an oversize one) and the status
+    of the descriptor they were read from; None if gone.
 
     O_NOFOLLOW: a member of the spool group must not make the daemon read (and send) a
     file only the daemon may read by swapping a spool file for a symlink after the scan.
@@ -64,7 +73,7 @@ def _read(path: Path, max_size: int) -> bytes | None:
             return None  # a symlink: never followed; left for the operator
         raise
     with os.fdopen(fd, "rb") as f:
-        return f.read(max_size + 1)
+        return f.read(max_size + 1), os.fstat(fd)
 
 
 @dataclass(frozen=True)
@@ -94,29 +103,31 @@ def prepare(config: Config, paths: list[Path], now: float) -> Batch:
     when = datetime.fromtimestamp(now, UTC)
     out: list[Prepared] = []
     for path in paths:
-        data = _read(path, max_size)
-        if data is None:
+        read = _read(path, max_size)
+        if read is None:
             continue  # taken meanwhile
+        data, st = read
+        file = FileId(st.st_ino, st.st_ctime_ns)
         name = path.name
         sha = hashlib.sha256(data).hexdigest()
         parsed = spool.parse(name, data, max_size=max_size)
         if isinstance(parsed, Rejection):
             raw = data if len(data) <= max_size else None
             out.append(Prepared(path, RejectedMessage(name, sha, parsed.reason, parsed.detail,
-                                                      raw=raw), parsed))
+                                                      raw=raw, file=file), parsed))
             continue
         account = routing.choose_account(config, parsed.user, parsed.account)
         if isinstance(account, Rejection):
             out.append(Prepared(path, RejectedMessage(
                 name, sha, account.reason, account.detail, raw=data, user=parsed.user,
-                account=parsed.account, subject=parsed.subject), account))
+                account=parsed.account, subject=parsed.subject, file=file), account))
             continue
         composed = compose.compose(parsed, account, config, now=when)
         out.append(Prepared(path, NewMessage(
             source=name, sha256=sha, user=parsed.user, account=account.name,
             from_address=composed.from_address, message_id=composed.message_id,
             subject=composed.subject, raw=_crlf(composed.data), recipients=parsed.recipients,
-            idempotency_key=parsed.idempotency_key)))
+            idempotency_key=parsed.idempotency_key, file=file)))
     return Batch(now, tuple(out))
 
 
@@ -146,17 +157,25 @@ class Ingester:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self._swept = False  # stale claims are forgotten before the first pass
         spool.ensure_dirs(config.daemon.spool_dir)
 
     def run_once(self, limit: int | None = None) -> IngestStats:
         """Ingest every file now in ``new/`` (at most ``limit``), in batches."""
         stats = IngestStats()
+        if not self._swept:
+            self._swept = True
+            new = self.config.daemon.spool_dir / "new"
+            swept = self.store.sweep_claims(lambda: set(os.listdir(new)))
+            if swept:
+                log.info("forgot %d spool claims of files no longer in %s", swept, new)
         for batch in prepare_spool(self.config, self.clock, limit):
             self.commit(batch, stats)
         return stats
 
     def commit(self, batch: Batch, stats: IngestStats) -> None:
-        """Store a prepared batch in one transaction, then remove or reject its files."""
+        """Store a prepared batch in one transaction, then remove or reject its files and
+        release their claims."""
         if not batch.items:
             return
         result = self.store.ingest([p.item for p in batch.items], batch.now)
@@ -171,10 +190,19 @@ class Ingester:
             assert rejection is not None
             self._reject(by_name[name].path, rejection, mid)
         for name, mid in result.duplicates.items():
-            self._finish_duplicate(by_name[name].path, mid)
+            spool.remove(by_name[name].path)
+            self.metrics.spool_duplicates.inc()
+            log.info("spool file %s repeats the idempotency key of message %d: not queued "
+                     "again", name, mid)
+        for name, mid in result.taken.items():
+            self._finish_taken(by_name[name].path, mid)
+        self.store.release_claims([
+            (name, mid) for done in (result.queued, result.rejected, result.duplicates,
+                                     result.taken) for name, mid in done.items()])
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)
+        stats.taken += len(result.taken)
 
     def _reject(self, path: Path, rejection: Rejection, mid: int) -> None:
         spool.reject(self.config.daemon.spool_dir, path, rejection)
@@ -182,7 +210,7 @@ class Ingester:
         log.warning("rejected spool file %s (message %d): %s: %s", path.name, mid,
                     rejection.reason, rejection.detail)
 
-    def _finish_duplicate(self, path: Path, mid: int) -> None:
+    def _finish_taken(self, path: Path, mid: int) -> None:
         rows = self.store.query("SELECT status, reason, last_error FROM messages WHERE id = ?",
                                 (mid,))
         if rows and rows[0]["status"] == "rejected":
@@ -191,5 +219,5 @@ class Ingester:
                          Rejection(rows[0]["reason"], rows[0]["last_error"] or ""))
         else:
             spool.remove(path)
-        log.info("spool file %s was already taken as message %d; not queued twice",
-                 path.name, mid)
+        log.info("spool file %s had been taken as message %d before an interruption; "
+                 "not queued twice", path.name, mid)

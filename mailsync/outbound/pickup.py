@@ -50,10 +50,20 @@ def _child_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+_DUPLICATES = "\0duplicates"  # the spool_duplicates counter among the rejection reasons
+
+
 def _rejected_totals(metrics: Metrics) -> dict[str, int]:
-    return {s.labels["reason"]: int(s.value)
-            for family in metrics.messages_rejected.collect()
-            for s in family.samples if s.name.endswith("_total") and s.value}
+    """The child's counters the parent adds to its own: rejections by reason, and the
+    idempotency duplicates."""
+    totals = {s.labels["reason"]: int(s.value)
+              for family in metrics.messages_rejected.collect()
+              for s in family.samples if s.name.endswith("_total") and s.value}
+    duplicates = sum(int(s.value) for family in metrics.spool_duplicates.collect()
+                     for s in family.samples if s.name.endswith("_total"))
+    if duplicates:
+        totals[_DUPLICATES] = duplicates
+    return totals
 
 
 def _relay(conn: Connection, on_commit: Callable[[], None] | None) -> tuple[str, Any]:
@@ -73,7 +83,10 @@ def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
         raise MailsyncError(f"spool ingestion failed: {payload}")
     stats, rejected = payload
     for reason, count in rejected.items():
-        metrics.messages_rejected.labels(reason).inc(count)
+        if reason == _DUPLICATES:
+            metrics.spool_duplicates.inc(count)
+        else:
+            metrics.messages_rejected.labels(reason).inc(count)
     return IngestStats(**stats)
 
 

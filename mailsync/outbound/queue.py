@@ -22,6 +22,18 @@ PENDING = ("queued", "deferred")
 
 
 @dataclass(frozen=True)
+class FileId:
+    """Which file a spool entry was: inode and ctime of the descriptor that was read.
+
+    A file left in ``new/`` by a crash keeps both; a file dropped again under the same
+    name (written in ``tmp/``, renamed into ``new/``) has a new ctime, whatever its inode.
+    """
+
+    inode: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message taken from the spool, composed and ready to queue."""
 
@@ -35,6 +47,7 @@ class NewMessage:
     raw: bytes
     recipients: tuple[str, ...]
     idempotency_key: str | None = None
+    file: FileId | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class RejectedMessage:
     user: str | None = None
     account: str | None = None
     subject: str | None = None
+    file: FileId | None = None
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,9 @@ class IngestResult:
     """What one ingest call did, by spool file name."""
 
     queued: dict[str, int] = field(default_factory=dict)
-    duplicates: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)   # idempotency key seen before
     rejected: dict[str, int] = field(default_factory=dict)
+    taken: dict[str, int] = field(default_factory=dict)   # this very file, before a crash
 
 
 def _event(conn: sqlite3.Connection, message: int, now: float, status: str,
@@ -150,46 +165,72 @@ class OutboundStore:
         self.store = store
         self._group = GroupCommit(store)
 
-    def ingested(self, source: str, sha256: str) -> tuple[int, str] | None:
-        """(message id, status) when this exact spool file was taken before, else None."""
-        with self.store.lock:
-            row = self.store.conn.execute(
-                "SELECT m.id, m.status FROM ingested i JOIN messages m ON m.id = i.message "
-                "WHERE i.source = ? AND i.sha256 = ?", (source, sha256)).fetchone()
-        return (row[0], row[1]) if row else None
-
     def ingest(self, items: Sequence[NewMessage | RejectedMessage], now: float) -> IngestResult:
         """Queue (or record as rejected) a batch of spool files in one transaction.
 
-        A file seen before (same name and content hash) or an idempotency key seen
-        before is not queued twice: its earlier message id is returned as a duplicate.
+        Each file is claimed in the same transaction (see :meth:`release_claims`). A file
+        already claimed (the same file, left in ``new/`` by a crash between the commit and
+        its removal) is ``taken``: not queued twice. A message whose idempotency key was
+        seen before is a ``duplicate``: not queued, and an event on the earlier message
+        says so. Anything else is a new message, even under an old name and content.
         """
         result = IngestResult()
         with self.store.transaction() as conn:
             for item in items:
                 seen = conn.execute(
-                    "SELECT message FROM ingested WHERE source = ? AND sha256 = ?",
-                    (item.source, item.sha256)).fetchone()
-                if seen:
-                    result.duplicates[item.source] = seen[0]
+                    "SELECT message, inode, ctime_ns FROM spool_claims"
+                    " WHERE source = ? AND sha256 = ?", (item.source, item.sha256)).fetchone()
+                if seen and (seen[1] is None or item.file is None
+                             or (seen[1], seen[2]) == (item.file.inode, item.file.ctime_ns)):
+                    result.taken[item.source] = seen[0]
                     continue
                 if isinstance(item, RejectedMessage):
                     mid = self._insert_rejected(conn, item, now)
                     result.rejected[item.source] = mid
                 else:
+                    dup = None
                     if item.idempotency_key is not None:
                         dup = conn.execute("SELECT id FROM messages WHERE idempotency_key = ?",
                                            (item.idempotency_key,)).fetchone()
-                        if dup:
-                            conn.execute("INSERT INTO ingested VALUES (?, ?, ?, ?)",
-                                         (item.source, item.sha256, dup[0], now))
-                            result.duplicates[item.source] = dup[0]
-                            continue
-                    mid = self._insert_new(conn, item, now)
-                    result.queued[item.source] = mid
-                conn.execute("INSERT INTO ingested VALUES (?, ?, ?, ?)",
-                             (item.source, item.sha256, mid, now))
+                    if dup:
+                        mid = dup[0]
+                        _event(conn, mid, now, "duplicate",
+                               f"spool file {item.source} has this message's idempotency key"
+                               f" {item.idempotency_key!r}: not queued again")
+                        result.duplicates[item.source] = mid
+                    else:
+                        mid = self._insert_new(conn, item, now)
+                        result.queued[item.source] = mid
+                conn.execute(
+                    "INSERT OR REPLACE INTO spool_claims"
+                    " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.source, item.sha256, item.file.inode if item.file else None,
+                     item.file.ctime_ns if item.file else None, mid, now))
         return result
+
+    def release_claims(self, claims: Sequence[tuple[str, int]]) -> None:
+        """Forget the claims of files now gone from ``new/``: (name, message id) pairs.
+
+        From here on a file of that name is a new submission, whatever its content.
+        """
+        if not claims:
+            return
+        with self.store.transaction() as conn:
+            conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
+                             claims)
+
+    def sweep_claims(self, waiting: Callable[[], set[str]]) -> int:
+        """Forget every claim whose file is no longer in ``new/`` (a crash came after the
+        file's removal but before its claim was released). ``waiting`` lists ``new/``;
+        it is called inside the transaction, so no claim committed meanwhile is lost."""
+        with self.store.transaction() as conn:
+            claimed = [r[0] for r in conn.execute("SELECT source FROM spool_claims")]
+            if not claimed:
+                return 0
+            present = waiting()
+            stale = [(name,) for name in claimed if name not in present]
+            conn.executemany("DELETE FROM spool_claims WHERE source = ?", stale)
+        return len(stale)
 
     @staticmethod
     def _insert_new(conn: sqlite3.Connection, m: NewMessage, now: float) -> int:

@@ -1,6 +1,6 @@
 """Store migration of the outbound side: the queue, the send history and its events.
 
-Applied by store.py as migration 2. Statements are separated by ';' (no ';' inside
+Applied by store.py as migrations 2 and 5. Statements are separated by ';' (no ';' inside
 literals). The content lives apart from the message row so that status updates rewrite
 small rows (many to a page), not pages of message bytes; attempts are the events that
 name a server.
@@ -62,4 +62,24 @@ CREATE TABLE ingested (
     at REAL NOT NULL,
     PRIMARY KEY (source, sha256)
 ) WITHOUT ROWID;
+"""
+
+# 5: spool claims replace the permanent ``ingested`` record. A claim says "this file in
+# new/ is already message N" and lives only from the commit until the file is gone; it
+# names the file by name, content hash, inode and ctime, so that only *that* file (left
+# behind by a crash between commit and removal) is recognised, never a file dropped again
+# later under the same name with the same content. Old records carry no inode: they match
+# by name and hash, and are swept at the next start unless their file is still in new/.
+CLAIMS_MIGRATION = """
+CREATE TABLE spool_claims (
+    source TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    inode INTEGER,
+    ctime_ns INTEGER,
+    message INTEGER NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR REPLACE INTO spool_claims (source, sha256, message, at)
+    SELECT source, sha256, message, at FROM ingested ORDER BY at;
+DROP TABLE ingested
 """

@@ -1,0 +1,148 @@
+"""Spool claims: only the file a crash left behind is recognised, never a file dropped again.
+
+A claim is written in the transaction that queues a file and released once the file is
+gone; it names the file by name, content hash, inode and ctime. These tests drive the real
+ingester over a real spool directory and a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailsync.metrics import Metrics
+from mailsync.outbound.ingest import Ingester, prepare_spool
+from tests.outbound_helpers import history, load, open_store, run_once, server_yaml, write_config
+
+JSON = (b'{"user": "alice", "to": ["a@example.org"], "subject": "Monthly report",'
+        b' "text": "the same every month"}')
+
+
+def _drop_as(spool: Path, name: str, data: bytes) -> Path:
+    """What an application does: write in tmp/, rename into new/ under its own name."""
+    (spool / "tmp").mkdir(parents=True, exist_ok=True)
+    (spool / "new").mkdir(parents=True, exist_ok=True)
+    tmp = spool / "tmp" / name
+    tmp.write_bytes(data)
+    os.rename(tmp, spool / "new" / name)
+    return spool / "new" / name
+
+
+def _claims(cfg: Path) -> list[str]:
+    store, outbound = open_store(cfg)
+    try:
+        return [r["source"] for r in outbound.query("SELECT source FROM spool_claims")]
+    finally:
+        store.close()
+
+
+def test_a_file_dropped_again_with_the_same_name_and_content_is_sent_again(
+        tmp_path, smtp_server):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    spool = tmp_path / "spool"
+    _drop_as(spool, "report.json", JSON)
+    assert "1 queued" in run_once(cfg).output
+    _drop_as(spool, "report.json", JSON)        # next month: the same file again
+    out = run_once(cfg)
+    assert "1 queued" in out.output and "1 sent" in out.output, out.output
+    assert [r["status"] for r in history(cfg)] == ["sent", "sent"]
+    assert len(srv.wait_for(2)) == 2
+    assert _claims(cfg) == []                   # released once each file was gone
+
+
+def test_a_claim_left_by_a_crash_after_the_unlink_does_not_swallow_a_new_drop(
+        tmp_path, smtp_server):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    spool = tmp_path / "spool"
+    path = _drop_as(spool, "report.json", JSON)
+    store, outbound = open_store(cfg)
+    try:
+        for batch in prepare_spool(load(cfg)):
+            outbound.ingest([p.item for p in batch.items], batch.now)
+    finally:
+        store.close()
+    path.unlink()              # the crash came after the removal, before the release
+    assert _claims(cfg) == ["report.json"]
+    _drop_as(spool, "report.json", JSON)        # while the stale claim is still there
+    out = run_once(cfg)
+    assert "1 queued" in out.output and "already taken" not in out.output, out.output
+    # Both are sent: the new drop, and the message committed before the crash.
+    assert [r["status"] for r in history(cfg)] == ["sent", "sent"]
+    assert len(srv.wait_for(2)) == 2
+    assert _claims(cfg) == []
+
+
+def test_stale_claims_are_swept_before_the_first_pass(tmp_path):
+    cfg = write_config(tmp_path, server_yaml("main", 9))
+    spool = tmp_path / "spool"
+    path = _drop_as(spool, "gone.json", JSON)
+    store, outbound = open_store(cfg)
+    try:
+        for batch in prepare_spool(load(cfg)):
+            outbound.ingest([p.item for p in batch.items], batch.now)
+        path.unlink()
+        kept = _drop_as(spool, "kept.json", JSON.replace(b"Monthly", b"Weekly"))
+        for batch in prepare_spool(load(cfg)):
+            outbound.ingest([p.item for p in batch.items], batch.now)
+        assert sorted(r["source"] for r in outbound.query("SELECT source FROM spool_claims")) \
+            == ["gone.json", "kept.json"]
+        stats = Ingester(load(cfg), outbound, Metrics()).run_once()
+        # gone.json's claim was swept; kept.json was recognised as taken and finished.
+        assert (stats.queued, stats.taken) == (0, 1)
+        assert not kept.exists()
+        assert outbound.query("SELECT source FROM spool_claims") == []
+        assert len(outbound.query("SELECT id FROM messages")) == 2
+    finally:
+        store.close()
+
+
+def test_an_idempotency_duplicate_is_counted_and_recorded(tmp_path):
+    from mailsync.outbound.spool import drop
+
+    cfg = write_config(tmp_path, server_yaml("main", 9))
+    spool = tmp_path / "spool"
+    drop(spool, user="alice", to=["a@example.org"], subject="x", text="x",
+         idempotency_key="invoice-7")
+    store, outbound = open_store(cfg)
+    try:
+        metrics = Metrics()
+        Ingester(load(cfg), outbound, metrics).run_once()
+        drop(spool, user="alice", to=["a@example.org"], subject="x", text="x",
+             idempotency_key="invoice-7")
+        stats = Ingester(load(cfg), outbound, metrics).run_once()
+        assert (stats.queued, stats.duplicates) == (0, 1)
+        assert metrics.registry.get_sample_value("mailsync_spool_duplicates_total") == 1
+        events = outbound.query("SELECT status, detail FROM events ORDER BY id")
+        assert [e["status"] for e in events] == ["queued", "duplicate"]
+        assert "invoice-7" in events[1]["detail"]
+        assert not list((spool / "new").iterdir())
+    finally:
+        store.close()
+
+
+def test_a_store_of_the_previous_release_keeps_its_records_as_claims(tmp_path):
+    import sqlite3
+
+    from mailsync.store import MIGRATIONS, Store, _statements
+
+    state = tmp_path / "state"
+    state.mkdir()
+    conn = sqlite3.connect(state / "mailsync.db", isolation_level=None)
+    for number, sql in enumerate(MIGRATIONS[:4], start=1):
+        for statement in _statements(sql):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO ingested VALUES ('a.json', 'h1', 1, 1.0)")
+    conn.execute("INSERT INTO ingested VALUES ('a.json', 'h2', 2, 2.0)")
+    conn.close()
+    store = Store.open(state)
+    try:
+        rows = store.conn.execute(
+            "SELECT source, sha256, inode, message FROM spool_claims").fetchall()
+        assert rows == [("a.json", "h2", None, 2)]   # the latest file of that name
+        assert store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE name = 'ingested'").fetchone() is None
+    finally:
+        store.close()
