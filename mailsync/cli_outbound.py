@@ -117,7 +117,8 @@ def run(config_path: Path, once: bool) -> None:
             store.record_applied_config(loaded.text, loaded.sha256, str(config_path))
         outbound.recover(time.time())
         outbound.prune(time.time(), config.daemon.history_retention.total_seconds())
-        deliverer = Deliverer(config, outbound, metrics)
+        # A one-shot run waits at most this long for a full disk to record an outcome.
+        deliverer = Deliverer(config, outbound, metrics, record_patience=30.0)
         try:
             ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:

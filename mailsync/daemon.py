@@ -45,7 +45,7 @@ from mailsync import logs
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
 from mailsync.control import ControlServer, socket_path
-from mailsync.errors import ConfigError, MailsyncError
+from mailsync.errors import ConfigError, MailsyncError, StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
@@ -65,6 +65,8 @@ PRUNE_EVERY = 3600.0
 STATUS_EVERY = 10.0
 STOP_TIMEOUT = 30.0  # for in-flight SMTP transactions at SIGTERM
 IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
+STORE_PROBE_EVERY = 1.0  # a store that cannot commit is tried this often
+CHECKPOINT_QUIET = 2.0  # the WAL is truncated once nothing was written for this long
 
 
 @dataclass
@@ -206,6 +208,7 @@ class Daemon:
         config = self.config
         self._lock_state_dir(config.daemon.state_dir)
         self.store = Store.open(config.daemon.state_dir)
+        self.store.on_outage = self._store_outage
         self.outbound = OutboundStore(self.store)
         now = time.time()
         requeued = self.outbound.recover(now)
@@ -251,9 +254,10 @@ class Daemon:
     def _start_exporter(self, listen: str) -> None:
         """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
         from mailsync.activity_store import ActivityCollector
-        from mailsync.exporter import QueueCollector, start_exporter
+        from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
 
         self.metrics.registry.register(QueueCollector(lambda: self.outbound))
+        self.metrics.registry.register(StoreCollector(lambda: self.store.health))
         self.metrics.registry.register(ActivityCollector(lambda: self.store,
                                                          lambda: self.config))
         self._exporter = start_exporter(listen, self.metrics.registry, self.health)
@@ -356,6 +360,7 @@ class Daemon:
         next_prune = now + PRUNE_EVERY
         next_status = now + STATUS_EVERY
         next_stat = now + RESCAN
+        next_store_check = now + STORE_PROBE_EVERY
         seen_hups = 0
         while True:
             if self._signalled_stop:
@@ -389,6 +394,9 @@ class Daemon:
             if now >= next_idle_close:
                 next_idle_close = now + IDLE_CLOSE_EVERY
                 self._guarded("closing idle SMTP sessions", self.deliverer.close_idle)
+            if now >= next_store_check:
+                next_store_check = now + STORE_PROBE_EVERY
+                self._guarded("checking the store", self._check_store)
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY
                 self._guarded("pruning the history", self._prune)
@@ -409,6 +417,27 @@ class Daemon:
         except Exception:  # noqa: BLE001
             log.exception("%s failed; trying again later", what)
 
+    def _check_store(self) -> None:
+        """A store that cannot commit is probed with a real commit (the outage ends once
+        one passes and the disk has room); a quiet one gets its WAL truncated."""
+        store = self.store
+        if store.health.failing:
+            store.probe()
+        elif time.monotonic() - store.last_commit >= CHECKPOINT_QUIET:
+            store.checkpoint()
+
+    def _store_outage(self, started: bool, error: str) -> None:
+        """The store stopped or started committing again (any thread, store lock held)."""
+        if started:
+            log.error("the store cannot commit: %s; spool files wait in new/, outcomes "
+                      "of messages being sent wait in memory, until it can", error)
+            return
+        log.warning("the store commits again: taking the spool and sending")
+        self._spool_wake.set()
+        deliverer: Deliverer | None = getattr(self, "deliverer", None)
+        if deliverer is not None:
+            deliverer.wake()
+
     def _prune(self) -> None:
         pruned = self.outbound.prune(time.time(),
                                      self.config.daemon.history_retention.total_seconds())
@@ -419,6 +448,9 @@ class Daemon:
         servers = (f"{len(self.config.sending_servers())} outgoing, "
                    f"{len(self.config.incoming_servers)} incoming servers")
         config = f"config {self.loaded.sha256[:12]}"
+        ok, why = self.store.health.state() if hasattr(self, "store") else (True, "")
+        if not ok:
+            return f"{servers}; {why}; {config}"
         try:
             counts = self.outbound.counts()
         except (sqlite3.Error, MailsyncError) as exc:
@@ -452,6 +484,11 @@ class Daemon:
             # Cleared before the pass, not after the wait: a file renamed into new/ after
             # this point is either seen by this pass or wakes the wait below.
             self._spool_wake.clear()
+            if self.store.health.failing:
+                # Nothing could be committed: the files stay in new/ (none is read or
+                # rejected) until a probe or a sender's commit passes.
+                self._spool_wake.wait(STORE_PROBE_EVERY)
+                continue
             pickup = self._pickup
             try:
                 if pickup is not None:
@@ -460,6 +497,10 @@ class Daemon:
                 else:
                     stats = self.ingester.run_once(limit=SPOOL_PASS)  # swapped on reload
                 more = stats.files >= SPOOL_PASS
+            except StoreUnavailable as exc:
+                if pickup is not None:
+                    self.store.note_failure(exc)  # the child's commit: this process knows
+                continue
             except MailsyncError as exc:
                 if self._stopping.is_set():
                     return
@@ -486,6 +527,8 @@ class Daemon:
             try:
                 self.deliverer.run_once(self.deliverer.default_workers(), until=self._stopping,
                                         idle=IDLE_SEND_POLL)
+            except StoreUnavailable:  # logged by the store's outage handler
+                self._stopping.wait(STORE_PROBE_EVERY)
             except Exception:  # noqa: BLE001 - the store may be busy: retry, do not die
                 log.exception("the sender failed; restarting it in 1s")
                 self._stopping.wait(1.0)

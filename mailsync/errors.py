@@ -8,6 +8,7 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
     │   └── ConfigInvalid      it was read, but has errors (carries the problems)
     ├── SecretError            a secret reference cannot be resolved
     ├── StoreError             the SQLite store cannot be opened or written
+    │   └── StoreUnavailable   a commit failed on the disk (full, I/O): retry later
     ├── ActivityRefused        an activity request the config or its state does not allow
     └── DeliveryError          sending or fetching failed
         ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
@@ -47,6 +48,16 @@ class SecretError(MailsyncError):
 
 class StoreError(MailsyncError):
     """The store cannot be opened, migrated or written."""
+
+
+class StoreUnavailable(StoreError):
+    """A commit failed because of the disk (full, I/O error, read-only): nothing of the
+    transaction was kept, and the same write can succeed once the disk has room.
+    ``kind``: ``full``, ``io``, ``readonly`` or ``corrupt``."""
+
+    def __init__(self, message: str, kind: str = "io") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ActivityRefused(MailsyncError):

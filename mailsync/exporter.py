@@ -19,9 +19,10 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mailsync.outbound.queue import STATUSES, OutboundStore
+from mailsync.storehealth import KINDS, CommitHealth
 
 log = logging.getLogger(__name__)
 
@@ -220,3 +221,31 @@ class QueueCollector:
                 messages.add_metric([status], counts.get(status, 0))
             oldest.add_metric([], age)
         return [messages, oldest]
+
+
+class StoreCollector:
+    """``mailsync_store_errors_total{kind}``: commits the disk refused (``full``, ``io``,
+    ``readonly``, ``corrupt``), counted by the store's :class:`CommitHealth`; and
+    ``mailsync_store_commit_failing``, 1 while the store cannot commit."""
+
+    def __init__(self, health: Callable[[], CommitHealth]) -> None:
+        self._health = health
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self._health())
+
+    @staticmethod
+    def _families(health: CommitHealth | None) -> list[Metric]:
+        errors = CounterMetricFamily("mailsync_store_errors",
+                                     "Store commits that failed on the disk, by kind.",
+                                     labels=["kind"])
+        failing = GaugeMetricFamily("mailsync_store_commit_failing",
+                                    "1 while the store cannot commit (disk full, I/O error).")
+        if health is not None:
+            for kind in (*KINDS, *sorted(set(health.errors) - set(KINDS))):
+                errors.add_metric([kind], health.errors.get(kind, 0))
+            failing.add_metric([], 1 if health.failing else 0)
+        return [errors, failing]

@@ -7,23 +7,31 @@ opens in a later one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mailsync import activity_tables
-from mailsync.errors import StoreError
+from mailsync.errors import StoreError, StoreUnavailable
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
+from mailsync.storehealth import CommitHealth, classify
 
 DB_NAME = "mailsync.db"
+# The WAL is checkpointed every ~4 MiB (SQLite's default) and cut back to this size after
+# a checkpoint; the daemon truncates it after a burst. On a small filesystem the WAL must
+# not be what fills the disk.
+WAL_AUTOCHECKPOINT_PAGES = 1000
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+BUSY_TIMEOUT_MS = 30_000
 
 MIGRATIONS: list[str] = [
     # 1: the last applied configuration, for `mailsync plan`.
@@ -70,6 +78,9 @@ class Store:
         # One connection shared by the worker threads; writes are serialised here
         # (SQLite would serialise them anyway) and each is one short transaction.
         self.lock = threading.RLock()
+        self.health = CommitHealth(path.parent)
+        self.on_outage: Callable[[bool, str], None] | None = None  # (started?, error)
+        self.last_commit = 0.0  # time.monotonic() of this process's last commit that wrote
         try:
             self._writer = os.open(f"{path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                    0o660)
@@ -82,25 +93,97 @@ class Store:
 
         Writers of every process queue on an flock first: SQLite's own busy handler
         retries by sleeping for milliseconds, which stalls a sender behind a spool batch.
+        A commit the disk refuses (full, I/O error) raises :class:`StoreUnavailable` and
+        is counted in :attr:`health`; nothing of the transaction is kept.
         """
         with self.lock:
             if self._writer >= 0:
                 fcntl.flock(self._writer, fcntl.LOCK_EX)
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self.conn
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-                self.conn.execute("COMMIT")
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    changes = self.conn.total_changes
+                    try:
+                        yield self.conn
+                    except BaseException:
+                        self._rollback()
+                        raise
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    # SQLite may have rolled back by itself (SQLITE_FULL), or a failed
+                    # COMMIT left the transaction open: never leave one open behind.
+                    self._rollback()
+                    kind = classify(exc)
+                    if kind is None:
+                        raise
+                    if self.health.failed(kind, str(exc)) and self.on_outage is not None:
+                        self.on_outage(True, str(exc))
+                    raise StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind) from None
             finally:
                 if self._writer >= 0:
                     fcntl.flock(self._writer, fcntl.LOCK_UN)
+        if self.conn.total_changes != changes:
+            self.last_commit = time.monotonic()
+        if self.health.failing and self.health.committed() and self.on_outage is not None:
+            self.on_outage(False, "")
+
+    def note_failure(self, exc: StoreUnavailable) -> None:
+        """A commit of another process on this store failed (the pickup child's)."""
+        if self.health.failed(exc.kind, str(exc)) and self.on_outage is not None:
+            self.on_outage(True, str(exc))
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+
+    def probe(self) -> bool:
+        """A real commit of one page (the schema version, rewritten unchanged): whether
+        the store can commit now. For a failing store, to see when the disk has room."""
+        try:
+            with self.transaction() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+        except StoreUnavailable:
+            return False
+        return not self.health.failing
+
+    def checkpoint(self) -> int:
+        """Copy the WAL into the database and truncate it to 0 bytes (after a burst, so a
+        quiet daemon leaves no large WAL behind); the WAL's size before, in bytes. Writers
+        of other processes wait on the flock meanwhile."""
+        wal = Path(f"{self.path}-wal")
+        with self.lock:
+            try:
+                before = wal.stat().st_size
+            except FileNotFoundError:
+                return 0
+            if before == 0:
+                return 0
+            if self._writer >= 0:
+                fcntl.flock(self._writer, fcntl.LOCK_EX)
+            try:
+                # A reader (a long `mailsync history`) must not hold this process's
+                # writers for the 30 s busy timeout: the next quiet moment tries again.
+                self.conn.execute("PRAGMA busy_timeout = 100")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                kind = classify(exc)
+                if kind is None:
+                    raise
+                raise StoreUnavailable(f"{self.path}: cannot checkpoint: {exc}", kind) from None
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                if self._writer >= 0:
+                    fcntl.flock(self._writer, fcntl.LOCK_UN)
+            return before
 
     def writable(self, timeout: float) -> tuple[bool, str]:
         """Whether a write transaction can begin within ``timeout`` s (for /healthz);
         begins one and rolls it back. (False, why) when not."""
+        ok, why = self.health.state()
+        if not ok:
+            return False, why
         deadline = time.monotonic() + timeout
         if not self.lock.acquire(timeout=timeout):
             return False, f"busy for more than {timeout:g}s"
@@ -138,12 +221,13 @@ class Store:
             elif not path.exists():
                 raise StoreError(f"{path}: no store yet (the daemon has not run)")
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints (the only fsyncs in WAL mode) every ~16 MiB of WAL, not 4 MiB;
-            # a 16 MiB page cache keeps the queue's hot pages in memory.
-            conn.execute("PRAGMA wal_autocheckpoint=4000")
+            # Checkpoints are the only fsyncs in WAL mode; the WAL stays bounded (see
+            # JOURNAL_SIZE_LIMIT). A 16 MiB page cache keeps the queue's hot pages in memory.
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute("PRAGMA cache_size=-16384")
             conn.execute("PRAGMA foreign_keys=ON")
             store = cls(conn, path)

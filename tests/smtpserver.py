@@ -97,6 +97,8 @@ class _Handler:
         owner = self.owner
         if owner.data_reply is not None:
             return owner.data_reply
+        while owner.data_gate is not None and not owner.data_gate.is_set():
+            await asyncio.sleep(0.01)  # held at the end of DATA until the test opens it
         transport = server.transport
         tls = transport is not None and transport.get_extra_info("ssl_object") is not None
         user = session.auth_data if isinstance(session.auth_data, str) else None
@@ -181,6 +183,7 @@ class SmtpServer:
     mail_reply / data_reply: a reply given at MAIL FROM / at the end of DATA instead of 250
     (a message answered with data_reply is not recorded).
     drop_on_data: hang up after the first line of message data.
+    data_gate: when set, the reply to DATA waits until this event is set.
 
     Records (read them from the test thread): ``messages`` (:class:`Received`),
     ``connections`` (TCP connections accepted), ``logins`` / ``failed_logins`` (user
@@ -197,6 +200,7 @@ class SmtpServer:
         mail_reply: str | None = None,
         data_reply: str | None = None,
         drop_on_data: bool = False,
+        data_gate: threading.Event | None = None,
         ca: trustme.CA | None = None,
     ) -> None:
         self.tls = tls
@@ -206,6 +210,7 @@ class SmtpServer:
         self.mail_reply = mail_reply
         self.data_reply = data_reply
         self.drop_on_data = drop_on_data
+        self.data_gate = data_gate
         self.ca = ca or trustme.CA()
         self.host = HOST
         self.port = 0

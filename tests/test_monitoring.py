@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailsync.activity_store import ActivityCollector
 from mailsync.cli import main
 from mailsync.config.load import load_file
-from mailsync.exporter import QueueCollector, start_exporter
+from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
 from mailsync.metrics import Metrics
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.spool import drop, ensure_dirs
@@ -196,6 +196,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         metrics.prime(loaded.config)
         metrics.registry.register(QueueCollector(lambda: OutboundStore(store)))
         metrics.registry.register(ActivityCollector(lambda: store, loaded.config))
+        metrics.registry.register(StoreCollector(lambda: store.health))
         with (start_exporter("127.0.0.1:0", metrics.registry, lambda: (True, "ok")) as exp,
               OPENER.open(f"{exp.url}/metrics", timeout=10) as response):
             assert response.status == 200
@@ -211,7 +212,8 @@ def test_the_scrape_has_every_family_the_kit_relies_on(exported):
             "mailsync_queue_messages", "mailsync_queue_oldest_message_age_seconds",
             "mailsync_server_up", "mailsync_mailbox_last_poll_success_timestamp_seconds",
             "mailsync_activities_open", "mailsync_activities_overdue",
-            "mailsync_build_info", "mailsync_config_hash"} <= exported
+            "mailsync_build_info", "mailsync_config_hash", "mailsync_store_errors_total",
+            "mailsync_store_commit_failing", "mailsync_spool_duplicates_total"} <= exported
     assert not {"mailsync_messages_sent", "mailsync_build", "mailsync_queue_messages_total",
                 "mailsync_send_duration_seconds"} & exported
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailsync.config.model import Account, Config, OutgoingServer
-from mailsync.errors import ConnectError, SecretError
+from mailsync.errors import ConnectError, SecretError, StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, retry, routing
 from mailsync.outbound.queue import OutboundStore, Outgoing
@@ -103,8 +103,11 @@ class Deliverer:
     def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
                  factory: SessionFactory = default_factory,
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 record_patience: float | None = None) -> None:
         self._view = _View.of(config)
+        # How long an outcome waits for a store that cannot commit (None: until halted).
+        self.record_patience = record_patience
         self.store = store
         self.metrics = metrics
         self.factory = factory
@@ -118,6 +121,7 @@ class Deliverer:
         self._series = functools.lru_cache(maxsize=4096)(_labels)
         self._pools_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
 
     @property
     def config(self) -> Config:
@@ -222,6 +226,9 @@ class Deliverer:
                 # Read before claiming: once the producer is done, an empty claim is final.
                 finished = until is None or until.is_set()
                 now = self.clock()
+                if self._unclaim_later:
+                    self.store.unclaim(self._unclaim_later, now)
+                    self._unclaim_later = []
                 batch = self.store.claim_due(now, CLAIM_BATCH)
                 # Chunks, not single messages: fewer hand-offs between threads, and a
                 # worker keeps its SMTP session across the messages of a chunk.
@@ -252,7 +259,11 @@ class Deliverer:
                     skipped.extend(m.id for m in chunk)
             skipped.extend(stats.skipped)
             if skipped:
-                self.store.unclaim(skipped, self.clock())
+                try:
+                    self.store.unclaim(skipped, self.clock())
+                except StoreUnavailable:
+                    self._unclaim_later.extend(skipped)  # by the next pass (or the restart)
+                    raise
         return stats
 
     def default_workers(self) -> int:
@@ -275,6 +286,12 @@ class Deliverer:
                         continue
                     try:
                         outcome = self.send(message, held)
+                    except StoreUnavailable as exc:
+                        # Halted while the store could not record the outcome: the message
+                        # stays `sending`, queued again (and sent again) at the next start.
+                        log.error("message %d: its outcome is not recorded: %s", message.id,
+                                  exc)
+                        continue
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
                         outcome = self._defer_unexpected(message)
@@ -301,7 +318,8 @@ class Deliverer:
         account = view.accounts.get(message.account)
         if account is None:
             detail = f"account {message.account!r} is no longer in the configuration"
-            self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
+            self._durably(lambda: self.store.record_failure(message.id, "held", detail, now,
+                                                            count_attempt=False))
             return "held"
         servers = routing.servers_for(config, account, message.from_address, spread=message.id)
         if not servers:
@@ -309,7 +327,8 @@ class Deliverer:
             # message's fault: held, never dropped, until a server may send it again.
             detail = (f"no outgoing server may send as {message.from_address}; held until "
                       f"one may (`mailsync queue release {message.id}`)")
-            self.store.record_failure(message.id, "held", detail, now, count_attempt=False)
+            self._durably(lambda: self.store.record_failure(message.id, "held", detail, now,
+                                                            count_attempt=False))
             log.warning("message %d held: %s", message.id, detail)
             return "held"
         mail_from = compose.verp_sender(config, message.id) or message.from_address
@@ -367,8 +386,10 @@ class Deliverer:
         problems = [f"{r.address}: {r.code or ''} {r.reply}".strip()
                     for r in delivery.recipients if r.status != "sent"]
         error = "; ".join(problems) or None
-        self.store.record_delivery(message.id, delivery, status, now, next_attempt_at=next_at,
-                                   error=error, duration=duration)
+        recorded = delivery
+        self._durably(lambda: self.store.record_delivery(
+            message.id, recorded, status, now, next_attempt_at=next_at, error=error,
+            duration=duration))
         self._series(self.metrics.send_attempts, server, status).inc()
         if status == "sent":
             self._series(self.metrics.messages_sent, account.name, server).inc()
@@ -387,18 +408,42 @@ class Deliverer:
         cfg_retry = config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
             detail = f"retry lifetime expired; last error: {error}"
-            self.store.record_failure(message.id, "failed", detail, now, server=server.name)
+            self._durably(lambda: self.store.record_failure(message.id, "failed", detail, now,
+                                                            server=server.name))
             self._series(self.metrics.messages_failed, account.name, "expired").inc()
             return "failed"
         next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
-        self.store.record_failure(message.id, "deferred", error, now, server=server.name,
-                                  next_attempt_at=next_at)
+        self._durably(lambda: self.store.record_failure(
+            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at))
         self._series(self.metrics.messages_deferred, server.name).inc()
         return "deferred"
 
     def _defer_unexpected(self, message: Outgoing) -> str:
         now = self.clock()
         next_at = retry.next_attempt(message.created_at, now, self.config.daemon.retry, self.rng)
-        self.store.record_failure(message.id, "deferred", "internal error (see the log)", now,
-                                  next_attempt_at=next_at)
+        self._durably(lambda: self.store.record_failure(
+            message.id, "deferred", "internal error (see the log)", now,
+            next_attempt_at=next_at))
         return "deferred"
+
+    def _durably(self, write: Callable[[], None]) -> None:
+        """Run a write of a message's outcome until the store takes it.
+
+        The server has answered: that answer must not be lost because the disk is full
+        for a while. The worker waits (the store records nothing else meanwhile either)
+        and tries again, up to every 2 s; a halt (or ``record_patience``) gives up,
+        leaving the message `sending`.
+        """
+        delay = 0.05
+        deadline = None if self.record_patience is None else \
+            time.monotonic() + self.record_patience
+        while True:
+            try:
+                write()
+                return
+            except StoreUnavailable:
+                if self._halt.is_set() or (deadline is not None
+                                           and time.monotonic() >= deadline):
+                    raise
+                self._halt.wait(delay)
+                delay = min(delay * 2, 2.0)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailsync.config.model import Config
+from mailsync.errors import StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
@@ -196,9 +197,15 @@ class Ingester:
                      "again", name, mid)
         for name, mid in result.taken.items():
             self._finish_taken(by_name[name].path, mid)
-        self.store.release_claims([
-            (name, mid) for done in (result.queued, result.rejected, result.duplicates,
-                                     result.taken) for name, mid in done.items()])
+        try:
+            self.store.release_claims([
+                (name, mid) for done in (result.queued, result.rejected, result.duplicates,
+                                         result.taken) for name, mid in done.items()])
+        except StoreUnavailable:
+            # Harmless: a claim matches only its own file, which is gone; the next start
+            # sweeps it.
+            log.debug("spool claims of %d files not released (the store cannot commit)",
+                      len(batch.items))
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)

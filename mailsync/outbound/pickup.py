@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from mailsync.config.model import Config
-from mailsync.errors import MailsyncError
+from mailsync.errors import MailsyncError, StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound.ingest import Ingester, IngestStats
 from mailsync.outbound.queue import OutboundStore
@@ -79,6 +79,8 @@ def _relay(conn: Connection, on_commit: Callable[[], None] | None) -> tuple[str,
 
 def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     """A pass's answer: its stats, its rejections counted in ``metrics``."""
+    if kind == "unavailable":  # the store could not commit: the files wait in new/
+        raise StoreUnavailable(payload[1], payload[0])
     if kind != "done":
         raise MailsyncError(f"spool ingestion failed: {payload}")
     stats, rejected = payload
@@ -104,6 +106,8 @@ def _child(config: Config, conn: Connection) -> None:
         finally:
             store.close()
         conn.send(("done", (asdict(stats), _rejected_totals(metrics))))
+    except StoreUnavailable as exc:
+        conn.send(("unavailable", (exc.kind, str(exc))))
     except BaseException:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -161,6 +165,9 @@ def _serve(config: Config, conn: Connection) -> None:
             before = _rejected_totals(metrics)
             try:
                 stats = current.run_once(limit=payload)
+            except StoreUnavailable as exc:  # the files wait in new/ for the next pass
+                conn.send(("unavailable", (exc.kind, str(exc))))
+                continue
             except BaseException:  # noqa: BLE001 - reported; the next pass tries again
                 conn.send(("error", traceback.format_exc()))
                 continue
