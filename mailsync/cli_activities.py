@@ -32,8 +32,9 @@ from mailsync.activity_store import ActivityStore, DoneResult, Filters
 from mailsync.cli import Exit, _load_or_exit, config_option, main
 from mailsync.config.model import Config
 from mailsync.errors import ActivityRefused, StoreError
+from mailsync.printable import printable
 from mailsync.store import Store, db_path
-from mailsync.tables import iso
+from mailsync.tables import iso, one_line
 
 LIST_COLUMNS = ("id", "icon", "type", "summary", "user", "deadline", "due", "decoration",
                 "state", "record")
@@ -101,8 +102,9 @@ def row(a: Activity, config: Config, today: date, state_dir: Path) -> dict[str, 
 
 
 def _cells(r: dict[str, Any]) -> dict[str, str]:
-    """The table's text of one row: overdue and removed types are spelt out."""
-    cells = {c: "" if r.get(c) is None else str(r[c]) for c in LIST_COLUMNS}
+    """The table's text of one row: overdue and removed types are spelt out; every cell
+    is one printable line (a summary is often a fetched message's Subject)."""
+    cells = {c: one_line(r.get(c)) for c in LIST_COLUMNS}
     if r["overdue"]:
         cells["due"] = f"OVERDUE {r['due']}"
     if r["type_removed"]:
@@ -132,12 +134,12 @@ def render_table(rows: Sequence[dict[str, Any]], color: bool) -> str:
 def _line(a: Activity, today: date) -> str:
     when = f"done {a.done_on.isoformat()}" if a.done_on else \
         f"{a.state}, due {a.deadline.isoformat()} ({due_text(a.deadline, today)})"
-    return f"  {a.id}  {a.type}  {a.user}  {when}  {a.summary or ''}".rstrip()
+    return one_line(f"  {a.id}  {a.type}  {a.user}  {when}  {a.summary or ''}".rstrip())
 
 
 def _brief(a: Activity, today: date) -> str:
-    return (f"activity {a.id}: {a.type} for {a.user}, due {a.deadline.isoformat()} "
-            f"({due_text(a.deadline, today)})")
+    return one_line(f"activity {a.id}: {a.type} for {a.user}, due {a.deadline.isoformat()} "
+                    f"({due_text(a.deadline, today)})")
 
 
 @main.group()
@@ -193,9 +195,10 @@ def done(activity_id: int, config_path: Path, feedback: str | None,
 
 def _print_done(result: DoneResult, today: date, state_dir: Path) -> None:
     a = result.activity
-    click.echo(f"activity {a.id} done: {a.type}" + (f" ({a.summary})" if a.summary else ""))
+    click.echo(one_line(f"activity {a.id} done: {a.type}"
+                        + (f" ({a.summary})" if a.summary else "")))
     if a.attachment:
-        click.echo(f"  kept {state_dir / a.attachment}")
+        click.echo(f"  kept {one_line(state_dir / a.attachment)}")
     if result.triggered is not None:
         click.echo(f"triggered {_brief(result.triggered, today)}")
     if result.next.suggested:
@@ -215,7 +218,8 @@ def cancel(activity_id: int, config_path: Path) -> None:
     with _activities(config) as store:
         assert store is not None
         a = store.cancel(activity_id, time.time())
-    click.echo(f"activity {a.id} cancelled: {a.type}" + (f" ({a.summary})" if a.summary else ""))
+    click.echo(one_line(f"activity {a.id} cancelled: {a.type}"
+                        + (f" ({a.summary})" if a.summary else "")))
 
 
 def _color() -> bool:
@@ -286,7 +290,7 @@ def show(activity_id: int, config_path: Path, fmt: str) -> None:
 
 def _show_text(d: dict[str, Any], previous: list[Activity], following: list[Activity],
                today: date) -> Iterator[str]:
-    yield f"activity {d['id']}: {d['type']} ({d['state']})"
+    yield one_line(f"activity {d['id']}: {d['type']} ({d['state']})")
     due = f"OVERDUE {d['due']}" if d["overdue"] else d["due"]
     fields = [
         ("summary", d["summary"]), ("user", d["user"]),
@@ -300,7 +304,10 @@ def _show_text(d: dict[str, Any], previous: list[Activity], following: list[Acti
     ]
     for name, value in fields:
         if value is not None:
-            yield f"  {name + ':':<11} {value}"
+            # A note or feedback may hold several lines (the user's or the config's own).
+            text = printable(value, multiline=True) if name in ("note", "feedback") \
+                else one_line(value)
+            yield f"  {name + ':':<11} {text}"
     if previous:
         yield "previous activities (nearest first):"
         yield from (_line(p, today) for p in previous)

@@ -11,6 +11,7 @@ from mailsync.cli import Exit, _print_problems, config_option, main
 from mailsync.config.load import load_file, read_text
 from mailsync.control import request, socket_path
 from mailsync.errors import ConfigError
+from mailsync.printable import printable
 
 
 def _state_dir(config_path: Path) -> Path | None:
@@ -76,9 +77,9 @@ def status_cmd(config_path: Path, socket_opt: Path | None) -> None:
     try:
         reply = request(path, "status", timeout=10.0)
     except ConnectionError as exc:
-        click.echo(f"not running: {exc}", err=True)
+        click.echo(printable(f"not running: {exc}"), err=True)
         raise Exit(1) from None
-    click.echo(f"running (pid {reply.get('pid')}): {reply.get('status')}")
+    click.echo(printable(f"running (pid {reply.get('pid')}): {reply.get('status')}"))
 
 
 @main.command("reload")
@@ -96,20 +97,21 @@ def reload_cmd(config_path: Path, socket_opt: Path | None, timeout: float) -> No
     try:
         reply = request(path, "reload", timeout=timeout)
     except ConnectionError as exc:
-        click.echo(f"error: cannot reach the daemon: {exc}", err=True)
+        click.echo(printable(f"error: cannot reach the daemon: {exc}"), err=True)
         raise Exit(1) from None
     if "result" not in reply:
-        click.echo(f"error: {reply.get('error', 'no outcome')}", err=True)
+        click.echo(printable(f"error: {reply.get('error', 'no outcome')}"), err=True)
         raise Exit(1)
     result, summary = reply["result"], reply.get("summary", "")
     if result == "refused":
-        click.echo(f"refused: {summary}; the configuration in force stays", err=True)
+        click.echo(printable(f"refused: {summary}; the configuration in force stays"),
+                   err=True)
         for line in reply.get("errors", []):
-            click.echo(f"  {line}", err=True)
+            click.echo(printable(f"  {line}"), err=True)
         raise Exit(1)
-    click.echo(f"{result}: {summary}")
+    click.echo(printable(f"{result}: {summary}"))
     for line in reply.get("changes", []):
-        click.echo(f"  {line}")
+        click.echo(printable(f"  {line}"))
     for account, count in sorted(reply.get("held", {}).items()):
-        click.echo(f"  held {count} waiting message(s) of account {account} "
-                   "(it left the configuration)")
+        click.echo(printable(f"  held {count} waiting message(s) of account {account} "
+                             "(it left the configuration)"))

@@ -4,7 +4,6 @@ inbox poll."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ from mailsync.cli import (
 )
 from mailsync.config.model import Config
 from mailsync.history import readable
+from mailsync.printable import printable
 from mailsync.store import db_path
-from mailsync.tables import table
+from mailsync.tables import one_line, table
+from mailsync.terminal import write_raw
 
 _config = load_config_or_exit
 _store = open_store_or_exit
@@ -75,10 +76,16 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
 @inbox.command("show")
 @click.argument("fetched_id", metavar="ID", type=int)
 @config_option
-@click.option("--raw", is_flag=True, help="Print the message exactly as fetched.")
+@click.option("--raw", is_flag=True,
+              help="Print the message exactly as fetched (to a terminal: escaped).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
-    """One fetched message: where it came from, its headers and its text."""
+    """One fetched message: where it came from, its headers and its text.
+
+    Control characters (escape sequences, CR, bidi controls) are shown escaped, e.g.
+    \\x1b. --raw writes the bytes as fetched to a pipe or a file; to a terminal it shows
+    them escaped too.
+    """
     from mailsync.inbound.records import show_fetched
 
     config = _config(config_path)
@@ -97,18 +104,17 @@ def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
         if content is None:
             click.echo(f"error: the content of message {fetched_id} was not kept", err=True)
             raise Exit(1)
-        sys.stdout.buffer.write(content)
-        sys.stdout.flush()
+        write_raw(content)
         return
     if fmt == "json":
         detail["content"] = content.decode("utf-8", "replace") if content else None
         click.echo(json.dumps(detail, indent=2))
         return
-    lines = [f"Fetched message {detail['id']} from {detail['server']}"]
+    lines = [f"Fetched message {detail['id']} from {one_line(detail['server'])}"]
     for key in ("folder", "fetched_at", "message_id", "from", "to", "subject", "date", "size",
                 "bounce_of"):
         if detail.get(key) not in (None, ""):
-            lines.append(f"  {key.replace('_', ' ')}: {detail[key]}")
+            lines.append(f"  {key.replace('_', ' ')}: {one_line(detail[key])}")
     lines.append("Content:")
     lines.append(readable(content) if content is not None else "  (not kept)")
     click.echo("\n".join(lines))
@@ -150,6 +156,6 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     finally:
         store.close()
     for result in results.values():
-        click.echo(result.describe())
+        click.echo(printable(result.describe()))
     if any(not r.ok for r in results.values()):
         raise Exit(1)

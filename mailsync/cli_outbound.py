@@ -21,6 +21,7 @@ from mailsync.cli import (
 from mailsync.config.model import Config
 from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
+from mailsync.printable import printable
 from mailsync.store import Store, db_path
 from mailsync.tables import table
 
@@ -133,7 +134,7 @@ def run(config_path: Path, once: bool) -> None:
         f"send: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed, "
         f"{sent.held} held; {deliverer.connections_opened} SMTP connections")
     for result in polls:
-        click.echo(f"inbox: {result.describe()}")
+        click.echo(f"inbox: {printable(result.describe())}")
 
 
 def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
@@ -226,11 +227,17 @@ def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) 
 @history.command("show")
 @click.argument("message_id", type=int)
 @config_option
-@click.option("--raw", is_flag=True, help="Print the message exactly as stored.")
+@click.option("--raw", is_flag=True,
+              help="Print the message exactly as stored (to a terminal: escaped).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> None:
-    """Everything about one message: status, recipients' replies, attempts, content."""
+    """Everything about one message: status, recipients' replies, attempts, content.
+
+    Control characters in what servers and senders wrote are shown escaped (\\x1b);
+    --raw writes the stored bytes to a pipe or a file, escaped to a terminal.
+    """
     from mailsync import history as h
+    from mailsync.terminal import write_raw
 
     config = _config(config_path)
     detail = None
@@ -247,8 +254,7 @@ def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> Non
         if detail["raw"] is None:
             click.echo(f"error: the content of message {message_id} was not kept", err=True)
             raise Exit(1)
-        sys.stdout.buffer.write(detail["raw"])
-        sys.stdout.flush()
+        write_raw(detail["raw"])
         return
     if fmt == "json":
         content = detail.pop("raw")
@@ -371,9 +377,9 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
             session.close()
         except (ConnectError, SecretError) as exc:
             failed += 1
-            click.echo(f"{name}: Connection Error: {exc}")
+            click.echo(printable(f"{name}: Connection Error: {exc}"))
             continue
-        click.echo(f"{name}: OK")
+        click.echo(printable(f"{name}: OK"))
     for name in names or tuple(incoming):
         if name not in incoming:
             continue
@@ -383,8 +389,8 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
             check_incoming(incoming[name])
         except (ConnectError, SecretError) as exc:
             failed += 1
-            click.echo(f"{name} (incoming): Connection Error: {exc}")
+            click.echo(printable(f"{name} (incoming): Connection Error: {exc}"))
             continue
-        click.echo(f"{name} (incoming): OK")
+        click.echo(printable(f"{name} (incoming): OK"))
     if failed:
         raise Exit(1)

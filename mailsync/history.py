@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsync.outbound.queue import OutboundStore
-from mailsync.tables import iso
+from mailsync.printable import printable
+from mailsync.tables import iso, one_line
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
                 "attempts", "error")
@@ -108,27 +109,34 @@ def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
 
 
 def render_show(d: dict[str, Any]) -> str:
-    """The full record as text: header, recipients, attempts, events, content."""
-    lines = [f"Message {d['id']}: {d['status']}"]
+    """The full record as text: header, recipients, attempts, events, content.
+
+    Every value is escaped to one printable line (:func:`~mailsync.tables.one_line`):
+    a Subject, an address or a server's reply cannot run an escape sequence or start a
+    line of its own.
+    """
+    v = one_line
+    lines = [f"Message {d['id']}: {v(d['status'])}"]
     for key in ("created_at", "updated_at", "user", "account", "server", "from", "message_id",
                 "subject", "attempts", "next_attempt_at", "error", "reason", "source", "size"):
         if d.get(key) not in (None, ""):
-            lines.append(f"  {key.replace('_', ' ')}: {d[key]}")
+            lines.append(f"  {key.replace('_', ' ')}: {v(d[key])}")
     if d["recipients"]:
         lines.append("Recipients:")
         for x in d["recipients"]:
-            reply = f" {x['code']} {x['reply']}" if x["code"] or x["reply"] else ""
-            lines.append(f"  {x['address']}: {x['status']}{reply}")
+            reply = f" {x['code']} {v(x['reply'])}" if x["code"] or x["reply"] else ""
+            lines.append(f"  {v(x['address'])}: {v(x['status'])}{reply}")
     if d["attempts_detail"]:
         lines.append("Attempts:")
         for x in d["attempts_detail"]:
             dur = f" ({x['duration_ms']} ms)" if x["duration_ms"] is not None else ""
             code = f" {x['code']}" if x["code"] else ""
-            lines.append(f"  {x['at']} {x['server']}: {x['result']}{code} {x['reply'] or ''}"
-                         f"{dur}".rstrip())
+            lines.append(f"  {x['at']} {v(x['server'])}: {v(x['result'])}{code} "
+                         f"{v(x['reply'])}{dur}".rstrip())
     lines.append("Events:")
     for x in d["events"]:
-        lines.append(f"  {x['at']} {x['status']}" + (f": {x['detail']}" if x["detail"] else ""))
+        lines.append(f"  {x['at']} {v(x['status'])}"
+                     + (f": {v(x['detail'])}" if x["detail"] else ""))
     lines.append("Content:")
     raw = d.get("raw")
     if raw is None:
@@ -139,11 +147,15 @@ def render_show(d: dict[str, Any]) -> str:
 
 
 def readable(raw: bytes) -> str:
-    """Headers and the text parts of a message, decoded for reading."""
+    """Headers and the text parts of a message, decoded for reading on a terminal.
+
+    Header values are escaped to one line each, the text keeps its lines and tabs with
+    every other non-printable character escaped (:mod:`mailsync.printable`).
+    """
     from email import message_from_bytes, policy
 
     msg = message_from_bytes(raw, policy=policy.default)
-    out = [f"  {k}: {v}" for k, v in msg.items()]
+    out = [f"  {one_line(k)}: {one_line(v)}" for k, v in msg.items()]
     body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
     if body is not None:
         try:
@@ -152,9 +164,18 @@ def readable(raw: bytes) -> str:
             text = body.get_payload(decode=True)
             text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
         out.append("")
-        out.extend("  " + line for line in str(text).splitlines())
+        out.extend("  " + printable(line, multiline=True) for line in _lines(str(text)))
     attachments = [p.get_filename() for p in msg.walk() if p.get_filename()]
     if attachments:
         out.append("")
-        out.append("  Attachments: " + ", ".join(str(a) for a in attachments))
+        out.append("  Attachments: " + ", ".join(one_line(a) for a in attachments))
     return "\n".join(out)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a body: split at LF or CRLF only, so a lone CR, a form feed or a line
+    separator is shown escaped rather than taken as a line break."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines

@@ -1,4 +1,16 @@
-"""Logging set-up: one line per event, as text or JSON (daemon.log_format)."""
+"""Logging set-up: one line per event, as text or JSON (daemon.log_format).
+
+A record's text often holds what a stranger wrote: a server's reply, a Subject, an error
+from a library. In the text format every non-printable character of the message is
+escaped (:func:`mailsync.printable.printable`, CR and LF included), so one record is one
+line and nothing written to the log can move the cursor, recolour the terminal or
+start a line that looks like another record. A traceback keeps its own lines, each
+escaped and indented by two spaces: only the first line of a record starts at column 0,
+even when an exception's message holds a line break. The JSON format needs no more than
+``json.dumps`` (ASCII only: a control character becomes ``\\u001b``, a line feed ``\\n``).
+The handler sits on the ``mailsync`` logger, so this covers every record of mailsync's
+own modules (``mailsync.*``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +18,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from mailsync.printable import printable
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,13 +39,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: message`` with the message escaped to one line; an exception's
+    traceback follows on its own lines, each escaped and indented."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        parts = [self.formatMessage(record)]
+        # Not record.exc_text: another handler may have cached it unescaped.
+        if record.exc_info:
+            parts.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            parts.append(_lines(record.exc_text))
+        if record.stack_info:
+            parts.append(_lines(self.formatStack(record.stack_info)))
+        return "\n".join(parts)
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:  # noqa: N802 (logging's name)
+        return _lines(super().formatException(ei))
+
+
+def _lines(text: str) -> str:
+    """Each line of ``text`` escaped on its own and indented (the line breaks stay)."""
+    return "\n".join("  " + printable(line) for line in text.rstrip("\n").split("\n"))
+
+
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     """Send mailsync's log to stderr in ``fmt`` (text or json)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("mailsync")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,4 +1,9 @@
-"""Plain-text tables and time formatting for the listing commands."""
+"""Plain-text tables and time formatting for the listing commands.
+
+Cells hold what strangers wrote (Subjects, senders, servers' replies): each is made one
+line of printable text (:func:`one_line`) before the column widths are measured, so an
+escape sequence is shown, not run, and the columns stay aligned.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailsync.config.units import parse_duration
+from mailsync.printable import printable
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -21,9 +27,15 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _cell(value: Any, limit: int = 48) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("\n", " ").replace("\r", " ")
+    text = one_line(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(value: Any) -> str:
+    """A value as one line for a terminal: None is empty, a line break (CRLF or LF)
+    becomes a space, every other non-printable character is escaped (``\\x1b``, ``\\r``)."""
+    text = "" if value is None else str(value)
+    return printable(text.replace("\r\n", " ").replace("\n", " "))
 
 
 def iso(epoch: float | None) -> str | None:
