@@ -545,3 +545,22 @@ def test_a_symlinked_config_swapped_beside_it_is_reloaded(tmp_path, smtp_server,
                timeout=3, what="the swap seen at once, not at the 5 s periodic check")
     assert "granted_to: +carol" in d.log
     assert d.stop() == 0
+
+
+def test_an_idempotency_duplicate_shows_in_the_daemons_metrics_and_history(
+        tmp_path, smtp_server, daemons):
+    server = smtp_server()
+    config = _write(tmp_path, daemon_config(tmp_path, server_yaml("main", server.port)))
+    d = daemons(config)
+    assert d.metric("mailsync_spool_duplicates_total") == 0
+    for _ in range(2):
+        drop(tmp_path / "spool", user="alice", to=["a@example.org"], subject="invoice",
+             text="x", idempotency_key="invoice-9")
+        wait_until(lambda: not list((tmp_path / "spool" / "new").iterdir()), 10)
+    wait_until(lambda: d.metric("mailsync_spool_duplicates_total") == 1, 10,
+               "the pickup child's duplicate counted by the daemon")
+    assert len(server.wait_for(1)) == 1
+    (row,) = history(config)
+    shown = run(["history", "show", str(row["id"]), "-c", str(config), "--format", "json"])
+    assert [e["status"] for e in json.loads(shown.output)["events"]].count("duplicate") == 1
+    assert d.stop() == 0
