@@ -17,6 +17,7 @@ from mailsync.cli import (
     load_config_or_exit,
     main,
     open_store_or_exit,
+    verp_key_or_exit,
 )
 from mailsync.config.model import Config
 from mailsync.errors import ConnectError, SecretError
@@ -117,12 +118,13 @@ def run(config_path: Path, once: bool) -> None:
             store.record_applied_config(loaded.text, loaded.sha256, str(config_path))
         outbound.recover(time.time())
         outbound.prune(time.time(), config.daemon.history_retention.total_seconds())
-        deliverer = Deliverer(config, outbound, metrics)
+        verp_key = verp_key_or_exit(config)
+        deliverer = Deliverer(config, outbound, metrics, verp_key=verp_key)
         try:
             ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:
             deliverer.close()
-        polls = _poll_mailboxes(config, store, metrics)
+        polls = _poll_mailboxes(config, store, metrics, verp_key)
     finally:
         store.close()
     click.echo(
@@ -134,7 +136,7 @@ def run(config_path: Path, once: bool) -> None:
         click.echo(f"inbox: {result.describe()}")
 
 
-def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
+def _poll_mailboxes(config: Config, store: Store, metrics: Any, verp_key: Any) -> list[Any]:
     """Poll each incoming server once; new messages of servers with an activity rule
     schedule their activity in the same transaction."""
     if not config.incoming_servers:
@@ -145,7 +147,8 @@ def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
     def on_message(conn: Any, server: Any, fetched_id: int, subject: str, now: float) -> None:
         schedule_for_fetched(conn, config, server, fetched_id, subject, now)
 
-    return list(poll_all_once(config, store, metrics, on_message=on_message).values())
+    return list(poll_all_once(config, store, metrics, verp_key=verp_key,
+                              on_message=on_message).values())
 
 
 def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
