@@ -174,3 +174,30 @@ def test_an_open_key_file_is_warned_about(tmp_path, caplog):
     assert key.sign(42) == KEY.sign(42)
     assert "mode 0644" in caplog.text and "chmod 600" in caplog.text
     assert bytes(range(32)).hex() not in caplog.text
+
+
+def test_commands_that_send_or_poll_stop_on_a_broken_key(tmp_path, smtp_server):
+    from mailsync.outbound.spool import drop
+    from tests.outbound_helpers import history, run, server_yaml, write_config
+
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    with cfg.open("a") as f:
+        f.write("incoming_servers:\n  - name: drop\n    type: local\n    path: ./drop\n")
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / "drop" / sub).mkdir(parents=True)
+    (tmp_path / "drop" / "new" / "1.m").write_bytes(b"To: bounce+1@example.com\r\n\r\nx\r\n")
+    (tmp_path / "state").mkdir()
+    key = tmp_path / "state" / "verp.key"
+    key.write_bytes(b"short")
+    drop(tmp_path / "spool", user="alice", to=["ann@example.org"], subject="s", text="x")
+
+    for args in (["run", "--once"], ["inbox", "poll"]):
+        result = run([*args, "-c", str(cfg)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"error: {key}: the VERP key must be 32 bytes, "
+                                        "found 5: restore it"), result.stderr
+    assert srv.messages == [] and history(cfg) == []  # nothing sent or polled
+    assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
+    assert len(list((tmp_path / "drop" / "new").iterdir())) == 1
+    assert key.read_bytes() == b"short"
