@@ -22,6 +22,7 @@ from mailsync.cli import (
 from mailsync.config.model import Config
 from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store, db_path
 from mailsync.tables import table
 
@@ -136,7 +137,8 @@ def run(config_path: Path, once: bool) -> None:
         click.echo(f"inbox: {result.describe()}")
 
 
-def _poll_mailboxes(config: Config, store: Store, metrics: Any, verp_key: Any) -> list[Any]:
+def _poll_mailboxes(config: Config, store: Store, metrics: Any,
+                    verp_key: VerpKey) -> list[Any]:
     """Poll each incoming server once; new messages of servers with an activity rule
     schedule their activity in the same transaction."""
     if not config.incoming_servers:

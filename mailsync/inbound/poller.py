@@ -256,8 +256,7 @@ class Poller:
                      "is neither a DSN nor a bounce (a reply or an auto-reply?): kept as "
                      "ordinary mail", self.server.name, fid, verdict.claimed)
         else:
-            why = ("is not signed" if reason == "unsigned"
-                   else "has a wrong signature")
+            why = "is not signed" if reason == "unsigned" else "has a wrong signature"
             log.warning("%s: fetched message %d names message %s in a VERP address that %s "
                         "(forged, or sent before signing or with a lost verp.key): not taken "
                         "as a bounce, kept as ordinary mail", self.server.name, fid,
