@@ -53,6 +53,7 @@ from benchfs import workdir  # noqa: E402  (bench/benchfs.py, beside this script
 from mailsync.config.load import load_file  # noqa: E402
 from mailsync.inbound.poller import Poller  # noqa: E402
 from mailsync.metrics import Metrics  # noqa: E402
+from mailsync.outbound.verp import load_key  # noqa: E402
 from mailsync.store import Store  # noqa: E402
 from tests.dovecot import Dovecot, Mailbox, incoming_yaml, write_config  # noqa: E402
 
@@ -123,7 +124,8 @@ class Setup:
         self.metrics = Metrics()
 
     def poller(self) -> Poller:
-        return Poller(self.config, self.server, self.store, self.metrics)
+        return Poller(self.config, self.server, self.store, self.metrics,
+                      verp_key=load_key(self.config.daemon.state_dir))
 
 
 def first_fetch(directory: Path, incoming: str, n: int) -> tuple[float, Setup, Poller]:

@@ -17,6 +17,7 @@ from mailsync.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config
+    from mailsync.outbound.verp import VerpKey
     from mailsync.store import Store
 
 DEFAULT_CONFIG = "config.yaml"
@@ -146,6 +147,18 @@ def open_store_or_exit(config: Config, *, create: bool = True) -> Store:
 
     try:
         return Store.open(config.daemon.state_dir, create=create)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+
+
+def verp_key_or_exit(config: Config) -> VerpKey:
+    """The VERP key in state_dir (made on first use), or exit 1 saying why it cannot be
+    read; for the commands that send or poll."""
+    from mailsync.outbound.verp import load_key
+
+    try:
+        return load_key(config.daemon.state_dir)
     except StoreError as exc:
         click.echo(f"error: {exc}", err=True)
         raise Exit(1) from None

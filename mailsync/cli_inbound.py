@@ -16,6 +16,7 @@ from mailsync.cli import (
     load_config_or_exit,
     main,
     open_store_or_exit,
+    verp_key_or_exit,
 )
 from mailsync.config.model import Config
 from mailsync.history import readable
@@ -152,7 +153,8 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
         def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
             schedule_for_fetched(conn, config, server, fid, subject, now)
 
-        results = poll_all_once(config, store, metrics, on_message=on_message)
+        results = poll_all_once(config, store, metrics, verp_key=verp_key_or_exit(config),
+                                on_message=on_message)
     finally:
         store.close()
     for result in results.values():

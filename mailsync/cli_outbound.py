@@ -17,10 +17,12 @@ from mailsync.cli import (
     load_config_or_exit,
     main,
     open_store_or_exit,
+    verp_key_or_exit,
 )
 from mailsync.config.model import Config
 from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.verp import VerpKey
 from mailsync.printable import printable
 from mailsync.store import Store, db_path
 from mailsync.tables import table
@@ -119,12 +121,14 @@ def run(config_path: Path, once: bool) -> None:
         outbound.recover(time.time())
         outbound.prune(time.time(), config.daemon.history_retention.total_seconds())
         # A one-shot run waits at most this long for a full disk to record an outcome.
-        deliverer = Deliverer(config, outbound, metrics, record_patience=30.0)
+        verp_key = verp_key_or_exit(config)
+        deliverer = Deliverer(config, outbound, metrics, verp_key=verp_key,
+                              record_patience=30.0)
         try:
             ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:
             deliverer.close()
-        polls = _poll_mailboxes(config, store, metrics)
+        polls = _poll_mailboxes(config, store, metrics, verp_key)
     finally:
         store.close()
     click.echo(
@@ -137,7 +141,8 @@ def run(config_path: Path, once: bool) -> None:
         click.echo(f"inbox: {printable(result.describe())}")
 
 
-def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
+def _poll_mailboxes(config: Config, store: Store, metrics: Any,
+                    verp_key: VerpKey) -> list[Any]:
     """Poll each incoming server once; new messages of servers with an activity rule
     schedule their activity in the same transaction."""
     if not config.incoming_servers:
@@ -148,7 +153,8 @@ def _poll_mailboxes(config: Config, store: Store, metrics: Any) -> list[Any]:
     def on_message(conn: Any, server: Any, fetched_id: int, subject: str, now: float) -> None:
         schedule_for_fetched(conn, config, server, fetched_id, subject, now)
 
-    return list(poll_all_once(config, store, metrics, on_message=on_message).values())
+    return list(poll_all_once(config, store, metrics, verp_key=verp_key,
+                              on_message=on_message).values())
 
 
 def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:

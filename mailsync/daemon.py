@@ -51,6 +51,7 @@ from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.verp import VerpKey, load_key
 from mailsync.plan import diff
 from mailsync.sdnotify import Notifier
 from mailsync.store import Store
@@ -113,7 +114,7 @@ class _Mailbox:
         self._daemon = daemon
         self._previous = previous
         self.poller = Poller(daemon.config, server, daemon.store, daemon.metrics,
-                             on_message=daemon.on_message)
+                             verp_key=daemon.verp_key, on_message=daemon.on_message)
         self.thread = threading.Thread(target=self._run, name=f"mailsync-poll-{server.name}",
                                        daemon=True)
         self.thread.start()
@@ -149,6 +150,7 @@ class Daemon:
     # Set by start(); shutdown() copes with a start that failed half-way.
     store: Store
     outbound: OutboundStore
+    verp_key: VerpKey  # from state_dir, for the deliverer and every poller
     deliverer: Deliverer
     ingester: Ingester
     _deliver_thread: threading.Thread
@@ -209,6 +211,7 @@ class Daemon:
         self._lock_state_dir(config.daemon.state_dir)
         self.store = Store.open(config.daemon.state_dir)
         self.store.on_outage = self._store_outage
+        self.verp_key = load_key(config.daemon.state_dir)
         self.outbound = OutboundStore(self.store)
         now = time.time()
         requeued = self.outbound.recover(now)
@@ -230,7 +233,7 @@ class Daemon:
         except OSError as exc:
             log.warning("no pickup process (%s): the spool is taken in this process", exc)
 
-        self.deliverer = Deliverer(config, self.outbound, self.metrics)
+        self.deliverer = Deliverer(config, self.outbound, self.metrics, verp_key=self.verp_key)
         self.ingester = Ingester(config, self.outbound, self.metrics,
                                  on_commit=self.deliverer.wake)
         self._deliver_thread = threading.Thread(target=self._deliver_loop,

@@ -3,14 +3,14 @@
 :class:`Sink` is an SMTP server on 127.0.0.1 (aiosmtpd, no TLS, no AUTH) that delivers
 what it accepts into Maildirs, as a mail server would:
 
-- mail for the *local domain* (the demo's alias domain: replies to ``catchall@``, bounces
-  to ``bounce+<id>@``) goes to the ``local`` Maildir, which the demo config declares as a
-  ``type: local`` incoming server;
+- mail for the *local domain* (the demo's alias domain: replies to ``catchall@``,
+  bounces to ``bounce+<id>.<sig>@``) goes to the ``local`` Maildir, which the demo config
+  declares as a ``type: local`` incoming server;
 - mail for any other domain goes to the ``delivered`` Maildir ("the outside world");
 - a recipient the sink calls undeliverable (local part ``nobody``, or a ``.invalid``
   domain) is answered 250 like the others, and then bounced the way Postfix does it: a
   delivery status notification (``multipart/report; report-type=delivery-status``) sent
-  to the envelope sender, which is mailsync's VERP address ``bounce+<id>@<alias domain>``
+  to the envelope sender, mailsync's signed VERP address ``bounce+<id>.<sig>@<domain>``
   and so lands in the ``local`` Maildir, where the daemon finds it and marks the message
   ``bounced``.
 
@@ -749,13 +749,16 @@ def _report(config_path: Path, config: Config, sink: Sink, rows: list[dict[str, 
 
 
 def _bounce_summary(path: Path, config: Config) -> str:
+    from mailsync.errors import StoreError
     from mailsync.inbound.bounces import parse_bounce
+    from mailsync.outbound.verp import existing_key
 
     try:
         raw = path.read_bytes()
-    except OSError as exc:
-        return f"(unreadable: {exc.strerror})"
-    bounce = parse_bounce(raw, config)
+        key = existing_key(config.daemon.state_dir)  # the daemon's: it signed the address
+    except (OSError, StoreError) as exc:
+        return f"(unreadable: {getattr(exc, 'strerror', None) or exc})"
+    bounce = parse_bounce(raw, config, key)
     if bounce is None:
         return "not recognised as a bounce"
     who = "; ".join(f"{r.address}: {r.reply}" for r in bounce.recipients)

@@ -15,6 +15,7 @@ REJECT_REASONS = ("unparseable", "unknown_user", "ungranted_account", "no_accoun
                   "no_recipients", "bad_recipient", "header_injection", "oversize")
 FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
+BOUNCE_REFUSED = ("unsigned", "bad_signature", "not_a_bounce")  # bounces.Verdict.refused
 
 
 class Metrics:
@@ -40,6 +41,10 @@ class Metrics:
             registry=r)
         self.messages_bounced = Counter(
             "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
+        self.bounces_refused = Counter(
+            "mailsync_bounces_refused",
+            "Fetched messages naming a VERP address that were not taken as bounces, by "
+            "reason (unsigned, bad_signature, not_a_bounce).", ["server", "reason"], registry=r)
         self.send_attempts = Counter(
             "mailsync_send_attempts", "SMTP transactions and connection attempts, by result.",
             ["server", "result"], registry=r)
@@ -103,3 +108,5 @@ class Metrics:
             self.mailbox_fetched.labels(inc.name)
             for result in ("success", "failure"):
                 self.mailbox_polls.labels(inc.name, result)
+            for reason in BOUNCE_REFUSED:
+                self.bounces_refused.labels(inc.name, reason)

@@ -367,6 +367,7 @@ class Rig:
     def __init__(self, directory: Path, incoming: str, *, accounts: bool = True) -> None:
         from mailsync.config.load import load_file
         from mailsync.metrics import Metrics
+        from mailsync.outbound.verp import load_key
         from mailsync.store import Store
 
         self.path = write_config(directory, incoming, accounts=accounts)
@@ -374,6 +375,7 @@ class Rig:
         assert loaded.config is not None, loaded.problems
         self.config = loaded.config
         self.store = Store.open(self.config.daemon.state_dir)
+        self.verp_key = load_key(self.config.daemon.state_dir)
         self.metrics = Metrics()
         self.metrics.prime(self.config)
         self._pollers: list[Any] = []
@@ -385,6 +387,7 @@ class Rig:
         from mailsync.inbound.poller import Poller
 
         server = kwargs.pop("server", None) or self.server(name)
+        kwargs.setdefault("verp_key", self.verp_key)
         poller = Poller(self.config, server, self.store, self.metrics, **kwargs)
         self._pollers.append(poller)
         return poller

@@ -1,4 +1,4 @@
-"""Composing the final message: From/Reply-To rules, added headers, untouched body, VERP."""
+"""Composing the final message: From/Reply-To rules, added headers, untouched body."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailsync.config.load import load_text
 from mailsync.config.model import Account, Config
-from mailsync.outbound.compose import compose, parse_verp, verp_sender
+from mailsync.outbound.compose import compose
 from mailsync.outbound.types import Composed, Submission
 
 CONFIG = """
@@ -299,49 +298,3 @@ def test_body_and_kept_headers_survive_any_bytes(tmp_path_factory, body, crlf, e
         dropped = line.lower().startswith((b"bcc", b"x-mailsync"))
         assert (line in got.data) is not dropped
 
-
-# --- VERP -------------------------------------------------------------------------------
-
-
-def test_verp_sender_names_the_message(tmp_path):
-    assert verp_sender(load(CONFIG, tmp_path), 42) == "bounce+42@example.com"
-
-
-def test_no_verp_without_bounce(tmp_path):
-    config = load(NO_ALIAS, tmp_path)
-    assert verp_sender(config, 42) is None
-    assert parse_verp(config, "bounce+42@example.org") is None
-
-
-@given(st.integers(min_value=0, max_value=2**63 - 1))
-def test_verp_round_trip(tmp_path_factory, message_id):
-    config = load(CONFIG, tmp_path_factory.mktemp("c"))
-    address = verp_sender(config, message_id)
-    assert address is not None
-    assert parse_verp(config, address) == message_id
-    assert parse_verp(config, address.upper()) == message_id
-    assert parse_verp(config, f"<{address}>") == message_id
-
-
-@pytest.mark.parametrize("address", [
-    "bounce+42@example.net",      # another domain
-    "bounce+42@sub.example.com",
-    "bounces+42@example.com",     # another local part
-    "bounce@example.com",         # no id
-    "bounce+@example.com",
-    "bounce+4x2@example.com",
-    "bounce+-4@example.com",
-    f"bounce+{2**63}@example.com",  # past SQLite's integers
-    "bounce+١٢@example.com",      # non-ASCII digits
-    "bounce+42",
-    "sales@example.com",
-    "",
-])
-def test_parse_verp_refuses_other_addresses(tmp_path, address):
-    assert parse_verp(load(CONFIG, tmp_path), address) is None
-
-
-@pytest.mark.parametrize("message_id", [-1, 2**63])
-def test_verp_refuses_an_id_no_message_can_have(tmp_path, message_id):
-    with pytest.raises(ValueError, match="message id must be in"):
-        verp_sender(load(CONFIG, tmp_path), message_id)

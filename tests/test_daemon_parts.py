@@ -17,6 +17,7 @@ from mailsync.metrics import Metrics
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
+from mailsync.outbound.verp import load_key
 from tests.outbound_helpers import load, open_store, server_yaml, write_config
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
 
@@ -34,7 +35,8 @@ def test_reconfigure_keeps_unchanged_pools_and_retires_changed_ones(tmp_path, sm
     store, outbound = open_store(cfg)
     try:
         metrics = Metrics()
-        deliverer = Deliverer(config, outbound, metrics)
+        deliverer = Deliverer(config, outbound, metrics,
+                              verp_key=load_key(config.daemon.state_dir))
         _queue(cfg, 2)
         Ingester(config, outbound, metrics).run_once()
         assert deliverer.run_once().sent == 2
@@ -69,7 +71,8 @@ def test_halt_stops_a_pass_and_puts_untried_messages_back(tmp_path, smtp_server)
         metrics = Metrics()
         _queue(cfg, 300)
         Ingester(config, outbound, metrics).run_once()
-        deliverer = Deliverer(config, outbound, metrics)
+        deliverer = Deliverer(config, outbound, metrics,
+                              verp_key=load_key(config.daemon.state_dir))
         done = threading.Event()
         result = {}
         worker = threading.Thread(target=lambda: result.setdefault(
@@ -182,7 +185,8 @@ def test_no_server_may_send_holds_the_message_until_released(tmp_path, smtp_serv
         metrics.prime(config)
         _queue(cfg, 1)
         Ingester(config, outbound, metrics).run_once()
-        deliverer = Deliverer(config, outbound, metrics)
+        deliverer = Deliverer(config, outbound, metrics,
+                              verp_key=load_key(config.daemon.state_dir))
         assert deliverer.run_once().held == 1
         assert outbound.counts()["held"] == 1 and server.messages == []
         [event] = outbound.query("SELECT detail FROM events WHERE status = 'held'")

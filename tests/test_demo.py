@@ -19,6 +19,7 @@ from mailsync.config.load import load_text
 from mailsync.demo import Sink, demo_config, example_text, is_undeliverable, run_demo
 from mailsync.inbound.bounces import parse_bounce
 from mailsync.outbound.spool import drop
+from mailsync.outbound.verp import VerpKey, verp_sender
 from tests.outbound_helpers import history, run_once
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,25 +80,27 @@ def test_undeliverable_recipient_gets_a_dsn_mailsync_reads_as_a_bounce(sink, tmp
     _, loaded = _demo_config(tmp_path)
     assert loaded.config is not None
 
+    key = VerpKey(bytes(32))
+    verp = verp_sender(loaded.config, key, 42)
+    assert verp is not None and verp.startswith("bounce+42.")
     # Accepted with 250 like any other recipient: the bounce comes afterwards.
-    _send(sink, "bounce+42@example.com",
-          ["nobody@example.org", "ann@example.invalid", "ada@example.org"])
+    _send(sink, verp, ["nobody@example.org", "ann@example.invalid", "ada@example.org"])
 
     assert [d.recipient for d in sink.files("delivered")] == ["ada@example.org"]
     [dsn] = sink.files("bounce")
-    assert dsn.recipient == "bounce+42@example.com"
+    assert dsn.recipient == verp
     assert dsn.path.parent == tmp_path / "local" / "new"  # the alias domain's Maildir
     raw = dsn.path.read_bytes()
     message = message_from_bytes(raw)
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "delivery-status"
-    assert message["To"] == "bounce+42@example.com"
+    assert message["To"] == verp
     parts = [p.get_content_type() for p in message.walk()]
     assert parts == ["multipart/report", "text/plain", "message/delivery-status",
                      "text/plain", "text/plain", "text/plain", "text/rfc822-headers"]
     assert b"Reporting-MTA: dns; " in raw and b"Action: failed" in raw
 
-    bounce = parse_bounce(raw, loaded.config)
+    bounce = parse_bounce(raw, loaded.config, key)
     assert bounce is not None and bounce.dsn
     assert bounce.verp_id == 42
     assert bounce.message_ids == ("<q-1042@example.com>",)
@@ -184,7 +187,8 @@ def test_bounce_round_trip_through_run_once(sink, tmp_path):
     assert rows["Bounce me"]["status"] == "bounced"
     assert "5.1.1" in rows["Bounce me"]["error"]
     [dsn] = sink.files("bounce")
-    assert dsn.recipient == f"bounce+{rows['Bounce me']['id']}@example.com"
+    assert re.fullmatch(rf"bounce\+{rows['Bounce me']['id']}\.[a-z2-7]{{10}}@example\.com",
+                        dsn.recipient), dsn.recipient  # the signed VERP address
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path):

@@ -277,7 +277,8 @@ def test_poll_all_once_polls_every_server_and_passes_on_message(rig, mailbox, tm
         for s in r.config.incoming_servers))
     calls = []
 
-    results = poll_all_once(config, r.store, r.metrics, clock=lambda: 42.0,
+    results = poll_all_once(config, r.store, r.metrics, verp_key=r.verp_key,
+                            clock=lambda: 42.0,
                             on_message=lambda conn, srv, fid, subject, now: calls.append(
                                 (srv.name, fid, subject, now)))
 

@@ -14,6 +14,7 @@ from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import GroupCommit
 from mailsync.outbound.spool import drop
+from mailsync.outbound.verp import load_key
 from mailsync.store import Store
 from tests.outbound_helpers import (
     history,
@@ -139,7 +140,8 @@ def test_a_pass_feeds_the_metrics(tmp_path, smtp_server):
     store, outbound = open_store(cfg)
     try:
         Ingester(config, outbound, metrics).run_once()
-        deliverer = Deliverer(config, outbound, metrics)
+        deliverer = Deliverer(config, outbound, metrics,
+                              verp_key=load_key(config.daemon.state_dir))
         deliverer.run_once()
         deliverer.close()
     finally:

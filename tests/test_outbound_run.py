@@ -9,6 +9,7 @@ from email import message_from_bytes
 from pathlib import Path
 
 from mailsync.outbound.spool import drop, drop_eml
+from mailsync.outbound.verp import load_key
 from tests.outbound_helpers import (
     history,
     open_store,
@@ -47,8 +48,9 @@ def test_spooled_messages_are_sent_and_recorded(tmp_path, smtp_server):
     rows = history(cfg)
     assert {r["status"] for r in rows} == {"sent"}
     quote_row = next(r for r in rows if r["subject"] == "Quote 42")
-    # VERP: the envelope sender names the message.
-    assert quote.mail_from == f"bounce+{quote_row['id']}@example.com"
+    # VERP: the envelope sender names the message, signed with the state_dir's key.
+    key = load_key(tmp_path / "state")
+    assert quote.mail_from == f"bounce+{quote_row['id']}.{key.sign(quote_row['id'])}@example.com"
     detail = show(cfg, quote_row["id"])
     assert {r["address"]: r["code"] for r in detail["recipients"]} == {
         "ann@example.org": 250, "cc@example.org": 250, "hidden@example.org": 250}

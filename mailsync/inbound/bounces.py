@@ -1,14 +1,24 @@
 """Bounces: recognise a DSN or a VERP-addressed bounce, and mark what it names.
 
-:func:`parse_bounce` is pure (bytes and the config in, a :class:`Bounce` or None out).
-A fetched message is a bounce when it is
+:func:`classify` (and :func:`parse_bounce`, its bounce only) is pure: bytes, the config
+and the VERP key in, a :class:`Verdict` out. Only a correctly signed VERP address
+``bounce+<id>.<signature>@<alias domain>`` (see :mod:`mailsync.outbound.verp`) names a
+message; an unsigned one (``bounce+1@domain``: anyone can write that) or a wrong
+signature is not ours, and the message is stored as ordinary mail. A fetched message is a
+bounce when it is
 
 - a DSN (``multipart/report; report-type=delivery-status``, RFC 3464) with at least one
-  recipient whose Action is ``failed``: ``delayed``/``delivered``/``relayed`` reports are
-  not bounces; or
-- addressed to ``bounce+<id>@<alias domain>`` (To, Cc, Delivered-To, X-Original-To,
-  Envelope-To) and not an auto-reply (RFC 3834 ``Auto-Submitted``): vacation replies go
-  to the envelope sender too, and must not mark a message bounced.
+  recipient whose Action is ``failed`` (``delayed``/``delivered``/``relayed`` reports
+  are not bounces). With ``alias_domain.bounce`` set, every bounce of a message sent
+  from here goes to its signed VERP address, so the DSN must name one (addressed to it,
+  or in ``X-Postfix-Sender`` or the returned Return-Path); without a bounce local part
+  it is matched by its Original-Envelope-Id or the returned Message-ID, which is weaker
+  (whoever received the message knows its Message-ID); or
+- addressed to a signed VERP address (To, Cc, Delivered-To, X-Original-To,
+  Envelope-To) and plausibly a bounce (:func:`plausible_bounce`: null or MAILER-DAEMON
+  envelope sender, From mailer-daemon@/postmaster@, X-Failed-Recipients, or the subject
+  of a failure notice), and not an auto-reply (RFC 3834 ``Auto-Submitted``): vacation
+  replies and people answering the envelope sender must not mark a message bounced.
 
 :func:`record_bounce` finds the message this daemon sent (by the VERP id, else the DSN's
 Original-Envelope-Id, else the Message-ID of the returned headers) and marks its
@@ -28,12 +38,21 @@ from email.utils import getaddresses
 
 from mailsync.config.model import Config
 from mailsync.inbound.message import Headers, first, parse_headers, text
-from mailsync.outbound.compose import parse_verp
+from mailsync.outbound.verp import VerpAddress, VerpKey, read_verp
 
 _ADDRESSED = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
 _SMTP_CODE = re.compile(r"^\s*smtp\s*;\s*([245][0-9][0-9])\b", re.IGNORECASE)
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 _REPORT_TYPE = re.compile(r"report-type\s*=\s*\"?([A-Za-z0-9_.-]+)", re.IGNORECASE)
+_DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon")
+# The subjects of the failure notices real MTAs send without a DSN (qmail, Exchange,
+# Gmail, Exim, Sendmail, Postfix, Lotus Notes, ...); at the start, so "Re: ..." is not one.
+_FAILURE_SUBJECT = re.compile(
+    r"^\s*(?:failure notice|undeliverable\b|undelivered mail\b|undeliverable mail\b"
+    r"|delivery status notification \(failure\)|mail delivery failed|returned mail\b"
+    r"|delivery (?:has )?failed|delivery failure|delivery notification: delivery has failed"
+    r"|non-?delivery|nondeliverable|mail system error|message not delivered"
+    r"|could not deliver|mail could not be delivered)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -69,25 +88,78 @@ class Bounce:
     subject: str | None = None
 
 
-def parse_bounce(raw: bytes, config: Config, fields: Headers | None = None) -> Bounce | None:
-    """The bounce ``raw`` is, or None when it is not one (see the module docstring).
+@dataclass(frozen=True)
+class Verdict:
+    """What a fetched message is: a ``bounce``, or (``refused``) why a message naming one
+    of our VERP addresses is not taken as one, and the message id it named (``claimed``).
 
-    ``fields``: the message's parsed headers, when the caller has them already.
+    ``refused``: ``unsigned`` (``bounce+<id>@``, as before signing or forged),
+    ``bad_signature`` (forged, truncated, or signed with a key this state_dir no longer
+    has), ``not_a_bounce`` (correctly signed, but neither a DSN nor a plausible bounce:
+    a person answering the envelope sender, an auto-reply).
+    """
+
+    bounce: Bounce | None = None
+    refused: str | None = None
+    claimed: int | None = None
+
+
+NOT_A_BOUNCE = Verdict()
+
+
+def parse_bounce(raw: bytes, config: Config, key: VerpKey | None,
+                 fields: Headers | None = None) -> Bounce | None:
+    """The bounce ``raw`` is, or None when it is not one (see the module docstring)."""
+    return classify(raw, config, key, fields).bounce
+
+
+def classify(raw: bytes, config: Config, key: VerpKey | None,
+             fields: Headers | None = None) -> Verdict:
+    """Whether ``raw`` is a bounce of a message sent from here (see the module docstring).
+
+    ``key``: the VERP key (None: no VERP address is signed right); ``fields``: the
+    message's parsed headers, when the caller has them already.
     """
     fields = parse_headers(raw) if fields is None else fields
-    verp = _verp_in([v for name in _ADDRESSED for v in fields.get(name.lower(), ())], config)
+    addressed = _verp_in([v for name in _ADDRESSED for v in fields.get(name.lower(), ())],
+                         config, key)
     content_type = first(fields, "content-type") or ""
     report = _REPORT_TYPE.search(content_type)
     if (content_type.split(";")[0].strip().lower() == "multipart/report"
             and report is not None and report.group(1).lower() == "delivery-status"):
-        return _parse_dsn(raw, config, verp, text(first(fields, "subject")))
-    if verp is None or _auto_reply(fields):
-        return None
-    return Bounce(verp, None, (), (), dsn=False, subject=text(first(fields, "subject")))
+        return _parse_dsn(raw, config, key, addressed, text(first(fields, "subject")))
+    if addressed is None:
+        return NOT_A_BOUNCE
+    if not addressed.signed:
+        return Verdict(refused=addressed.problem, claimed=addressed.message_id)
+    if _auto_reply(fields) or not plausible_bounce(fields):
+        return Verdict(refused="not_a_bounce", claimed=addressed.message_id)
+    bounce = Bounce(addressed.message_id, None, (), (), dsn=False,
+                    subject=text(first(fields, "subject")))
+    return Verdict(bounce)
 
 
-def _parse_dsn(raw: bytes, config: Config, verp: int | None,
-               subject: str | None) -> Bounce | None:
+def plausible_bounce(fields: Headers) -> bool:
+    """Whether a message that is not a DSN looks like a bounce as real MTAs send them: a
+    null or MAILER-DAEMON envelope sender (``Return-Path: <>``), From mailer-daemon@ or
+    postmaster@, an ``X-Failed-Recipients`` field (Exim), or the subject of a failure
+    notice (qmail's "failure notice", Exchange's "Undeliverable:", Postfix's "Undelivered
+    Mail Returned to Sender", ...). Anyone can write these: the VERP signature is what
+    keeps strangers out; this keeps out replies written by people."""
+    for value in fields.get("return-path", ()):
+        path = (text(value) or "").strip().strip("<>").strip()
+        if not path or path.partition("@")[0].lower() in _DAEMONS:
+            return True
+    senders = getaddresses([text(v) or "" for v in fields.get("from", ())])
+    if any(address.partition("@")[0].lower() in _DAEMONS for _, address in senders):
+        return True
+    if "x-failed-recipients" in fields:
+        return True
+    return bool(_FAILURE_SUBJECT.match(text(first(fields, "subject")) or ""))
+
+
+def _parse_dsn(raw: bytes, config: Config, key: VerpKey | None,
+               verp: VerpAddress | None, subject: str | None) -> Verdict:
     message = message_from_bytes(raw, policy=compat32)
     envelope_id: str | None = None
     failed: list[FailedRecipient] = []
@@ -99,7 +171,8 @@ def _parse_dsn(raw: bytes, config: Config, verp: int | None,
             if blocks:
                 per_message, per_recipient = blocks[0], blocks[1:]
                 envelope_id = _xtext(_text(per_message.get("Original-Envelope-Id")))
-                verp = verp or _verp_in(_all(per_message, "X-Postfix-Sender"), config)
+                verp = _better(verp, _verp_in(_all(per_message, "X-Postfix-Sender"),
+                                              config, key))
                 failed.extend(r for r in map(_recipient, per_recipient) if r is not None)
         elif ctype in ("text/rfc822-headers", "message/rfc822", "message/global-headers"):
             returned_headers = _returned_headers(part)
@@ -107,10 +180,29 @@ def _parse_dsn(raw: bytes, config: Config, verp: int | None,
                 mid = _text(returned_headers.get("Message-ID"))
                 if mid:
                     returned.append(mid)
-                verp = verp or _verp_in(_all(returned_headers, "Return-Path"), config)
+                verp = _better(verp, _verp_in(_all(returned_headers, "Return-Path"),
+                                              config, key))
     if not failed:
-        return None  # a delay or success notice, or an unreadable report
-    return Bounce(verp, envelope_id, tuple(returned), tuple(failed), dsn=True, subject=subject)
+        return NOT_A_BOUNCE  # a delay or success notice, or an unreadable report
+    if verp is not None and verp.signed:
+        return Verdict(Bounce(verp.message_id, envelope_id, tuple(returned), tuple(failed),
+                              dsn=True, subject=subject))
+    alias = config.alias_domain
+    if alias is not None and alias.bounce:
+        # Every bounce this daemon caused goes to a signed VERP address: this one is a
+        # bounce of someone else's mail (or forged).
+        if verp is None:
+            return NOT_A_BOUNCE
+        return Verdict(refused=verp.problem, claimed=verp.message_id)
+    return Verdict(Bounce(None, envelope_id, tuple(returned), tuple(failed), dsn=True,
+                          subject=subject))
+
+
+def _better(found: VerpAddress | None, other: VerpAddress | None) -> VerpAddress | None:
+    """The first signed address, else the first one found."""
+    if found is None or (not found.signed and other is not None and other.signed):
+        return other
+    return found
 
 
 def _status_blocks(part: Message) -> list[Message]:
@@ -165,19 +257,21 @@ def _xtext(value: str | None) -> str | None:
     return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value.strip())
 
 
-def _verp_in(values: list[str], config: Config) -> int | None:
-    """The message id of the first VERP address among header values."""
+def _verp_in(values: list[str], config: Config, key: VerpKey | None) -> VerpAddress | None:
+    """The first correctly signed VERP address among header values, else the first VERP
+    address there is (unsigned or badly signed), else None."""
     alias = config.alias_domain
     if alias is None or not alias.bounce:
         return None
     prefix = f"{alias.bounce}+".lower()
     if not any(prefix in v.lower() for v in values):  # cheap test before parsing addresses
         return None
+    found: VerpAddress | None = None
     for _, address in getaddresses(values):
-        found = parse_verp(config, address) if address else None
-        if found is not None:
-            return found
-    return None
+        found = _better(found, read_verp(config, key, address) if address else None)
+        if found is not None and found.signed:
+            break
+    return found
 
 
 def _all(headers: Message, name: str) -> list[str]:
@@ -209,11 +303,13 @@ class BounceOutcome:
 
 
 def find_message(conn: sqlite3.Connection, bounce: Bounce) -> int | None:
-    """The id of the sent message a bounce is about, or None when it is not ours."""
+    """The id of the sent message a bounce is about, or None when it is not ours.
+
+    A signed VERP id is the only key it is looked up by (a message pruned since is not
+    looked for by its Message-ID: that could name another message)."""
     if bounce.verp_id is not None:
         row = conn.execute("SELECT id FROM messages WHERE id = ?", (bounce.verp_id,)).fetchone()
-        if row:
-            return int(row[0])
+        return int(row[0]) if row else None
     for candidate in ([bounce.envelope_id] if bounce.envelope_id else []) + list(
             bounce.message_ids):
         bare = candidate.strip().strip("<>")

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError
 from mailsync.inbound import records
-from mailsync.inbound.bounces import parse_bounce, record_bounce
+from mailsync.inbound.bounces import Verdict, classify, record_bounce
 from mailsync.inbound.imap import ImapSource
 from mailsync.inbound.maildir import LocalSource, MaildirWriter
 from mailsync.inbound.message import parse_headers, summarize
 from mailsync.inbound.pop3 import Pop3Source
 from mailsync.inbound.source import Batch, Source, describe
 from mailsync.metrics import Metrics
+from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 
 log = logging.getLogger("mailsync.inbound")
@@ -107,10 +108,11 @@ def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = N
 
 class Poller:
     """Polls one incoming server; used by one thread at a time. Keeps its session open
-    between polls (IMAP), so an incremental poll is one SELECT."""
+    between polls (IMAP), so an incremental poll is one SELECT. ``verp_key`` checks the
+    signature of the VERP addresses bounces are sent to (mailsync.outbound.verp)."""
 
     def __init__(self, config: Config, server: IncomingServer, store: Store, metrics: Metrics,
-                 *, on_message: OnMessage | None = None,
+                 *, verp_key: VerpKey | None, on_message: OnMessage | None = None,
                  clock: Callable[[], float] = time.time,
                  source: Source | None = None,
                  context: ssl.SSLContext | None = None) -> None:
@@ -118,6 +120,7 @@ class Poller:
         self.server = server
         self.store = store
         self.metrics = metrics
+        self.verp_key = verp_key
         self.on_message = on_message if server.activity is not None else None
         self.clock = clock
         self.source = source if source is not None else make_source(server, context=context)
@@ -208,16 +211,21 @@ class Poller:
         parsed = []
         for m in batch.messages:
             fields = parse_headers(m.raw)
-            parsed.append((m, summarize(m.raw, fields), parse_bounce(m.raw, self.config, fields)))
+            parsed.append((m, summarize(m.raw, fields),
+                           classify(m.raw, self.config, self.verp_key, fields)))
         if self.writer is not None:
             result.delivered += self.writer.deliver(batch.messages)
         name, folder = self.server.name, self.source.folder
         bounced: list[str | None] = []
+        refused: list[tuple[int, Verdict]] = []
         now = self.clock()
         with self.store.transaction() as conn:
-            for message, summary, bounce in parsed:
+            for message, summary, verdict in parsed:
                 fid = records.insert_fetched(conn, name, folder, message.key, summary,
                                              message.raw, now)
+                bounce = verdict.bounce
+                if verdict.refused is not None:
+                    refused.append((fid, verdict))
                 if bounce is not None:
                     outcome = record_bounce(conn, bounce, now)
                     if outcome is not None:
@@ -236,15 +244,33 @@ class Poller:
         for account in bounced:
             # A bounce names a message this daemon sent, so its account is known.
             self.metrics.messages_bounced.labels(account or "unknown").inc()
+        for fid, verdict in refused:
+            self._refused(fid, verdict)
+
+    def _refused(self, fid: int, verdict: Verdict) -> None:
+        """Log and count a message naming a VERP address that is not taken as a bounce."""
+        reason = verdict.refused or "not_a_bounce"
+        self.metrics.bounces_refused.labels(self.server.name, reason).inc()
+        if reason == "not_a_bounce":
+            log.info("%s: fetched message %d was sent to the VERP address of message %s but "
+                     "is neither a DSN nor a bounce (a reply or an auto-reply?): kept as "
+                     "ordinary mail", self.server.name, fid, verdict.claimed)
+        else:
+            why = "is not signed" if reason == "unsigned" else "has a wrong signature"
+            log.warning("%s: fetched message %d names message %s in a VERP address that %s "
+                        "(forged, or sent before signing or with a lost verp.key): not taken "
+                        "as a bounce, kept as ordinary mail", self.server.name, fid,
+                        verdict.claimed, why)
 
 
 def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
-                  on_message: OnMessage | None = None,
+                  verp_key: VerpKey | None, on_message: OnMessage | None = None,
                   clock: Callable[[], float] = time.time) -> dict[str, PollResult]:
     """Poll each incoming server once, one after the other (for ``run --once``)."""
     results: dict[str, PollResult] = {}
     for server in config.incoming_servers:
-        poller = Poller(config, server, store, metrics, on_message=on_message, clock=clock)
+        poller = Poller(config, server, store, metrics, verp_key=verp_key,
+                        on_message=on_message, clock=clock)
         try:
             results[server.name] = poller.poll_once()
         finally:

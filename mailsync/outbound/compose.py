@@ -1,4 +1,4 @@
-"""Composing: the final bytes of a spool message, and the VERP envelope sender.
+"""Composing: the final bytes of a spool message (the VERP envelope sender: verp.py).
 
 Only the header block is rewritten (From, Reply-To, Message-ID, Date; Bcc and
 ``X-Mailsync-*`` dropped); every other header line and the body are kept byte for byte,
@@ -8,7 +8,6 @@ signatures or encodings applied by the application survive. Pure: ``now`` is pas
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid
@@ -20,9 +19,6 @@ from mailsync.outbound.types import Composed, Submission
 # A field: its lower-cased name ("" for a line that is not a header) and [start, end) of
 # its raw bytes, continuation lines and line end included.
 _Field = tuple[str, int, int]
-
-_VERP_ID = re.compile(r"[0-9]{1,19}")
-_MAX_ID = 2**63 - 1  # SQLite's largest integer: no message has a larger id
 
 
 def _split(message: bytes) -> tuple[list[_Field], int, bytes]:
@@ -134,36 +130,3 @@ def compose(sub: Submission, account: Account, config: Config, *, now: datetime,
         subject=sub.subject,
     )
 
-
-def verp_sender(config: Config, message_id: int) -> str | None:
-    """The VERP envelope sender ``bounce+<id>@<alias domain>``, or None without a bounce
-    local part (the caller then uses the From address as MAIL FROM)."""
-    alias = config.alias_domain
-    if alias is None or not alias.bounce:
-        return None
-    if not 0 <= message_id <= _MAX_ID:
-        raise ValueError(f"message id must be in 0..{_MAX_ID} (got {message_id})")
-    return f"{alias.bounce}+{message_id}@{alias.domain}"
-
-
-def parse_verp(config: Config, address: str) -> int | None:
-    """The message id a VERP address (bare or in ``<>``) stands for; None when it is not one.
-
-    Local part and domain compare case-insensitively: servers may change their case.
-    """
-    alias = config.alias_domain
-    if alias is None or not alias.bounce:
-        return None
-    addr = address.strip()
-    if addr.startswith("<") and addr.endswith(">"):
-        addr = addr[1:-1].strip()
-    local, at, domain = addr.rpartition("@")
-    if not at or domain.rstrip(".").lower() != alias.domain.rstrip(".").lower():
-        return None
-    prefix = f"{alias.bounce}+".lower()
-    if not local.lower().startswith(prefix):
-        return None
-    digits = local[len(prefix):]
-    if not _VERP_ID.fullmatch(digits) or int(digits) > _MAX_ID:
-        return None
-    return int(digits)

@@ -22,11 +22,12 @@ from typing import Any
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, SecretError, StoreUnavailable
 from mailsync.metrics import Metrics
-from mailsync.outbound import compose, retry, routing
+from mailsync.outbound import retry, routing
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.types import Delivery, RecipientResult
+from mailsync.outbound.verp import VerpKey, verp_sender
 
 log = logging.getLogger("mailsync.deliver")
 
@@ -97,10 +98,12 @@ class Deliverer:
 
     :meth:`reconfigure` swaps the configuration for the next message and retires only
     the pools of servers whose settings changed or that left; :meth:`halt` stops a
-    running pass after the messages in flight.
+    running pass after the messages in flight. ``verp_key`` signs the VERP envelope
+    senders (see :mod:`mailsync.outbound.verp`); it stays the same across reloads.
     """
 
     def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
+                 verp_key: VerpKey,
                  factory: SessionFactory = default_factory,
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
@@ -110,6 +113,7 @@ class Deliverer:
         self.record_patience = record_patience
         self.store = store
         self.metrics = metrics
+        self.verp_key = verp_key
         self.factory = factory
         self.clock = clock
         self.rng = rng or random.Random()
@@ -331,7 +335,7 @@ class Deliverer:
                                                             count_attempt=False))
             log.warning("message %d held: %s", message.id, detail)
             return "held"
-        mail_from = compose.verp_sender(config, message.id) or message.from_address
+        mail_from = verp_sender(config, self.verp_key, message.id) or message.from_address
         errors = []
         for server in servers:
             pool = self.pool(server)
