@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,9 +63,19 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
 
     The body comes from --text-file and/or --html-file, or from standard input.
     """
+    from mailsync.outbound.identity import Submitters
     from mailsync.outbound.spool import drop, ensure_dirs
 
     config = _config(config_path)
+    # The file will be ours: say now what the daemon would say in rejected/NAME.error.
+    # The daemon trusts root and its own user, whom state_dir belongs to.
+    trusted = {0}
+    with contextlib.suppress(OSError):
+        trusted.add(config.daemon.state_dir.stat().st_uid)
+    refused = Submitters(config, trusted=trusted).check(user, os.geteuid())
+    if refused is not None:
+        click.echo(f"error: {refused.reason}: {refused.detail}", err=True)
+        raise Exit(1)
     text = text_file.read() if text_file else None
     html = html_file.read() if html_file else None
     if text is None and html is None:

@@ -168,7 +168,8 @@ def flatten(config: Config) -> Flat:
     if config.alias_domain is not None:
         flat[("alias_domain", "")] = _attrs(config.alias_domain)
     for user in config.users:
-        flat[("users", user)] = {}
+        unix_users = config.unix_users(user)
+        flat[("users", user)] = {"unix_users": unix_users} if unix_users else {}
     for section in SECTIONS[3:]:
         for obj in getattr(config, section):
             flat[(section, obj.name)] = _attrs(obj)

@@ -245,6 +245,46 @@ def test_bcc_and_mailsync_headers_are_removed(tmp_path):
     assert b"someone@else.example" not in got.data  # the application's own From
 
 
+FOREIGN = (
+    b"Sender: ceo@bank.example\r\n"
+    b"Resent-From: ceo@bank.example\r\n"
+    b"Resent-Sender: ceo@bank.example\r\n"
+    b"resent-to: someone@bank.example\r\n"
+    b"Resent-Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+    b"Resent-Message-ID: <forged@bank.example>\r\n"
+    b"Return-Path: <ceo@bank.example>\r\n"
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=bank.example; s=sel;\r\n"
+    b"\th=from:to:subject; bh=AAAA;\r\n"
+    b"  b=BBBBforgedsignature\r\n"
+    b"SENDER : obsolete-space@bank.example\r\n"
+)
+
+
+def test_foreign_originator_headers_are_removed_the_rest_kept(tmp_path):
+    head, _, body = MESSAGE.partition(b"\r\n\r\n")
+    got = run(tmp_path, head + b"\r\n" + FOREIGN + b"\r\n" + body)
+    block = header_block(got.data)
+    assert b"bank.example" not in got.data          # no Sender, Resent-*, Return-Path
+    assert b"BBBBforgedsignature" not in got.data   # the whole folded DKIM-Signature
+    assert b"h=from:to:subject" not in got.data
+    for name in (b"sender", b"resent-", b"return-path", b"dkim-signature"):
+        assert b"\n" + name not in b"\n" + block.lower(), name
+    # Everything else of the header block and the body is kept byte for byte.
+    assert got.data.endswith(b"\r\n\r\n" + BODY)
+    for kept in (b"To: Bob <bob@example.net>,\r\n\tCarol <carol@example.net>\r\n",
+                 b"Subject: Quarterly\r\n  numbers\r\n",
+                 b"Content-Type: text/plain; charset=utf-8\r\n"):
+        assert kept in block
+    assert parsed(got.data)["From"] == "Sales Team <sales@example.com>"
+
+
+def test_headers_that_merely_start_like_originator_ones_are_kept(tmp_path):
+    kept = (b"Senders-Note: kept\r\nX-Sender: kept\r\nResentment: kept\r\n"
+            b"X-Return-Path: kept\r\nDKIM-Signature-Info: kept\r\n")
+    got = run(tmp_path, b"Subject: s\r\n" + kept + b"\r\nbody\r\n")
+    assert kept in got.data
+
+
 def test_subject_is_passed_through(tmp_path):
     assert run(tmp_path).subject == "Quarterly numbers"
 
@@ -286,7 +326,10 @@ def test_message_without_body_gets_headers_only(tmp_path):
 @given(body=st.binary(max_size=400),
        crlf=st.booleans(),
        extra=st.lists(st.sampled_from([b"Bcc: b@x.example", b"X-Mailsync-User: u",
-                                       b"Keywords: a,\r\n b", b"Comments: c"]), max_size=4))
+                                       b"Keywords: a,\r\n b", b"Comments: c",
+                                       b"Sender: s@x.example", b"Resent-From: r@x.example",
+                                       b"Return-Path: <p@x.example>",
+                                       b"DKIM-Signature: v=1;\r\n b=x"]), max_size=4))
 def test_body_and_kept_headers_survive_any_bytes(tmp_path_factory, body, crlf, extra):
     eol = b"\r\n" if crlf else b"\n"
     head = [line.replace(b"\r\n", eol) + eol for line in [b"Subject: s", *extra]]
@@ -295,6 +338,7 @@ def test_body_and_kept_headers_survive_any_bytes(tmp_path_factory, body, crlf, e
     got = compose(submit(message), account(config, "sales"), config, now=NOW)
     assert got.data.endswith(eol + body)
     for line in head:
-        dropped = line.lower().startswith((b"bcc", b"x-mailsync"))
+        dropped = line.lower().startswith((b"bcc", b"x-mailsync", b"sender", b"resent-",
+                                           b"return-path", b"dkim-signature"))
         assert (line in got.data) is not dropped
 

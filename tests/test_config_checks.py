@@ -28,7 +28,7 @@ def only(text: str) -> Problem:
 
 SERVERS = """\
 version: 1
-users: [alice, bob]
+users: [alice, {name: bob, unix_users: [bob]}]
 outgoing_servers:
   - {name: relay, host: smtp.example.com}
   - {name: backup, host: backup.example.com}
@@ -196,6 +196,54 @@ def test_same_name_in_different_lists_is_fine():
             "accounts:\n  - {name: sales, email: s@example.com, server: sales}\n"
             "activity_types:\n  - {name: sales}\n")
     assert problems(text) == []
+
+
+def test_duplicate_user_given_as_a_mapping_points_at_its_name():
+    found = where("version: 1\nusers:\n  - alice\n  - {name: alice, unix_users: [a]}\n")
+    assert found == [(4, 12, "error", "users[1].name")]
+
+
+# --- users bound to Unix accounts ------------------------------------------------------------
+
+GRANTED = """\
+version: 1
+outgoing_servers:
+  - {name: relay, host: smtp.example.com}
+accounts:
+  - {name: sales, email: s@example.com, server: relay, granted_to: [alice]}
+"""
+
+
+def test_without_any_unix_users_validate_warns_once(runner, write_config):
+    path = write_config(GRANTED + "users: [alice, bob, crm-app]\n")
+    result = runner.invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        f"{path}:6:8: warning: users: no user names its unix_users: grants only guard against "
+        "mistakes, since any process that can write to the spool can submit as any user; "
+        "bind each user to the Unix accounts that may submit as it, e.g. "
+        "{name: crm-app, unix_users: [crm]}",
+        "0 errors, 1 warning"]
+
+
+def test_one_bound_user_silences_the_warning():
+    assert problems(GRANTED + "users: [alice, {name: crm-app, unix_users: [crm]}]\n") == []
+
+
+def test_no_warning_when_nothing_can_be_sent():
+    assert problems("version: 1\nusers: [alice, bob]\n") == []
+
+
+def test_unix_users_need_not_exist_here():
+    text = GRANTED + "users: [{name: alice, unix_users: [no-such-user-here, 4000000000]}]\n"
+    assert problems(text) == []
+
+
+def test_a_unix_user_listed_twice_is_an_error():
+    text = GRANTED + "users:\n  - {name: alice, unix_users: [crm, 1001, crm]}\n"
+    (p,) = problems(text)
+    assert (p.line, p.column, p.severity, p.path) == (7, 43, "error", "users[0].unix_users[2]")
+    assert p.message == "Unix user 'crm' is listed twice for user 'alice'"
 
 
 # --- security and port ----------------------------------------------------------------------

@@ -427,7 +427,8 @@ def test_every_problem_is_printed_not_just_the_first(validate):
 
 
 def test_summary_counts_errors_and_warnings(validate):
-    text = ("version: 1\nusers: [alice]\n" + SERVER + "    username: relay\n"
+    text = ("version: 1\nusers: [{name: alice, unix_users: [alice]}]\n" + SERVER +
+            "    username: relay\n"
             "    password: hunter2\n    tls_verify: false\n"
             "accounts:\n  - {name: a, email: a@example.com, server: relay, granted_to: [bob]}\n")
     path, code, lines, _ = validate(text)
@@ -660,6 +661,8 @@ def _used_properties(node: dict[str, Any], pointer: str, data: Any, schema: dict
     if isinstance(data, list) and "items" in node:
         for item in data:
             _used_properties(node["items"], f"{pointer}/items", item, schema, used)
+    for branch in node.get("anyOf", ()):  # e.g. a user: a name, or a mapping
+        _used_properties(branch, pointer, data, schema, used)
 
 
 def _declared_properties(node: Any, pointer: str, declared: dict[str, set[str]]) -> None:
@@ -697,3 +700,53 @@ def test_the_walk_finds_the_example_keys():
 def test_example_uses_every_property_of_the_schema():
     assert _unused_in_example() == []
 
+
+
+# --- users bound to Unix accounts ------------------------------------------------------------
+
+
+def test_a_user_may_be_a_mapping_with_unix_users(validate):
+    path, code, lines, _ = validate(
+        "version: 1\nusers:\n  - alice\n  - {name: crm-app, unix_users: [crm, _svc.x-1$, 1001]}\n")
+    assert (code, lines) == (0, ["0 errors, 0 warnings"])
+    config = load_text(path.read_text(), str(path), path.parent).config
+    assert config is not None
+    assert config.users == ("alice", "crm-app")
+    assert config.unix_users("crm-app") == ("crm", "_svc.x-1$", 1001)
+    assert config.unix_users("alice") == ()
+
+
+@pytest.mark.parametrize(("value", "column", "message"), [
+    ("'crm app'", 30, "'crm app' is not valid: expected a Unix user name: letters, digits, "
+                      "'_', '.' and '-', starting with a letter or '_', at most 32 characters "
+                      "(a numeric uid is written as a number, without quotes)"),
+    ("'1001'", 30, "'1001' is not valid: expected a Unix user name"),
+    ("'-rf'", 30, "'-rf' is not valid: expected a Unix user name"),
+    ("a" * 33, 30, f"{'a' * 33!r} is not valid: expected a Unix user name"),
+    ("-1", 30, "-1 is out of range: must be at least 0"),
+    ("4294967295", 30, "4294967295 is out of range: must be at most 4294967294"),
+    ("1.5", 30, "expected a string or a whole number, got a number 1.5"),
+])
+def test_a_bad_unix_user_is_refused_at_its_place(validate, value, column, message):
+    location, rest = only_problem(
+        validate, f"version: 1\nusers:\n  - {{name: crm, unix_users: [{value}]}}\n")
+    assert location == f"3:{column}"
+    assert rest.startswith("users[0].unix_users[0]: " + message), rest
+
+
+def test_empty_unix_users_is_refused(validate):
+    location, rest = only_problem(validate, "version: 1\nusers:\n  - {name: crm, unix_users: []}\n")
+    assert (location, rest) == ("3:29", "users[0].unix_users: must not be empty")
+
+
+def test_misspelt_key_of_a_user_mapping_suggests_unix_users(validate):
+    location, rest = only_problem(validate, "version: 1\nusers:\n  - name: crm\n"
+                                            "    unix_user: [crm]\n")
+    assert location == "4:5"
+    assert rest == ("users[0].unix_user: unknown key 'unix_user'; did you mean 'unix_users'? "
+                    "(allowed: name, unix_users)")
+
+
+def test_a_user_mapping_needs_a_name(validate):
+    location, rest = only_problem(validate, "version: 1\nusers:\n  - unix_users: [crm]\n")
+    assert (location, rest) == ("3:5", "users[0]: missing required key 'name'")

@@ -121,6 +121,27 @@ def test_granted_to_renders_added_and_removed_users():
     assert diff(new, old).render().splitlines()[1] == "    granted_to: -carol"
 
 
+def test_unix_users_of_a_user_show_as_a_change_of_that_user():
+    bound = OLD.replace("users: [alice, bob, carol]",
+                        "users: [alice, {name: bob, unix_users: [bob]}, carol]")
+    plan = diff(model(OLD), model(bound))
+    assert plan.render() == ("~ users.bob\n    unix_users: (none) -> [bob]\n\n"
+                             "Plan: 0 to add, 1 to change, 0 to remove.")
+    widened = bound.replace("unix_users: [bob]", "unix_users: [bob, crm, 1001]")
+    assert diff(model(bound), model(widened)).render().splitlines()[:2] == [
+        "~ users.bob", "    unix_users: +crm +1001"]
+    assert diff(model(widened), model(bound)).render().splitlines()[1] == (
+        "    unix_users: -crm -1001")
+    assert diff(model(bound), model(OLD)).render().splitlines()[1] == (
+        "    unix_users: [bob] -> (none)")
+    # A name written as a mapping without unix_users is the same user as before.
+    assert diff(model(OLD), model(OLD.replace("bob,", "{name: bob},"))).empty
+    as_json = diff(model(OLD), model(bound)).as_dict()["actions"]
+    assert as_json == [{"action": "change", "address": "users.bob", "section": "users",
+                        "name": "bob",
+                        "changes": [{"attr": "unix_users", "old": None, "new": ["bob"]}]}]
+
+
 def test_reordering_a_list_is_shown_whole():
     new = model(OLD.replace("granted_to: [alice, bob]", "granted_to: [bob, alice]"))
     assert diff(model(OLD), new).render().splitlines()[1] == (
@@ -293,7 +314,8 @@ def test_cli_refuses_a_new_file_with_semantic_errors(runner, files, write_config
     result = runner.invoke(main, ["plan", "-c", str(bad), "--against", str(old)])
     assert result.exit_code == 1
     assert f"{bad}:16:13: error: accounts[0].server: 'rely' is not a declared" in result.stderr
-    assert result.stderr.splitlines()[-1] == f"{bad}: refused: 1 error, 1 warning"
+    # The warnings: tls_verify false, and no user naming its unix_users.
+    assert result.stderr.splitlines()[-1] == f"{bad}: refused: 1 error, 2 warnings"
 
 
 def test_cli_missing_new_file(runner, tmp_path):

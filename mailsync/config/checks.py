@@ -30,11 +30,13 @@ def _declared(name: str, kind: str, names: Sequence[str]) -> str:
     return f"{name!r} is not a declared {kind}{hint} (declared: {shown})"
 
 
-def _duplicates(section: str, names: Iterable[str], what: str) -> Iterator[Finding]:
+def _duplicates(section: str, names: Iterable[str], what: str,
+                scalar: Sequence[bool] = ()) -> Iterator[Finding]:
+    """Names given twice; ``scalar[i]`` says entry ``i`` is the name itself, not a mapping."""
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            path: Path = (section, i) if what == "user" else (section, i, "name")
+            path: Path = (section, i) if i < len(scalar) and scalar[i] else (section, i, "name")
             yield ("error", path,
                    f"duplicate {what} name {name!r} (also {section}[{seen[name]}]); "
                    "names must be unique")
@@ -102,7 +104,9 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
     type_set = set(types)
     servers = {s.name: s for s in config.outgoing_servers}
 
-    yield from _duplicates("users", users, "user")
+    yield from _duplicates("users", users, "user",
+                           [isinstance(u, str) for u in data.get("users", ())])
+    yield from _user_checks(config, data)
     yield from _duplicates("outgoing_servers", (s.name for s in config.outgoing_servers),
                            "outgoing server")
     yield from _duplicates("incoming_servers", (s.name for s in config.incoming_servers),
@@ -219,6 +223,27 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield ("error", path + ("chaining",),
                    "chaining: trigger needs default_next "
                    "(the type scheduled when this one is done)")
+
+
+def _user_checks(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
+    """Unix users listed twice, and the warning that without any ``unix_users`` a user
+    name in a spool file is only the writer's word (checked syntactically only: the
+    accounts need not exist on the machine that validates, such as CI)."""
+    for i, raw in enumerate(data.get("users", ())):
+        if not isinstance(raw, dict):
+            continue
+        seen: set[str | int] = set()
+        for j, unix_user in enumerate(raw.get("unix_users", ())):
+            if unix_user in seen:
+                yield ("error", ("users", i, "unix_users", j),
+                       f"Unix user {unix_user!r} is listed twice for user {raw['name']!r}")
+            seen.add(unix_user)
+    if config.users and not config.bindings and any(a.granted_to for a in config.accounts):
+        yield ("warning", ("users",),
+               "no user names its unix_users: grants only guard against mistakes, since any "
+               "process that can write to the spool can submit as any user; bind each user "
+               "to the Unix accounts that may submit as it, e.g. "
+               "{name: crm-app, unix_users: [crm]}")
 
 
 def _refused_from(path: Path, email: str, server: OutgoingServer | None,

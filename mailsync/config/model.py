@@ -154,6 +154,21 @@ class ActivityType:
     default_description: str | None = None
 
 
+UnixUser = str | int  # a Unix user name, or a numeric uid
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A user bound to the Unix accounts allowed to submit as it (``users[].unix_users``).
+
+    A spool file naming ``user`` is taken only when its owner is one of ``unix_users``
+    (by name or uid); a user without a binding accepts any owner.
+    """
+
+    user: str
+    unix_users: tuple[UnixUser, ...]
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole configuration file."""
@@ -161,6 +176,7 @@ class Config:
     daemon: Daemon
     alias_domain: AliasDomain | None = None
     users: tuple[str, ...] = ()
+    bindings: tuple[Binding, ...] = ()  # the users that name their unix_users
     outgoing_servers: tuple[OutgoingServer, ...] = ()
     incoming_servers: tuple[IncomingServer, ...] = ()
     accounts: tuple[Account, ...] = ()
@@ -176,6 +192,10 @@ class Config:
             if account.own_login is not None:
                 servers[account.own_login.name] = account.own_login
         return servers
+
+    def unix_users(self, user: str) -> tuple[UnixUser, ...]:
+        """The Unix accounts allowed to submit as ``user``; empty: any may."""
+        return next((b.unix_users for b in self.bindings if b.user == user), ())
 
     def outgoing(self, name: str) -> OutgoingServer | None:
         return next((s for s in self.outgoing_servers if s.name == name), None)
@@ -313,7 +333,9 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
     return Config(
         daemon=daemon,
         alias_domain=alias,
-        users=tuple(data.get("users", ())),
+        users=tuple(u if isinstance(u, str) else u["name"] for u in data.get("users", ())),
+        bindings=tuple(Binding(u["name"], tuple(u["unix_users"]))
+                       for u in data.get("users", ()) if isinstance(u, dict) and "unix_users" in u),
         outgoing_servers=tuple(_outgoing(d, d["name"], base_dir)
                                for d in data.get("outgoing_servers", ())),
         incoming_servers=tuple(_incoming(d, base_dir) for d in data.get("incoming_servers", ())),

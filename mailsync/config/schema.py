@@ -179,7 +179,7 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
     if kind in ("minimum", "maximum"):
         word = "at least" if kind == "minimum" else "at most"
         return [at_value(f"{shown} is out of range: must be {word} {error.validator_value}")]
-    if kind == "minLength":
+    if kind in ("minLength", "minItems"):
         return [at_value("must not be empty")]
     if kind in ("minProperties", "maxProperties") and "env" in sub.get("properties", {}):
         return [at_value("a secret takes exactly one of: env, file, credential")]

@@ -1,9 +1,11 @@
 """Composing: the final bytes of a spool message (the VERP envelope sender: verp.py).
 
-Only the header block is rewritten (From, Reply-To, Message-ID, Date; Bcc and
-``X-Mailsync-*`` dropped); every other header line and the body are kept byte for byte,
-so that composing stays cheap (the sender handles thousands of messages a second) and
-signatures or encodings applied by the application survive. Pure: ``now`` is passed in.
+Only the header block is rewritten (From, Reply-To, Message-ID, Date; Bcc,
+``X-Mailsync-*`` and the originator fields an application may not set -- Sender,
+Resent-*, Return-Path, DKIM-Signature -- dropped); every other header line and the body
+are kept byte for byte, so that composing stays cheap (the sender handles thousands of
+messages a second) and encodings applied by the application survive. Pure: ``now`` is
+passed in.
 """
 
 from __future__ import annotations
@@ -70,9 +72,18 @@ def _mailbox(name: str | None, address: str) -> str:
     return f"{words.replace(chr(10), '')} <{address}>"
 
 
+# Originator fields only mailsync may set: an application's own Sender, Resent-* block,
+# Return-Path (the receiving server writes it from MAIL FROM) or DKIM signature (it could
+# not survive the rewritten From anyway) would name someone the account is not.
+_ORIGINATOR = frozenset(("sender", "return-path", "dkim-signature"))
+
+
 def _drop(name: str) -> bool:
-    """Headers that never leave: blind copies and the spool's own instructions."""
-    return name == "bcc" or name.startswith("x-mailsync-")
+    """Headers that never leave: blind copies, the spool's own instructions, and the
+    originator fields an application may not set (``Sender``, ``Resent-*``,
+    ``Return-Path``, ``DKIM-Signature``)."""
+    return (name == "bcc" or name in _ORIGINATOR or name.startswith("x-mailsync-")
+            or name.startswith("resent-"))
 
 
 def compose(sub: Submission, account: Account, config: Config, *, now: datetime,

@@ -26,6 +26,7 @@ from mailsync.config.model import Config
 from mailsync.errors import StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
+from mailsync.outbound.identity import Submitters
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
 from mailsync.outbound.types import Rejection
 
@@ -60,10 +61,12 @@ def _crlf(data: bytes) -> bytes:
 
 def _read(path: Path, max_size: int) -> tuple[bytes, os.stat_result] | None:
     """The file's bytes (only the first ``max_size + 1`` of an oversize one) and the status
-    of the descriptor they were read from; None if gone.
+    of the descriptor they were read from (owner, inode, ctime); None if the file is gone.
 
     O_NOFOLLOW: a member of the spool group must not make the daemon read (and send) a
     file only the daemon may read by swapping a spool file for a symlink after the scan.
+    The owner is that of the descriptor read, not of the path: a file renamed over it
+    meanwhile cannot lend its owner to these bytes.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -94,20 +97,27 @@ class Batch:
     items: tuple[Prepared, ...]
 
 
-def prepare(config: Config, paths: list[Path], now: float) -> Batch:
-    """Read, parse, route and compose spool files: no store, no file changes.
+def prepare(config: Config, paths: list[Path], now: float,
+            submitters: Submitters | None = None) -> Batch:
+    """Read, parse, check the owner of, route and compose spool files: no store, no file
+    changes. ``submitters`` (one per pass, for its cache of owners' names) decides who
+    may submit as a user bound to ``unix_users``.
 
     The CPU-heavy half of ingestion, kept apart from :meth:`Ingester.commit` so that the
     store transaction of a batch holds no file reads.
     """
     max_size = config.daemon.max_message_size
     when = datetime.fromtimestamp(now, UTC)
+    if submitters is None:
+        submitters = Submitters(config)
+    owners = submitters.bound  # without bound users, owners are not even looked at
     out: list[Prepared] = []
     for path in paths:
         read = _read(path, max_size)
         if read is None:
             continue  # taken meanwhile
         data, st = read
+        uid = st.st_uid
         file = FileId(st.st_ino, st.st_ctime_ns)
         name = path.name
         sha = hashlib.sha256(data).hexdigest()
@@ -117,7 +127,9 @@ def prepare(config: Config, paths: list[Path], now: float) -> Batch:
             out.append(Prepared(path, RejectedMessage(name, sha, parsed.reason, parsed.detail,
                                                       raw=raw, file=file), parsed))
             continue
-        account = routing.choose_account(config, parsed.user, parsed.account)
+        # The owner before the account: an impersonator learns nothing about grants.
+        refused = submitters.check(parsed.user, uid) if owners else None
+        account = refused or routing.choose_account(config, parsed.user, parsed.account)
         if isinstance(account, Rejection):
             out.append(Prepared(path, RejectedMessage(
                 name, sha, account.reason, account.detail, raw=data, user=parsed.user,
@@ -139,11 +151,12 @@ def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
     files = spool.scan(config.daemon.spool_dir)
     if limit is not None:
         files = files[:limit]
+    submitters = Submitters(config)
     # Small batches first, so that the sender has work within milliseconds of a start
     # over a full spool; then large ones, which commit cheaply.
     start, size = 0, 16
     while start < len(files):
-        yield prepare(config, files[start:start + size], clock())
+        yield prepare(config, files[start:start + size], clock(), submitters)
         start, size = start + size, min(size * 4, BATCH)
 
 

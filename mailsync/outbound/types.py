@@ -8,6 +8,7 @@ from typing import Literal
 RejectReason = Literal[
     "unparseable",        # not a valid .eml / .json, or missing required fields
     "unknown_user",       # X-Mailsync-User / "user" is not a declared user
+    "impersonation",      # the file's Unix owner is not among the user's unix_users
     "ungranted_account",  # the named account does not exist or is not granted to the user
     "no_account",         # no account named and the user is granted zero or several
     "no_recipients",      # no To/Cc/Bcc address at all
