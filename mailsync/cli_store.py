@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mailsync.cli import Exit, config_option, load_config_or_exit, main
+from mailsync.errors import StoreError
 
 
 @main.group("store")
@@ -27,7 +28,11 @@ def check(config_path: Path, db: Path | None) -> None:
     if not path.exists():
         click.echo(f"error: {path}: no such file (no store to check)", err=True)
         raise Exit(1)
-    problems = integrity(path)
+    try:
+        problems = integrity(path)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
     if not problems:
         click.echo("ok")
         return

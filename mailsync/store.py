@@ -250,17 +250,19 @@ class Store:
 
 def integrity(path: Path) -> list[str]:
     """The problems ``PRAGMA integrity_check`` finds in the database file ``path`` (every
-    page, read only); [] when it is sound."""
+    page, read only); [] when it is sound. StoreError when it cannot be read at all for
+    another reason than damage (permissions, a lock)."""
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
-        return [str(exc)]
-    try:
-        rows = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-    except sqlite3.Error as exc:
-        return [str(exc)]
-    finally:
-        conn.close()
+        error = store_error(exc, path)
+        if isinstance(error, StoreDamaged):
+            return [str(exc)]
+        raise error from None
     return [] if rows == ["ok"] else rows
 
 
