@@ -317,9 +317,10 @@ RECOVER = {
     "dump": """
         sqlite3 mailsync.db .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' \\
             | sqlite3 recovered.db
-        sqlite3 recovered.db "PRAGMA user_version = $(sqlite3 mailsync.db 'PRAGMA user_version')"
+        sqlite3 recovered.db "PRAGMA user_version = $(sqlite3 mailsync.db "PRAGMA user_version")"
+        chmod 0640 recovered.db
     """,
-    "recover": """sqlite3 mailsync.db .recover | sqlite3 recovered.db""",
+    "recover": "sqlite3 mailsync.db .recover | sqlite3 recovered.db; chmod 0640 recovered.db",
 }
 
 
