@@ -189,7 +189,7 @@ class Store:
                 _quick_check(conn, path)
             store = cls(conn, path)
             store.migrate()
-            identity.check(path, state_dir, recorded, identity.held_by(conn),
+            identity.check(path, state_dir, recorded, identity.held_by(conn, path),
                            write=create, new_store=new_store)
             if check:
                 files.tighten(state_dir, [path, *(path.with_name(path.name + suffix)

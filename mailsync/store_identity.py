@@ -75,11 +75,14 @@ def write_recorded(state_dir: Path, held: StoreId) -> None:
     files.write_atomically(id_path(state_dir), (json.dumps(doc) + "\n").encode())
 
 
-def held_by(conn: sqlite3.Connection) -> StoreId:
+def held_by(conn: sqlite3.Connection, db: Path) -> StoreId:
     """The id the database holds (migration 5 gives every store one)."""
     rows = dict(conn.execute(
         "SELECT key, value FROM store_meta WHERE key IN ('store_id', 'created_at')"))
-    return StoreId(rows["store_id"], rows["created_at"])
+    if "store_id" not in rows:
+        raise StoreError(f"{db}: the store has no id (no store_id row in store_meta); "
+                         "restore the file, or see docs/store.md")
+    return StoreId(rows["store_id"], rows.get("created_at", "(unknown)"))
 
 
 def missing(db: Path, state_dir: Path, recorded: StoreId) -> StoreLost:

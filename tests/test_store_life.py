@@ -156,6 +156,17 @@ def test_a_store_from_before_store_ids_is_adopted(tmp_path):
     assert [r["subject"] for r in history(cfg)] == ["from the old release"]
 
 
+def test_a_store_whose_id_row_was_removed_is_refused_in_one_line(tmp_path):
+    cfg = _config(tmp_path)
+    state = tmp_path / "state"
+    _fill(state, 1)
+    with sqlite3.connect(state / "mailsync.db") as conn:
+        conn.execute("DELETE FROM store_meta")
+    result = run(["run", "--once", "-c", str(cfg)])
+    assert result.exit_code == 1
+    assert "the store has no id" in _one_error_line(result.stderr, "cannot start: ")
+
+
 READERS = [
     ["history"], ["history", "show", "1"], ["queue", "list"], ["queue", "retry", "1"],
     ["inbox"], ["inbox", "show", "1"], ["activity", "list"], ["activity", "show", "1"],
