@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailsync import files
 from mailsync.activities import (
     Activity,
     NewActivity,
@@ -192,11 +193,14 @@ class ActivityStore:
     def _keep(self, aid: int, source: Path) -> Path:
         """Copy ``source`` into the attachments directory (tmp name, then rename)."""
         folder = self.state_dir / ATTACHMENTS / str(aid)
-        folder.mkdir(parents=True, exist_ok=True)
         target = folder / source.name
         tmp = folder / f".{source.name}.tmp"
         try:
-            shutil.copyfile(source, tmp)
+            files.make_dir(folder.parent)
+            files.make_dir(folder)
+            tmp.unlink(missing_ok=True)
+            with open(source, "rb") as src, os.fdopen(files.create_file(tmp), "wb") as dst:
+                shutil.copyfileobj(src, dst)  # 0640 whatever the umask
             os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

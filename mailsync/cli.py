@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,7 @@ class LazyGroup(click.Group):
         "activity": "mailsync.cli_activities",
         "reload": "mailsync.cli_daemon",
         "status": "mailsync.cli_daemon",
+        "store": "mailsync.cli_store",
         "demo": "mailsync.cli_demo",
     }
 
@@ -141,14 +144,16 @@ def load_config_or_exit(config_path: Path) -> Config:
     return loaded.config
 
 
-def open_store_or_exit(config: Config, *, create: bool = True) -> Store:
-    """The store in state_dir, or exit 1 saying why it cannot be opened."""
+def open_store_or_exit(config: Config, *, create: bool = True, new_store: bool = False,
+                       check: bool = False, prefix: str = "error") -> Store:
+    """The store in state_dir, or exit 1 saying why it cannot be opened (one line)."""
     from mailsync.store import Store
 
     try:
-        return Store.open(config.daemon.state_dir, create=create)
+        return Store.open(config.daemon.state_dir, create=create, new_store=new_store,
+                          check=check)
     except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"{prefix}: {exc}", err=True)
         raise Exit(1) from None
 
 
@@ -162,6 +167,35 @@ def verp_key_or_exit(config: Config) -> VerpKey:
     except StoreError as exc:
         click.echo(f"error: {exc}", err=True)
         raise Exit(1) from None
+@contextmanager
+def using_store(config: Config, *, create: bool = False) -> Iterator[Store | None]:
+    """The store for one command (see :func:`closing`); None when reading (not
+    ``create``) in a state_dir that never had a store. A store that is missing, replaced
+    or damaged exits 1 with one line saying why."""
+    from mailsync.store import existed
+
+    if not create and not existed(config.daemon.state_dir):
+        yield None
+        return
+    with closing(open_store_or_exit(config, create=create)) as store:
+        yield store
+
+
+@contextmanager
+def closing(store: Store) -> Iterator[Store]:
+    """``store``, closed after the block; an SQLite error inside it (a damaged page met
+    while reading) exits 1 with one line instead of a traceback or partial output."""
+    import sqlite3
+
+    from mailsync.store import store_error
+
+    try:
+        yield store
+    except sqlite3.Error as exc:
+        click.echo(f"error: {store_error(exc, store.path)}", err=True)
+        raise Exit(1) from None
+    finally:
+        store.close()
 
 
 def _load_or_exit(path: Path) -> Loaded:
@@ -217,18 +251,13 @@ def plan(config_path: Path, against: Path | None, detailed_exitcode: bool, fmt: 
 
 
 def _last_applied(new: Loaded, base_dir: Path) -> tuple[Any, str]:
-    from mailsync.store import Store
-
+    """The config the daemon last applied; (None, why) when there is none yet. A store
+    that is missing, replaced or damaged exits 1: planning from nothing would show every
+    line as added."""
     assert new.config is not None
     state_dir = new.config.daemon.state_dir
-    try:
-        store = Store.open(state_dir, create=False)
-    except StoreError:
-        return None, "(nothing applied yet)"
-    try:
-        applied = store.last_applied_config()
-    finally:
-        store.close()
+    with using_store(new.config) as store:
+        applied = store.last_applied_config() if store is not None else None
     if applied is None:
         return None, "(nothing applied yet)"
     loaded = load_text(applied.text, f"{state_dir}/applied config", base_dir, validate=False)

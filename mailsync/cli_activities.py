@@ -29,11 +29,10 @@ from mailsync.activities import (
     parse_record,
 )
 from mailsync.activity_store import ActivityStore, DoneResult, Filters
-from mailsync.cli import Exit, _load_or_exit, config_option, main
+from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
 from mailsync.config.model import Config
-from mailsync.errors import ActivityRefused, StoreError
+from mailsync.errors import ActivityRefused
 from mailsync.printable import printable
-from mailsync.store import Store, db_path
 from mailsync.tables import iso, one_line
 
 LIST_COLUMNS = ("id", "icon", "type", "summary", "user", "deadline", "due", "decoration",
@@ -50,21 +49,11 @@ def _config(config_path: Path) -> Config:
 
 @contextmanager
 def _activities(config: Config, *, create: bool = True) -> Iterator[ActivityStore | None]:
-    """The activity store (None when reading and there is no store yet); refusals exit 1."""
-    state_dir = config.daemon.state_dir
+    """The activity store (None when reading and there never was a store); refusals, and a
+    store that is missing, replaced or damaged, exit 1."""
     try:
-        if not create and not db_path(state_dir).exists():
-            yield None
-            return
-        try:
-            store = Store.open(state_dir, create=create)
-        except StoreError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise Exit(1) from None
-        try:
-            yield ActivityStore(store)
-        finally:
-            store.close()
+        with using_store(config, create=create) as store:
+            yield ActivityStore(store) if store is not None else None
     except ActivityRefused as exc:
         click.echo(f"error: {exc}", err=True)
         raise Exit(1) from None

@@ -15,18 +15,16 @@ from mailsync.cli import (
     config_option,
     load_config_or_exit,
     main,
-    open_store_or_exit,
+    using_store,
     verp_key_or_exit,
 )
 from mailsync.config.model import Config
 from mailsync.history import readable
 from mailsync.printable import printable
-from mailsync.store import db_path
 from mailsync.tables import one_line, table
 from mailsync.terminal import write_raw
 
 _config = load_config_or_exit
-_store = open_store_or_exit
 
 
 def _check_server(config: Config, server: str | None) -> None:
@@ -60,12 +58,9 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
     config = _config(config_path)
     _check_server(config, server)
     rows: list[dict[str, Any]] = []
-    if db_path(config.daemon.state_dir).exists():
-        store = _store(config, create=False)
-        try:
+    with using_store(config) as store:
+        if store is not None:
             rows = list_fetched(store, InboxFilters(server, since_t, limit))
-        finally:
-            store.close()
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif rows:
@@ -91,12 +86,9 @@ def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
 
     config = _config(config_path)
     detail = None
-    if db_path(config.daemon.state_dir).exists():
-        store = _store(config, create=False)
-        try:
+    with using_store(config) as store:
+        if store is not None:
             detail = show_fetched(store, fetched_id)
-        finally:
-            store.close()
     if detail is None:
         click.echo(f"error: no fetched message {fetched_id}", err=True)
         raise Exit(1)
@@ -146,8 +138,8 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
         return
     metrics = Metrics()
     metrics.prime(config)
-    store = _store(config)
-    try:
+    with using_store(config, create=True) as store:
+        assert store is not None
         from mailsync.activity_store import schedule_for_fetched
 
         def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
@@ -155,8 +147,6 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
 
         results = poll_all_once(config, store, metrics, verp_key=verp_key_or_exit(config),
                                 on_message=on_message)
-    finally:
-        store.close()
     for result in results.values():
         click.echo(printable(result.describe()))
     if any(not r.ok for r in results.values()):

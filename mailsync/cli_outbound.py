@@ -15,10 +15,12 @@ import click
 from mailsync.cli import (
     Exit,
     _load_or_exit,
+    closing,
     config_option,
     load_config_or_exit,
     main,
     open_store_or_exit,
+    using_store,
     verp_key_or_exit,
 )
 from mailsync.config.model import Config
@@ -26,7 +28,7 @@ from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey
 from mailsync.printable import printable
-from mailsync.store import Store, db_path
+from mailsync.store import Store
 from mailsync.tables import table
 
 list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
@@ -34,7 +36,6 @@ list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"
 
 
 _config = load_config_or_exit
-_store = open_store_or_exit
 
 
 # -- send ------------------------------------------------------------------------------
@@ -104,11 +105,16 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
 @config_option
 @click.option("--once", is_flag=True,
               help="Ingest the spool, send all that is due, poll each mailbox, then exit.")
-def run(config_path: Path, once: bool) -> None:
+@click.option("--new-store", is_flag=True,
+              help="Accept an empty store where state_dir/store-id records one that is "
+                   "missing, or another store in its place (the old one's history and "
+                   "queued mail are lost). Deletes nothing.")
+def run(config_path: Path, once: bool, new_store: bool) -> None:
     """Run the daemon until SIGTERM (with --once: one pass, then exit 0).
 
     The daemon reloads the file when it changes, on SIGHUP and on `mailsync reload`;
-    it serves /metrics and /healthz on daemon.metrics_listen.
+    it serves /metrics and /healthz on daemon.metrics_listen. It refuses to start on a
+    store that is missing, replaced (see --new-store) or damaged (docs/store.md).
     """
     from mailsync import logs
     from mailsync.metrics import Metrics
@@ -121,12 +127,13 @@ def run(config_path: Path, once: bool) -> None:
     if not once:
         from mailsync.daemon import run as run_daemon
 
-        raise Exit(run_daemon(config_path, loaded))
-    store = _store(config)
-    outbound = OutboundStore(store)
-    metrics = Metrics()
-    metrics.prime(config)
-    try:
+        raise Exit(run_daemon(config_path, loaded, new_store=new_store))
+    store = open_store_or_exit(config, new_store=new_store, check=True,
+                               prefix="cannot start")
+    with closing(store):
+        outbound = OutboundStore(store)
+        metrics = Metrics()
+        metrics.prime(config)
         last = store.last_applied_config()
         if last is None or last.sha256 != loaded.sha256:
             store.record_applied_config(loaded.text, loaded.sha256, str(config_path))
@@ -141,8 +148,6 @@ def run(config_path: Path, once: bool) -> None:
         finally:
             deliverer.close()
         polls = _poll_mailboxes(config, store, metrics, verp_key)
-    finally:
-        store.close()
     click.echo(
         f"spool: {ingested.queued} queued, {ingested.rejected} rejected, "
         f"{ingested.duplicates} duplicate{'' if ingested.duplicates == 1 else 's'}"
@@ -223,13 +228,10 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--since") from None
     config = _config(config_path)
     rows: list[dict[str, Any]] = []
-    if db_path(config.daemon.state_dir).exists():
-        store = _store(config, create=False)
-        try:
+    with using_store(config) as store:
+        if store is not None:
             rows = h.list_messages(OutboundStore(store),
                                    h.Filters(status, account, user, since_t, limit))
-        finally:
-            store.close()
     _print_rows(rows, h.LIST_COLUMNS, fmt)
 
 
@@ -259,12 +261,9 @@ def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> Non
 
     config = _config(config_path)
     detail = None
-    if db_path(config.daemon.state_dir).exists():
-        store = _store(config, create=False)
-        try:
+    with using_store(config) as store:
+        if store is not None:
             detail = h.show(OutboundStore(store), message_id)
-        finally:
-            store.close()
     if detail is None:
         click.echo(f"error: no message {message_id}", err=True)
         raise Exit(1)
@@ -297,13 +296,10 @@ def queue_list(config_path: Path, fmt: str) -> None:
 
     config = _config(config_path)
     rows: list[dict[str, Any]] = []
-    if db_path(config.daemon.state_dir).exists():
-        store = _store(config, create=False)
-        try:
+    with using_store(config) as store:
+        if store is not None:
             rows = h.list_messages(OutboundStore(store), h.Filters(
                 ("queued", "sending", "deferred", "held"), limit=10_000))
-        finally:
-            store.close()
     _print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
                        "next_attempt_at", "error"), fmt)
 
@@ -325,18 +321,20 @@ def _queue_action(name: str) -> None:
     @config_option
     def action(message_id: int, config_path: Path) -> None:
         config = _config(config_path)
-        store = _store(config)
-        try:
-            old = OutboundStore(store).transition(message_id, new, allowed, time.time(), what)
-        except KeyError:
-            click.echo(f"error: no message {message_id}", err=True)
-            raise Exit(1) from None
-        except ValueError as exc:
-            click.echo(f"error: message {message_id} is {exc}; {name} applies to "
-                       f"{', '.join(allowed)} messages", err=True)
-            raise Exit(1) from None
-        finally:
-            store.close()
+        # Never creates a store: with none there is no message to act on.
+        with using_store(config) as store:
+            try:
+                if store is None:
+                    raise KeyError(message_id)
+                old = OutboundStore(store).transition(message_id, new, allowed, time.time(),
+                                                      what)
+            except KeyError:
+                click.echo(f"error: no message {message_id}", err=True)
+                raise Exit(1) from None
+            except ValueError as exc:
+                click.echo(f"error: message {message_id} is {exc}; {name} applies to "
+                           f"{', '.join(allowed)} messages", err=True)
+                raise Exit(1) from None
         click.echo(f"message {message_id}: {old} -> {new} ({what})")
         if new == "queued":
             _wake_daemon(config)

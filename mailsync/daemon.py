@@ -41,7 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mailsync import logs
+from mailsync import files, logs
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
 from mailsync.control import ControlServer, socket_path
@@ -54,7 +54,7 @@ from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey, load_key
 from mailsync.plan import diff
 from mailsync.sdnotify import Notifier
-from mailsync.store import Store
+from mailsync.store import Store, db_path, store_error
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -157,9 +157,10 @@ class Daemon:
     _spool_thread: threading.Thread
 
     def __init__(self, config_path: Path, loaded: Loaded, *,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, new_store: bool = False) -> None:
         assert loaded.config is not None
         self.config_path = config_path
+        self.new_store = new_store  # --new-store: accept a missing or another store
         self.loaded = loaded
         self.config: Config = loaded.config
         self.notifier = notifier or Notifier()
@@ -191,7 +192,7 @@ class Daemon:
 
     # -- start ---------------------------------------------------------------------------
     def _lock_state_dir(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        files.make_dir(state_dir)  # 0750 whatever the umask
         path = state_dir / "mailsync.pid"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
@@ -209,7 +210,9 @@ class Daemon:
         """Open the store, take the spool backlog, start every thread; then READY=1."""
         config = self.config
         self._lock_state_dir(config.daemon.state_dir)
-        self.store = Store.open(config.daemon.state_dir)
+        # Refused when state_dir/store-id records a store that is missing or replaced, or
+        # when the tables read at start are damaged (StoreLost, StoreDamaged).
+        self.store = Store.open(config.daemon.state_dir, new_store=self.new_store, check=True)
         self.store.on_outage = self._store_outage
         self.verp_key = load_key(config.daemon.state_dir)
         self.outbound = OutboundStore(self.store)
@@ -308,7 +311,9 @@ class Daemon:
         self._install_signals()
         try:
             self.start()
-        except (MailsyncError, OSError, ValueError) as exc:
+        except (MailsyncError, OSError, ValueError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error):  # a damaged page met after the check
+                exc = store_error(exc, db_path(self.config.daemon.state_dir))
             log.error("cannot start: %s", exc)
             self.shutdown()
             return 1
@@ -778,6 +783,6 @@ class Daemon:
 
 
 def run(config_path: Path, loaded: Loaded,
-        notifier: Callable[[], Notifier] = Notifier) -> int:
+        notifier: Callable[[], Notifier] = Notifier, *, new_store: bool = False) -> int:
     """``mailsync run``: the daemon until SIGTERM; its exit code."""
-    return Daemon(config_path, loaded, notifier=notifier()).run()
+    return Daemon(config_path, loaded, notifier=notifier(), new_store=new_store).run()

@@ -8,7 +8,9 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
     │   └── ConfigInvalid      it was read, but has errors (carries the problems)
     ├── SecretError            a secret reference cannot be resolved
     ├── StoreError             the SQLite store cannot be opened or written
-    │   └── StoreUnavailable   a commit failed on the disk (full, I/O): retry later
+    │   ├── StoreUnavailable   a commit failed on the disk (full, I/O): retry later
+    │   ├── StoreLost          state_dir/store-id names a store that is missing or replaced
+    │   └── StoreDamaged       SQLite finds the file corrupt (or not a database at all)
     ├── ActivityRefused        an activity request the config or its state does not allow
     └── DeliveryError          sending or fetching failed
         ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
@@ -58,6 +60,15 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, kind: str = "io") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class StoreLost(StoreError):
+    """``state_dir/store-id`` records a store whose database is missing, or another
+    database is in its place: starting would silently begin an empty history."""
+
+
+class StoreDamaged(StoreError):
+    """SQLite reports the database file corrupt or not a database (see docs/store.md)."""
 
 
 class ActivityRefused(MailsyncError):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
+from mailsync import files
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
 from mailsync.inbound.source import BATCH, Batch, Cursor, Incoming, Known, describe
@@ -151,8 +152,9 @@ class MaildirWriter:
 
     def _listing(self) -> set[str]:
         if self._present is None:
+            files.make_dir(self.path)  # 0750 when new, as its subdirectories
             for sub in ("tmp", "new", "cur"):
-                (self.path / sub).mkdir(parents=True, exist_ok=True)
+                files.make_dir(self.path / sub)
             self._present = {base_name(n) for sub in ("new", "cur")
                              for n in os.listdir(self.path / sub)}
         return self._present

@@ -97,7 +97,7 @@ def _child(config: Config, conn: Connection) -> None:
     _die_with_parent()
     _child_signals()
     try:
-        store = Store.open(config.daemon.state_dir)
+        store = Store.open(config.daemon.state_dir, create=False)  # the parent made it
         metrics = Metrics()
         try:
             ingester = Ingester(config, OutboundStore(store), metrics,
@@ -145,7 +145,7 @@ def _serve(config: Config, conn: Connection) -> None:
     ``("config", config)`` replaces the configuration for the next passes."""
     _die_with_parent()
     _child_signals()
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, create=False)  # the daemon made it
     metrics = Metrics()
     outbound = OutboundStore(store)
 

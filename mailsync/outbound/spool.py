@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -28,9 +29,12 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
+from mailsync import files
 from mailsync.outbound.types import Rejection, RejectReason, Submission
 
 SUFFIXES = (".eml", ".json")
+log = logging.getLogger("mailsync.spool")
+
 _JSON_FIELDS = ("user", "account", "to", "cc", "bcc", "subject", "text", "html", "reply_to",
                 "headers", "attachments", "idempotency_key")
 # Fields that have their own JSON key or that the MIME builder owns.
@@ -164,7 +168,8 @@ def scan(spool_dir: Path) -> list[Path]:
 
 def reject(spool_dir: Path, path: Path, rejection: Rejection, *,
            now: datetime | None = None) -> Path:
-    """Move a refused file to ``rejected/`` and write ``NAME.error`` with the reason."""
+    """Move a refused file to ``rejected/`` and write ``NAME.error`` with the reason;
+    both end 0640 and owned by the daemon's user, whatever the umask and the writer."""
     target_dir = spool_dir / "rejected"
     target_dir.mkdir(exist_ok=True)
     target, n = target_dir / path.name, 0
@@ -172,10 +177,16 @@ def reject(spool_dir: Path, path: Path, rejection: Rejection, *,
         n += 1
         target = target_dir / f"{path.stem}.{n}{path.suffix}"
     os.rename(path, target)
+    try:
+        # The app's own file, made the daemon's (0640: the spool group may read it, no
+        # one else): a chmod, or a copy replacing it when another user owns it.
+        files.own_copy(target)
+    except OSError as exc:
+        log.warning("%s: cannot make the rejected file 0640: %s", target, exc)
     when = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     detail = " ".join(rejection.detail.splitlines())
-    target.with_name(target.name + ".error").write_text(
-        f"{rejection.reason}: {detail}\nrejected_at: {when}\n", encoding="utf-8")
+    files.write_new(target.with_name(target.name + ".error"),
+                    f"{rejection.reason}: {detail}\nrejected_at: {when}\n".encode())
     return target
 
 
