@@ -13,7 +13,7 @@ from mailsync.config.model import Config
 
 REJECT_REASONS = ("unparseable", "unknown_user", "impersonation", "ungranted_account",
                   "no_account", "no_recipients", "bad_recipient", "header_injection",
-                  "oversize")
+                  "oversize", "unreadable")
 FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
 BOUNCE_REFUSED = ("unsigned", "bad_signature", "not_a_bounce")  # bounces.Verdict.refused

@@ -146,3 +146,41 @@ def test_a_store_of_the_previous_release_keeps_its_records_as_claims(tmp_path):
             "SELECT name FROM sqlite_master WHERE name = 'ingested'").fetchone() is None
     finally:
         store.close()
+
+
+def test_a_file_the_daemon_may_not_read_is_rejected_and_holds_up_nothing(tmp_path,
+                                                                          smtp_server):
+    """An application with umask 077 wrote its file 0600: the daemon (here root without
+    CAP_DAC_OVERRIDE, as an unprivileged daemon user would be) rejects it with its mode
+    and owner, and sends the files behind it."""
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+
+    from mailsync.outbound.spool import drop
+    from tests.conftest import need
+
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+         "needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    spool = tmp_path / "spool"
+    private = _drop_as(spool, "0000-private.json", JSON)     # sorts first: the oldest
+    nobody = pwd.getpwnam("nobody")
+    os.chown(private, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(private, 0o600)
+    drop(spool, user="alice", to=["b@example.org"], subject="behind it", text="x")
+    caps = "-dac_override,-dac_read_search"
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--",
+         sys.executable, "-m", "mailsync", "run", "--once", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 queued, 1 rejected" in done.stdout, done.stdout
+    assert [m.rcpt_tos for m in srv.wait_for(1)] == [("b@example.org",)]
+    error = (spool / "rejected" / "0000-private.json.error").read_text()
+    assert error.startswith("unreadable: ") and "mode 0600, owner nobody" in error
+    assert not list((spool / "new").iterdir())
+    rejected = [r for r in history(cfg) if r["status"] == "rejected"]
+    assert [r["reason"] for r in rejected] == ["unreadable"]

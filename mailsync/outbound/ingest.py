@@ -15,7 +15,9 @@ import errno
 import hashlib
 import logging
 import os
+import pwd
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,6 +82,27 @@ def _read(path: Path, max_size: int) -> tuple[bytes, os.stat_result] | None:
         return f.read(max_size + 1), os.fstat(fd)
 
 
+def _unreadable(path: Path) -> Prepared | None:
+    """A file the daemon may not read (an application wrote it 0600): rejected with its
+    mode and owner, rather than failing every pass and holding up the files behind it.
+    None if it is gone meanwhile."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    rejection = Rejection(
+        "unreadable", f"the daemon (uid {os.geteuid()}) may not read it: mode "
+        f"{stat.S_IMODE(st.st_mode):04o}, owner {owner}; write spool files readable by the "
+        "spool's group (umask 027, or chmod 0640 before renaming into new/)")
+    return Prepared(path, RejectedMessage(
+        path.name, "", rejection.reason, rejection.detail,
+        file=FileId(st.st_ino, st.st_ctime_ns)), rejection)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One spool file read, parsed, routed and composed: what the store will take."""
@@ -113,7 +136,13 @@ def prepare(config: Config, paths: list[Path], now: float,
     owners = submitters.bound  # without bound users, owners are not even looked at
     out: list[Prepared] = []
     for path in paths:
-        read = _read(path, max_size)
+        try:
+            read = _read(path, max_size)
+        except PermissionError:
+            unreadable = _unreadable(path)
+            if unreadable is not None:
+                out.append(unreadable)
+            continue
         if read is None:
             continue  # taken meanwhile
         data, st = read

@@ -15,6 +15,7 @@ RejectReason = Literal[
     "bad_recipient",      # a recipient address is malformed
     "header_injection",   # CR or LF inside a header value (JSON fields, custom headers)
     "oversize",           # larger than daemon.max_message_size
+    "unreadable",         # the daemon may not read the file (written 0600 by its owner)
 ]
 
 
