@@ -319,10 +319,10 @@ class Store:
                               now: datetime | None = None) -> None:
         """Remember ``text`` as the configuration now in force."""
         at = (now or datetime.now(UTC)).isoformat()
-        self.conn.execute(
-            "INSERT INTO applied_config (applied_at, sha256, source, text) VALUES (?, ?, ?, ?)",
-            (at, sha256, source, text),
-        )
+        with self.transaction() as conn:  # a full disk: StoreUnavailable, counted, not raw
+            conn.execute(
+                "INSERT INTO applied_config (applied_at, sha256, source, text)"
+                " VALUES (?, ?, ?, ?)", (at, sha256, source, text))
 
     def last_applied_config(self) -> AppliedConfig | None:
         row = self.conn.execute(
