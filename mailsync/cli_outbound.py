@@ -180,7 +180,7 @@ def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any,
 
     from mailsync.outbound.pickup import Pickup
 
-    pickup = Pickup(config)  # forked before this process starts any thread
+    pickup = Pickup(config, deliverer.verp_key)  # forked before this process starts any thread
     done = threading.Event()
     result: dict[str, Any] = {}
 

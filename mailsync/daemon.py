@@ -232,13 +232,13 @@ class Daemon:
         from mailsync.outbound.pickup import PickupService
 
         try:
-            self._pickup = PickupService(config)
+            self._pickup = PickupService(config, self.verp_key)
         except OSError as exc:
             log.warning("no pickup process (%s): the spool is taken in this process", exc)
 
         self.deliverer = Deliverer(config, self.outbound, self.metrics, verp_key=self.verp_key)
         self.ingester = Ingester(config, self.outbound, self.metrics,
-                                 on_commit=self.deliverer.wake)
+                                 on_commit=self.deliverer.wake, verp_key=self.verp_key)
         self._deliver_thread = threading.Thread(target=self._deliver_loop,
                                                 name="mailsync-deliver", daemon=True)
         self._deliver_thread.start()
@@ -677,7 +677,8 @@ class Daemon:
             self.deliverer.halt()  # the pass restarts with as many workers as sessions
         self.config = new
         self.loaded = loaded
-        self.ingester = Ingester(new, self.outbound, self.metrics, on_commit=self.deliverer.wake)
+        self.ingester = Ingester(new, self.outbound, self.metrics, on_commit=self.deliverer.wake,
+                                 verp_key=self.verp_key)
         if new.daemon.spool_dir != old.daemon.spool_dir and self._observer is not None:
             self._observer.unschedule(self._spool_watch)
             self._spool_watch = self._observer.schedule(

@@ -25,16 +25,18 @@ from mailsync import store_identity as identity
 from mailsync.errors import StoreDamaged, StoreError, StoreUnavailable
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
-from mailsync.storehealth import CommitHealth, classify
+from mailsync.storehealth import CommitHealth, classify, free_bytes
 
 log = logging.getLogger("mailsync.store")
 
 DB_NAME = "mailsync.db"
-# The WAL is checkpointed every ~4 MiB (SQLite's default) and cut back to this size after
-# a checkpoint; the daemon truncates it after a burst. On a small filesystem the WAL must
-# not be what fills the disk.
-WAL_AUTOCHECKPOINT_PAGES = 1000
-JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+# The WAL is checkpointed (the only fsyncs in WAL mode) once it holds this many pages and
+# cut back to that size after a checkpoint; the daemon truncates it after a burst. A large
+# WAL means fewer checkpoints (fewer fsyncs, hot pages written once), but on a small
+# filesystem the WAL must not be what fills the disk: it may take 1/64 of the space free
+# when the store is opened, between 1 MiB and 16 MiB (256 to 4,000 pages of 4 KiB).
+WAL_MIN_PAGES, WAL_MAX_PAGES = 256, 4000
+WAL_SHARE_OF_FREE = 64
 BUSY_TIMEOUT_MS = 30_000
 
 MIGRATIONS: list[str] = [
@@ -67,6 +69,8 @@ MIGRATIONS: list[str] = [
     INSERT INTO store_meta (key, value)
         VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
     """,
+    # 7: each message's VERP signature, made when it is queued (mailsync/outbound/verp.py).
+    outbound_tables.VERP_MIGRATION,
 ]
 
 
@@ -78,6 +82,13 @@ class AppliedConfig:
     sha256: str
     source: str
     text: str
+
+
+def wal_pages(free: int | None, page_size: int = 4096) -> int:
+    """Pages the WAL may hold before a checkpoint, for ``free`` bytes on its filesystem."""
+    if free is None:
+        return WAL_MAX_PAGES
+    return max(WAL_MIN_PAGES, min(WAL_MAX_PAGES, free // WAL_SHARE_OF_FREE // page_size))
 
 
 def db_path(state_dir: Path) -> Path:
@@ -264,10 +275,12 @@ class Store:
                                    timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoints are the only fsyncs in WAL mode; the WAL stays bounded (see
-            # JOURNAL_SIZE_LIMIT). A 16 MiB page cache keeps the queue's hot pages in memory.
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            # The WAL stays bounded (see wal_pages); a 16 MiB page cache keeps the queue's
+            # hot pages in memory.
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = wal_pages(free_bytes(state_dir), page_size)
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            conn.execute(f"PRAGMA journal_size_limit={pages * page_size}")
             conn.execute("PRAGMA cache_size=-16384")
             conn.execute("PRAGMA foreign_keys=ON")
             if check:

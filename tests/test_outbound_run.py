@@ -51,6 +51,14 @@ def test_spooled_messages_are_sent_and_recorded(tmp_path, smtp_server):
     # VERP: the envelope sender names the message, signed with the state_dir's key.
     key = load_key(tmp_path / "state")
     assert quote.mail_from == f"bounce+{quote_row['id']}.{key.sign(quote_row['id'])}@example.com"
+    # The signature was made when the message was queued (by the pickup process), and
+    # stored with it: the senders only put the address together.
+    store, outbound = open_store(cfg)
+    try:
+        stored = {r["id"]: r["verp"] for r in outbound.query("SELECT id, verp FROM messages")}
+    finally:
+        store.close()
+    assert stored == {r["id"]: key.sign(r["id"]) for r in rows}
     detail = show(cfg, quote_row["id"])
     assert {r["address"]: r["code"] for r in detail["recipients"]} == {
         "ann@example.org": 250, "cc@example.org": 250, "hidden@example.org": 250}

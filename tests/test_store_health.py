@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from mailsync.errors import StoreUnavailable
-from mailsync.store import JOURNAL_SIZE_LIMIT, WAL_AUTOCHECKPOINT_PAGES, Store
+from mailsync.store import WAL_MAX_PAGES, WAL_MIN_PAGES, Store, wal_pages
 from mailsync.storehealth import CommitHealth, classify
 
 
@@ -83,8 +83,18 @@ def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path):
                 conn.execute("INSERT INTO big VALUES (zeroblob(50000))")
             largest = max(largest, wal.stat().st_size)
         page = store.conn.execute("PRAGMA page_size").fetchone()[0]
-        assert largest <= max(JOURNAL_SIZE_LIMIT, (WAL_AUTOCHECKPOINT_PAGES + 64) * page)
+        pages = store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages == wal_pages(os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize)
+        assert largest <= (pages + 64) * page
         assert store.checkpoint() > 0
         assert wal.stat().st_size == 0
     finally:
         store.close()
+
+
+def test_the_wal_takes_a_small_share_of_the_free_space():
+    mib = 1024 * 1024
+    assert wal_pages(80_000 * mib) == WAL_MAX_PAGES        # 16 MiB on a roomy disk
+    assert wal_pages(128 * mib) == 128 * mib // 64 // 4096  # 2 MiB of 128 MiB free
+    assert wal_pages(15 * mib) == WAL_MIN_PAGES            # 1 MiB on a nearly full disk
+    assert wal_pages(None) == WAL_MAX_PAGES

@@ -335,7 +335,8 @@ class Deliverer:
                                                             count_attempt=False))
             log.warning("message %d held: %s", message.id, detail)
             return "held"
-        mail_from = verp_sender(config, self.verp_key, message.id) or message.from_address
+        mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
+            or message.from_address
         errors = []
         for server in servers:
             pool = self.pool(server)

@@ -31,6 +31,7 @@ from mailsync.outbound import compose, routing, spool
 from mailsync.outbound.identity import Submitters
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
 from mailsync.outbound.types import Rejection
+from mailsync.outbound.verp import VerpKey
 
 log = logging.getLogger("mailsync.ingest")
 
@@ -194,8 +195,13 @@ class Ingester:
 
     def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
                  clock: Callable[[], float] = time.time,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None,
+                 verp_key: VerpKey | None = None) -> None:
         self.config = config
+        alias = config.alias_domain
+        # New messages are queued with their VERP signature (made here, not by a sender).
+        self._sign = verp_key.sign if verp_key is not None and alias is not None \
+            and alias.bounce else None
         self.on_commit = on_commit  # told after each committed batch (wakes the sender)
         self.store = store
         self.metrics = metrics
@@ -221,7 +227,7 @@ class Ingester:
         release their claims."""
         if not batch.items:
             return
-        result = self.store.ingest([p.item for p in batch.items], batch.now)
+        result = self.store.ingest([p.item for p in batch.items], batch.now, self._sign)
         if self.on_commit is not None and result.queued:
             self.on_commit()
         by_name = {p.item.source: p for p in batch.items}

@@ -28,6 +28,7 @@ from mailsync.errors import MailsyncError, StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound.ingest import Ingester, IngestStats
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 
 _PR_SET_PDEATHSIG = 1
@@ -92,7 +93,7 @@ def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     return IngestStats(**stats)
 
 
-def _child(config: Config, conn: Connection) -> None:
+def _child(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     """The one-pass child of `run --once`."""
     _die_with_parent()
     _child_signals()
@@ -101,7 +102,8 @@ def _child(config: Config, conn: Connection) -> None:
         metrics = Metrics()
         try:
             ingester = Ingester(config, OutboundStore(store), metrics,
-                                on_commit=lambda: conn.send(("committed", None)))
+                                on_commit=lambda: conn.send(("committed", None)),
+                                verp_key=verp_key)
             stats = ingester.run_once()
         finally:
             store.close()
@@ -119,10 +121,10 @@ class Pickup:
     (and before it uses the store from another thread): a fork copies the locks of the
     forking process, not the threads that own them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, verp_key: VerpKey | None = None) -> None:
         ctx = multiprocessing.get_context("fork")
         self._conn, child_end = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child, args=(config, child_end),
+        self._proc = ctx.Process(target=_child, args=(config, child_end, verp_key),
                                  name="mailsync-pickup")
         self._proc.start()
         child_end.close()
@@ -140,7 +142,7 @@ class Pickup:
         return _outcome(*outcome, metrics)
 
 
-def _serve(config: Config, conn: Connection) -> None:
+def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     """The daemon's long-lived child: one ingestion pass per ``("pass", limit)`` request;
     ``("config", config)`` replaces the configuration for the next passes."""
     _die_with_parent()
@@ -150,7 +152,8 @@ def _serve(config: Config, conn: Connection) -> None:
     outbound = OutboundStore(store)
 
     def ingester(cfg: Config) -> Ingester:
-        return Ingester(cfg, outbound, metrics, on_commit=lambda: conn.send(("committed", None)))
+        return Ingester(cfg, outbound, metrics, on_commit=lambda: conn.send(("committed", None)),
+                        verp_key=verp_key)
 
     current = ingester(config)
     try:
@@ -187,10 +190,10 @@ class PickupService:
     GIL stays with the senders. Only one thread may use it.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, verp_key: VerpKey | None = None) -> None:
         ctx = multiprocessing.get_context("fork")
         self._conn, child_end = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_serve, args=(config, child_end),
+        self._proc = ctx.Process(target=_serve, args=(config, child_end, verp_key),
                                  name="mailsync-pickup", daemon=True)
         self._proc.start()
         child_end.close()

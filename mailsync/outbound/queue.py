@@ -76,6 +76,7 @@ class Outgoing:
     raw: bytes
     recipients: tuple[str, ...]
     attempts: int
+    verp: str | None = None  # the VERP signature made at queueing (None: make it now)
 
 
 @dataclass
@@ -165,7 +166,8 @@ class OutboundStore:
         self.store = store
         self._group = GroupCommit(store)
 
-    def ingest(self, items: Sequence[NewMessage | RejectedMessage], now: float) -> IngestResult:
+    def ingest(self, items: Sequence[NewMessage | RejectedMessage], now: float,
+               sign: Callable[[int], str] | None = None) -> IngestResult:
         """Queue (or record as rejected) a batch of spool files in one transaction.
 
         Each file is claimed in the same transaction (see :meth:`release_claims`). A file
@@ -173,9 +175,16 @@ class OutboundStore:
         its removal) is ``taken``: not queued twice. A message whose idempotency key was
         seen before is a ``duplicate``: not queued, and an event on the earlier message
         says so. Anything else is a new message, even under an old name and content.
+
+        ``sign`` makes the VERP signature of a new message's id, stored with it: the ids
+        are then given here (the next after the largest), not chosen by SQLite.
         """
         result = IngestResult()
         with self.store.transaction() as conn:
+            next_id = 0
+            if sign is not None:
+                next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"
+                                       ).fetchone()[0]
             for item in items:
                 seen = conn.execute(
                     "SELECT message, inode, ctime_ns FROM spool_claims"
@@ -187,6 +196,7 @@ class OutboundStore:
                 if isinstance(item, RejectedMessage):
                     mid = self._insert_rejected(conn, item, now)
                     result.rejected[item.source] = mid
+                    next_id = max(next_id, mid + 1)
                 else:
                     dup = None
                     if item.idempotency_key is not None:
@@ -198,6 +208,10 @@ class OutboundStore:
                                f"spool file {item.source} has this message's idempotency key"
                                f" {item.idempotency_key!r}: not queued again")
                         result.duplicates[item.source] = mid
+                    elif sign is not None:
+                        mid, next_id = next_id, next_id + 1
+                        self._insert_new(conn, item, now, mid, sign(mid))
+                        result.queued[item.source] = mid
                     else:
                         mid = self._insert_new(conn, item, now)
                         result.queued[item.source] = mid
@@ -233,13 +247,14 @@ class OutboundStore:
         return len(stale)
 
     @staticmethod
-    def _insert_new(conn: sqlite3.Connection, m: NewMessage, now: float) -> int:
+    def _insert_new(conn: sqlite3.Connection, m: NewMessage, now: float,
+                    mid: int | None = None, verp: str | None = None) -> int:
         cur = conn.execute(
-            "INSERT INTO messages (created_at, updated_at, status, user, account, from_address,"
-            " message_id, subject, size, next_attempt_at, source, idempotency_key)"
-            " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, now, m.user, m.account, m.from_address, m.message_id, m.subject, len(m.raw),
-             now, m.source, m.idempotency_key))
+            "INSERT INTO messages (id, created_at, updated_at, status, user, account,"
+            " from_address, message_id, subject, size, next_attempt_at, source,"
+            " idempotency_key, verp) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mid, now, now, m.user, m.account, m.from_address, m.message_id, m.subject,
+             len(m.raw), now, m.source, m.idempotency_key, verp))
         mid = int(cur.lastrowid or 0)
         conn.execute("INSERT INTO contents (message, raw) VALUES (?, ?)", (mid, m.raw))
         conn.executemany(
@@ -275,7 +290,8 @@ class OutboundStore:
         """Up to ``limit`` due messages, marked `sending`, oldest first."""
         with self.store.transaction() as conn:
             rows = conn.execute(
-                "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts"
+                "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts,"
+                " m.verp"
                 " FROM messages m JOIN contents c ON c.message = m.id"
                 " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
                 " ORDER BY m.next_attempt_at, m.id LIMIT ?", (now, limit)).fetchall()
@@ -290,7 +306,8 @@ class OutboundStore:
                     f"SELECT message, address FROM recipients WHERE message IN ({marks})"
                     " AND status IN ('queued', 'deferred')", ids):
                 pending[mid].append(address)
-        return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(pending[r[0]]), r[5]) for r in rows]
+        return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(pending[r[0]]), r[5], r[6])
+                for r in rows]
 
     def unclaim(self, ids: Sequence[int], now: float) -> None:
         """Messages claimed but not tried (the sender stopped) go back to the queue."""

@@ -1,6 +1,6 @@
 """Store migration of the outbound side: the queue, the send history and its events.
 
-Applied by store.py as migrations 2 and 5. Statements are separated by ';' (no ';' inside
+Applied by store.py as migrations 2, 5 and 7. Statements are separated by ';' (no ';' inside
 literals). The content lives apart from the message row so that status updates rewrite
 small rows (many to a page), not pages of message bytes; attempts are the events that
 name a server.
@@ -82,4 +82,10 @@ CREATE TABLE spool_claims (
 INSERT OR REPLACE INTO spool_claims (source, sha256, message, at)
     SELECT source, sha256, message, at FROM ingested ORDER BY at;
 DROP TABLE ingested
+"""
+
+# 7: the VERP signature of each message, made when it is queued (by the pickup process,
+# beside the senders) instead of once per attempt by a sender thread.
+VERP_MIGRATION = """
+ALTER TABLE messages ADD COLUMN verp TEXT
 """

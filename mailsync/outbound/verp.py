@@ -78,15 +78,20 @@ class VerpAddress:
         return self.problem is None
 
 
-def verp_sender(config: Config, key: VerpKey, message_id: int) -> str | None:
+def verp_sender(config: Config, key: VerpKey, message_id: int,
+                signature: str | None = None) -> str | None:
     """The envelope sender ``bounce+<id>.<signature>@<alias domain>``, or None without a
-    bounce local part (the caller then uses the From address as MAIL FROM)."""
+    bounce local part (the caller then uses the From address as MAIL FROM).
+
+    ``signature``: ``key.sign(message_id)`` made earlier (when the message was queued, in
+    the pickup process: signing costs the senders' process more than it seems, as every
+    microsecond there is taken from the threads waiting for the GIL)."""
     alias = config.alias_domain
     if alias is None or not alias.bounce:
         return None
     if not 0 <= message_id <= MAX_ID:
         raise ValueError(f"message id must be in 0..{MAX_ID} (got {message_id})")
-    return f"{alias.bounce}+{message_id}.{key.sign(message_id)}@{alias.domain}"
+    return f"{alias.bounce}+{message_id}.{signature or key.sign(message_id)}@{alias.domain}"
 
 
 def read_verp(config: Config, key: VerpKey | None, address: str) -> VerpAddress | None:
