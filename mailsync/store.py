@@ -37,6 +37,8 @@ DB_NAME = "mailsync.db"
 # when the store is opened, between 1 MiB and 16 MiB (256 to 4,000 pages of 4 KiB).
 WAL_MIN_PAGES, WAL_MAX_PAGES = 256, 4000
 WAL_SHARE_OF_FREE = 64
+# Below this much free space a quiet daemon truncates its WAL to 0 (see Store.checkpoint).
+TRUNCATE_BELOW = 1024 * 1024 * 1024
 BUSY_TIMEOUT_MS = 30_000
 
 MIGRATIONS: list[str] = [
@@ -113,6 +115,7 @@ class Store:
         self.health = CommitHealth(path.parent)
         self.on_outage: Callable[[bool, str], None] | None = None  # (started?, error)
         self.last_commit = 0.0  # time.monotonic() of this process's last commit that wrote
+        self.checkpointed_at = 0.0  # ... and of its last complete checkpoint (checkpoint())
         try:
             # 0640: only the store's owner writes it (a reader cannot open it O_RDWR and
             # takes no writer lock: it does not write).
@@ -183,24 +186,30 @@ class Store:
         return not self.health.failing
 
     def checkpoint(self) -> int:
-        """Copy the WAL into the database and truncate it to 0 bytes (after a burst, so a
-        quiet daemon leaves no large WAL behind); the WAL's size before, in bytes. Writers
-        of other processes wait on the flock meanwhile."""
+        """After a burst: copy the whole WAL into the database, and, when its filesystem is
+        short of space, truncate it to 0 bytes, so that a quiet daemon holds no WAL space
+        there. On a roomy disk the WAL keeps its (bounded) size and is rewritten from its
+        start: the next burst's writes need no new blocks. The WAL's size before, in bytes
+        (0: nothing to do). Writers of other processes wait on the flock meanwhile."""
         wal = Path(f"{self.path}-wal")
         with self.lock:
             try:
                 before = wal.stat().st_size
             except FileNotFoundError:
                 return 0
-            if before == 0:
+            if before == 0 or self.last_commit <= self.checkpointed_at:
                 return 0
+            free = free_bytes(self.path.parent)
+            mode = "TRUNCATE" if free is None or free < TRUNCATE_BELOW else "RESTART"
             if self._writer >= 0:
                 fcntl.flock(self._writer, fcntl.LOCK_EX)
             try:
                 # A reader (a long `mailsync history`) must not hold this process's
                 # writers for the 30 s busy timeout: the next quiet moment tries again.
                 self.conn.execute("PRAGMA busy_timeout = 100")
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+                if not busy:
+                    self.checkpointed_at = time.monotonic()
             except sqlite3.Error as exc:
                 kind = classify(exc)
                 if kind is None:

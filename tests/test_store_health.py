@@ -71,7 +71,9 @@ def test_a_failed_commit_leaves_no_transaction_open(tmp_path):
         store.close()
 
 
-def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path):
+def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path, monkeypatch):
+    import mailsync.store
+
     store = Store.open(tmp_path / "state")
     wal = tmp_path / "state" / "mailsync.db-wal"
     try:
@@ -86,6 +88,15 @@ def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path):
         pages = store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert pages == wal_pages(os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize)
         assert largest <= (pages + 64) * page
+        # A roomy disk: the whole WAL is checkpointed, and kept to be rewritten from its start.
+        assert store.checkpoint() == wal.stat().st_size > 0
+        busy, frames, done = store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0 and frames == done
+        assert store.checkpoint() == 0              # nothing written since: nothing to do
+        # A disk short of space: a quiet store holds no WAL there.
+        monkeypatch.setattr(mailsync.store, "TRUNCATE_BELOW", 1 << 62)
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO big VALUES (zeroblob(50000))")
         assert store.checkpoint() > 0
         assert wal.stat().st_size == 0
     finally:
