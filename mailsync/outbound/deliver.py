@@ -44,7 +44,8 @@ class _Held:
         self.session: SmtpSession | None = None
 
     def take(self, pool: ConnectionPool) -> SmtpSession:
-        if self.pool is pool and self.session is not None and not self.session.broken:
+        if self.pool is pool and self.session is not None and not self.session.broken \
+                and not self.session.expiring():
             return self.session
         self.release()
         # No timeout on waiting for a free slot: holders never wait for another pool
