@@ -496,3 +496,31 @@ def test_secrets_never_leak(endpoint: Endpoint, tmp_path: Path,
     assert len(endpoint.requests) == 4 and shown
     leaked = [text for text in shown if "CANARY" in text or SECRET in text]
     assert leaked == []
+
+
+# --- mailsync auth login ------------------------------------------------------------------
+
+def test_auth_login_cli(endpoint: Endpoint, runner: Any, write_config: Any, example_text: str,
+                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailsync.cli_auth
+    from mailsync.cli import main
+
+    path = write_config(example_text)
+    result = runner.invoke(main, ["auth", "login", "nobody", "-c", str(path)])
+    assert result.exit_code == 1
+    assert "'nobody' is no server or account login with auth.oauth2" in result.output
+    s = settings(endpoint, "refresh_token", client_secret=None, refresh_token=None,
+                 device_url=endpoint.url.replace("/token", "/device"))
+    # until the config model makes OAuth2 settings, the lookup is given them
+    monkeypatch.setattr(mailsync.cli_auth, "oauth2_logins", lambda config: {"alice": s})
+    result = runner.invoke(main, ["auth", "login", "alice", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "open https://example.com/device and enter the code WDJB-MJHT" in result.output
+    assert "OK: alice is signed in" in result.output and "CANARY" not in result.output
+    file = path.parent / "var" / "state" / "tokens" / "alice.json"
+    assert json.loads(file.read_text())["refresh_token"] == "CANARY-refresh-device"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    endpoint.device_script = ["access_denied"]
+    result = runner.invoke(main, ["auth", "login", "alice", "-c", str(path)])
+    assert (result.exit_code, result.output.splitlines()[-1]) == (
+        1, "error: OAuth2: the sign-in was declined (access_denied)")

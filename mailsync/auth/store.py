@@ -25,14 +25,14 @@ from mailsync.files import write_atomically
 
 TOKEN_FILE_MODE = 0o600
 TOKEN_DIR_MODE = 0o700
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@:-]{0,127}$")
 
 
 def check_name(name: str) -> str:
     """``name`` if it can be a file name under tokens/, else ValueError naming it."""
     if not _NAME.match(name):
         raise ValueError(
-            f"OAuth2 login name {name!r}: only letters, digits, '.', '_', '+', '@' and '-', "
+            f"OAuth2 login name {name!r}: only letters, digits, '.', '_', '+', '@', ':' and '-', "
             "starting with a letter or a digit, at most 128 characters")
     return name
 
