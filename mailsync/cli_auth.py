@@ -16,12 +16,13 @@ from mailsync.errors import OAuth2Error
 def oauth2_logins(config: Config) -> dict[str, OAuth2]:
     """The OAuth2 settings of every server and account login that has ``auth.oauth2``,
     by name (outgoing servers, accounts' own logins, incoming servers)."""
-    servers: list[object] = [*config.sending_servers().values(), *config.incoming_servers]
     found: dict[str, OAuth2] = {}
-    for server in servers:
-        settings = getattr(server, "oauth2", None)
-        if isinstance(settings, OAuth2):
-            found[str(getattr(server, "name", ""))] = settings
+    for name, server in config.sending_servers().items():
+        if server.auth is not None:
+            found[name] = server.auth
+    for inc in config.incoming_servers:
+        if inc.auth is not None:
+            found[inc.name] = inc.auth
     return found
 
 
