@@ -92,6 +92,12 @@ class Metrics:
         self.build_info = Info("mailsync_build", "mailsync version.", registry=r)
         self.build_info.info({"version": __version__})
 
+    def oauth2_observer(self, name: str, result: str, expires_at: float | None) -> None:
+        """A token cache's report of one request to a token endpoint (for ``name``)."""
+        self.oauth2_refreshes.labels(name, "success" if result == "ok" else "failure").inc()
+        if expires_at is not None:
+            self.oauth2_expiry.labels(name).set(expires_at)
+
     def prime(self, config: Config) -> None:
         """Create every series the config makes known, at 0."""
         for reason in REJECT_REASONS:

@@ -112,3 +112,50 @@ def parse_failure(challenge: bytes | str) -> SaslFailure:
 def describe_failure(challenge: bytes | str) -> str:
     """The one-line reason a failure challenge gives (see :func:`parse_failure`)."""
     return parse_failure(challenge).describe()
+
+
+@dataclass(frozen=True)
+class Login:
+    """How to log in with a token: the mechanism, its initial response, and the answer to a
+    failure challenge."""
+
+    mechanism: str
+    initial: bytes
+    ack: bytes
+
+    def __repr__(self) -> str:  # the initial response holds the access token
+        return f"Login({self.mechanism!r})"
+
+
+def choose(offered: set[str], user: str, token: str, host: str | None = None,
+           port: int | None = None) -> Login | None:
+    """OAUTHBEARER (RFC 7628) where the server offers it, else XOAUTH2; None when it
+    offers neither. ``offered``: the server's SASL mechanisms, upper case."""
+    if "OAUTHBEARER" in offered:
+        return Login("OAUTHBEARER", oauthbearer(user, token, host, port),
+                     OAUTHBEARER_FAILURE_ACK)
+    if "XOAUTH2" in offered:
+        return Login("XOAUTH2", xoauth2(user, token), XOAUTH2_FAILURE_ACK)
+    return None
+
+
+class Responder:
+    """The client's side of one exchange, for callback-driven SASL (imaplib, smtplib):
+    the initial response first, then the failure acknowledgement to each challenge,
+    which is kept to explain the failure."""
+
+    def __init__(self, login: Login) -> None:
+        self.login = login
+        self.sent = False
+        self.challenges: list[bytes] = []
+
+    def __call__(self, challenge: bytes | None = None) -> bytes:
+        if not self.sent:
+            self.sent = True
+            return self.login.initial
+        self.challenges.append(challenge or b"")
+        return self.login.ack
+
+    def reason(self) -> str:
+        """``; status 401 (...)`` from the last challenge, or nothing."""
+        return f"; {describe_failure(self.challenges[-1])}" if self.challenges else ""

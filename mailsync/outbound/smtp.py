@@ -117,36 +117,23 @@ def _oauth2_login(smtp: smtplib.SMTP, server: OutgoingServer,
     it is answered as the mechanism asks and its status goes into the error.
     """
     where = describe(server)
-    offered = str(smtp.esmtp_features.get("auth", "")).upper().split()
+    offered = set(str(smtp.esmtp_features.get("auth", "")).upper().split())
     assert server.username is not None
-    if "OAUTHBEARER" in offered:
-        mechanism = "OAUTHBEARER"
-        initial = sasl.oauthbearer(server.username, token, server.host, server.port)
-        ack = sasl.OAUTHBEARER_FAILURE_ACK
-    elif "XOAUTH2" in offered:
-        mechanism, initial, ack = "XOAUTH2", sasl.xoauth2(server.username, token), \
-            sasl.XOAUTH2_FAILURE_ACK
-    else:
+    login = sasl.choose(offered, server.username, token, server.host, server.port)
+    if login is None:
         return None, ConnectError(
-            f"{where}: the server offers no OAuth2 login (AUTH {' '.join(offered) or 'none'});"
-            " XOAUTH2 or OAUTHBEARER is needed for auth.oauth2", "auth")
-    challenges: list[bytes] = []
-
-    def respond(challenge: bytes | None = None) -> str:
-        if challenge is None:
-            return initial.decode("ascii")
-        challenges.append(challenge)
-        return ack.decode("ascii")
-
+            f"{where}: the server offers no OAuth2 login (AUTH "
+            f"{' '.join(sorted(offered)) or 'none'}); XOAUTH2 or OAUTHBEARER is needed for "
+            "auth.oauth2", "auth")
+    responder = sasl.Responder(login)
     try:
-        smtp.auth(mechanism, respond)
+        smtp.auth(login.mechanism, lambda challenge=None: responder(challenge).decode("ascii"))
     except smtplib.SMTPAuthenticationError as exc:
-        reason = f"; {sasl.describe_failure(challenges[-1])}" if challenges else ""
-        return mechanism, ConnectError(
-            f"{where}: OAuth2 ({mechanism}): the server refused the access token for "
-            f"{server.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}{reason}",
-            "auth", exc.smtp_code)
-    return mechanism, None
+        return login.mechanism, ConnectError(
+            f"{where}: OAuth2 ({login.mechanism}): the server refused the access token for "
+            f"{server.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{responder.reason()}", "auth", exc.smtp_code)
+    return login.mechanism, None
 
 
 def describe(server: OutgoingServer) -> str:
@@ -173,15 +160,17 @@ class SmtpSession:
         self.opened_at = time.monotonic()
         self.last_used = self.opened_at
         self.mechanism: str | None = None  # an OAuth2 login's: XOAUTH2 or OAUTHBEARER
-        # When the access token it logged in with expires (time.time()); None: a password.
+        # When the access token it logged in with expires, and when to stop using the
+        # session because of it (time.time()); None: a password login.
         self.expires_at: float | None = None
+        self.renew_at: float | None = None
 
-    def expiring(self, margin: float = 60.0, now: float | None = None) -> bool:
-        """Whether its OAuth2 token expires within ``margin`` s: such a session is closed
-        and a new one opened (with a fresh token), never used past its token's life."""
-        if self.expires_at is None:
+    def expiring(self, now: float | None = None) -> bool:
+        """Whether its OAuth2 token is about to expire: such a session is closed and a new
+        one opened (with a fresh token), never used past its token's life."""
+        if self.renew_at is None:
             return False
-        return (time.time() if now is None else now) >= self.expires_at - margin
+        return (time.time() if now is None else now) >= self.renew_at
 
     def __repr__(self) -> str:
         return f"SmtpSession(server={self.server_name!r}, broken={self.broken})"
