@@ -15,6 +15,28 @@ re-reads the file at most once a second, so a user added later could not log in 
 A subprocess trusts the certificate with ``SSL_CERT_FILE=dovecot.ca_file``. Without
 Dovecot installed the fixtures skip, and fail under MAILSYNC_REQUIRE_SERVERS=1.
 
+OAuth2: ``Dovecot(oauth2=URL)`` adds ``passdb { driver = oauth2 }`` for the XOAUTH2 and
+OAUTHBEARER mechanisms, introspecting each token by POST at URL (RFC 7662; the token's
+``username`` must be the SASL user and ``active`` true); passwords keep working for
+PLAIN/LOGIN (the Mailbox helpers use them). The ``oauth2_mailbox`` fixture gives a fresh
+user on one such Dovecot per session (``oauth2_dovecot``) whose tokens come from one
+session-wide :class:`tests.oauth2server.OAuth2Server`, ``oauth2_mailbox.authority``,
+reset after each test (settings, clients, tokens, failures, records)::
+
+    from tests.dovecot import oauth2_dovecot_fixture, oauth2_mailbox_fixture  # noqa: F401
+
+    def test_x(oauth2_mailbox):
+        token = oauth2_mailbox.token()  # an access token for oauth2_mailbox.user
+
+What Dovecot 2.3 answers on the wire when it refuses a token (expired, revoked, unknown,
+another user's): IMAP ``+ `` then base64 of ``{"status":"401","schemes":"bearer",
+"scope":"mail"}`` (XOAUTH2) or ``{"status":"invalid_token"}`` (OAUTHBEARER); after the
+client's empty line (XOAUTH2) or ``AQ==`` (OAUTHBEARER), ``NO [AUTHENTICATIONFAILED]
+Authentication failed.`` POP3 the same continuation, then ``-ERR [AUTH] Authentication
+failed.`` An introspection endpoint that fails or stalls (5 s timeout) gives no
+continuation: IMAP ``NO [UNAVAILABLE] Temporary authentication failure. [...]``, POP3
+``-ERR [SYS/TEMP] Temporary authentication failure. [...]``.
+
 As root, mail is owned by ``nobody`` (Dovecot refuses mail access as UID 0) and the
 login processes run as Dovecot's own users, so the mail root is a private directory
 under /tmp owned by that user rather than pytest's tmp_path (which is 0700 root).
@@ -43,6 +65,7 @@ import pytest
 import trustme
 
 from tests.conftest import need
+from tests.oauth2server import OAuth2Server
 
 HOST = "127.0.0.1"
 USERS = 400
@@ -85,6 +108,29 @@ service anvil {{
   }}
 }}
 {services}
+"""
+
+
+_OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot-oauth2.conf.ext
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+"""
+_OAUTH2_EXT = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+force_introspection = yes
+timeout_msecs = 5000
 """
 
 
@@ -212,10 +258,15 @@ class Dovecot:
 
     ssl: offer STARTTLS and implicit TLS (True), or neither (False: a server that does
     not offer STARTTLS, for the "never fall back to plain text" check).
+    oauth2: an OAuth2Server (kept as ``authority``) or an RFC 7662 introspection URL:
+    also offer XOAUTH2 and OAUTHBEARER, checked there (see the module docstring).
     """
 
-    def __init__(self, *, ssl_enabled: bool = True) -> None:
+    def __init__(self, *, ssl_enabled: bool = True,
+                 oauth2: OAuth2Server | str | None = None) -> None:
         self.ssl_enabled = ssl_enabled
+        self.authority = oauth2 if isinstance(oauth2, OAuth2Server) else None
+        self.oauth2 = oauth2.introspection_url if isinstance(oauth2, OAuth2Server) else oauth2
         self.root = Path(tempfile.mkdtemp(prefix="dovecot-"))
         self.ca = trustme.CA()
         self.ca_file = self.root / "ca.pem"
@@ -266,6 +317,8 @@ class Dovecot:
                 home = self.root / "home" / user
                 home.mkdir(parents=True, exist_ok=True)
                 self.chown(home)
+        if self.oauth2 is not None:
+            (self.root / "dovecot-oauth2.conf.ext").write_text(_OAUTH2_EXT.format(url=self.oauth2))
         self.ca.cert_pem.write_to_path(str(self.ca_file))
         cert = self.ca.issue_cert(HOST, "localhost")
         cert.private_key_pem.write_to_path(str(self.root / "key.pem"))
@@ -321,9 +374,15 @@ class Dovecot:
                 ssl_line = "    ssl = yes\n" if name.endswith("s") and self.ssl_enabled else ""
                 blocks.append(f"  inet_listener {listener} {{\n    port = {port}\n{ssl_line}  }}")
             services.append(f"service {service}-login {{\n" + "\n".join(blocks) + "\n}")
-        return _CONF.format(root=self.root, host=HOST, ssl="yes" if self.ssl_enabled else "no",
+        text = _CONF.format(root=self.root, host=HOST, ssl="yes" if self.ssl_enabled else "no",
                             ssl_files=ssl_files, users=users, uid=self.uid, gid=self.gid,
                             services="\n".join(services))
+        if self.oauth2 is None:
+            return text
+        start = text.index("passdb {")
+        end = text.index("}", start) + 2
+        return (text[:start] + _OAUTH2_PASSDB.format(root=self.root) + text[end:]).replace(
+            "auth_mechanisms = plain login", "auth_mechanisms = plain login xoauth2 oauthbearer")
 
     def _wait_ready(self, timeout: float = 15.0) -> bool:
         assert self._proc is not None
@@ -470,7 +529,57 @@ def plain_dovecot_fixture() -> Iterator[Dovecot]:
     server.stop()
 
 
+@dataclass
+class OAuth2Mailbox(Mailbox):
+    """A Mailbox on the OAuth2 Dovecot, with the authorization server Dovecot trusts."""
+
+    authority: OAuth2Server
+
+    def token(self, **options: Any) -> str:
+        """A fresh access token for this user (options as OAuth2Server.access_token)."""
+        return self.authority.access_token(self.user, **options)
+
+
+_OAUTH2_SHARED: list[tuple[OAuth2Server, Dovecot]] = []
+_OAUTH2_USERS = [0]
+
+
+@pytest.fixture(scope="session", name="oauth2_dovecot")
+def oauth2_dovecot_fixture() -> Iterator[Dovecot]:
+    """One Dovecot with the oauth2 passdb for the whole session (shared like ``dovecot``);
+    ``oauth2_dovecot.authority`` is the OAuth2 server whose /introspect it asks."""
+    _need_dovecot()
+    if not _OAUTH2_SHARED:
+        authority = OAuth2Server().start()
+        server = Dovecot(oauth2=authority)
+        try:
+            server.start()
+        except BaseException:
+            authority.stop()
+            raise
+        _OAUTH2_SHARED.append((authority, server))
+    _OAUTH2_USERS[0] += 1
+    yield _OAUTH2_SHARED[0][1]
+    _OAUTH2_USERS[0] -= 1
+    if _OAUTH2_USERS[0] == 0:
+        authority, server = _OAUTH2_SHARED.pop()
+        server.stop()
+        authority.stop()
+
+
+@pytest.fixture(name="oauth2_mailbox")
+def oauth2_mailbox_fixture(oauth2_dovecot: Dovecot) -> Iterator[OAuth2Mailbox]:
+    """A fresh user on the OAuth2 Dovecot; its ``authority`` is reset after the test."""
+    authority = oauth2_dovecot.authority
+    assert authority is not None
+    plain = oauth2_dovecot.add_user()
+    yield OAuth2Mailbox(oauth2_dovecot, plain.user, plain.password, authority)
+    authority.reset()
+
+
 dovecot = dovecot_fixture
 mailbox = mailbox_fixture
+oauth2_dovecot = oauth2_dovecot_fixture
+oauth2_mailbox = oauth2_mailbox_fixture
 plain_dovecot = plain_dovecot_fixture
 rig = rig_fixture

@@ -147,6 +147,8 @@ class OAuth2Server:
     port: int = 0
 
     def __post_init__(self) -> None:
+        self._settings = (self.lifetime, self.rotate_refresh_tokens, self.device_interval,
+                          self.device_expires_in, self.slow_down_step)
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._clients: dict[str, _Client] = {}
@@ -209,6 +211,18 @@ class OAuth2Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def reset(self) -> None:
+        """As new, on the same port: the settings it was made with, no clients, tokens,
+        device codes, service accounts, pending failures or records."""
+        with self._lock:
+            (self.lifetime, self.rotate_refresh_tokens, self.device_interval,
+             self.device_expires_in, self.slow_down_step) = self._settings
+            for table in (self._clients, self._access, self._refresh, self._devices,
+                          self._accounts):
+                table.clear()
+            self._failures.clear()
+            self.requests.clear()
 
     # -- what it knows --------------------------------------------------------------
 
