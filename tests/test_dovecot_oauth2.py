@@ -10,10 +10,9 @@ import poplib
 
 import pytest
 
-from tests.dovecot import (  # noqa: F401  (fixtures)
-    HOST,
+from tests.dovecot import HOST, message
+from tests.dovecot_oauth2 import (  # noqa: F401  (fixtures)
     OAuth2Mailbox,
-    message,
     oauth2_dovecot_fixture,
     oauth2_mailbox_fixture,
 )

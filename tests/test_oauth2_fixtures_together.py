@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.dovecot import HOST, oauth2_dovecot_fixture, oauth2_mailbox_fixture  # noqa: F401
+from tests.dovecot import HOST
+from tests.dovecot_oauth2 import oauth2_dovecot_fixture, oauth2_mailbox_fixture  # noqa: F401
 from tests.oauth2server import CLIENT_CREDENTIALS, post_form, xoauth2_string
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
 
