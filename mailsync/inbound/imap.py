@@ -88,12 +88,17 @@ class ImapSource:
     def open(self) -> None:
         """Connect per ``security``, log in, and check that the folder exists; a session
         whose OAuth2 token is about to expire is replaced first."""
-        if self._client is not None and self._renew_at is not None \
-                and time.time() >= self._renew_at:
-            self.close()
+        self._retire_expiring()
         if self._client is None:
             self._connect()
         self._select()
+
+    def _retire_expiring(self) -> None:
+        """Close a session whose OAuth2 token is about to expire: the next use connects
+        (and logs in) again with a fresh token."""
+        if self._client is not None and self._renew_at is not None \
+                and time.time() >= self._renew_at:
+            self.close()
 
     def _connect(self) -> None:
         server = self.server
@@ -191,6 +196,7 @@ class ImapSource:
 
     def batches(self, cursor: Cursor, known: Known) -> Iterator[Batch]:
         """New messages since ``cursor``, in batches; the first may only acknowledge."""
+        self._retire_expiring()
         if self._client is None:
             self._connect()
         if self._nothing_new(cursor):
@@ -270,6 +276,7 @@ class ImapSource:
         (An EXISTS that reaches the client in the same read as the IDLE continuation is
         seen at the next renewal or timeout at the latest; the caller polls then anyway.)
         """
+        self._retire_expiring()
         if self._client is None:
             self._connect()
         if self._renew_at is not None:
