@@ -60,6 +60,7 @@ class LazyGroup(click.Group):
         "status": "mailsync.cli_daemon",
         "store": "mailsync.cli_store",
         "demo": "mailsync.cli_demo",
+        "auth": "mailsync.cli_auth",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -147,7 +147,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
             ingested, sent = _ingest_and_send(config, metrics, deliverer)
         finally:
             deliverer.close()
-        polls = _poll_mailboxes(config, store, metrics, verp_key)
+        polls = _poll_mailboxes(config, store, metrics, verp_key, deliverer.tokens)
     click.echo(
         f"spool: {ingested.queued} queued, {ingested.rejected} rejected, "
         f"{ingested.duplicates} duplicate{'' if ingested.duplicates == 1 else 's'}"
@@ -159,7 +159,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
 
 
 def _poll_mailboxes(config: Config, store: Store, metrics: Any,
-                    verp_key: VerpKey) -> list[Any]:
+                    verp_key: VerpKey, tokens: Any) -> list[Any]:
     """Poll each incoming server once; new messages of servers with an activity rule
     schedule their activity in the same transaction."""
     if not config.incoming_servers:
@@ -171,7 +171,7 @@ def _poll_mailboxes(config: Config, store: Store, metrics: Any,
         schedule_for_fetched(conn, config, server, fetched_id, subject, now)
 
     return list(poll_all_once(config, store, metrics, verp_key=verp_key,
-                              on_message=on_message).values())
+                              on_message=on_message, tokens=tokens).values())
 
 
 def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any, Any]:
@@ -357,6 +357,14 @@ for _name in _ACTIONS:
 
 
 # -- test ------------------------------------------------------------------------------
+def _login_note(session: Any) -> str:
+    """`` (XOAUTH2, token valid until 14:32)`` for an OAuth2 login, else nothing."""
+    if session.expires_at is None:
+        return ""
+    until = time.strftime("%H:%M", time.localtime(session.expires_at))
+    return f" ({session.mechanism}, token valid until {until})"
+
+
 @main.command("test")
 @click.argument("names", nargs=-1)
 @config_option
@@ -366,9 +374,11 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
     Outgoing servers (and accounts' own logins) get SMTP AUTH; incoming servers a login
     and a check that the folder (IMAP) or the Maildir (local) exists.
     """
-    from mailsync.outbound.smtp import open_session
+    from mailsync.auth.tokens import TokenCache
+    from mailsync.outbound.login import connect
 
     config = _config(config_path)
+    tokens = TokenCache(state_dir=config.daemon.state_dir)
     servers = config.sending_servers()
     # An account's own login is the server `account:NAME` (as in the metrics); plain
     # NAME works too unless a declared server has that name.
@@ -388,21 +398,20 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
             continue
         server = servers[name]
         try:
-            password = server.password.resolve() if server.password else None
-            session = open_session(server, password)
+            session = connect(server, tokens)
             session.close()
         except (ConnectError, SecretError) as exc:
             failed += 1
             click.echo(printable(f"{name}: Connection Error: {exc}"))
             continue
-        click.echo(printable(f"{name}: OK"))
+        click.echo(printable(f"{name}: OK{_login_note(session)}"))
     for name in names or tuple(incoming):
         if name not in incoming:
             continue
         from mailsync.inbound.poller import check_incoming
 
         try:
-            check_incoming(incoming[name])
+            check_incoming(incoming[name], tokens=tokens)
         except (ConnectError, SecretError) as exc:
             failed += 1
             click.echo(printable(f"{name} (incoming): Connection Error: {exc}"))

@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any
 
 from mailsync import files, logs
+from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
 from mailsync.control import ControlServer, socket_path
@@ -114,7 +115,8 @@ class _Mailbox:
         self._daemon = daemon
         self._previous = previous
         self.poller = Poller(daemon.config, server, daemon.store, daemon.metrics,
-                             verp_key=daemon.verp_key, on_message=daemon.on_message)
+                             verp_key=daemon.verp_key, on_message=daemon.on_message,
+                             tokens=daemon.tokens)
         self.thread = threading.Thread(target=self._run, name=f"mailsync-poll-{server.name}",
                                        daemon=True)
         self.thread.start()
@@ -236,7 +238,11 @@ class Daemon:
         except OSError as exc:
             log.warning("no pickup process (%s): the spool is taken in this process", exc)
 
-        self.deliverer = Deliverer(config, self.outbound, self.metrics, verp_key=self.verp_key)
+        # One OAuth2 token per identity for the whole daemon: senders and pollers share it.
+        self.tokens = TokenCache(state_dir=config.daemon.state_dir,
+                                 observer=self.metrics.oauth2_observer)
+        self.deliverer = Deliverer(config, self.outbound, self.metrics, verp_key=self.verp_key,
+                                   tokens=self.tokens)
         self.ingester = Ingester(config, self.outbound, self.metrics,
                                  on_commit=self.deliverer.wake, verp_key=self.verp_key)
         self._deliver_thread = threading.Thread(target=self._deliver_loop,

@@ -331,7 +331,7 @@ class Sink:
 
 # -- the demo config --------------------------------------------------------------------
 
-_LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", "username", "password",
+_LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", "username", "password", "auth",
                "max_connections", "timeout")
 SINK_SERVER = "demo-sink"
 INBOX_SERVER = "catchall"

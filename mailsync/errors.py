@@ -7,6 +7,9 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
     ├── ConfigError            the configuration file cannot be used
     │   └── ConfigInvalid      it was read, but has errors (carries the problems)
     ├── SecretError            a secret reference cannot be resolved
+    ├── OAuth2Error            no OAuth2 access token could be had (``reason``: a fixed word)
+    │   ├── OAuth2Unavailable  the token endpoint is unreachable, slow or failing: retry later
+    │   └── OAuth2Refused      the endpoint refused the client or the grant: the operator acts
     ├── StoreError             the SQLite store cannot be opened or written
     │   ├── StoreUnavailable   a commit failed on the disk (full, I/O): retry later
     │   ├── StoreLost          state_dir/store-id names a store that is missing or replaced
@@ -46,6 +49,39 @@ class ConfigInvalid(ConfigError):
 
 class SecretError(MailsyncError):
     """A secret reference cannot be resolved (unset variable, unreadable file)."""
+
+
+class OAuth2Error(MailsyncError):
+    """No OAuth2 access token could be had. The message starts with ``OAuth2:`` and never
+    holds a token, a secret or a key; ``reason`` is one fixed word (a metrics label:
+    ``unreachable``, ``timeout``, ``server_error``, ``bad_response``, ``invalid_grant``,
+    ``invalid_client``, ``unauthorized_client``, ``invalid_scope``, ...); ``permanent`` says
+    whether retrying can help before the operator changes something.
+
+    The SMTP, IMAP and POP3 layers turn it into ``ConnectError(str(exc), kind="oauth2")``:
+    the server is marked down and its messages deferred, as for a refused password.
+    """
+
+    permanent = False
+
+    def __init__(self, message: str, reason: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        # the endpoint's error_description, printable and with secrets blanked (for a log)
+        self.detail = detail
+
+
+class OAuth2Unavailable(OAuth2Error):
+    """The token endpoint could not be used right now (unreachable, timeout, 5xx, an answer
+    that is not a token response): defer and retry with backoff."""
+
+
+class OAuth2Refused(OAuth2Error):
+    """The token endpoint refused the client or the grant (``invalid_grant``,
+    ``invalid_client``, ...), or the secrets it needs cannot be read: nothing changes until
+    the operator acts (the message says what to do)."""
+
+    permanent = True
 
 
 class StoreError(MailsyncError):

@@ -16,6 +16,7 @@ REJECT_REASONS = ("unparseable", "unknown_user", "impersonation", "ungranted_acc
                   "oversize", "unreadable")
 FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
+OAUTH2_RESULTS = ("success", "failure")
 BOUNCE_REFUSED = ("unsigned", "bad_signature", "not_a_bounce")  # bounces.Verdict.refused
 
 
@@ -42,6 +43,14 @@ class Metrics:
             registry=r)
         self.messages_bounced = Counter(
             "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
+        self.oauth2_refreshes = Counter(
+            "mailsync_oauth2_token_refreshes",
+            "OAuth2 access tokens asked for at the token endpoint, by server and result.",
+            ["server", "result"], registry=r)
+        self.oauth2_expiry = Gauge(
+            "mailsync_oauth2_token_expiry_timestamp_seconds",
+            "When the OAuth2 access token in use by a server expires (0: none yet).",
+            ["server"], registry=r)
         self.bounces_refused = Counter(
             "mailsync_bounces_refused",
             "Fetched messages naming a VERP address that were not taken as bounces, by "
@@ -83,6 +92,12 @@ class Metrics:
         self.build_info = Info("mailsync_build", "mailsync version.", registry=r)
         self.build_info.info({"version": __version__})
 
+    def oauth2_observer(self, name: str, result: str, expires_at: float | None) -> None:
+        """A token cache's report of one request to a token endpoint (for ``name``)."""
+        self.oauth2_refreshes.labels(name, "success" if result == "ok" else "failure").inc()
+        if expires_at is not None:
+            self.oauth2_expiry.labels(name).set(expires_at)
+
     def prime(self, config: Config) -> None:
         """Create every series the config makes known, at 0."""
         for reason in REJECT_REASONS:
@@ -103,6 +118,12 @@ class Metrics:
                 self.messages_sent.labels(account.name, account.server)
             elif account.own_login is not None:
                 self.messages_sent.labels(account.name, account.own_login.name)
+        oauth2 = [name for name, s in config.sending_servers().items() if s.auth is not None]
+        oauth2 += [inc.name for inc in config.incoming_servers if inc.auth is not None]
+        for name in oauth2:
+            self.oauth2_expiry.labels(name)
+            for result in OAUTH2_RESULTS:
+                self.oauth2_refreshes.labels(name, result)
         for inc in config.incoming_servers:
             self.mailbox_poll_interval.labels(inc.name).set(inc.poll_interval.total_seconds())
             self.server_up.labels(inc.name, "incoming")

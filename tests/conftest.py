@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-# The real SMTP server fixture (`smtp_server`) is shared by every test module.
-pytest_plugins = ["tests.smtpserver"]
+# The real SMTP server (`smtp_server`) and OAuth2 authorization server (`oauth2_server`)
+# fixtures are shared by every test module.
+pytest_plugins = ["tests.oauth2server", "tests.smtpserver"]  # this order: one imports the other
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

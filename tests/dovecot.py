@@ -15,6 +15,10 @@ re-reads the file at most once a second, so a user added later could not log in 
 A subprocess trusts the certificate with ``SSL_CERT_FILE=dovecot.ca_file``. Without
 Dovecot installed the fixtures skip, and fail under MAILSYNC_REQUIRE_SERVERS=1.
 
+OAuth2: ``Dovecot(oauth2=...)`` adds ``passdb { driver = oauth2 }`` for XOAUTH2 and
+OAUTHBEARER; its fixtures (``oauth2_dovecot``, ``oauth2_mailbox``) and what it answers
+on the wire are in tests/dovecot_oauth2.py.
+
 As root, mail is owned by ``nobody`` (Dovecot refuses mail access as UID 0) and the
 login processes run as Dovecot's own users, so the mail root is a private directory
 under /tmp owned by that user rather than pytest's tmp_path (which is 0700 root).
@@ -43,6 +47,7 @@ import pytest
 import trustme
 
 from tests.conftest import need
+from tests.oauth2server import OAuth2Server
 
 HOST = "127.0.0.1"
 USERS = 400
@@ -85,6 +90,29 @@ service anvil {{
   }}
 }}
 {services}
+"""
+
+
+_OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot-oauth2.conf.ext
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+"""
+_OAUTH2_EXT = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+force_introspection = yes
+timeout_msecs = 5000
 """
 
 
@@ -212,10 +240,15 @@ class Dovecot:
 
     ssl: offer STARTTLS and implicit TLS (True), or neither (False: a server that does
     not offer STARTTLS, for the "never fall back to plain text" check).
+    oauth2: an OAuth2Server (kept as ``authority``) or an RFC 7662 introspection URL:
+    also offer XOAUTH2 and OAUTHBEARER, checked there (see the module docstring).
     """
 
-    def __init__(self, *, ssl_enabled: bool = True) -> None:
+    def __init__(self, *, ssl_enabled: bool = True,
+                 oauth2: OAuth2Server | str | None = None) -> None:
         self.ssl_enabled = ssl_enabled
+        self.authority = oauth2 if isinstance(oauth2, OAuth2Server) else None
+        self.oauth2 = oauth2.introspection_url if isinstance(oauth2, OAuth2Server) else oauth2
         self.root = Path(tempfile.mkdtemp(prefix="dovecot-"))
         self.ca = trustme.CA()
         self.ca_file = self.root / "ca.pem"
@@ -266,6 +299,8 @@ class Dovecot:
                 home = self.root / "home" / user
                 home.mkdir(parents=True, exist_ok=True)
                 self.chown(home)
+        if self.oauth2 is not None:
+            (self.root / "dovecot-oauth2.conf.ext").write_text(_OAUTH2_EXT.format(url=self.oauth2))
         self.ca.cert_pem.write_to_path(str(self.ca_file))
         cert = self.ca.issue_cert(HOST, "localhost")
         cert.private_key_pem.write_to_path(str(self.root / "key.pem"))
@@ -321,9 +356,15 @@ class Dovecot:
                 ssl_line = "    ssl = yes\n" if name.endswith("s") and self.ssl_enabled else ""
                 blocks.append(f"  inet_listener {listener} {{\n    port = {port}\n{ssl_line}  }}")
             services.append(f"service {service}-login {{\n" + "\n".join(blocks) + "\n}")
-        return _CONF.format(root=self.root, host=HOST, ssl="yes" if self.ssl_enabled else "no",
+        text = _CONF.format(root=self.root, host=HOST, ssl="yes" if self.ssl_enabled else "no",
                             ssl_files=ssl_files, users=users, uid=self.uid, gid=self.gid,
                             services="\n".join(services))
+        if self.oauth2 is None:
+            return text
+        start = text.index("passdb {")
+        end = text.index("}", start) + 2
+        return (text[:start] + _OAUTH2_PASSDB.format(root=self.root) + text[end:]).replace(
+            "auth_mechanisms = plain login", "auth_mechanisms = plain login xoauth2 oauthbearer")
 
     def _wait_ready(self, timeout: float = 15.0) -> bool:
         assert self._proc is not None

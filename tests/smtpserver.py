@@ -10,6 +10,25 @@ Use the ``smtp_server`` factory fixture from any test module::
 
 A subprocess can trust the certificate with ``SSL_CERT_FILE=server.ca_file``. The server
 records every accepted message, TCP connection and login, thread-safely.
+
+OAuth2 (``oauth2=`` an :class:`tests.oauth2server.OAuth2Server`, an introspection URL or
+a callable ``token -> RFC 7662 answer``): the server offers ``AUTH OAUTHBEARER XOAUTH2``
+(PLAIN and LOGIN only when ``auth`` is given too) and checks each bearer token by
+introspection; the token must be active and its ``username`` (or ``sub``) must be the
+user in the SASL string. Both mechanisms take an initial response or an empty ``334 ``
+first. Success: ``235 2.7.0 Authentication successful``. A refused token, as Microsoft
+and Google answer XOAUTH2::
+
+    S: 334 eyJzdGF0dXMiOiAiNDAxIiwg...   base64 of {"status": "401", "schemes": "bearer",
+                                         "scope": OAUTH2_SCOPE}
+    C: (empty line)
+    S: 535 5.7.3 Authentication unsuccessful
+
+and OAUTHBEARER (RFC 7628): ``334`` base64 of ``{"status": "invalid_token", "scope": ...,
+"openid-configuration": ...}``, the client's ``AQ==`` (^A), then ``535 5.7.8
+Authentication credentials invalid``. A malformed SASL string gets ``501 5.5.2``; an
+introspection endpoint that fails or times out, ``454 4.7.0 Temporary authentication
+failure``. Each attempt is recorded in ``auth_attempts`` (:class:`AuthAttempt`).
 """
 
 from __future__ import annotations
@@ -21,7 +40,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +49,18 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.oauth2server import OAuth2Server
+from tests.oauth2wire import post_form
+from tests.smtpoauth2 import (  # noqa: F401  (re-exported)
+    OAUTH2_MECHANISMS,
+    OAUTH2_SCOPE,
+    OAUTHBEARER_REFUSED,
+    XOAUTH2_REFUSED,
+    AuthAttempt,
+    Introspect,
+    OAuth2Sasl,
+)
 
 TlsMode = Literal["none", "starttls", "ssl"]
 HOST = "127.0.0.1"
@@ -61,6 +92,7 @@ class Received:
     tls: bool
     auth_user: str | None
     mail_options: tuple[str, ...] = ()
+    auth_mechanism: str | None = None  # PLAIN, LOGIN, XOAUTH2 or OAUTHBEARER
 
 
 class _Handler:
@@ -74,8 +106,14 @@ class _Handler:
     ) -> str:
         owner = self.owner
         owner._command("MAIL")
-        if owner.auth is not None and not session.authenticated:
+        if (owner.auth is not None or owner.oauth2 is not None) and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        token = getattr(server, "token", None)
+        if owner.expired_token_reply is not None and token is not None:
+            loop = asyncio.get_running_loop()
+            info = await loop.run_in_executor(None, owner._introspect, token)
+            if info.get("active") is not True:
+                return owner.expired_token_reply
         if owner.mail_reply is not None:
             return owner.mail_reply
         envelope.mail_from = address
@@ -110,6 +148,7 @@ class _Handler:
                 tls=tls,
                 auth_user=user,
                 mail_options=tuple(envelope.mail_options),
+                auth_mechanism=getattr(server, "login_mechanism", None),
             )
         )
         return "250 2.0.0 OK queued"
@@ -129,8 +168,9 @@ class _Handler:
         return "221 2.0.0 Bye"
 
 
-class _SMTP(SMTP):
-    """aiosmtpd's SMTP, which can drop the connection in the middle of DATA."""
+class _SMTP(OAuth2Sasl):
+    """aiosmtpd's SMTP (with XOAUTH2 and OAUTHBEARER), which can drop the connection in
+    the middle of DATA."""
 
     def __init__(self, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -184,10 +224,17 @@ class SmtpServer:
     (a message answered with data_reply is not recorded).
     drop_on_data: hang up after the first line of message data.
     data_gate: when set, the reply to DATA waits until this event is set.
+    oauth2: offer XOAUTH2 and OAUTHBEARER, checking tokens with this introspection (see
+    the module docstring); when set, MAIL before AUTH gets 530. oauth2_scope: the scope
+    named in the refusal challenge. expired_token_reply: when set, each MAIL of an OAuth2
+    session introspects its token again and gets this reply if it is no longer active
+    (expired or revoked since AUTH), e.g. "451 4.7.0 Token expired". Real servers rarely
+    check; this catches a client that keeps a session past its token.
 
     Records (read them from the test thread): ``messages`` (:class:`Received`),
     ``connections`` (TCP connections accepted), ``logins`` / ``failed_logins`` (user
-    names), ``commands`` (MAIL, RCPT, DATA, RSET, NOOP, QUIT in arrival order).
+    names), ``auth_attempts`` (:class:`AuthAttempt`: every AUTH with its mechanism and
+    token), ``commands`` (MAIL, RCPT, DATA, RSET, NOOP, QUIT in arrival order).
     """
 
     def __init__(
@@ -202,6 +249,9 @@ class SmtpServer:
         drop_on_data: bool = False,
         data_gate: threading.Event | None = None,
         ca: trustme.CA | None = None,
+        oauth2: OAuth2Server | str | Introspect | None = None,
+        oauth2_scope: str = OAUTH2_SCOPE,
+        expired_token_reply: str | None = None,
     ) -> None:
         self.tls = tls
         self.auth = dict(auth) if auth is not None else None
@@ -212,6 +262,10 @@ class SmtpServer:
         self.drop_on_data = drop_on_data
         self.data_gate = data_gate
         self.ca = ca or trustme.CA()
+        self.oauth2 = oauth2
+        self.oauth2_scope = oauth2_scope
+        self.expired_token_reply = expired_token_reply
+        self.auth_attempts: list[AuthAttempt] = []
         self.host = HOST
         self.port = 0
         self.messages: list[Received] = []
@@ -255,6 +309,10 @@ class SmtpServer:
             # AUTH only after STARTTLS in "starttls" mode. aiosmtpd does not count
             # implicit TLS for this check, so "ssl" (and "none") must not require it.
             "auth_require_tls": self.tls == "starttls",
+            "auth_exclude_mechanism": ([] if self.oauth2 is not None else
+                                       list(OAUTH2_MECHANISMS))
+                                      + ([] if self.oauth2 is None or self.auth is not None
+                                         else ["PLAIN", "LOGIN"]),
         }
         if self.tls != "none":
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -333,9 +391,28 @@ class SmtpServer:
             return AuthResult(success=False, handled=False)
         user = data.login.decode("utf-8", "replace")
         ok = self.auth.get(user) == data.password.decode("utf-8", "replace")
-        with self._lock:
-            (self.logins if ok else self.failed_logins).append(user)
+        self._auth_attempt(AuthAttempt(mechanism, user, None, ok))
+        if ok and isinstance(server, _SMTP):
+            server.login_mechanism = mechanism
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+    def _auth_attempt(self, attempt: AuthAttempt) -> None:
+        with self._lock:
+            (self.logins if attempt.ok else self.failed_logins).append(attempt.user)
+            self.auth_attempts.append(attempt)
+
+    def _introspect(self, token: str) -> Mapping[str, Any]:
+        """The introspection answer for ``token`` (raises when the endpoint fails)."""
+        oauth2 = self.oauth2
+        assert oauth2 is not None
+        if isinstance(oauth2, str | OAuth2Server):
+            url = oauth2 if isinstance(oauth2, str) else oauth2.introspection_url
+        else:
+            return oauth2(token)
+        status, answer = post_form(url, {"token": token}, timeout=5)
+        if status != 200:
+            raise RuntimeError(f"introspection answered HTTP {status}")
+        return answer
 
     async def _hang_up(self) -> None:
         with self._lock:

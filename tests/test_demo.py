@@ -156,7 +156,8 @@ def test_demo_config_is_valid_without_warnings_or_secrets(tmp_path):
     assert config.daemon.spool_dir == tmp_path / "spool"
     assert {a.name: (a.server, a.own_login) for a in config.accounts} == {
         "sales": ("demo-sink", None), "newsletter": ("demo-sink", None),
-        "billing": ("demo-sink", None), "alerts": (None, None)}
+        "billing": ("demo-sink", None), "support": ("demo-sink", None),
+        "alerts": (None, None)}
     assert config.alias_domain is not None and config.alias_domain.bounce == "bounce"
     assert [t.name for t in config.activity_types] == ["Reply", "Call", "Meeting", "Contract"]
 

@@ -8,9 +8,10 @@ authenticates with OAuth2 instead of a password; presets have already filled
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from mailsync.config.secrets import Secret
+if TYPE_CHECKING:  # the config package imports this module: no import back at run time
+    from mailsync.config.secrets import Secret
 
 Provider = Literal["microsoft", "google", "generic"]
 # client_credentials: app-only (Microsoft SMTP.SendAsApp, IMAP.AccessAsApp, POP.AccessAsApp);

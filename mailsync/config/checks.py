@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from mailsync.config import oauth2
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
 from mailsync.config.problems import Path, Severity
@@ -87,7 +88,7 @@ def _login_checks(path: Path, raw: dict[str, Any], protocol: str, host: str | No
         else:
             yield ("error", path,
                    f"no host: set host, or a provider preset ({', '.join(PROVIDERS)})")
-    if ("username" in raw) != ("password" in raw):
+    if "auth" not in raw and ("username" in raw) != ("password" in raw):
         missing = "password" if "username" in raw else "username"
         yield ("error", path, f"{missing} is missing: username and password go together")
 
@@ -128,6 +129,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         yield from _security_port(path, "smtp", s.security, s.port,
                                   "port" in raw and "security" in raw)
         yield from _secret_warnings(path, s.password, s.provider)
+        yield from oauth2.check(path, raw, s.provider, s.auth)
         yield from _tls_warning(path, s.tls_verify, s.security)
 
     for i, inc in enumerate(config.incoming_servers):
@@ -135,7 +137,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         path = ("incoming_servers", i)
         if inc.type == "local":
             for key in ("host", "port", "security", "provider", "username", "password",
-                        "folder", "tls_verify"):
+                        "auth", "folder", "tls_verify"):
                 if key in raw:
                     yield ("error", path + (key,),
                            f"{key} does not apply to a local Maildir (type: local takes path)")
@@ -150,6 +152,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from _security_port(path, inc.type, inc.security, inc.port,
                                       "port" in raw and "security" in raw)
             yield from _secret_warnings(path, inc.password, inc.provider)
+            yield from oauth2.check(path, raw, inc.provider, inc.auth)
             yield from _tls_warning(path, inc.tls_verify, inc.security)
         if inc.activity is not None:
             if inc.activity.type not in type_set:
@@ -168,7 +171,8 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         raw = data["accounts"][i]
         path = ("accounts", i)
         login_keys = [k for k in ("provider", "host", "port", "security", "tls_verify",
-                                  "username", "password", "max_connections", "timeout") if k in raw]
+                                  "username", "password", "auth", "max_connections", "timeout")
+                      if k in raw]
         if acc.server is not None and login_keys:
             yield ("error", path + (login_keys[0],),
                    f"{login_keys[0]} conflicts with server: an account sends through a declared "
@@ -192,6 +196,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from _security_port(path, "smtp", acc.own_login.security, acc.own_login.port,
                                       "port" in raw and "security" in raw)
             yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
+            yield from oauth2.check(path, raw, acc.own_login.provider, acc.own_login.auth)
             yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
         for j, user in enumerate(acc.granted_to):
             if user not in user_set:

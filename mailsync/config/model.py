@@ -12,7 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from mailsync.config.presets import Security, resolve_endpoint
+from mailsync.auth.settings import OAuth2
+from mailsync.config import oauth2
+from mailsync.config.presets import Protocol, Security, resolve_endpoint
 from mailsync.config.secrets import Secret, from_config
 from mailsync.config.units import parse_duration, parse_size
 
@@ -63,6 +65,7 @@ class OutgoingServer:
     tls_verify: bool = True
     username: str | None = None
     password: Secret | None = None
+    auth: OAuth2 | None = None
     from_filter: tuple[str, ...] = ()
     priority: int = 10
     max_connections: int = 4
@@ -106,6 +109,7 @@ class IncomingServer:
     tls_verify: bool = True
     username: str | None = None
     password: Secret | None = None
+    auth: OAuth2 | None = None
     folder: str | None = None
     path: Path | None = None
     poll_interval: timedelta = timedelta(seconds=60)
@@ -222,6 +226,14 @@ def _secret(value: Any, base: Path) -> Secret | None:
     return secret
 
 
+def _auth(d: dict[str, Any], protocol: Protocol, base: Path) -> OAuth2 | None:
+    """The login's ``auth.oauth2`` block, presets filled in; None with a password."""
+    auth = d.get("auth")
+    if not auth:
+        return None
+    return oauth2.build(auth["oauth2"], protocol, lambda value: _secret(value, base))
+
+
 def _dur(value: str | None, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
@@ -240,6 +252,7 @@ def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
         tls_verify=d.get("tls_verify", True),
         username=d.get("username"),
         password=_secret(d.get("password"), base),
+        auth=_auth(d, "smtp", base),
         from_filter=(ff,) if isinstance(ff, str) else tuple(ff or ()),
         priority=d.get("priority", 10),
         max_connections=d.get("max_connections", 4),
@@ -266,6 +279,7 @@ def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
         tls_verify=d.get("tls_verify", True),
         username=d.get("username"),
         password=_secret(d.get("password"), base),
+        auth=_auth(d, kind, base) if kind != "local" else None,
         folder=d.get("folder", "INBOX") if kind == "imap" else d.get("folder"),
         path=_path(base, d["path"]) if "path" in d else None,
         poll_interval=_dur(d.get("poll_interval"), timedelta(seconds=60)),
@@ -278,7 +292,7 @@ def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
 
 def _account(d: dict[str, Any], base: Path) -> Account:
     own = None
-    if any(k in d for k in ("provider", "host", "username", "password")):
+    if any(k in d for k in ("provider", "host", "username", "password", "auth")):
         own = _outgoing(d, f"account:{d['name']}", base)
     return Account(
         name=d["name"],

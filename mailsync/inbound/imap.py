@@ -30,8 +30,10 @@ from typing import Any, TypeVar
 
 import imapclient  # type: ignore[import-untyped]
 
+from mailsync.auth.tokens import TokenSource
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
+from mailsync.inbound import oauth2
 from mailsync.inbound.message import message_id_of
 from mailsync.inbound.source import (
     BATCH,
@@ -60,8 +62,10 @@ class ImapSource:
 
     def __init__(self, server: IncomingServer, *, password: Callable[[], str | None],
                  context: ssl.SSLContext | None = None, batch: int = BATCH,
-                 idle_renew: float = IDLE_RENEW) -> None:
+                 idle_renew: float = IDLE_RENEW, tokens: TokenSource | None = None) -> None:
         self.server = server
+        self._tokens = tokens  # auth.oauth2: where access tokens come from
+        self._renew_at: float | None = None  # reconnect then: the token is about to expire
         self.folder = server.folder or "INBOX"
         self._password = password
         self._context = context
@@ -82,16 +86,26 @@ class ImapSource:
     # -- session ---------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect per ``security``, log in, and check that the folder exists."""
+        """Connect per ``security``, log in, and check that the folder exists; a session
+        whose OAuth2 token is about to expire is replaced first."""
+        self._retire_expiring()
         if self._client is None:
             self._connect()
         self._select()
+
+    def _retire_expiring(self) -> None:
+        """Close a session whose OAuth2 token is about to expire: the next use connects
+        (and logs in) again with a fresh token."""
+        if self._client is not None and self._renew_at is not None \
+                and time.time() >= self._renew_at:
+            self.close()
 
     def _connect(self) -> None:
         server = self.server
         if not server.host:
             raise ConnectError(f"{self._where}: no host name is configured", "dns")
-        password = self._password()
+        token = oauth2.access_token(self._tokens, self._where) if server.auth else None
+        password = token.value if token is not None else self._password()
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
             self._context or tls_context(server.tls_verify))
@@ -115,6 +129,12 @@ class ImapSource:
                 if not server.username or password is None:
                     error = ConnectError(f"{self._where}: a username and a password are "
                                          "needed to log in", "auth")
+                elif token is not None:
+                    error = oauth2.imap_login(client, server, token, self._where)
+                    if error is None:
+                        self._uidplus = bool(client.has_capability("UIDPLUS"))
+                    elif self._tokens is not None:
+                        self._tokens.invalidate(token)  # the next connection gets a new one
                 else:
                     client.login(server.username, password)
                     self._uidplus = bool(client.has_capability("UIDPLUS"))
@@ -128,6 +148,7 @@ class ImapSource:
             _shutdown(client)
             raise scrubbed(error, password)
         self._client = client
+        self._renew_at = oauth2.renew_at(token) if token is not None else None
 
     def _nothing_new(self, cursor: Cursor) -> bool:
         """STATUS of the folder (not selected: STATUS of the selected folder may be stale,
@@ -175,6 +196,7 @@ class ImapSource:
 
     def batches(self, cursor: Cursor, known: Known) -> Iterator[Batch]:
         """New messages since ``cursor``, in batches; the first may only acknowledge."""
+        self._retire_expiring()
         if self._client is None:
             self._connect()
         if self._nothing_new(cursor):
@@ -254,8 +276,12 @@ class ImapSource:
         (An EXISTS that reaches the client in the same read as the IDLE continuation is
         seen at the next renewal or timeout at the latest; the caller polls then anyway.)
         """
+        self._retire_expiring()
         if self._client is None:
             self._connect()
+        if self._renew_at is not None:
+            # IDLE ends before the token does; the next poll reconnects with a new one.
+            timeout = max(0.0, min(timeout, self._renew_at - time.time()))
         if not self.supports_idle:
             if stop is not None:
                 stop.wait(timeout)

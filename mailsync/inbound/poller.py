@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError
 from mailsync.inbound import records
@@ -80,26 +81,32 @@ class PollResult:
         return f"{self.server}: {', '.join(parts)}"
 
 
-def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None) -> Source:
-    """The source adapter for ``server.type``; the password is resolved when connecting."""
+def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None,
+                tokens: TokenCache | None = None) -> Source:
+    """The source adapter for ``server.type``; the password is resolved when connecting,
+    an OAuth2 access token (``auth.oauth2``) asked of ``tokens`` then."""
 
     def password() -> str | None:
         return server.password.resolve() if server.password is not None else None
 
+    source = None
+    if server.auth is not None and tokens is not None:
+        source = tokens.source(server.name, server.auth)
     if server.type == "imap":
-        return ImapSource(server, password=password, context=context)
+        return ImapSource(server, password=password, context=context, tokens=source)
     if server.type == "pop":
-        return Pop3Source(server, password=password, context=context)
+        return Pop3Source(server, password=password, context=context, tokens=source)
     return LocalSource(server)
 
 
-def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None) -> None:
+def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None,
+                   tokens: TokenCache | None = None) -> None:
     """Connect, log in and check the folder (IMAP) or the Maildir (local).
 
     Raises ConnectError with the reason, worded as for SMTP (``name (host:port):
     connection refused``), or SecretError when the password cannot be resolved.
     """
-    source = make_source(server, context=context)
+    source = make_source(server, context=context, tokens=tokens)
     try:
         source.open()
     finally:
@@ -115,7 +122,8 @@ class Poller:
                  *, verp_key: VerpKey | None, on_message: OnMessage | None = None,
                  clock: Callable[[], float] = time.time,
                  source: Source | None = None,
-                 context: ssl.SSLContext | None = None) -> None:
+                 context: ssl.SSLContext | None = None,
+                 tokens: TokenCache | None = None) -> None:
         self.config = config
         self.server = server
         self.store = store
@@ -123,7 +131,11 @@ class Poller:
         self.verp_key = verp_key
         self.on_message = on_message if server.activity is not None else None
         self.clock = clock
-        self.source = source if source is not None else make_source(server, context=context)
+        if tokens is None and server.auth is not None:
+            tokens = TokenCache(state_dir=config.daemon.state_dir,
+                                observer=metrics.oauth2_observer)
+        self.source = source if source is not None else make_source(server, context=context,
+                                                                    tokens=tokens)
         self.known = records.StoreKnown(store, server.name, self.source.folder)
         self.writer = (MaildirWriter(server.deliver_to, server.name)
                        if server.deliver_to is not None else None)
@@ -265,12 +277,15 @@ class Poller:
 
 def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
                   verp_key: VerpKey | None, on_message: OnMessage | None = None,
-                  clock: Callable[[], float] = time.time) -> dict[str, PollResult]:
+                  clock: Callable[[], float] = time.time,
+                  tokens: TokenCache | None = None) -> dict[str, PollResult]:
     """Poll each incoming server once, one after the other (for ``run --once``)."""
     results: dict[str, PollResult] = {}
+    tokens = tokens or TokenCache(state_dir=config.daemon.state_dir,
+                                  observer=metrics.oauth2_observer)
     for server in config.incoming_servers:
         poller = Poller(config, server, store, metrics, verp_key=verp_key,
-                        on_message=on_message, clock=clock)
+                        on_message=on_message, clock=clock, tokens=tokens)
         try:
             results[server.name] = poller.poll_once()
         finally:

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from mailsync.auth.tokens import TokenSource
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
+from mailsync.inbound import oauth2
 from mailsync.inbound.source import (
     BATCH,
     WIRE_ERRORS,
@@ -104,8 +106,11 @@ class Pop3Source:
     supports_idle = False
 
     def __init__(self, server: IncomingServer, *, password: Callable[[], str | None],
-                 context: ssl.SSLContext | None = None, batch: int = BATCH) -> None:
+                 context: ssl.SSLContext | None = None, batch: int = BATCH,
+                 tokens: TokenSource | None = None) -> None:
         self.server = server
+        self._tokens = tokens  # auth.oauth2: where access tokens come from
+        self._renew_at: float | None = None
         self.folder = ""
         self._password = password
         self._context = context
@@ -115,13 +120,18 @@ class Pop3Source:
         self._where = describe(server)
 
     def open(self) -> None:
-        """Connect per ``security`` and log in (POP3 has one folder: nothing to check)."""
+        """Connect per ``security`` and log in (POP3 has one folder: nothing to check); a
+        session whose OAuth2 token is about to expire is replaced first."""
+        if self._pop is not None and self._renew_at is not None \
+                and time.time() >= self._renew_at:
+            self.close()
         if self._pop is not None:
             return
         server = self.server
         if not server.host:
             raise ConnectError(f"{self._where}: no host name is configured", "dns")
-        password = self._password()
+        token = oauth2.access_token(self._tokens, self._where) if server.auth else None
+        password = token.value if token is not None else self._password()
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
             self._context or tls_context(server.tls_verify))
@@ -147,6 +157,11 @@ class Pop3Source:
                 if not server.username or password is None:
                     error = ConnectError(f"{self._where}: a username and a password are "
                                          "needed to log in", "auth")
+                elif token is not None:
+                    error = oauth2.pop3_login(pop, server, token, _capabilities(pop),
+                                              self._where)
+                    if error is not None and self._tokens is not None:
+                        self._tokens.invalidate(token)  # the next connection gets a new one
                 else:
                     pop.user(server.username)
                     pop.pass_(password)
@@ -159,6 +174,7 @@ class Pop3Source:
             _close(pop)
             raise scrubbed(error, password)
         self._pop = pop
+        self._renew_at = oauth2.renew_at(token) if token is not None else None
 
     def close(self) -> None:
         """Drop the connection without QUIT: DELEs not yet committed are rolled back."""

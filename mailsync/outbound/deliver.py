@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
-from mailsync.errors import ConnectError, SecretError, StoreUnavailable
+from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.metrics import Metrics
-from mailsync.outbound import retry, routing
+from mailsync.outbound import login, retry, routing
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
@@ -31,7 +32,7 @@ from mailsync.outbound.verp import VerpKey, verp_sender
 
 log = logging.getLogger("mailsync.deliver")
 
-SessionFactory = Callable[[OutgoingServer, str | None], SmtpSession]
+SessionFactory = login.SessionFactory  # (server, password or access token) → a session
 CLAIM_BATCH = 200
 CHUNK = 16
 
@@ -44,7 +45,8 @@ class _Held:
         self.session: SmtpSession | None = None
 
     def take(self, pool: ConnectionPool) -> SmtpSession:
-        if self.pool is pool and self.session is not None and not self.session.broken:
+        if self.pool is pool and self.session is not None and not self.session.broken \
+                and not self.session.expiring():
             return self.session
         self.release()
         # No timeout on waiting for a free slot: holders never wait for another pool
@@ -107,8 +109,12 @@ class Deliverer:
                  factory: SessionFactory = default_factory,
                  clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
-                 record_patience: float | None = None) -> None:
+                 record_patience: float | None = None,
+                 tokens: TokenCache | None = None) -> None:
         self._view = _View.of(config)
+        # OAuth2 access tokens, one per identity, shared with the pollers of the process.
+        self.tokens = tokens if tokens is not None else TokenCache(
+            state_dir=config.daemon.state_dir, observer=metrics.oauth2_observer)
         # How long an outcome waits for a store that cannot commit (None: until halted).
         self.record_patience = record_patience
         self.store = store
@@ -168,13 +174,7 @@ class Deliverer:
             return pool
 
     def _connect(self, server: OutgoingServer) -> SmtpSession:
-        password = None
-        if server.password is not None:
-            try:
-                password = server.password.resolve()
-            except SecretError as exc:
-                raise ConnectError(f"{server.name}: password: {exc}", "auth") from None
-        return self.factory(server, password)
+        return login.connect(server, self.tokens, self.factory)
 
     def close(self) -> None:
         """Close every pooled session (QUIT)."""

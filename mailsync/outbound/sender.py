@@ -102,9 +102,10 @@ class ConnectionPool:
                 self._cond.wait(remaining)
 
         if session is not None:
-            if not stale or session.noop():
+            if not session.expiring() and (not stale or session.noop()):
                 return session
-            # Failed its health check: swap it for a new one, keeping the slot reserved.
+            # Its OAuth2 token is about to expire, or it failed its health check: swap it
+            # for a new one, keeping the slot reserved.
             session.close()
             with self._cond:
                 self._in_use.discard(session)

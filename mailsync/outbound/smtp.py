@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
+from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
 from mailsync.netio import GMAIL_HINT, fallback_error, network_error, scrubbed, tls_context
@@ -54,6 +55,7 @@ def open_session(
     smtp: smtplib.SMTP | None = None
     phase = "connect"
     error: ConnectError | None = None
+    mechanism: str | None = None  # an OAuth2 login's SASL mechanism
     try:
         # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
         if server.security == "ssl":
@@ -81,6 +83,8 @@ def open_session(
                 error = ConnectError(
                     f"{where}: username {server.username!r} is set but no password", "auth"
                 )
+            elif server.auth is not None:
+                mechanism, error = _oauth2_login(smtp, server, password)
             else:
                 try:
                     smtp.login(server.username, password)
@@ -100,7 +104,36 @@ def open_session(
             smtp.close()
         raise scrubbed(error, password)
     assert smtp is not None
-    return SmtpSession(smtp, server)
+    session = SmtpSession(smtp, server)
+    session.mechanism = mechanism
+    return session
+
+
+def _oauth2_login(smtp: smtplib.SMTP, server: OutgoingServer,
+                  token: str) -> tuple[str | None, ConnectError | None]:
+    """AUTH OAUTHBEARER (RFC 7628) where offered, else XOAUTH2, with the access token.
+
+    A refused token comes back as a 334 challenge of base64 JSON before the final 535:
+    it is answered as the mechanism asks and its status goes into the error.
+    """
+    where = describe(server)
+    offered = set(str(smtp.esmtp_features.get("auth", "")).upper().split())
+    assert server.username is not None
+    login = sasl.choose(offered, server.username, token, server.host, server.port)
+    if login is None:
+        return None, ConnectError(
+            f"{where}: the server offers no OAuth2 login (AUTH "
+            f"{' '.join(sorted(offered)) or 'none'}); XOAUTH2 or OAUTHBEARER is needed for "
+            "auth.oauth2", "auth")
+    responder = sasl.Responder(login)
+    try:
+        smtp.auth(login.mechanism, lambda challenge=None: responder(challenge).decode("ascii"))
+    except smtplib.SMTPAuthenticationError as exc:
+        return login.mechanism, ConnectError(
+            f"{where}: OAuth2 ({login.mechanism}): the server refused the access token for "
+            f"{server.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{responder.reason()}", "auth", exc.smtp_code)
+    return login.mechanism, None
 
 
 def describe(server: OutgoingServer) -> str:
@@ -126,6 +159,18 @@ class SmtpSession:
         self.broken = False
         self.opened_at = time.monotonic()
         self.last_used = self.opened_at
+        self.mechanism: str | None = None  # an OAuth2 login's: XOAUTH2 or OAUTHBEARER
+        # When the access token it logged in with expires, and when to stop using the
+        # session because of it (time.time()); None: a password login.
+        self.expires_at: float | None = None
+        self.renew_at: float | None = None
+
+    def expiring(self, now: float | None = None) -> bool:
+        """Whether its OAuth2 token is about to expire: such a session is closed and a new
+        one opened (with a fresh token), never used past its token's life."""
+        if self.renew_at is None:
+            return False
+        return (time.time() if now is None else now) >= self.renew_at
 
     def __repr__(self) -> str:
         return f"SmtpSession(server={self.server_name!r}, broken={self.broken})"
