@@ -209,3 +209,66 @@ def test_the_daemon_keeps_idle_across_token_lifetimes_and_leaks_no_token(
     for text, where in ((daemon.log, "log"), (metrics_text, "/metrics"), (shown, "CLI")):
         leaked = [s for s in secrets if s in text]
         assert leaked == [], f"{where} shows {len(leaked)} secret(s)"
+
+
+def _imap_box(mailbox, auth: str) -> str:
+    return (f"  - name: box\n    type: imap\n    host: {HOST}\n"
+            f"    port: {mailbox.dovecot.port('imap')}\n    security: none\n"
+            f"    username: {mailbox.user}\n    timeout: 10s\n" + auth)
+
+
+def test_a_google_service_account_polls_as_the_user_it_acts_for(tmp_path, oauth2_mailbox,
+                                                                smtp_server):
+    authority = oauth2_mailbox.authority
+    key = tmp_path / "service-account.json"
+    key.write_text(json.dumps(authority.service_account_key()))
+    oauth2_mailbox.append(message("For the delegated user"))
+    auth = ("    auth:\n      oauth2:\n        provider: google\n"
+            f"        token_url: {authority.token_url}\n"
+            f"        service_account_key: {{file: {key}}}\n"
+            f"        subject: {oauth2_mailbox.user}\n")
+    srv = smtp_server()
+    relay = f"  - {{name: relay, host: 127.0.0.1, port: {srv.port}, security: none}}\n"
+    cfg = _config(tmp_path, relay, _imap_box(oauth2_mailbox, auth))
+    out = run(["inbox", "poll", "-c", str(cfg)])
+    assert out.exit_code == 0 and "box: 1 fetched" in out.output, out.output
+    (request,) = authority.token_requests(ok=True)
+    assert request.grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def test_auth_login_signs_a_user_in_by_the_device_flow(tmp_path, oauth2_mailbox, smtp_server):
+    import threading
+
+    authority = oauth2_mailbox.authority
+    authority.add_client("mailsync-cli")
+    oauth2_mailbox.append(message("After the sign-in"))
+    auth = ("    auth:\n      oauth2:\n        provider: generic\n        grant: refresh_token\n"
+            "        client_id: mailsync-cli\n"
+            f"        token_url: {authority.token_url}\n"
+            f"        device_url: {authority.device_url}\n        scope: mail\n")
+    srv = smtp_server()
+    relay = f"  - {{name: relay, host: 127.0.0.1, port: {srv.port}, security: none}}\n"
+    cfg = _config(tmp_path, relay, _imap_box(oauth2_mailbox, auth))
+    before = run(["inbox", "poll", "-c", str(cfg)])
+    assert before.exit_code == 1 and "auth login box" in before.output, before.output
+
+    codes: list[str] = []
+
+    def approve() -> None:
+        deadline = time.monotonic() + 10
+        while not authority.pending_user_codes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        codes.extend(authority.pending_user_codes())
+        authority.approve(oauth2_mailbox.user)
+
+    approver = threading.Thread(target=approve)
+    approver.start()
+    login = run(["auth", "login", "box", "-c", str(cfg)])
+    approver.join()
+    assert login.exit_code == 0, login.output
+    (code,) = codes
+    assert "To sign in box, open http://127.0.0.1" in login.output
+    assert f"enter the code {code}" in login.output
+    assert (tmp_path / "state" / "tokens" / "box.json").stat().st_mode & 0o777 == 0o600
+    after = run(["inbox", "poll", "-c", str(cfg)])
+    assert after.exit_code == 0 and "box: 1 fetched" in after.output, after.output
