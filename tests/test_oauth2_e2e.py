@@ -272,3 +272,26 @@ def test_auth_login_signs_a_user_in_by_the_device_flow(tmp_path, oauth2_mailbox,
     assert (tmp_path / "state" / "tokens" / "box.json").stat().st_mode & 0o777 == 0o600
     after = run(["inbox", "poll", "-c", str(cfg)])
     assert after.exit_code == 0 and "box: 1 fetched" in after.output, after.output
+
+
+def test_a_token_endpoint_that_fails_defers_and_the_next_run_sends(tmp_path, oauth2_server,
+                                                                   smtp_server, monkeypatch):
+    monkeypatch.setenv("OAUTH_SECRET", SECRET)
+    authority = oauth2_server()
+    authority.add_client("mailsync", SECRET, user="relay@example.com")
+    srv = smtp_server(oauth2=authority)
+    cfg = _config(tmp_path, _relay(srv.port, "relay@example.com", authority))
+    cfg.write_text(cfg.read_text().replace(
+        "  spool_dir: ./spool\n", "  spool_dir: ./spool\n  retry: {first: 1s, max: 1s, "
+        "lifetime: 1h}\n"))
+    drop(tmp_path / "spool", user="alice", to=["a@example.org"], subject="later", text="x")
+    authority.fail_next("server_error", count=1)  # one run asks once: its cache backs off
+    out = run_once(cfg)
+    assert "0 sent, 1 deferred" in out.output, out.output
+    (row,) = history(cfg)
+    assert row["status"] == "deferred"
+    assert "OAuth2: the token endpoint" in row["error"] and "500" in row["error"]
+    assert srv.connections == 0                  # no session opened without a token
+    time.sleep(1.1)
+    assert "1 sent" in run_once(cfg).output
+    assert len(srv.wait_for(1)) == 1

@@ -23,8 +23,11 @@ ENV_VALUE = "CANARY-env-value-9c0d"
 ENV_VALUE_OLD = "CANARY-env-value-OLD-1e2f"
 FILE_VALUE = "CANARY-file-value-3a4b"
 CREDENTIAL_VALUE = "CANARY-credential-value-5c6d"
+CLIENT_SECRET = "CANARY-oauth2-client-secret-7e8f"
+CLIENT_SECRET_OLD = "CANARY-oauth2-client-secret-OLD-9a0b"
+REFRESH_TOKEN = "CANARY-oauth2-refresh-token-1c2d"
 CANARIES = [PLAIN_OUT, PLAIN_IN, PLAIN_ACCOUNT, PLAIN_OUT_OLD, ENV_VALUE, ENV_VALUE_OLD,
-            FILE_VALUE, CREDENTIAL_VALUE]
+            FILE_VALUE, CREDENTIAL_VALUE, CLIENT_SECRET, CLIENT_SECRET_OLD, REFRESH_TOKEN]
 
 CONFIG = f"""\
 version: 1
@@ -45,6 +48,16 @@ outgoing_servers:
     host: file.example.com
     username: file@example.com
     password: {{file: ./relay.secret}}
+  - name: m365
+    provider: office365
+    username: relay@contoso.com
+    auth:
+      oauth2:
+        provider: microsoft
+        tenant: contoso.onmicrosoft.com
+        client_id: app
+        client_secret: {CLIENT_SECRET}
+        refresh_token: {REFRESH_TOKEN}
 incoming_servers:
   - name: support
     type: imap
@@ -72,7 +85,8 @@ accounts:
 
 OLD_CONFIG = (CONFIG.replace(PLAIN_OUT, PLAIN_OUT_OLD)
               .replace("{env: MAILSYNC_CANARY_SMTP}", "{env: MAILSYNC_CANARY_SMTP_OLD}")
-              .replace("{file: ./relay.secret}", f"{PLAIN_OUT_OLD}"))
+              .replace("{file: ./relay.secret}", f"{PLAIN_OUT_OLD}")
+              .replace(CLIENT_SECRET, CLIENT_SECRET_OLD))
 
 
 @pytest.fixture
@@ -163,15 +177,16 @@ def test_plan_against_a_file_with_changed_passwords(runner, canary):
     config_path, old_path, env = canary
     result = run(runner, ["plan", "-c", str(config_path), "--against", str(old_path)], env)
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[:6] == [
+    assert result.stdout.splitlines()[:8] == [
         "~ outgoing_servers.relay", "    password: (changed)",
         "~ outgoing_servers.env-relay", "    password: (changed)",
         "~ outgoing_servers.file-relay", "    password: (changed)",
+        "~ outgoing_servers.m365", "    auth.client_secret: (changed)",
     ]
     result = run(runner, ["plan", "-c", str(config_path), "--against", str(old_path),
                           "--format", "json", "--detailed-exitcode"], env)
     assert result.exit_code == 2
-    assert result.stdout.count('"secret": true') == 3
+    assert result.stdout.count('"secret": true') == 4
 
 
 def test_plan_against_the_applied_config(runner, canary, tmp_path):
@@ -209,4 +224,4 @@ def test_secret_values_are_not_in_the_model_repr(canary):
     config_path, _, _ = canary
     text = repr(load_file(Path(config_path)).config)
     assert [c for c in CANARIES if c in text] == []
-    assert text.count("Secret('***')") == 6
+    assert text.count("Secret('***')") == 8  # 6 passwords, a client secret, a refresh token
