@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-from authlib.integrations.base_client import OAuthError
-from authlib.integrations.requests_client import AssertionSession, OAuth2Session
-from joserfc.jwk import RSAKey
-
+# authlib, requests and joserfc are imported where a token is asked for (~0.13 s): every
+# process that sends imports this module, and most have no OAuth2 login at all.
 from mailsync.auth.settings import OAuth2
 from mailsync.auth.store import RefreshTokenFile
 from mailsync.config.secrets import Secret
@@ -129,6 +126,9 @@ _ERRNO = re.compile(r"\[Errno -?\d+\] ([^)'\"]+)")
 def translate(exc: Exception, settings: OAuth2, ctx: GrantContext,
               secrets: Iterable[str] = ()) -> OAuth2Error:
     """authlib's and requests' exception as an OAuth2Error that holds no secret."""
+    import requests
+    from authlib.integrations.base_client import OAuthError
+
     url = settings.token_url
     if isinstance(exc, OAuthError):
         error = refusal(str(exc.error), settings, ctx.name)
@@ -185,6 +185,8 @@ def auth_method(settings: OAuth2, has_secret: bool) -> str:
 
 def client_session(settings: OAuth2, ctx: GrantContext, scope: str | None) -> tuple[Any, str]:
     """An authlib session for this client, and the client secret ("" when none)."""
+    from authlib.integrations.requests_client import OAuth2Session
+
     secret = (resolve(settings.client_secret, "client_secret", ctx)
               if settings.client_secret else "")
     session = OAuth2Session(
@@ -252,6 +254,9 @@ def _refresh(settings: OAuth2, ctx: GrantContext) -> AccessToken:
 
 
 def _service_account(settings: OAuth2, ctx: GrantContext) -> AccessToken:
+    from authlib.integrations.requests_client import AssertionSession
+    from joserfc.jwk import RSAKey
+
     if settings.service_account_key is None:
         raise ValueError("a service_account grant needs service_account_key")
     text = resolve(settings.service_account_key, "service_account_key", ctx)
