@@ -359,10 +359,11 @@ for _name in _ACTIONS:
 # -- test ------------------------------------------------------------------------------
 def _login_note(session: Any) -> str:
     """`` (XOAUTH2, token valid until 14:32)`` for an OAuth2 login, else nothing."""
+    from mailsync.auth.sasl import login_note
+
     if session.expires_at is None:
         return ""
-    until = time.strftime("%H:%M", time.localtime(session.expires_at))
-    return f" ({session.mechanism}, token valid until {until})"
+    return f" ({login_note(session.mechanism, session.expires_at)})"
 
 
 @main.command("test")
@@ -411,11 +412,11 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
         from mailsync.inbound.poller import check_incoming
 
         try:
-            check_incoming(incoming[name], tokens=tokens)
+            note = check_incoming(incoming[name], tokens=tokens)
         except (ConnectError, SecretError) as exc:
             failed += 1
             click.echo(printable(f"{name} (incoming): Connection Error: {exc}"))
             continue
-        click.echo(printable(f"{name} (incoming): OK"))
+        click.echo(printable(f"{name} (incoming): OK" + (f" ({note})" if note else "")))
     if failed:
         raise Exit(1)

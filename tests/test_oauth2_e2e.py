@@ -140,6 +140,9 @@ def test_imap_and_pop3_are_polled_with_an_access_token(tmp_path, oauth2_mailbox,
     assert sorted(m["server"] for m in json.loads(listed.output)) == ["box", "pop"]
     tested = run(["test", "box", "pop", "-c", str(cfg)])
     assert tested.exit_code == 0, tested.output
+    lines = tested.output.splitlines()
+    assert lines[0].startswith("box (incoming): OK (OAUTHBEARER, token valid until ")
+    assert lines[1].startswith("pop (incoming): OK (OAUTHBEARER, token valid until ")
     # A refused token is reported with the server's challenge decoded.
     authority.fail_next("invalid_client", count=10)
     authority.expire_access_tokens()
@@ -295,3 +298,28 @@ def test_a_token_endpoint_that_fails_defers_and_the_next_run_sends(tmp_path, oau
     time.sleep(1.1)
     assert "1 sent" in run_once(cfg).output
     assert len(srv.wait_for(1)) == 1
+
+
+def test_a_token_the_server_refuses_is_reported_with_its_challenge(
+        tmp_path, oauth2_mailbox, oauth2_server, smtp_server, monkeypatch):
+    """The endpoint issues a token, but for another mailbox than the login names: SMTP
+    and IMAP refuse it with a JSON challenge, which the error decodes."""
+    monkeypatch.setenv("OAUTH_SECRET", SECRET)
+    authority = oauth2_mailbox.authority
+    authority.add_client("mailsync", SECRET, user="someone-else")
+    srv = smtp_server(oauth2=authority)
+    incoming = (f"  - name: box\n    type: imap\n    host: {HOST}\n"
+                f"    port: {oauth2_mailbox.dovecot.port('imap')}\n    security: none\n"
+                f"    username: {oauth2_mailbox.user}\n    timeout: 10s\n" + _auth(authority))
+    cfg = _config(tmp_path, _relay(srv.port, "relay@example.com", authority), incoming)
+    tested = run(["test", "-c", str(cfg)])
+    assert tested.exit_code == 1
+    relay, box = tested.output.splitlines()
+    assert relay.startswith("relay: Connection Error: relay (127.0.0.1:")
+    assert ("OAuth2 (OAUTHBEARER): the server refused the access token for "
+            "'relay@example.com': 535") in relay
+    assert "status invalid_token" in relay
+    assert box.startswith("box (incoming): Connection Error: box (")
+    assert f"the server refused the access token for '{oauth2_mailbox.user}'" in box
+    assert "status invalid_token" in box
+    assert SECRET not in tested.output

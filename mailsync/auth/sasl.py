@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from dataclasses import dataclass
 
 # What a client sends back on a failure challenge (Google: an empty line; RFC 7628 §3.2.3:
@@ -159,3 +160,9 @@ class Responder:
     def reason(self) -> str:
         """``; status 401 (...)`` from the last challenge, or nothing."""
         return f"; {describe_failure(self.challenges[-1])}" if self.challenges else ""
+
+
+def login_note(mechanism: str | None, expires_at: float) -> str:
+    """What `mailsync test` says of an OAuth2 login: ``XOAUTH2, token valid until 14:32``."""
+    until = time.strftime("%H:%M", time.localtime(expires_at))
+    return f"{mechanism}, token valid until {until}"

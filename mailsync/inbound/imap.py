@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import imapclient  # type: ignore[import-untyped]
 
+from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
@@ -66,6 +67,7 @@ class ImapSource:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None  # reconnect then: the token is about to expire
+        self.login_note = ""  # how the last login went, for `mailsync test` (OAuth2 only)
         self.folder = server.folder or "INBOX"
         self._password = password
         self._context = context
@@ -130,9 +132,10 @@ class ImapSource:
                     error = ConnectError(f"{self._where}: a username and a password are "
                                          "needed to log in", "auth")
                 elif token is not None:
-                    error = oauth2.imap_login(client, server, token, self._where)
+                    mechanism, error = oauth2.imap_login(client, server, token, self._where)
                     if error is None:
                         self._uidplus = bool(client.has_capability("UIDPLUS"))
+                        self.login_note = sasl.login_note(mechanism, token.expires_at)
                     elif self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
                 else:

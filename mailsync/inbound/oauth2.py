@@ -47,8 +47,9 @@ def _refused(server: IncomingServer, where: str, mechanism: str, reply: str,
 
 
 def imap_login(client: Any, server: IncomingServer, token: AccessToken,
-               where: str) -> ConnectError | None:
-    """AUTHENTICATE on an imapclient.IMAPClient; None when logged in, else why not."""
+               where: str) -> tuple[str, ConnectError | None]:
+    """AUTHENTICATE on an imapclient.IMAPClient: the mechanism, and None when logged in,
+    else why not."""
     import imapclient.exceptions  # type: ignore[import-untyped]
 
     offered = {c.decode("ascii", "replace").upper()[5:] for c in client.capabilities()
@@ -56,27 +57,30 @@ def imap_login(client: Any, server: IncomingServer, token: AccessToken,
     assert server.username is not None
     login = sasl.choose(offered, server.username, token.value, server.host, server.port)
     if login is None:
-        return ConnectError(f"{where}: the server offers no OAuth2 login (AUTH="
-                            f"{' AUTH='.join(sorted(offered)) or 'none'}); XOAUTH2 or "
-                            "OAUTHBEARER is needed for auth.oauth2", "auth")
+        return "", ConnectError(f"{where}: the server offers no OAuth2 login (AUTH="
+                                f"{' AUTH='.join(sorted(offered)) or 'none'}); XOAUTH2 or "
+                                "OAUTHBEARER is needed for auth.oauth2", "auth")
     responder = sasl.Responder(login)
     try:
         client.sasl_login(login.mechanism, responder)
     except imapclient.exceptions.LoginError as exc:
-        return _refused(server, where, login.mechanism, server_text(exc), responder)
-    return None
+        return login.mechanism, _refused(server, where, login.mechanism, server_text(exc),
+                                         responder)
+    return login.mechanism, None
 
 
 def pop3_login(pop: poplib.POP3, server: IncomingServer, token: AccessToken,
-               capabilities: dict[str, list[str]], where: str) -> ConnectError | None:
-    """AUTH (RFC 5034, with an initial response) on a poplib.POP3; None when logged in."""
+               capabilities: dict[str, list[str]],
+               where: str) -> tuple[str, ConnectError | None]:
+    """AUTH (RFC 5034, with an initial response) on a poplib.POP3: the mechanism, and None
+    when logged in, else why not."""
     offered = {m.upper() for m in capabilities.get("SASL", [])}
     assert server.username is not None
     login = sasl.choose(offered, server.username, token.value, server.host, server.port)
     if login is None:
-        return ConnectError(f"{where}: the server offers no OAuth2 login (SASL "
-                            f"{' '.join(sorted(offered)) or 'none'}); XOAUTH2 or OAUTHBEARER "
-                            "is needed for auth.oauth2", "auth")
+        return "", ConnectError(f"{where}: the server offers no OAuth2 login (SASL "
+                                f"{' '.join(sorted(offered)) or 'none'}); XOAUTH2 or "
+                                "OAUTHBEARER is needed for auth.oauth2", "auth")
     responder = sasl.Responder(login)
     initial = base64.b64encode(responder()).decode("ascii")
     try:
@@ -90,8 +94,10 @@ def pop3_login(pop: poplib.POP3, server: IncomingServer, token: AccessToken,
             ack = base64.b64encode(responder(challenge)).decode("ascii")
             reply = command(ack)
     except poplib.error_proto as exc:
-        return _refused(server, where, login.mechanism, server_text(exc), responder)
+        return login.mechanism, _refused(server, where, login.mechanism, server_text(exc),
+                                         responder)
     if not reply.startswith(b"+OK"):
-        return _refused(server, where, login.mechanism,
-                        reply.decode("utf-8", "replace"), responder)
-    return None
+        return login.mechanism, _refused(server, where, login.mechanism,
+                                         reply.decode("utf-8", "replace"), responder)
+    return login.mechanism, None
+

@@ -100,8 +100,9 @@ def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None
 
 
 def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None,
-                   tokens: TokenCache | None = None) -> None:
-    """Connect, log in and check the folder (IMAP) or the Maildir (local).
+                   tokens: TokenCache | None = None) -> str:
+    """Connect, log in and check the folder (IMAP) or the Maildir (local); what the login
+    was when it says something (``XOAUTH2, token valid until 14:32``), else "".
 
     Raises ConnectError with the reason, worded as for SMTP (``name (host:port):
     connection refused``), or SecretError when the password cannot be resolved.
@@ -109,6 +110,7 @@ def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = N
     source = make_source(server, context=context, tokens=tokens)
     try:
         source.open()
+        return str(getattr(source, "login_note", ""))
     finally:
         source.close()
 

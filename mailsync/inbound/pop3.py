@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
@@ -111,6 +112,7 @@ class Pop3Source:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None
+        self.login_note = ""  # how the last login went, for `mailsync test` (OAuth2 only)
         self.folder = ""
         self._password = password
         self._context = context
@@ -158,9 +160,11 @@ class Pop3Source:
                     error = ConnectError(f"{self._where}: a username and a password are "
                                          "needed to log in", "auth")
                 elif token is not None:
-                    error = oauth2.pop3_login(pop, server, token, _capabilities(pop),
-                                              self._where)
-                    if error is not None and self._tokens is not None:
+                    mechanism, error = oauth2.pop3_login(pop, server, token,
+                                                         _capabilities(pop), self._where)
+                    if error is None:
+                        self.login_note = sasl.login_note(mechanism, token.expires_at)
+                    elif self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
                 else:
                     pop.user(server.username)
