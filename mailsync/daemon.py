@@ -68,7 +68,7 @@ STATUS_EVERY = 10.0
 STOP_TIMEOUT = 30.0  # for in-flight SMTP transactions at SIGTERM
 IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
 STORE_PROBE_EVERY = 1.0  # a store that cannot commit is tried this often
-CHECKPOINT_QUIET = 2.0  # the WAL is truncated once nothing was written for this long
+CHECKPOINT_QUIET = 2.0  # the WAL is checkpointed once nothing was written for this long
 
 
 @dataclass
@@ -433,7 +433,8 @@ class Daemon:
 
     def _check_store(self) -> None:
         """A store that cannot commit is probed with a real commit (the outage ends once
-        one passes and the disk has room); a quiet one gets its WAL truncated."""
+        one passes and the disk has room); a quiet one gets its WAL checkpointed (and
+        truncated on a tight disk: Store.checkpoint)."""
         store = self.store
         if store.health.failing:
             store.probe()
@@ -514,6 +515,8 @@ class Daemon:
             except StoreUnavailable as exc:
                 if pickup is not None:
                     self.store.note_failure(exc)  # the child's commit: this process knows
+                # Never a busy loop, even when another writer's commit ended the outage.
+                self._spool_wake.wait(STORE_PROBE_EVERY)
                 continue
             except MailsyncError as exc:
                 if self._stopping.is_set():
