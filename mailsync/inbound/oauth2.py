@@ -40,6 +40,11 @@ def renew_at(token: AccessToken) -> float:
     return token.expires_at - min(RENEW_MARGIN, token.lifetime / 4)
 
 
+def _not_offered(where: str, offered: str) -> ConnectError:
+    return ConnectError(f"{where}: the server offers no OAuth2 login ({offered}); XOAUTH2 "
+                        "or OAUTHBEARER is needed for auth.oauth2", "auth")
+
+
 def _refused(server: IncomingServer, where: str, mechanism: str, reply: str,
              responder: sasl.Responder) -> ConnectError:
     return ConnectError(f"{where}: OAuth2 ({mechanism}): the server refused the access "
@@ -57,9 +62,7 @@ def imap_login(client: Any, server: IncomingServer, token: AccessToken,
     assert server.username is not None
     login = sasl.choose(offered, server.username, token.value, server.host, server.port)
     if login is None:
-        return "", ConnectError(f"{where}: the server offers no OAuth2 login (AUTH="
-                                f"{' AUTH='.join(sorted(offered)) or 'none'}); XOAUTH2 or "
-                                "OAUTHBEARER is needed for auth.oauth2", "auth")
+        return "", _not_offered(where, "AUTH=" + (" AUTH=".join(sorted(offered)) or "none"))
     responder = sasl.Responder(login)
     try:
         client.sasl_login(login.mechanism, responder)
@@ -78,9 +81,7 @@ def pop3_login(pop: poplib.POP3, server: IncomingServer, token: AccessToken,
     assert server.username is not None
     login = sasl.choose(offered, server.username, token.value, server.host, server.port)
     if login is None:
-        return "", ConnectError(f"{where}: the server offers no OAuth2 login (SASL "
-                                f"{' '.join(sorted(offered)) or 'none'}); XOAUTH2 or "
-                                "OAUTHBEARER is needed for auth.oauth2", "auth")
+        return "", _not_offered(where, "SASL " + (" ".join(sorted(offered)) or "none"))
     responder = sasl.Responder(login)
     initial = base64.b64encode(responder()).decode("ascii")
     try:
