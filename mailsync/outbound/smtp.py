@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
@@ -31,6 +32,50 @@ _DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 _BAD_ADDRESS = re.compile(r"[\r\n<> ]")
 # Errors a socket, TLS or SMTP conversation can raise; everything else is a bug.
 _WIRE_ERRORS = (OSError, UnicodeError)
+# A reply (the greeting included) longer than this is refused: smtplib reads continuation
+# lines (``220-...``) for as long as the server sends them, into memory.
+MAX_REPLY = 64 * 1024
+
+
+class ReplyTooLong(OSError):
+    """The server's reply grew past MAX_REPLY; the connection is dropped."""
+
+
+class _Capped:
+    """The session's socket file, counting what one reply reads (see _Bounded)."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._left = limit
+
+    def __getattr__(self, name: str) -> Any:  # close() and the rest: the file's own
+        return getattr(self._raw, name)
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._raw.readline(size)
+        self._left -= len(line)
+        if self._left < 0:
+            raise ReplyTooLong(f"the server's reply is longer than {MAX_REPLY // 1024} KiB")
+        return line
+
+
+class _Bounded(smtplib.SMTP):
+    """smtplib.SMTP whose replies are bounded by MAX_REPLY."""
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = self.sock.makefile("rb")
+        raw = self.file
+        self.file = _Capped(raw, MAX_REPLY)
+        try:
+            return super().getreply()
+        finally:
+            if self.file is not None:  # smtplib's close() on an error sets it to None
+                self.file = raw
+
+
+class _BoundedSSL(_Bounded, smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL whose replies are bounded by MAX_REPLY."""
 
 
 def open_session(
@@ -59,11 +104,11 @@ def open_session(
     try:
         # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
         if server.security == "ssl":
-            smtp = smtplib.SMTP_SSL(
+            smtp = _BoundedSSL(
                 server.host, server.port, local_hostname, timeout=timeout, context=tls
             )
         else:
-            smtp = smtplib.SMTP(server.host, server.port, local_hostname, timeout)
+            smtp = _Bounded(server.host, server.port, local_hostname, timeout)
         smtp.ehlo_or_helo_if_needed()
         if server.security == "starttls":
             phase = "starttls"
@@ -381,6 +426,10 @@ def _translate(exc: BaseException, server: OutgoingServer, phase: str) -> Connec
     if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__,
                                                                         TimeoutError):
         exc = exc.__context__  # smtplib reports a timed-out greeting as a hang-up
+    too_long = exc if isinstance(exc, ReplyTooLong) else exc.__context__
+    if isinstance(too_long, ReplyTooLong):  # (smtplib wraps it in SMTPServerDisconnected)
+        return ConnectError(f"{where}: {too_long} (during {_noun(phase)}); the connection "
+                            "was dropped", "protocol")
     common = network_error(exc, where, server.timeout.total_seconds(),
                            connecting=phase == "connect", transferring=phase == "transaction")
     if common is not None:
