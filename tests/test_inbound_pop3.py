@@ -185,24 +185,27 @@ def test_pop3_empty_maildrop(rig, mailbox, tmp_path):
 
 
 def _line_by_line(body: bytes) -> dict[str, str]:
-    """The UIDL parsing this module did before (poplib's lines, each stripped)."""
-    numbers = {}
+    """The UIDL parsing this module did before (poplib's lines, each stripped), but with
+    the first of duplicate UIDLs kept."""
+    numbers: dict[str, str] = {}
     for line in body.split(b"\r\n")[:-1]:
         number, _, uidl = line.decode("ascii", "replace").strip().partition(" ")
-        numbers[uidl.strip()] = number
+        numbers.setdefault(uidl.strip(), number)
     return numbers
 
 
 @pytest.mark.parametrize("body", [
     b"",
     b"1 000000017a8b5c1d\r\n2 000000027a8b5c1d\r\n",
-    b"1 a.b\r\n2 .c\r\n3 a\r\n3 a\r\n",  # dots inside; a duplicate UIDL: the last wins
+    b"1 a.b\r\n2 .c\r\n3 a\r\n4 a\r\n",  # dots inside; a duplicate UIDL: the first wins
     b"1  padded\r\n 2 b \r\n3\tc\r\n",  # padding: stripped as before
     b"1 a b\r\n2\r\n",  # a UIDL with a space, a line without one: as before
     b"1 caf\xc3\xa9\r\n",  # not ASCII
 ])
 def test_parse_uidl_splits_like_the_line_by_line_reader(body):
-    assert parse_uidl(body) == _line_by_line(body)
+    numbers, skipped = parse_uidl(body)
+    assert numbers == _line_by_line(body)
+    assert skipped == ([("4", "a")] if b"4 a" in body else [])
 
 
 def _row(store, key):

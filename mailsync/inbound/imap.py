@@ -225,10 +225,14 @@ class ImapSource:
                 yield Batch(done=self._keys(uidvalidity, left))
         if uidnext is not None and int(uidnext) <= last + 1:
             return
-        new = sorted(u for u in self._search(f"{last + 1}:*") if u > last)
+        new = [u for u in self._search(f"{last + 1}:*") if u > last]
         for start in range(0, len(new), self._batch):
             chunk = new[start:start + self._batch]
             skip = self._recognised(chunk, cursor, known)
+            # UIDVALIDITY and UID name one message (RFC 3501): one stored under that key
+            # already (the folder went back to an earlier UIDVALIDITY, or another poll
+            # stored it) is not stored again, which the store would refuse at every poll.
+            skip.update(self._stored(uidvalidity, [u for u in chunk if u not in skip], known))
             wanted = [u for u in chunk if u not in skip]
             bodies = self._fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
             # A UID missing from the answer was expunged meanwhile: nothing to store.
@@ -251,6 +255,13 @@ class ImapSource:
                 pairs[uid] = (mid, int(item[b"RFC822.SIZE"]))
         stored = known.messages(list(pairs.values()))
         return {uid for uid, pair in pairs.items() if pair in stored}
+
+    def _stored(self, uidvalidity: int, uids: list[int], known: Known) -> set[int]:
+        """Those of ``uids`` whose key is stored already (one query for the batch)."""
+        if not uids:
+            return set()
+        stored = known.keys(self._keys(uidvalidity, uids))
+        return {u for u in uids if f"{uidvalidity}/{u}" in stored}
 
     def acknowledge(self, batch: Batch) -> None:
         """keep_on_server false: flag the batch \\Deleted and expunge it (UIDPLUS) now."""
@@ -337,8 +348,16 @@ class ImapSource:
     # -- helpers ---------------------------------------------------------------------
 
     def _search(self, uid_range: str) -> list[int]:
+        """The UIDs in ``uid_range``, each once and in order: a server that names a UID
+        twice would otherwise have it fetched and stored twice, which the store refuses
+        (and so every poll after it)."""
         found: list[int] = self._call("fetch", self._client.search, ["UID", uid_range])
-        return [int(u) for u in found]
+        uids = sorted({int(u) for u in found})
+        if len(uids) < len(found):
+            log.warning("%s: folder %s: the server named %d UID(s) more than once in a "
+                        "UID SEARCH answer; each is fetched once", self._where, self.folder,
+                        len(found) - len(uids))
+        return uids
 
     def _fetch(self, uids: Sequence[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         data: dict[int, dict[bytes, Any]] = self._call("fetch", self._client.fetch,

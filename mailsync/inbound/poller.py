@@ -24,19 +24,19 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
-from mailsync.errors import ConnectError, MailsyncError, SecretError
+from mailsync.errors import ConnectError, MailsyncError, SecretError, StoreError
 from mailsync.inbound import records
 from mailsync.inbound.bounces import Verdict, classify, record_bounce
 from mailsync.inbound.imap import ImapSource
 from mailsync.inbound.maildir import LocalSource, MaildirWriter
 from mailsync.inbound.message import parse_headers, summarize
 from mailsync.inbound.pop3 import Pop3Source
-from mailsync.inbound.source import Batch, Source, describe
+from mailsync.inbound.source import Batch, Incoming, Source, describe
 from mailsync.metrics import Metrics
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
@@ -46,6 +46,57 @@ log = logging.getLogger("mailsync.inbound")
 OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None]
 """Called inside the storing transaction for each new message of a server with an
 ``activity`` rule: (connection, server, fetched id, subject, now)."""
+
+
+_DUPLICATE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+
+
+class StoreRefused(StoreError):
+    """The store did not take a batch of fetched messages (nothing of it was kept): the
+    poll fails with this classified reason, never with SQLite's bare words. ``kind``:
+    ``duplicate`` (a key the store already holds), a :class:`StoreUnavailable` kind
+    (``full``, ``io``, ``readonly``, ``corrupt``) or ``store``."""
+
+    def __init__(self, message: str, kind: str = "store") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def duplicate(cls, key: str) -> StoreRefused:
+        """A message whose key (``UIDVALIDITY/UID``, UIDL or file name) is stored already
+        (another poll of the same server stored it meanwhile, or the server reused it)."""
+        return cls(f"the store refused the fetched messages (message {key!r} is already "
+                   "stored under that key; nothing of this batch was kept)", "duplicate")
+
+    @classmethod
+    def of(cls, exc: StoreError | sqlite3.Error, key: str | None = None) -> StoreRefused:
+        """Any store error of a poll, classified (returned as is when it already is);
+        ``key``: the message being stored when it was raised, if known."""
+        if isinstance(exc, StoreRefused):
+            return exc
+        if key is not None and getattr(exc, "sqlite_errorname", "") in _DUPLICATE:
+            return cls.duplicate(key)
+        kind = getattr(exc, "kind", None) or "store"
+        if isinstance(exc, sqlite3.Error):
+            what = f"SQLite error {type(exc).__name__}: {exc}"
+        else:
+            what = str(exc)
+        return cls(f"the store refused the fetched messages ({what})", kind)
+
+
+def unique_messages(server: str, messages: Sequence[Incoming]) -> list[Incoming]:
+    """``messages`` with each key once (the first kept): a server naming one UID or UIDL
+    twice must not make the batch's transaction fail, and so every poll after it."""
+    seen: set[str] = set()
+    out: list[Incoming] = []
+    for m in messages:
+        if m.key in seen:
+            log.warning("%s: the server gave message %r twice in one batch: the first copy "
+                        "is stored, the other skipped", server, m.key)
+            continue
+        seen.add(m.key)
+        out.append(m)
+    return out
 
 
 @dataclass
@@ -159,7 +210,10 @@ class Poller:
         except (ConnectError, SecretError) as exc:
             self._failed(result, exc)
             reached = False
-        except (MailsyncError, sqlite3.Error, OSError) as exc:  # the store or deliver_to
+        except (StoreError, sqlite3.Error) as exc:
+            self._failed(result, StoreRefused.of(exc))
+            reached = None
+        except (MailsyncError, OSError) as exc:  # deliver_to, a hook
             self._failed(result, exc)
             reached = None
         result.duration = time.monotonic() - started
@@ -223,7 +277,7 @@ class Poller:
         if not batch.messages and batch.cursor is None:
             return
         parsed = []
-        for m in batch.messages:
+        for m in unique_messages(self.server.name, batch.messages):
             fields = parse_headers(m.raw)
             parsed.append((m, summarize(m.raw, fields),
                            classify(m.raw, self.config, self.verp_key, fields)))
@@ -235,8 +289,11 @@ class Poller:
         now = self.clock()
         with self.store.transaction() as conn:
             for message, summary, verdict in parsed:
-                fid = records.insert_fetched(conn, name, folder, message.key, summary,
-                                             message.raw, now)
+                try:
+                    fid = records.insert_fetched(conn, name, folder, message.key, summary,
+                                                 message.raw, now)
+                except sqlite3.IntegrityError as exc:
+                    raise StoreRefused.of(exc, message.key) from None
                 bounce = verdict.bounce
                 if verdict.refused is not None:
                     refused.append((fid, verdict))
@@ -295,5 +352,5 @@ def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
     return results
 
 
-__all__ = ["OnMessage", "PollResult", "Poller", "check_incoming", "describe", "make_source",
-           "poll_all_once"]
+__all__ = ["OnMessage", "PollResult", "Poller", "StoreRefused", "check_incoming", "describe",
+           "make_source", "poll_all_once", "unique_messages"]

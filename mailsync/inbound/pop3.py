@@ -10,6 +10,7 @@ next poll finds those UIDLs stored and deletes them without storing them again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import poplib
 import ssl
 import threading
@@ -33,6 +34,8 @@ from mailsync.inbound.source import (
     translate,
 )
 from mailsync.netio import scrubbed, tls_context
+
+log = logging.getLogger("mailsync.inbound.pop3")
 
 MAX_LINE = 1 << 20  # poplib refuses lines over 2048 bytes; real mail has longer ones
 _BLOCK = 1 << 16  # bytes read at a time for a UIDL listing
@@ -62,8 +65,9 @@ class _LongLines:
             return line[1:-1], octets
         return line[:-1], octets
 
-    def uidl_listing(self) -> dict[str, str]:
-        """UIDL without an argument: {UIDL: message number}.
+    def uidl_listing(self) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """UIDL without an argument: {UIDL: message number}, and the lines naming a UIDL
+        an earlier line named (see :func:`parse_uidl`).
 
         poplib reads a multi-line answer with one ``readline`` and one unstuffing step
         a line (5,000 of them for 5,000 messages); this reads it in blocks up to the
@@ -190,7 +194,13 @@ class Pop3Source:
         self.open()
         pop = self._pop
         assert pop is not None
-        self._numbers = self._call(pop.uidl_listing)
+        self._numbers, skipped = self._call(pop.uidl_listing)
+        if skipped:
+            number, uidl = skipped[0]
+            log.warning("%s: the UIDL listing gives %d message(s) the unique-id of an earlier "
+                        "one (message %s has %r, as message %s): the first of each is stored, "
+                        "the others are skipped and left on the server", self._where,
+                        len(skipped), number, uidl, self._numbers[uidl])
         stored = known.keys(list(self._numbers))
         if stored and not self.server.keep_on_server:
             yield Batch(done=tuple(k for k in self._numbers if k in stored))
@@ -252,25 +262,34 @@ class Pop3Source:
         raise error
 
 
-def parse_uidl(body: bytes) -> dict[str, str]:
-    """A UIDL listing's lines (``1 000000017a8b5c1d``) as {UIDL: message number}.
+def parse_uidl(body: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """A UIDL listing's lines (``1 000000017a8b5c1d``) as {UIDL: message number}, and the
+    (number, UIDL) lines left out because an earlier line has their UIDL.
 
     A listing of printable ASCII with one space a line (as RFC 1939 has it) is split at
     once; any other is read line by line with the whitespace around its two parts
-    stripped, for servers that pad them. The last of duplicate UIDLs wins.
+    stripped, for servers that pad them. Of duplicate UIDLs the first wins: a UIDL names
+    one message, so a server giving it to two has one of them stored (the first listed)
+    and the others skipped, not stored twice (which the store refuses) nor deleted.
     """
     text = body.decode("ascii", "replace")
+    lines = text.splitlines()
     if not body.translate(None, _TIDY) and body.count(b" ") == body.count(b"\n"):
-        numbers = {uidl: number for number, _, uidl in
-                   (line.partition(" ") for line in text.splitlines())}
-        if "" not in numbers:  # so each line had one space, with a UIDL after it
-            return numbers
+        numbers = {uidl: number for number, _, uidl in (line.partition(" ") for line in lines)}
+        if "" not in numbers and len(numbers) == len(lines):
+            return numbers, []  # each line had one space, a UIDL after it, and its own
     numbers = {}
-    for line in text.splitlines():
+    skipped: list[tuple[str, str]] = []
+    for line in lines:
         number, _, uidl = line.strip().partition(" ")
-        if number:
-            numbers[uidl.strip()] = number
-    return numbers
+        if not number:
+            continue
+        uidl = uidl.strip()
+        if uidl in numbers:
+            skipped.append((number, uidl))
+        else:
+            numbers[uidl] = number
+    return numbers, skipped
 
 
 def _capabilities(pop: poplib.POP3) -> dict[str, list[str]]:
