@@ -145,14 +145,36 @@ def load_config_or_exit(config_path: Path) -> Config:
     return loaded.config
 
 
+def config_or_last_applied(config_path: Path) -> Config:
+    """The model of the -c file; when it does not load, the configuration its daemon last
+    applied (with one warning naming the file's first error), for the commands that only
+    need state_dir and spool_dir; exit 1 with every problem when there is none either."""
+    try:
+        loaded: Loaded | ConfigError = load_file(config_path)
+    except ConfigError as exc:
+        loaded = exc
+    if isinstance(loaded, Loaded) and loaded.config is not None:
+        return loaded.config
+    from mailsync.cli_fallback import first_error, last_applied
+
+    fallback = last_applied(config_path, first_error(loaded))
+    if fallback is None:
+        _checked(loaded, str(config_path))
+        raise AssertionError("unreachable")  # pragma: no cover
+    click.echo(fallback.warning, err=True)
+    return fallback.config
+
+
 def open_store_or_exit(config: Config, *, create: bool = True, new_store: bool = False,
                        check: bool = False, prefix: str = "error") -> Store:
-    """The store in state_dir, or exit 1 saying why it cannot be opened (one line)."""
-    from mailsync.store import Store
+    """The store in state_dir, or exit 1 saying why it cannot be opened (one line). A
+    reader (not ``create``) who may only read state_dir opens it read only."""
+    from mailsync.store import Store, read_only
 
+    state_dir = config.daemon.state_dir
     try:
-        return Store.open(config.daemon.state_dir, create=create, new_store=new_store,
-                          check=check)
+        return Store.open(state_dir, create=create, new_store=new_store, check=check,
+                          readonly=not create and read_only(state_dir))
     except StoreError as exc:
         click.echo(f"{prefix}: {exc}", err=True)
         raise Exit(1) from None

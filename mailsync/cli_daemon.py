@@ -8,49 +8,21 @@ from pathlib import Path
 import click
 
 from mailsync.cli import Exit, _print_problems, config_option, main
-from mailsync.config.load import load_file, read_text
+from mailsync.cli_fallback import daemon_state_dir
+from mailsync.config.load import load_file
 from mailsync.control import request, socket_path
 from mailsync.errors import ConfigError
 from mailsync.printable import printable
 
 
-def _state_dir(config_path: Path) -> Path | None:
-    """The daemon's state_dir as the file names it, even when the file has errors
-    elsewhere (a refused reload must still reach the daemon to be reported)."""
-    try:
-        loaded = load_file(config_path, validate=False)
-    except ConfigError:
-        return None
-    if loaded.config is not None:
-        return loaded.config.daemon.state_dir
-    import re
-
-    import yaml
-
-    try:
-        text = read_text(config_path)
-    except ConfigError:
-        return None
-    try:
-        raw = yaml.safe_load(text)["daemon"]["state_dir"]
-    except (yaml.YAMLError, KeyError, TypeError):
-        # A syntax error elsewhere: the usual block layout still names it on its line.
-        found = re.search(r"^daemon:\s*\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+state_dir:[ \t]*"
-                          r"[\"']?([^\"'#\s]+)", text, re.MULTILINE)
-        raw = found.group(1) if found else None
-    if not isinstance(raw, str):
-        return None
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else config_path.resolve().parent / path
-
-
 def _socket(config_path: Path, socket_opt: Path | None) -> Path:
-    """The control socket: --socket, $MAILSYNC_SOCKET, or mailsync.sock in state_dir."""
+    """The control socket: --socket, $MAILSYNC_SOCKET, the one the daemon running on
+    this file says it listens on, or mailsync.sock in the state_dir the file names."""
     if socket_opt is not None:
         return socket_opt
     if os.environ.get("MAILSYNC_SOCKET"):
         return Path(os.environ["MAILSYNC_SOCKET"])
-    state_dir = _state_dir(config_path)
+    state_dir = daemon_state_dir(config_path)
     if state_dir is None:
         click.echo(f"error: cannot tell the daemon's state_dir from {config_path}; "
                    "pass --socket. The file's problems:", err=True)

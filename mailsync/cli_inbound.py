@@ -13,6 +13,7 @@ import click
 from mailsync.cli import (
     Exit,
     config_option,
+    config_or_last_applied,
     load_config_or_exit,
     main,
     using_store,
@@ -24,7 +25,8 @@ from mailsync.printable import printable
 from mailsync.tables import one_line, table
 from mailsync.terminal import write_raw
 
-_config = load_config_or_exit
+# Reading what was fetched needs only state_dir: a typo in the file does not stop it.
+_config = config_or_last_applied
 
 
 def _check_server(config: Config, server: str | None) -> None:
@@ -127,7 +129,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     from mailsync.inbound.poller import poll_all_once
     from mailsync.metrics import Metrics
 
-    config = _config(config_path)
+    config = load_config_or_exit(config_path)  # polls (and writes) by the file itself
     _check_server(config, server)
     logs.setup(config.daemon.log_format)
     if server is not None:

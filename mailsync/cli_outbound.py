@@ -17,7 +17,7 @@ from mailsync.cli import (
     _load_or_exit,
     closing,
     config_option,
-    load_config_or_exit,
+    config_or_last_applied,
     main,
     open_store_or_exit,
     using_store,
@@ -35,7 +35,8 @@ list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"
                            default="table", show_default=True, help="Output format.")
 
 
-_config = load_config_or_exit
+# A file with a typo must not stop these while the daemon runs on its last good config.
+_config = config_or_last_applied
 
 
 # -- send ------------------------------------------------------------------------------

@@ -14,10 +14,12 @@ waits for the outcome, so the client learns the real result).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,96 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 def socket_path(state_dir: Path) -> Path:
     return state_dir / SOCKET_NAME
+
+
+def locator_name(config_path: Path) -> bytes:
+    """The abstract socket (Linux) where the daemon started on ``config_path`` says where
+    its control socket is: ``mailsync reload`` finds the daemon of a file even when the
+    file now names another state_dir, has a duplicate key or does not parse."""
+    digest = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:40]
+    return b"\0mailsync-" + digest.encode()
+
+
+class Locator:
+    """Answers every connection to :func:`locator_name` with ``{"socket": PATH}``.
+
+    Only a path is told (nothing is read from the client): any local user may ask.
+    Not available (another process holds the name, no abstract sockets): it stays off
+    and clients fall back to the state_dir the file names.
+    """
+
+    def __init__(self, config_path: Path, control: Path) -> None:
+        self._answer = json.dumps({"socket": str(control.absolute())}).encode() + b"\n"
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.bind(locator_name(config_path))
+        except OSError as exc:
+            log.debug("no control locator for %s: %s", config_path, exc)
+            self._sock.close()
+            self._sock = None
+            return
+        self._sock.listen(8)
+        self._sock.settimeout(0.5)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="mailsync-locator",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(1.0)
+                conn.sendall(self._answer)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._closed.set()
+            self._sock.close()
+            self._thread.join(2.0)
+
+
+def locate(config_path: Path, timeout: float = 2.0) -> Path | None:
+    """The control socket of the daemon running on ``config_path``; None when none
+    answers, or when the one answering could not read the file (so it is not its
+    daemon: a local user squatting the name is not trusted)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(locator_name(config_path))
+            cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            line = _read_line(sock)
+        except (OSError, ValueError):
+            return None
+    _pid, uid, gid = struct.unpack("3i", cred)
+    if not could_read(config_path, uid, gid):
+        return None
+    try:
+        found = json.loads(line)["socket"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Path(found) if isinstance(found, str) and found.startswith("/") else None
+
+
+def could_read(path: Path, uid: int, gid: int) -> bool:
+    """Whether a process of ``uid``/``gid`` may read ``path`` by its mode (root may)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return uid in (0, os.geteuid())  # the file is gone: trust only root and us
+    if uid in (0, os.geteuid()):
+        return True
+    if uid == st.st_uid:
+        return bool(st.st_mode & 0o400)
+    if gid == st.st_gid:
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)
 
 
 class ControlServer:

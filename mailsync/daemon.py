@@ -45,7 +45,7 @@ from mailsync import files, logs
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
-from mailsync.control import ControlServer, socket_path
+from mailsync.control import ControlServer, Locator, socket_path
 from mailsync.errors import ConfigError, MailsyncError, StoreUnavailable
 from mailsync.metrics import Metrics
 from mailsync.outbound import spool
@@ -187,6 +187,7 @@ class Daemon:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._exporter: Any = None
         self._control: ControlServer | None = None
+        self._locator: Locator | None = None
         self._observer: Any = None
         self._spool_watch: Any = None
         self._file_stat: tuple[int, int, int] | None = None
@@ -259,6 +260,7 @@ class Daemon:
             # Edited between loading and watching: no event will come for that edit.
             self._file_changed_at = time.monotonic()
         self._control = ControlServer(socket_path(config.daemon.state_dir), self._handle)
+        self._locator = Locator(self.config_path, self._control.path)
         self._start_exporter(config.daemon.metrics_listen)  # /healthz: all of the above runs
         log.info("mailsync started: %s", self._summary())
         self.notifier.ready(self._summary())
@@ -752,6 +754,8 @@ class Daemon:
         log.info("stopping: finishing the messages in flight")
         if self._observer is not None:
             self._observer.stop()
+        if self._locator is not None:
+            self._locator.close()
         if self._control is not None:
             self._control.close()
         for box in self._mailboxes.values():

@@ -106,7 +106,7 @@ def existed(state_dir: Path) -> bool:
 class Store:
     """The daemon's state in one SQLite file (WAL, synchronous=NORMAL)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, writer: bool = True) -> None:
         self.conn = conn
         self.path = path
         # One connection shared by the worker threads; writes are serialised here
@@ -116,13 +116,13 @@ class Store:
         self.on_outage: Callable[[bool, str], None] | None = None  # (started?, error)
         self.last_commit = 0.0  # time.monotonic() of this process's last commit that wrote
         self.checkpointed_at = 0.0  # ... and of its last complete checkpoint (checkpoint())
-        try:
+        self._writer = -1
+        if writer:  # not for a read-only store (see open): it creates nothing in state_dir
             # 0640: only the store's owner writes it (a reader cannot open it O_RDWR and
-            # takes no writer lock: it does not write).
-            self._writer = os.open(f"{path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                                   files.FILE_MODE)
-        except OSError:
-            self._writer = -1  # a read-only state_dir: this process only reads
+            # takes no writer lock: it does not write). A read-only state_dir: only reads.
+            with contextlib.suppress(OSError):
+                self._writer = os.open(f"{path}.writer",
+                                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, files.FILE_MODE)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -256,7 +256,7 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True, new_store: bool = False,
-             check: bool = False) -> Store:
+             check: bool = False, readonly: bool = False) -> Store:
         """Open (and migrate) the store in ``state_dir``; StoreError if impossible.
 
         ``create``: a first start creates the store (file 0640, state_dir 0750) and
@@ -265,8 +265,12 @@ class Store:
         replaced raises StoreLost, unless ``new_store`` accepts an empty or another one.
         ``check`` (the daemon's start): ``PRAGMA quick_check`` first, and loose modes of
         state_dir and the database files are tightened or warned about. A database SQLite
-        finds corrupt raises StoreDamaged.
+        finds corrupt raises StoreDamaged. ``readonly`` (readers; not with ``create``):
+        opened read only, not migrated, so that a user who may only read state_dir
+        reads it (see :func:`read_only`).
         """
+        if readonly:
+            return cls._open_readonly(state_dir)
         path = db_path(state_dir)
         conn: sqlite3.Connection | None = None
         store: Store | None = None
@@ -313,6 +317,32 @@ class Store:
                 raise StoreError(f"{path}: cannot open the store: {exc}") from None
             raise
 
+    @classmethod
+    def _open_readonly(cls, state_dir: Path) -> Store:
+        path = db_path(state_dir)
+        recorded = identity.read_recorded(state_dir)
+        if not path.exists():
+            if recorded is not None:
+                raise identity.missing(path, state_dir, recorded)
+            raise StoreError(f"{path}: no store yet (the daemon has not run)")
+        conn = None
+        try:
+            conn = _connect_readonly(path)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != len(MIGRATIONS):
+                raise StoreError(f"{path}: store schema version {version}, this mailsync "
+                                 f"reads {len(MIGRATIONS)}; let the daemon (or a user who "
+                                 "may write state_dir) open it first")
+            identity.check(path, state_dir, recorded, identity.held_by(conn, path),
+                           write=False, new_store=False)
+            return cls(conn, path, writer=False)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(exc, path) from None
+            raise
+
     def migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -353,6 +383,29 @@ class Store:
         if row is None:
             return None
         return AppliedConfig(datetime.fromisoformat(row[0]), row[1], row[2], row[3])
+
+
+def read_only(state_dir: Path) -> bool:
+    """Whether this process may only read the store in ``state_dir`` (SQLite must then
+    open it read only: it cannot create the -wal/-shm files or write the database)."""
+    path = db_path(state_dir)
+    return path.exists() and not (os.access(path, os.W_OK) and os.access(state_dir, os.W_OK))
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection. ``mode=ro`` sees the daemon's last commits through the WAL
+    index; when the -shm cannot be opened (a state_dir that this user may only read and
+    that no writer has open), ``immutable=1``: the file read as it is."""
+    uri = path.absolute().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
+                           check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
+                           check_same_thread=False)
 
 
 def integrity(path: Path) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from mailsync.cli_daemon import _state_dir
+from mailsync.cli_fallback import named_state_dir as _state_dir
 from mailsync.control import ControlServer, request
 from mailsync.metrics import Metrics
 from mailsync.outbound.deliver import Deliverer
