@@ -75,7 +75,11 @@ def last_applied(config_path: Path, first_error: str) -> Fallback | None:
     (the caller then refuses the file as before)."""
     from mailsync.store import Store, existed
 
-    state_dir = daemon_state_dir(config_path)
+    # The state_dir the file names, never the locator's answer: a local user could answer
+    # in the daemon's place while it is down, and this configuration decides where a
+    # message is written (spool_dir) and what is read. reload and status, which only talk
+    # to a daemon, use the locator (daemon_state_dir).
+    state_dir = named_state_dir(config_path)
     if state_dir is None or not existed(state_dir):
         return None
     try:
