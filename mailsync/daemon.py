@@ -69,6 +69,26 @@ STOP_TIMEOUT = 30.0  # for in-flight SMTP transactions at SIGTERM
 IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
 STORE_PROBE_EVERY = 1.0  # a store that cannot commit is tried this often
 CHECKPOINT_QUIET = 2.0  # the WAL is checkpointed once nothing was written for this long
+# The pickup or the sender finishing nothing for this long while work waits makes the
+# daemon unhealthy (/healthz 503, no systemd watchdog ping). For tests only, the
+# environment variable STUCK_ENV lowers it (read when the daemon starts).
+STUCK_AFTER = 30.0
+STUCK_ENV = "MAILSYNC_TEST_STUCK_AFTER"
+
+
+def stuck_after(environ: dict[str, str] | os._Environ[str]) -> float:
+    """The no-progress limit in seconds: STUCK_AFTER, or the tests' STUCK_ENV."""
+    raw = environ.get(STUCK_ENV)
+    if raw is None:
+        return STUCK_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise MailsyncError(f"{STUCK_ENV}={raw!r}: expected a number of seconds above 0 "
+                            f"(for tests; unset it for the default of {STUCK_AFTER:g}s)")
+    return value
 
 
 @dataclass
@@ -192,6 +212,13 @@ class Daemon:
         self._spool_watch: Any = None
         self._file_stat: tuple[int, int, int] | None = None
         self._pickup: Any = None
+        self.stuck_after = STUCK_AFTER
+        # When the running spool pass began (None between passes) and last committed, and
+        # when the last store outage ended: what the no-progress check looks at.
+        self._spool_busy_since: float | None = None
+        self._spool_progress = time.monotonic()
+        self._outage_ended = 0.0
+        self._stalled_why: str | None = None
 
     # -- start ---------------------------------------------------------------------------
     def _lock_state_dir(self, state_dir: Path) -> None:
@@ -212,6 +239,7 @@ class Daemon:
     def start(self) -> None:
         """Open the store, take the spool backlog, start every thread; then READY=1."""
         config = self.config
+        self.stuck_after = stuck_after(os.environ)
         self._lock_state_dir(config.daemon.state_dir)
         # Refused when state_dir/store-id records a store that is missing or replaced, or
         # when the tables read at start are damaged (StoreLost, StoreDamaged).
@@ -245,7 +273,7 @@ class Daemon:
         self.deliverer = Deliverer(config, self.outbound, self.metrics, verp_key=self.verp_key,
                                    tokens=self.tokens)
         self.ingester = Ingester(config, self.outbound, self.metrics,
-                                 on_commit=self.deliverer.wake, verp_key=self.verp_key)
+                                 on_commit=self._spool_committed, verp_key=self.verp_key)
         self._deliver_thread = threading.Thread(target=self._deliver_loop,
                                                 name="mailsync-deliver", daemon=True)
         self._deliver_thread.start()
@@ -387,8 +415,10 @@ class Daemon:
             if self._signalled_hups != seen_hups:
                 seen_hups = self._signalled_hups
                 self.reload("SIGHUP")
+            stalled = self._note_stalled()
             if watchdog_every is not None and now >= next_ping:
-                self.notifier.watchdog()
+                if stalled is None:  # stuck with work waiting: systemd restarts it
+                    self.notifier.watchdog()
                 next_ping = now + watchdog_every
             while True:
                 try:
@@ -450,6 +480,7 @@ class Daemon:
                       "of messages being sent wait in memory, until it can", error)
             return
         log.warning("the store commits again: taking the spool and sending")
+        self._outage_ended = time.monotonic()  # waiting for the store was not being stuck
         self._spool_wake.set()
         deliverer: Deliverer | None = getattr(self, "deliverer", None)
         if deliverer is not None:
@@ -493,7 +524,58 @@ class Daemon:
         ok, why = self.store.writable(timeout=2.0)
         if not ok:
             return False, f"the store is not writable: {why}"
+        stalled = self._stalled()
+        if stalled is not None:
+            return False, stalled
         return True, "ok"
+
+    def _stalled(self) -> str | None:
+        """Why the pickup or the sender is stuck: it finished nothing for ``stuck_after``
+        seconds while work waits (files in ``new/``, messages claimed for sending); None
+        when not. A store that cannot commit is not this (it has its own 503 and must not
+        get the daemon restarted), nor is the time it lasted."""
+        store: Store | None = getattr(self, "store", None)
+        if store is None or store.health.failing:
+            return None
+        now = time.monotonic()
+        since = self._spool_busy_since
+        if since is not None:
+            quiet = now - max(since, self._spool_progress, self._outage_ended)
+            if quiet > self.stuck_after:
+                new = self.config.daemon.spool_dir / "new"
+                try:
+                    waiting = len(spool.scan(self.config.daemon.spool_dir))
+                except OSError:
+                    waiting = 0
+                if waiting:
+                    files = "1 file waits" if waiting == 1 else f"{waiting} files wait"
+                    return (f"the spool pickup has taken nothing for {quiet:.0f}s while "
+                            f"{files} in {new}")
+        deliverer: Deliverer | None = getattr(self, "deliverer", None)
+        if deliverer is not None:
+            waiting, age = deliverer.in_hand()
+            quiet = min(age, now - self._outage_ended)
+            if waiting and quiet > self.stuck_after:
+                messages = "1 message waits" if waiting == 1 else f"{waiting} messages wait"
+                return (f"the sender has finished no message for {quiet:.0f}s while "
+                        f"{messages} to be sent")
+        return None
+
+    def _note_stalled(self) -> str | None:
+        """:meth:`_stalled`, logged once when it starts and once when it ends."""
+        why = self._stalled()
+        if why is not None and self._stalled_why is None:
+            log.error("made no progress: %s; /healthz fails and the systemd watchdog is not "
+                      "pinged until it does", why)
+        elif why is None and self._stalled_why is not None:
+            log.warning("progress again: %s no longer", self._stalled_why.split(" has ")[0])
+        self._stalled_why = why
+        return why
+
+    def _spool_committed(self) -> None:
+        """A spool batch was committed (in the pickup or here): progress; wake the sender."""
+        self._spool_progress = time.monotonic()
+        self.deliverer.wake()
 
     # -- spool and sending ----------------------------------------------------------------
     def _spool_loop(self) -> None:
@@ -507,10 +589,11 @@ class Daemon:
                 self._spool_wake.wait(STORE_PROBE_EVERY)
                 continue
             pickup = self._pickup
+            self._spool_busy_since = time.monotonic()
             try:
                 if pickup is not None:
                     stats = pickup.run_pass(self.config, self.metrics,
-                                            on_commit=self.deliverer.wake, limit=SPOOL_PASS)
+                                            on_commit=self._spool_committed, limit=SPOOL_PASS)
                 else:
                     stats = self.ingester.run_once(limit=SPOOL_PASS)  # swapped on reload
                 more = stats.files >= SPOOL_PASS
@@ -532,6 +615,8 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the store may be busy or full: retry later
                 log.exception("taking the spool failed; retrying in %gs", RESCAN)
                 more = False
+            finally:
+                self._spool_busy_since = None
             if more:
                 continue
             self._spool_wake.wait(RESCAN)
@@ -688,8 +773,8 @@ class Daemon:
             self.deliverer.halt()  # the pass restarts with as many workers as sessions
         self.config = new
         self.loaded = loaded
-        self.ingester = Ingester(new, self.outbound, self.metrics, on_commit=self.deliverer.wake,
-                                 verp_key=self.verp_key)
+        self.ingester = Ingester(new, self.outbound, self.metrics,
+                                 on_commit=self._spool_committed, verp_key=self.verp_key)
         if new.daemon.spool_dir != old.daemon.spool_dir and self._observer is not None:
             self._observer.unschedule(self._spool_watch)
             self._spool_watch = self._observer.schedule(

@@ -91,8 +91,11 @@ def own_copy(path: Path, mode: int = FILE_MODE) -> None:
             raise
     tmp = path.with_name(f".{path.name}.{os.getpid()}.copy")
     tmp.unlink(missing_ok=True)
-    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # Never blocks on a FIFO renamed over it, never copies what is not a regular file.
+    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         dst = create_file(tmp, mode)
         try:
             while chunk := os.read(src, 1 << 20):

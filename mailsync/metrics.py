@@ -13,7 +13,7 @@ from mailsync.config.model import Config
 
 REJECT_REASONS = ("unparseable", "unknown_user", "impersonation", "ungranted_account",
                   "no_account", "no_recipients", "bad_recipient", "header_injection",
-                  "oversize", "unreadable")
+                  "oversize", "unreadable", "not_a_regular_file")
 FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
 OAUTH2_RESULTS = ("success", "failure")

@@ -161,7 +161,10 @@ def test_scan_lists_only_finished_candidates_oldest_first(spool):
     (new / "link.eml").symlink_to(new / "b.eml")
     os.utime(new / "b.eml", ns=(1_000_000_000, 1_000_000_000))
     os.utime(new / "a.json", ns=(2_000_000_000, 2_000_000_000))
-    assert scan(spool) == [new / "b.eml", new / "a.json"]
+    # Listed so that they are rejected (not_a_regular_file), by their own mtime.
+    os.utime(new / "link.eml", ns=(3_000_000_000, 3_000_000_000), follow_symlinks=False)
+    os.utime(new / "dir.eml", ns=(4_000_000_000, 4_000_000_000))
+    assert scan(spool) == [new / "b.eml", new / "a.json", new / "link.eml", new / "dir.eml"]
 
 
 def test_scan_puts_timestamped_names_in_name_order(spool):

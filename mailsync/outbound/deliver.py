@@ -132,6 +132,11 @@ class Deliverer:
         self._pools_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
+        # Progress, for the daemon's health: messages this pass handed to its workers,
+        # those finished (or put back), and when one last finished or none was in hand.
+        self._claimed = 0
+        self._finished = 0
+        self.progress_at = time.monotonic()
 
     @property
     def config(self) -> Config:
@@ -205,6 +210,20 @@ class Deliverer:
         """Let passes run again after :meth:`halt`."""
         self._halt.clear()
 
+    def in_hand(self) -> tuple[int, float]:
+        """Messages claimed by the running pass and not finished yet, and the seconds since
+        one last finished (or since none was in hand): a sender stuck with work waiting
+        shows as a count above 0 with a growing age."""
+        with self._stats_lock:
+            waiting = self._claimed - self._finished
+        return waiting, time.monotonic() - self.progress_at
+
+    def _progressed(self) -> None:
+        """A worker finished a message (sent, deferred, failed, held or put back)."""
+        with self._stats_lock:
+            self._finished += 1
+        self.progress_at = time.monotonic()
+
     def run_once(self, workers: int | None = None, *,
                  until: threading.Event | None = None, idle: float = 0.05) -> DeliverStats:
         """Send everything due now, with up to ``workers`` threads; returns the outcomes.
@@ -224,9 +243,13 @@ class Deliverer:
         for t in threads:
             t.start()
         skipped: list[int] = []
+        with self._stats_lock:
+            self._claimed = self._finished = 0
         try:
             while not self._halt.is_set():
                 self._work_ready.clear()
+                if self._claimed == self._finished:   # nothing in hand: not stuck
+                    self.progress_at = time.monotonic()
                 # Read before claiming: once the producer is done, an empty claim is final.
                 finished = until is None or until.is_set()
                 now = self.clock()
@@ -234,6 +257,9 @@ class Deliverer:
                     self.store.unclaim(self._unclaim_later, now)
                     self._unclaim_later = []
                 batch = self.store.claim_due(now, CLAIM_BATCH)
+                if batch:
+                    with self._stats_lock:
+                        self._claimed += len(batch)
                 # Chunks, not single messages: fewer hand-offs between threads, and a
                 # worker keeps its SMTP session across the messages of a chunk.
                 size = max(1, min(CHUNK, len(batch) // n))
@@ -262,6 +288,9 @@ class Deliverer:
                 if chunk is not None:
                     skipped.extend(m.id for m in chunk)
             skipped.extend(stats.skipped)
+            with self._stats_lock:
+                self._claimed = self._finished = 0
+            self.progress_at = time.monotonic()
             if skipped:
                 try:
                     self.store.unclaim(skipped, self.clock())
@@ -287,6 +316,7 @@ class Deliverer:
                 for message in chunk:
                     if self._halt.is_set():
                         skipped.append(message.id)
+                        self._progressed()
                         continue
                     try:
                         outcome = self.send(message, held)
@@ -295,10 +325,12 @@ class Deliverer:
                         # stays `sending`, queued again (and sent again) at the next start.
                         log.error("message %d: its outcome is not recorded: %s", message.id,
                                   exc)
+                        self._progressed()
                         continue
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
                         outcome = self._defer_unexpected(message)
+                    self._progressed()
                     counts[outcome] = counts.get(outcome, 0) + 1
             finally:
                 held.release()

@@ -62,25 +62,71 @@ def _crlf(data: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", data)
 
 
+class _NotRegular(Exception):
+    """A spool entry that is not a regular file; ``st`` is the status of what was opened,
+    or None when it was not opened (a symlink, a socket)."""
+
+    def __init__(self, st: os.stat_result | None) -> None:
+        super().__init__("not a regular file")
+        self.st = st
+
+
 def _read(path: Path, max_size: int) -> tuple[bytes, os.stat_result] | None:
     """The file's bytes (only the first ``max_size + 1`` of an oversize one) and the status
-    of the descriptor they were read from (owner, inode, ctime); None if the file is gone.
+    of the descriptor they were read from (owner, inode, ctime); None if the file is gone;
+    :class:`_NotRegular` for a FIFO, symlink, directory, socket or device.
 
     O_NOFOLLOW: a member of the spool group must not make the daemon read (and send) a
     file only the daemon may read by swapping a spool file for a symlink after the scan.
-    The owner is that of the descriptor read, not of the path: a file renamed over it
-    meanwhile cannot lend its owner to these bytes.
+    O_NONBLOCK: a FIFO renamed over a listed file must not block the open (and the pickup)
+    forever; what is read is the descriptor checked to be a regular file, whatever the
+    path names by then. The owner is that of the descriptor read, not of the path: a file
+    renamed over it meanwhile cannot lend its owner to these bytes.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None  # a symlink: never followed; left for the operator
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink (never followed), a socket
+            raise _NotRegular(None) from None
         raise
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegular(st)
     with os.fdopen(fd, "rb") as f:
-        return f.read(max_size + 1), os.fstat(fd)
+        return f.read(max_size + 1), st
+
+
+_KIND = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFLNK: "a symbolic link (never followed)",
+         stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket",
+         stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _not_regular(path: Path, st: os.stat_result | None) -> Prepared | None:
+    """A spool entry that is not a regular file, rejected (moved to ``rejected/``) rather
+    than left in ``new/`` forever; ``st`` that of the descriptor opened, else the entry's
+    own (lstat). None if it is gone, or is a regular file again by now (the next pass
+    takes it)."""
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return None
+    kind = _KIND.get(stat.S_IFMT(st.st_mode), f"of file type {stat.S_IFMT(st.st_mode):o}")
+    rejection = Rejection(
+        "not_a_regular_file", f"{kind}, not a regular file: the spool takes only regular "
+        "files (write the message in tmp/, then rename it into new/)")
+    return Prepared(path, RejectedMessage(
+        path.name, "", rejection.reason, rejection.detail,
+        file=FileId(st.st_ino, st.st_ctime_ns)), rejection)
 
 
 def _unreadable(path: Path) -> Prepared | None:
@@ -91,6 +137,8 @@ def _unreadable(path: Path) -> Prepared | None:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or directory the daemon may not open
+        return _not_regular(path, st)
     try:
         owner = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
@@ -143,6 +191,11 @@ def prepare(config: Config, paths: list[Path], now: float,
             unreadable = _unreadable(path)
             if unreadable is not None:
                 out.append(unreadable)
+            continue
+        except _NotRegular as odd:
+            entry = _not_regular(path, odd.st)
+            if entry is not None:
+                out.append(entry)
             continue
         if read is None:
             continue  # taken meanwhile

@@ -16,6 +16,7 @@ import mimetypes
 import os
 import re
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -142,10 +143,13 @@ def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
 
 
 def scan(spool_dir: Path) -> list[Path]:
-    """The ``.eml``/``.json`` files waiting in ``new/``, oldest first.
+    """The ``.eml``/``.json`` entries waiting in ``new/``, oldest first.
 
-    Dotfiles, other names and symlinks are skipped (a symlink could make the daemon send
-    a file only it can read). Names made by :func:`drop` carry their time; others use mtime.
+    Dotfiles and other names are skipped. Entries that are not regular files (symlinks,
+    FIFOs, directories) are listed too, so that the ingester rejects them instead of
+    leaving them there forever; it never follows or blocks on one. Names made by
+    :func:`drop` carry their time; others use the entry's own mtime (a symlink's, not its
+    target's).
     """
     new = spool_dir / "new"
     found: list[tuple[int, str]] = []
@@ -155,10 +159,9 @@ def scan(spool_dir: Path) -> list[Path]:
             if name.startswith(".") or not name.lower().endswith(SUFFIXES):
                 continue
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
                 stamp = _NAME_TIME.match(name)
-                key = int(stamp.group(1)) if stamp else entry.stat().st_mtime_ns
+                key = int(stamp.group(1)) if stamp else \
+                    entry.stat(follow_symlinks=False).st_mtime_ns
             except FileNotFoundError:   # taken by someone else meanwhile
                 continue
             found.append((key, name))
@@ -169,20 +172,26 @@ def scan(spool_dir: Path) -> list[Path]:
 def reject(spool_dir: Path, path: Path, rejection: Rejection, *,
            now: datetime | None = None) -> Path:
     """Move a refused file to ``rejected/`` and write ``NAME.error`` with the reason;
-    both end 0640 and owned by the daemon's user, whatever the umask and the writer."""
+    both end 0640 and owned by the daemon's user, whatever the umask and the writer.
+
+    An entry that is not a regular file (a symlink, FIFO or directory) is moved as it
+    is: a symlink as the link, never followed; none is opened, copied or chmod'ed.
+    """
     target_dir = spool_dir / "rejected"
     target_dir.mkdir(exist_ok=True)
     target, n = target_dir / path.name, 0
-    while target.exists() or target.with_name(target.name + ".error").exists():
+    # lexists: a dangling symlink already in rejected/ is a name taken too.
+    while os.path.lexists(target) or os.path.lexists(target.with_name(target.name + ".error")):
         n += 1
         target = target_dir / f"{path.stem}.{n}{path.suffix}"
     os.rename(path, target)
-    try:
-        # The app's own file, made the daemon's (0640: the spool group may read it, no
-        # one else): a chmod, or a copy replacing it when another user owns it.
-        files.own_copy(target)
-    except OSError as exc:
-        log.warning("%s: cannot make the rejected file 0640: %s", target, exc)
+    if stat.S_ISREG(os.lstat(target).st_mode):
+        try:
+            # The app's own file, made the daemon's (0640: the spool group may read it, no
+            # one else): a chmod, or a copy replacing it when another user owns it.
+            files.own_copy(target)
+        except OSError as exc:
+            log.warning("%s: cannot make the rejected file 0640: %s", target, exc)
     when = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     detail = " ".join(rejection.detail.splitlines())
     files.write_new(target.with_name(target.name + ".error"),

@@ -16,6 +16,7 @@ RejectReason = Literal[
     "header_injection",   # CR or LF inside a header value (JSON fields, custom headers)
     "oversize",           # larger than daemon.max_message_size
     "unreadable",         # the daemon may not read the file (written 0600 by its owner)
+    "not_a_regular_file",  # a FIFO, symlink, directory, socket or device in new/
 ]
 
 
