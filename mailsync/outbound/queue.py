@@ -185,13 +185,19 @@ class OutboundStore:
             if sign is not None:
                 next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"
                                        ).fetchone()[0]
+            # The batch's claims in one query (a spool name is at most ~250 characters and a
+            # batch at most 256 files: well within SQLite's parameter limit).
+            marks = ",".join("?" * len(items))
+            claimed = {row[0]: row[1:] for row in conn.execute(
+                "SELECT source, sha256, message, inode, ctime_ns FROM spool_claims"
+                f" WHERE source IN ({marks})", [item.source for item in items])}
+            claims: list[tuple[str, str, int | None, int | None, int, float]] = []
             for item in items:
-                seen = conn.execute(
-                    "SELECT message, inode, ctime_ns FROM spool_claims"
-                    " WHERE source = ? AND sha256 = ?", (item.source, item.sha256)).fetchone()
-                if seen and (seen[1] is None or item.file is None
-                             or (seen[1], seen[2]) == (item.file.inode, item.file.ctime_ns)):
-                    result.taken[item.source] = seen[0]
+                seen = claimed.get(item.source)
+                if seen and seen[0] == item.sha256 and (
+                        seen[2] is None or item.file is None
+                        or (seen[2], seen[3]) == (item.file.inode, item.file.ctime_ns)):
+                    result.taken[item.source] = seen[1]
                     continue
                 if isinstance(item, RejectedMessage):
                     mid = self._insert_rejected(conn, item, now)
@@ -215,11 +221,13 @@ class OutboundStore:
                     else:
                         mid = self._insert_new(conn, item, now)
                         result.queued[item.source] = mid
-                conn.execute(
-                    "INSERT OR REPLACE INTO spool_claims"
-                    " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (item.source, item.sha256, item.file.inode if item.file else None,
-                     item.file.ctime_ns if item.file else None, mid, now))
+                claims.append((item.source, item.sha256,
+                               item.file.inode if item.file else None,
+                               item.file.ctime_ns if item.file else None, mid, now))
+            conn.executemany(
+                "INSERT OR REPLACE INTO spool_claims"
+                " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
+                claims)
         return result
 
     def release_claims(self, claims: Sequence[tuple[str, int]]) -> None:
