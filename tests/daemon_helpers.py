@@ -11,9 +11,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.outbound_helpers import DEFAULT_ACCOUNTS
@@ -125,3 +126,21 @@ class DaemonProcess:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.wait()
+
+
+@pytest.fixture(name="daemons")
+def daemons_fixture() -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemons (``daemons(config, **DaemonProcess options)``), each healthy before it
+    is returned; those still running are killed at teardown."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, **kwargs: dict[str, str]) -> DaemonProcess:
+        d = DaemonProcess(config, **kwargs)
+        started.append(d)
+        d.wait_healthy()
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()

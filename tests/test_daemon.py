@@ -16,10 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from mailsync.outbound.spool import drop, ensure_dirs
-from tests.daemon_helpers import DaemonProcess, daemon_config, free_port, wait_until
+from tests.daemon_helpers import (
+    DaemonProcess,
+    daemon_config,
+    daemons_fixture,  # noqa: F401 - the daemons fixture
+    free_port,
+    wait_until,
+)
 from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture, message  # noqa: F401
 from tests.outbound_helpers import history, run, server_yaml
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
@@ -42,20 +46,6 @@ DESIGN_SERIES = {
 }
 
 
-@pytest.fixture
-def daemons():
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, **kwargs) -> DaemonProcess:
-        d = DaemonProcess(config, **kwargs)
-        started.append(d)
-        d.wait_healthy()
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.kill()
 
 
 def _write(tmp_path: Path, text: str) -> Path:

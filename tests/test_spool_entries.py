@@ -23,7 +23,11 @@ from mailsync.metrics import Metrics
 from mailsync.outbound import spool as spool_mod
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
-from tests.daemon_helpers import DaemonProcess, daemon_config, wait_until
+from tests.daemon_helpers import (
+    daemon_config,
+    daemons_fixture,  # noqa: F401 - the daemons fixture
+    wait_until,
+)
 from tests.outbound_helpers import history, load, open_store, run_once, server_yaml, write_config
 
 SECRET = b"X-Mailsync-User: alice\nTo: thief@example.org\nSubject: secret\n\nonly root reads\n"
@@ -130,20 +134,6 @@ def test_a_fifo_renamed_over_a_listed_file_between_the_scan_and_the_open_does_no
     assert list((spool / "new").iterdir()) == []
 
 
-@pytest.fixture
-def daemons() -> Iterator[object]:
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, **kwargs: object) -> DaemonProcess:
-        d = DaemonProcess(config, **kwargs)  # type: ignore[arg-type]
-        started.append(d)
-        d.wait_healthy()
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.kill()
 
 
 def _write(tmp_path: Path, text: str) -> Path:
