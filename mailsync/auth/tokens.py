@@ -250,3 +250,26 @@ class TokenCache:
             elif name not in entry.names:
                 entry.names.append(name)
         return TokenSource(name, entry)
+
+
+# What a mail session (SMTP, IMAP, POP3) asks of the cache: a token valid at least this
+# long (or half its life), and to be replaced this long before the token expires (at
+# most; a quarter of the life of a short-lived token).
+SESSION_MIN_VALID = 60.0
+SESSION_RENEW_MARGIN = 60.0
+
+
+def session_token(source: TokenSource, where: str) -> AccessToken:
+    """A token for a new session; ConnectError(kind="oauth2") naming ``where`` when none
+    can be had (the token endpoint's fault, not the mail server's)."""
+    from mailsync.errors import ConnectError
+
+    try:
+        return source.token(min_valid=SESSION_MIN_VALID)
+    except OAuth2Error as exc:
+        raise ConnectError(f"{where}: {exc}", "oauth2") from None
+
+
+def renew_at(token: AccessToken) -> float:
+    """When a session logged in with ``token`` is to be replaced (time.time())."""
+    return token.expires_at - min(SESSION_RENEW_MARGIN, token.lifetime / 4)

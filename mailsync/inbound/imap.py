@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import imapclient  # type: ignore[import-untyped]
 
 from mailsync.auth import sasl
-from mailsync.auth.tokens import TokenSource
+from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
 from mailsync.inbound import oauth2
@@ -151,7 +151,7 @@ class ImapSource:
             _shutdown(client)
             raise scrubbed(error, password)
         self._client = client
-        self._renew_at = oauth2.renew_at(token) if token is not None else None
+        self._renew_at = renew_at(token) if token is not None else None
 
     def _nothing_new(self, cursor: Cursor) -> bool:
         """STATUS of the folder (not selected: STATUS of the selected folder may be stale,

@@ -1,9 +1,10 @@
 """IMAP AUTHENTICATE and POP3 AUTH with an OAuth2 access token (XOAUTH2 / OAUTHBEARER).
 
-The sources ask :func:`access_token` for a token from the shared cache when they connect,
-log in with :func:`imap_login` or :func:`pop3_login`, and reconnect once
-:func:`renew_at` has passed (a long IMAP IDLE included): a session never outlives its
-token. A refused token is dropped from the cache, so the next connection gets a new one.
+The sources ask the shared cache for a token when they connect
+(mailsync.auth.tokens.session_token), log in with :func:`imap_login` or
+:func:`pop3_login`, and reconnect once ``renew_at`` has passed (a long IMAP IDLE
+included): a session never outlives its token. A refused token is dropped from the
+cache, so the next connection gets a new one.
 """
 
 from __future__ import annotations
@@ -15,29 +16,18 @@ from typing import Any
 
 from mailsync.auth import sasl
 from mailsync.auth.grants import AccessToken
-from mailsync.auth.tokens import TokenSource
+from mailsync.auth.tokens import TokenSource, session_token
 from mailsync.config.model import IncomingServer
-from mailsync.errors import ConnectError, OAuth2Error
+from mailsync.errors import ConnectError
 from mailsync.inbound.source import server_text
-
-TOKEN_MIN_VALID = 60.0
-RENEW_MARGIN = 60.0
 
 
 def access_token(source: TokenSource | None, where: str) -> AccessToken:
-    """A token valid for a while; ConnectError(kind="oauth2") when none can be had."""
+    """A token for a new session from the shared cache (see session_token)."""
     if source is None:
         raise ConnectError(f"{where}: auth.oauth2 needs a token cache (internal error)",
                            "oauth2")
-    try:
-        return source.token(min_valid=TOKEN_MIN_VALID)
-    except OAuth2Error as exc:
-        raise ConnectError(f"{where}: {exc}", "oauth2") from None
-
-
-def renew_at(token: AccessToken) -> float:
-    """When a session logged in with ``token`` is to be replaced (time.time())."""
-    return token.expires_at - min(RENEW_MARGIN, token.lifetime / 4)
+    return session_token(source, where)
 
 
 def _not_offered(where: str, offered: str) -> ConnectError:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from mailsync.auth import sasl
-from mailsync.auth.tokens import TokenSource
+from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
 from mailsync.inbound import oauth2
@@ -182,7 +182,7 @@ class Pop3Source:
             _close(pop)
             raise scrubbed(error, password)
         self._pop = pop
-        self._renew_at = oauth2.renew_at(token) if token is not None else None
+        self._renew_at = renew_at(token) if token is not None else None
 
     def close(self) -> None:
         """Drop the connection without QUIT: DELEs not yet committed are rolled back."""

@@ -2,23 +2,20 @@
 
 Used by the deliverer's pools and by ``mailsync test``. A token the server refuses is
 dropped from the cache (the next login asks for a new one); a session logged in with a
-token is renewed (closed, and a new one opened) a little before the token expires: at
-most a minute before, a quarter of the token's life for short-lived ones.
+token is renewed (closed, and a new one opened) a little before the token expires
+(mailsync.auth.tokens.renew_at, as for IMAP and POP3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from mailsync.auth.tokens import TokenCache
+from mailsync.auth.tokens import TokenCache, renew_at, session_token
 from mailsync.config.model import OutgoingServer
-from mailsync.errors import ConnectError, OAuth2Error, SecretError
+from mailsync.errors import ConnectError, SecretError
 from mailsync.outbound.smtp import SmtpSession, describe, open_session
 
 SessionFactory = Callable[[OutgoingServer, str | None], SmtpSession]
-# A token handed to a new session is valid at least this long (or half its life).
-TOKEN_MIN_VALID = 60.0
-RENEW_MARGIN = 60.0
 
 
 def connect(server: OutgoingServer, tokens: TokenCache,
@@ -35,10 +32,7 @@ def connect(server: OutgoingServer, tokens: TokenCache,
                 raise ConnectError(f"{server.name}: password: {exc}", "auth") from None
         return factory(server, password)
     source = tokens.source(server.name, server.auth)
-    try:
-        token = source.token(min_valid=TOKEN_MIN_VALID)
-    except OAuth2Error as exc:
-        raise ConnectError(f"{describe(server)}: {exc}", "oauth2") from None
+    token = session_token(source, describe(server))
     try:
         session = factory(server, token.value)
     except ConnectError as exc:
@@ -46,5 +40,5 @@ def connect(server: OutgoingServer, tokens: TokenCache,
             source.invalidate(token)  # refused by the server: the next login gets a new one
         raise
     session.expires_at = token.expires_at
-    session.renew_at = token.expires_at - min(RENEW_MARGIN, token.lifetime / 4)
+    session.renew_at = renew_at(token)
     return session
