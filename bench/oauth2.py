@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from benchfs import workdir  # bench/benchfs.py, beside this script
+from outbound import BODY, free_port  # the burst's body, as bench/outbound.py sends it
 
 TOKEN = "bench-access-token-0123456789abcdef"
 PASSWORD = "bench-password"
@@ -87,14 +88,6 @@ OAUTH2_LOGIN = """\
       oauth2: {{provider: generic, client_id: bench, client_secret: bench-secret,
                token_url: "http://127.0.0.1:{token_port}/token", scope: mail}}
 """
-BODY = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
-        "incididunt ut labore et dolore magna aliqua.\r\n") * 14
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
