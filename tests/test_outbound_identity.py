@@ -199,11 +199,45 @@ def as_user(user: str, *args: str, input: bytes = b"", cwd: Path,
                           capture_output=True, timeout=60, env={**os.environ, **(env or {})})
 
 
-def mailsync_as(user: str, *args: str, input: bytes = b"",
-                cwd: Path) -> subprocess.CompletedProcess[bytes]:
+@pytest.fixture(scope="session")
+def checkout_view(unix_users) -> Iterator[str]:
+    """The PYTHONPATH under which the test users import this checkout's mailsync and the
+    venv's packages: the directories themselves, or, when a directory above them is closed
+    to those users (a clone in a 0700 ``mktemp -d``), bind mounts of both below a
+    directory they may traverse."""
+    packages = sysconfig.get_paths()["purelib"]
+    probe = ["runuser", "-u", CRM, "--", "test", "-r", str(ROOT / "mailsync" / "__init__.py"),
+             "-a", "-r", packages]
+    if subprocess.run(probe, capture_output=True).returncode == 0:
+        yield f"{ROOT}:{packages}"
+        return
+    top = Path(tempfile.mkdtemp(prefix="mailsync-checkout-"))
+    top.chmod(0o755)
+    (top / "src").mkdir(mode=0o755)
+    mounts = [(ROOT / "mailsync", top / "src" / "mailsync"), (Path(packages), top / "packages")]
+    done: list[Path] = []
+    try:
+        for source, target in mounts:
+            target.mkdir(mode=0o755)
+            mounted = subprocess.run(["mount", "--bind", str(source), str(target)],
+                                     capture_output=True, text=True)
+            need(mounted.returncode == 0, f"cannot bind-mount {source}: "
+                                          f"{mounted.stderr.strip()}")
+            done.append(target)
+        yield f"{top / 'src'}:{top / 'packages'}"
+    finally:
+        for target in done:
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def mailsync_as(user: str, *args: str, input: bytes = b"", cwd: Path,
+                pythonpath: str | None = None) -> subprocess.CompletedProcess[bytes]:
     """``mailsync ARGS`` run by ``user``: the venv's own script when the user may execute
     its interpreter; otherwise (an interpreter under root's home, as pyenv puts it) the
-    system Python of the same version with this checkout and the venv's packages."""
+    system Python of the same version with this checkout and the venv's packages on
+    ``pythonpath`` (see checkout_view)."""
     if as_user(user, sys.executable, "-c", "", cwd=cwd).returncode == 0:
         return as_user(user, str(MAILSYNC), *args, input=input, cwd=cwd)
     python = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}",
@@ -211,9 +245,10 @@ def mailsync_as(user: str, *args: str, input: bytes = b"",
     need(python is not None, f"{user} cannot run {sys.executable}, and there is no system "
                              f"Python {sys.version_info.major}.{sys.version_info.minor}")
     assert python is not None
-    packages = sysconfig.get_paths()["purelib"]
+    if pythonpath is None:
+        pythonpath = f"{ROOT}:{sysconfig.get_paths()['purelib']}"
     return as_user(user, python, "-m", "mailsync", *args, input=input, cwd=cwd,
-                   env={"PYTHONPATH": f"{ROOT}:{packages}"})
+                   env={"PYTHONPATH": pythonpath})
 
 
 def write_as(user: str, top: Path, name: str, doc: dict[str, Any]) -> None:
@@ -223,11 +258,11 @@ def write_as(user: str, top: Path, name: str, doc: dict[str, Any]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_mailsync_send_as_the_bound_unix_user_is_sent(shared, unix_users):
+def test_mailsync_send_as_the_bound_unix_user_is_sent(shared, unix_users, checkout_view):
     top, cfg, srv = shared
     done = mailsync_as(CRM, "send", "-c", str(cfg), "--user", "crm-app",
                        "--to", "ann@example.org", "--subject", "From the CRM",
-                       input=b"Hello Ann\n", cwd=top)
+                       input=b"Hello Ann\n", cwd=top, pythonpath=checkout_view)
     assert done.returncode == 0, done.stderr
     spooled = Path(done.stdout.decode().strip())
     assert spooled.parent == top / "spool" / "new"
@@ -284,10 +319,12 @@ def test_impersonation_is_counted_by_reason(shared):
     assert value("mailsync_messages_rejected_total", {"reason": "impersonation"}) == 1
 
 
-def test_mailsync_send_refuses_to_submit_as_a_user_bound_to_someone_else(shared):
+def test_mailsync_send_refuses_to_submit_as_a_user_bound_to_someone_else(shared,
+                                                                          checkout_view):
     top, cfg, _ = shared
     done = mailsync_as(OPS, "send", "-c", str(cfg), "--user", "crm-app",
-                       "--to", "ann@example.org", "--subject", "x", input=b"x\n", cwd=top)
+                       "--to", "ann@example.org", "--subject", "x", input=b"x\n", cwd=top,
+                       pythonpath=checkout_view)
     assert done.returncode == 1
     assert done.stderr.decode().strip() == (
         f"error: impersonation: file owned by Unix user '{OPS}' may not submit as "
