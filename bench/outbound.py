@@ -5,7 +5,8 @@ Drops N (default 5,000) ~2 KB messages into the spool before the clock starts, t
 `mailsync run --once` as a subprocess against Postfix's `smtp-sink` on 127.0.0.1 (or an
 aiosmtpd sink when smtp-sink is absent: slower than the sender, and said in the output)
 with `max_connections: 4`. Prints one JSON line per run and a summary line with medians:
-messages/s end to end (process start to exit), SMTP connections opened, peak RSS.
+messages/s end to end (process start to exit), CPU per message (mailsync and its pickup
+child), SMTP connections opened, peak RSS.
 
 With ``--daemon``, the same burst goes through a running daemon instead (`mailsync run`,
 idle and healthy before the clock starts): the N files are dropped while it runs, and
@@ -118,18 +119,22 @@ def one_run(n: int, port: int) -> dict[str, object]:
         cfg.write_text(CONFIG.format(root=root, port=port))
         drop_messages(root / "spool", n)
         size = sum(p.stat().st_size for p in (root / "spool" / "new").iterdir()) / n
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "mailsync", "run", "--once", "-c", str(cfg)],
                               capture_output=True, text=True)
         elapsed = time.perf_counter() - start
-        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rss_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu
         if proc.returncode != 0:
             raise SystemExit(f"mailsync failed: {proc.stderr[-2000:]}")
         m = re.search(r"(\d+) sent.*?(\d+) SMTP connections", proc.stdout)
         sent, conns = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
         return {"bench": "outbound", "messages": n, "sent": sent, "seconds": round(elapsed, 3),
                 "messages_per_s": round(sent / elapsed, 1), "smtp_connections": conns,
+                # CPU of mailsync and its pickup child: steadier than the rate on a busy host.
+                "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4),
                 "peak_rss_mb": round(max(rss_kb, before) / 1024, 1),
                 "avg_message_bytes": round(size), "filesystem": fs}
 
@@ -210,8 +215,10 @@ def main() -> None:
         return
     conns = statistics.median(int(r["smtp_connections"]) for r in results)  # type: ignore[call-overload]
     rss = max(float(r["peak_rss_mb"]) for r in results)  # type: ignore[arg-type]
+    cpu = statistics.median(float(r["cpu_ms_per_message"]) for r in results)  # type: ignore[arg-type]
     print(json.dumps({"bench": "outbound", "summary": True, "runs": len(results),
-                      "median_messages_per_s": rate, "median_smtp_connections": conns,
+                      "median_messages_per_s": rate, "median_cpu_ms_per_message": cpu,
+                      "median_smtp_connections": conns,
                       "max_peak_rss_mb": rss, "sink": results[0]["sink"],
                       "filesystem": results[0]["filesystem"],
                       "targets": {"messages_per_s": 1500, "smtp_connections": 8,

@@ -1,12 +1,13 @@
 """Spool → store: take the files in ``spool/new``, queue them or reject them, exactly once.
 
 Each batch of files is committed to the store in one transaction, which also claims each
-file, and only then are the files removed (or moved to ``rejected/``) and their claims
-released. A crash in between leaves files that the store has claimed (same name, content
-hash, inode and ctime): the next pass finishes removing them instead of queueing them
-twice. A file dropped again later under the same name and content is a new message; only
-an ``idempotency_key`` seen before suppresses one, visibly (an event on the earlier
-message, ``mailsync_spool_duplicates_total``).
+file, and only then are the files removed (or moved to ``rejected/``); their claims are
+released by the next batch's transaction, or at the end of the pass. A crash in between
+leaves files that the store has claimed (same name, content hash, inode and ctime): the
+next pass finishes removing them instead of queueing them twice. A file dropped again
+later under the same name and content is a new message; only an ``idempotency_key`` seen
+before suppresses one, visibly (an event on the earlier message,
+``mailsync_spool_duplicates_total``).
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ class Ingester:
         self.metrics = metrics
         self.clock = clock
         self._swept = False  # stale claims are forgotten before the first pass
+        # Claims of files already removed, released with the next batch's transaction (or
+        # at the end of the pass): one commit per batch instead of two.
+        self._released: list[tuple[str, int]] = []
         spool.ensure_dirs(config.daemon.spool_dir)
 
     def run_once(self, limit: int | None = None) -> IngestStats:
@@ -271,16 +275,35 @@ class Ingester:
             swept = self.store.sweep_claims(lambda: set(os.listdir(new)))
             if swept:
                 log.info("forgot %d spool claims of files no longer in %s", swept, new)
-        for batch in prepare_spool(self.config, self.clock, limit):
-            self.commit(batch, stats)
+        try:
+            for batch in prepare_spool(self.config, self.clock, limit):
+                self.commit(batch, stats)
+        finally:
+            self.release()
         return stats
 
+    def release(self) -> None:
+        """Release the claims of the files removed since the last commit."""
+        if not self._released:
+            return
+        try:
+            self.store.release_claims(self._released)
+        except StoreUnavailable:
+            # Harmless: a claim matches only its own file, which is gone; the next batch
+            # (or start, which sweeps) releases it.
+            log.debug("spool claims of %d files not released (the store cannot commit)",
+                      len(self._released))
+            return
+        self._released = []
+
     def commit(self, batch: Batch, stats: IngestStats) -> None:
-        """Store a prepared batch in one transaction, then remove or reject its files and
-        release their claims."""
+        """Store a prepared batch in one transaction (releasing the claims of the previous
+        batch's files), then remove or reject its files."""
         if not batch.items:
             return
-        result = self.store.ingest([p.item for p in batch.items], batch.now, self._sign)
+        result = self.store.ingest([p.item for p in batch.items], batch.now, self._sign,
+                                   self._released)
+        self._released = []
         if self.on_commit is not None and result.queued:
             self.on_commit()
         by_name = {p.item.source: p for p in batch.items}
@@ -298,15 +321,9 @@ class Ingester:
                      "again", name, mid)
         for name, mid in result.taken.items():
             self._finish_taken(by_name[name].path, mid)
-        try:
-            self.store.release_claims([
-                (name, mid) for done in (result.queued, result.rejected, result.duplicates,
-                                         result.taken) for name, mid in done.items()])
-        except StoreUnavailable:
-            # Harmless: a claim matches only its own file, which is gone; the next start
-            # sweeps it.
-            log.debug("spool claims of %d files not released (the store cannot commit)",
-                      len(batch.items))
+        self._released.extend(
+            (name, mid) for done in (result.queued, result.rejected, result.duplicates,
+                                     result.taken) for name, mid in done.items())
         stats.queued += len(result.queued)
         stats.rejected += len(result.rejected)
         stats.duplicates += len(result.duplicates)

@@ -167,7 +167,8 @@ class OutboundStore:
         self._group = GroupCommit(store)
 
     def ingest(self, items: Sequence[NewMessage | RejectedMessage], now: float,
-               sign: Callable[[int], str] | None = None) -> IngestResult:
+               sign: Callable[[int], str] | None = None,
+               release: Sequence[tuple[str, int]] = ()) -> IngestResult:
         """Queue (or record as rejected) a batch of spool files in one transaction.
 
         Each file is claimed in the same transaction (see :meth:`release_claims`). A file
@@ -178,9 +179,15 @@ class OutboundStore:
 
         ``sign`` makes the VERP signature of a new message's id, stored with it: the ids
         are then given here (the next after the largest), not chosen by SQLite.
+
+        ``release``: claims of an earlier batch whose files are gone now, released in this
+        transaction (as :meth:`release_claims` would, without a commit of their own).
         """
         result = IngestResult()
         with self.store.transaction() as conn:
+            if release:
+                conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
+                                 release)
             next_id = 0
             if sign is not None:
                 next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"

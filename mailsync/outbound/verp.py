@@ -16,8 +16,6 @@ no longer recognised; messages sent from then on are signed with the new key.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import logging
 import os
@@ -38,6 +36,11 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer: no message has a larger id
 
 _ID = re.compile(r"[0-9]{1,19}")
 _SIGNATURE = re.compile(rf"[a-z2-7]{{{SIGNATURE_CHARS}}}")
+# RFC 4648 base32 (lowercase) of every 10-bit value, two characters each: the signature is
+# the base32 of the MAC's first 50 bits, made with five lookups (base64.b32encode is pure
+# Python, and costs more than the HMAC).
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 
 
 class VerpKey:
@@ -55,8 +58,12 @@ class VerpKey:
 
     def sign(self, message_id: int) -> str:
         """The signature of ``message_id``: 10 lowercase base32 characters."""
-        mac = hmac.new(self._secret, b"mailsync-verp-1:%d" % message_id, hashlib.sha256)
-        return base64.b32encode(mac.digest()[:10]).decode("ascii")[:SIGNATURE_CHARS].lower()
+        # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new() at half the cost.
+        mac = hmac.digest(self._secret, b"mailsync-verp-1:%d" % message_id, "sha256")
+        bits = int.from_bytes(mac[:7]) >> 6  # the first 50 bits
+        pairs = _PAIRS
+        return (pairs[bits >> 40] + pairs[(bits >> 30) & 1023] + pairs[(bits >> 20) & 1023]
+                + pairs[(bits >> 10) & 1023] + pairs[bits & 1023])
 
     def verify(self, message_id: int, signature: str) -> bool:
         """Whether ``signature`` (any case) is that of ``message_id``; constant time."""
