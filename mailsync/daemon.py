@@ -790,6 +790,8 @@ class Daemon:
         for name in set(old.sending_servers()) - set(new.sending_servers()):
             with contextlib.suppress(KeyError):
                 self.metrics.server_up.remove(name, "outgoing")
+            with contextlib.suppress(KeyError):
+                self.metrics.pool_concurrency.remove(name)
         for name in {s.name for s in old.incoming_servers} - {s.name for s in new.incoming_servers}:
             with contextlib.suppress(KeyError):
                 self.metrics.server_up.remove(name, "incoming")

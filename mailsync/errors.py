@@ -135,7 +135,9 @@ class ConnectError(TemporaryFailure):
     certificate), ``starttls`` (not offered: never falls back to plain text), ``auth``
     (authentication failed), ``folder`` (the IMAP folder or the Maildir is missing),
     ``protocol`` (unexpected greeting or reply), ``closed``
-    (the server hung up). Messages are deferred and the next eligible server is tried.
+    (the server hung up), ``down`` (an outgoing server known to be down: not connected
+    to, see mailsync.outbound.sender). Messages are deferred and the next eligible server
+    is tried.
     """
 
     def __init__(self, message: str, kind: str, code: int | None = None) -> None:

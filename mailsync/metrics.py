@@ -65,6 +65,11 @@ class Metrics:
         self.server_up = Gauge(
             "mailsync_server_up", "1 when the last connection to the server worked.",
             ["server", "direction"], registry=r)
+        self.pool_concurrency = Gauge(
+            "mailsync_pool_concurrency",
+            "SMTP sessions mailsync may open now to an outgoing server: its max_connections, "
+            "or fewer after the server refused one more (lowered on refusal, raised again "
+            "by one at most every 10 s).", ["server"], registry=r)
         self.mailbox_polls = Counter(
             "mailsync_mailbox_polls", "Mailbox polls, by result.", ["server", "result"],
             registry=r)

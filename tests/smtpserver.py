@@ -170,16 +170,30 @@ class _Handler:
 
 class _SMTP(OAuth2Sasl):
     """aiosmtpd's SMTP (with XOAUTH2 and OAUTHBEARER), which can drop the connection in
-    the middle of DATA."""
+    the middle of DATA, or refuse a session beyond the owner's ``max_sessions``."""
 
     def __init__(self, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.owner = handler.owner
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Called again after STARTTLS; never when an implicit-TLS handshake fails.
-        self.owner._track(self, True)
+        owner = self.owner
+        if self._original_transport is None and owner.max_sessions is not None:
+            self.refused = owner.live_connections >= owner.max_sessions
+        owner._track(self, True)
         super().connection_made(transport)
+
+    async def _handle_client(self) -> None:
+        if not self.refused:
+            await super()._handle_client()
+            return
+        with self.owner._lock:
+            self.owner.refused_sessions += 1
+        await self.push("421 4.7.0 Too many concurrent SMTP sessions from your host")
+        assert self.transport is not None
+        self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         self.owner._track(self, False)
@@ -223,6 +237,9 @@ class SmtpServer:
     mail_reply / data_reply: a reply given at MAIL FROM / at the end of DATA instead of 250
     (a message answered with data_reply is not recorded).
     drop_on_data: hang up after the first line of message data.
+    max_sessions: answer ``421`` to the greeting of a connection while this many are
+    open already, and hang up (a relay limiting sessions per client); counted in
+    ``refused_sessions``.
     data_gate: when set, the reply to DATA waits until this event is set.
     oauth2: offer XOAUTH2 and OAUTHBEARER, checking tokens with this introspection (see
     the module docstring); when set, MAIL before AUTH gets 530. oauth2_scope: the scope
@@ -252,6 +269,7 @@ class SmtpServer:
         oauth2: OAuth2Server | str | Introspect | None = None,
         oauth2_scope: str = OAUTH2_SCOPE,
         expired_token_reply: str | None = None,
+        max_sessions: int | None = None,
     ) -> None:
         self.tls = tls
         self.auth = dict(auth) if auth is not None else None
@@ -265,6 +283,8 @@ class SmtpServer:
         self.oauth2 = oauth2
         self.oauth2_scope = oauth2_scope
         self.expired_token_reply = expired_token_reply
+        self.max_sessions = max_sessions
+        self.refused_sessions = 0
         self.auth_attempts: list[AuthAttempt] = []
         self.host = HOST
         self.port = 0

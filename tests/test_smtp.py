@@ -417,11 +417,17 @@ def test_pool_connect_error_propagates_and_frees_the_slot(smtp_server):
         raise ConnectError("test-smtp: connection refused", "refused")
 
     pool = ConnectionPool(config(server), failing, max_connections=1)
-    for _ in range(2):  # a leaked slot would make the second acquire time out instead
-        with pytest.raises(ConnectError) as caught:
-            pool.acquire(timeout=1)
-        assert caught.value.kind == "refused"
-    assert len(calls) == 2 and pool.open_count == 0 and pool.opened == 0
+    with pytest.raises(ConnectError) as caught:
+        pool.acquire(timeout=1)
+    assert caught.value.kind == "refused"
+    # No session alive: the server is down, and the next acquire fails without connecting.
+    with pytest.raises(ConnectError) as caught:
+        pool.acquire(timeout=1)
+    assert caught.value.kind == "down" and pool.down
+    assert len(calls) == 1
+    # A leaked slot would keep the probe from connecting.
+    assert pool.probe() is False and len(calls) == 2
+    assert pool.open_count == 0 and pool.opened == 0
 
 
 def test_pool_waits_then_times_out_and_closes_lent_sessions_on_release(smtp_server):

@@ -5,6 +5,11 @@ connections defer with backoff; 5xx fails; past the retry lifetime a deferral be
 failure. A connection failure moves to the next eligible server before deferring. The
 sent status is committed right after the server's acceptance, so a crash can resend at
 most the messages that were in flight.
+
+A server that is down (see :mod:`mailsync.outbound.sender`) is not connected to per
+message: its messages go to the next eligible server or are deferred at once, without
+counting an attempt, and a pass probes it on a backoff; once a probe works, the
+messages deferred meanwhile come due at once.
 """
 
 from __future__ import annotations
@@ -156,8 +161,16 @@ class Deliverer:
                 del self.pools[pool.server.name]
                 self._closed_opened += pool.opened
             self._view = view
+        waiting = []
         for pool in retired:
             pool.close()
+            waiting += pool.take_waiting()
+        if waiting:  # deferred while their server was down: try them under the new settings
+            try:
+                self.store.make_due(waiting, self.clock())
+            except StoreUnavailable:
+                log.warning("%d messages deferred while their server was down come due at "
+                            "their retry time (the store cannot commit)", len(waiting))
         return [pool.server.name for pool in retired]
 
     def close_idle(self) -> int:
@@ -174,9 +187,55 @@ class Deliverer:
         with self._pools_lock:
             pool = self.pools.get(server.name)
             if pool is None:
-                pool = ConnectionPool(server, lambda: self._connect(server))
+                pool = ConnectionPool(server, lambda: self._connect(server),
+                                      on_change=self._pool_changed)
                 self.pools[server.name] = pool
+                self._series(self.metrics.pool_concurrency, server.name).set(pool.concurrency)
             return pool
+
+    def _pool_changed(self, pool: ConnectionPool) -> None:
+        """A pool's server went up or down, or its concurrency changed: the gauges follow
+        (a retired pool's late news is ignored)."""
+        name = pool.server.name
+        if self.pools.get(name) is not pool:
+            return
+        if pool.up is not None:
+            self._series(self.metrics.server_up, name, "outgoing").set(1 if pool.up else 0)
+        self._series(self.metrics.pool_concurrency, name).set(pool.concurrency)
+
+    def _probe_servers(self, probes: dict[str, threading.Thread]) -> float | None:
+        """Start a probe of each down server whose probe is due (one thread per server);
+        returns the seconds until the next one is due (None: no server is down)."""
+        with self._pools_lock:
+            pools = list(self.pools.values())
+        soonest = None
+        for pool in pools:
+            running = probes.get(pool.server.name)
+            if running is not None and running.is_alive():
+                continue
+            due = pool.probe_in()
+            if due is None:
+                continue
+            if due > 0:
+                soonest = due if soonest is None else min(soonest, due)
+                continue
+            thread = threading.Thread(target=self._probe, args=(pool,), daemon=True,
+                                      name=f"mailsync-probe-{pool.server.name}")
+            probes[pool.server.name] = thread
+            thread.start()
+        return soonest
+
+    def _probe(self, pool: ConnectionPool) -> None:
+        """Probe one down server; once it is up, its waiting messages come due now."""
+        try:
+            if not pool.probe():
+                return
+            waiting = pool.take_waiting()
+            if waiting:
+                self.store.make_due(waiting, self.clock())
+        except Exception:  # noqa: BLE001 - the messages then come due at their retry time
+            log.exception("probing outgoing server %s", pool.server.name)
+        self.wake()
 
     def _connect(self, server: OutgoingServer) -> SmtpSession:
         return login.connect(server, self.tokens, self.factory)
@@ -243,6 +302,7 @@ class Deliverer:
         for t in threads:
             t.start()
         skipped: list[int] = []
+        probes: dict[str, threading.Thread] = {}
         with self._stats_lock:
             self._claimed = self._finished = 0
         try:
@@ -257,6 +317,8 @@ class Deliverer:
                     self.store.unclaim(self._unclaim_later, now)
                     self._unclaim_later = []
                 batch = self.store.claim_due(now, CLAIM_BATCH)
+                # Down servers are probed while the pass lasts (not in its last round).
+                probe = None if finished else self._probe_servers(probes)
                 if batch:
                     with self._stats_lock:
                         self._claimed += len(batch)
@@ -269,11 +331,11 @@ class Deliverer:
                     continue
                 if finished:
                     break
-                wait = idle
+                wait = idle if probe is None else min(idle, probe)
                 if idle > 0.05:
                     due = self.store.next_due()
                     if due is not None:
-                        wait = min(idle, max(0.0, due - now))
+                        wait = min(wait, max(0.0, due - now))
                 self._work_ready.wait(wait)
         finally:
             for _ in threads:
@@ -370,19 +432,28 @@ class Deliverer:
         mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
             or message.from_address
         errors = []
+        tried = []
+        attempted = False
         for server in servers:
             pool = self.pool(server)
             try:
                 session = held.take(pool)
             except ConnectError as exc:
+                # Not logged per message: the pool logs the server going down, once.
                 errors.append(str(exc))
-                self._series(self.metrics.server_up, server.name, "outgoing").set(0)
-                self._series(self.metrics.send_attempts, server.name, "connect_error").inc()
-                log.warning("message %d: %s", message.id, exc)
+                tried.append(pool)
+                if exc.kind != "down":  # "down": refused without connecting
+                    attempted = True
+                    self._series(self.metrics.send_attempts, server.name, "connect_error").inc()
+                log.debug("message %d: %s", message.id, exc)
                 continue
-            self._series(self.metrics.server_up, server.name, "outgoing").set(1)
             return self._transact(config, message, account, server, session, mail_from)
-        return self._connect_failed(config, message, account, servers[-1], "; ".join(errors))
+        status = self._connect_failed(config, message, account, servers[-1],
+                                      "; ".join(errors), count_attempt=attempted)
+        if status == "deferred" and not all([pool.wait_for_up(message.id) for pool in tried]):
+            # A server came back up meanwhile (or its pool was retired by a reload).
+            self._durably(lambda: self.store.make_due([message.id], self.clock()))
+        return status
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str) -> str:
@@ -440,18 +511,24 @@ class Deliverer:
         return status
 
     def _connect_failed(self, config: Config, message: Outgoing, account: Account,
-                        server: OutgoingServer, error: str) -> str:
+                        server: OutgoingServer, error: str, *,
+                        count_attempt: bool = True) -> str:
+        """No session: defer on the retry schedule (failed past the lifetime). Without
+        ``count_attempt`` (every server was known down, none was connected to) the try is
+        an event, not an attempt."""
         now = self.clock()
         cfg_retry = config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
             detail = f"retry lifetime expired; last error: {error}"
-            self._durably(lambda: self.store.record_failure(message.id, "failed", detail, now,
-                                                            server=server.name))
+            self._durably(lambda: self.store.record_failure(
+                message.id, "failed", detail, now, server=server.name,
+                count_attempt=count_attempt))
             self._series(self.metrics.messages_failed, account.name, "expired").inc()
             return "failed"
         next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
         self._durably(lambda: self.store.record_failure(
-            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at))
+            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at,
+            count_attempt=count_attempt))
         self._series(self.metrics.messages_deferred, server.name).inc()
         return "deferred"
 

@@ -330,6 +330,13 @@ class OutboundStore:
             conn.executemany("UPDATE messages SET status = 'queued', updated_at = ?"
                              " WHERE id = ? AND status = 'sending'", [(now, i) for i in ids])
 
+    def make_due(self, ids: Sequence[int], now: float) -> None:
+        """Deferred messages come due ``now`` (their server is back up): one transaction."""
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE messages SET next_attempt_at = ?"
+                             " WHERE id = ? AND status = 'deferred' AND next_attempt_at > ?",
+                             [(now, i, now) for i in ids])
+
     def next_due(self) -> float | None:
         """When the next queued or deferred message is due (None: nothing waits)."""
         with self.store.lock:
