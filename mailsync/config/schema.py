@@ -43,7 +43,12 @@ def _validator() -> Any:
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    cls = jsonschema.validators.extend(base, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+    # A whole number is an int: YAML 1.2 reads `1e1` as the float 10.0, which JSON Schema
+    # would take for the integer 10 and hand to the model (a port of 10.0).
+    types = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    cls = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        base, {"pattern": _pattern}, type_checker=types)
     return cls(_inline(schema(), schema()["$defs"]), format_checker=base.FORMAT_CHECKER)
 
 
@@ -162,6 +167,9 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
     if kind == "type":
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
+        yaml11 = _yaml11_hint(doc, path, instance, names)
+        if yaml11 is not None:
+            return [at_value(yaml11)]
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
         got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
         return [at_value(f"expected {want}, got {got}")]
@@ -190,11 +198,30 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         # Every branch failed on its type: say which types are allowed.
         wanted = [b.get("type") for b in error.validator_value if isinstance(b, dict)]
         types = [w for w in wanted if isinstance(w, str)]
+        yaml11 = _yaml11_hint(doc, path, instance, types)
+        if yaml11 is not None:
+            return [at_value(yaml11)]
         if types and len(types) == len(wanted):
             want = " or ".join(_TYPE_NAMES.get(w, w) for w in types)
             got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
             return [at_value(f"expected {want}, got {got}")]
     return [at_value(error.message if not secret else "is not valid")]
+
+
+def _yaml11_hint(doc: Document, path: Path, instance: Any, wanted: list[str]) -> str | None:
+    """Why a plain ``no`` or ``1:30`` is a string where a boolean or a number is expected:
+    YAML 1.2 (editors, check-jsonschema, mailsync) is not YAML 1.1 (older PyYAML)."""
+    reading = doc.yaml11.get(path)
+    if reading is None or not isinstance(instance, str):
+        return None
+    kind, value = reading
+    if kind == "boolean" and "boolean" in wanted:
+        return f"{instance} is not a boolean: use true or false (YAML 1.2)"
+    if kind in ("integer", "number") and ("number" in wanted or
+                                          (kind == "integer" and "integer" in wanted)):
+        return (f"{instance} is not a number in YAML 1.2 (YAML 1.1 read it as {value!r}): "
+                f"write {value!r}")
+    return None
 
 
 def _best_branch(error: Any) -> Any:
