@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from mailsync.config import listen
 from mailsync.config.problems import Path, Problem, format_path
 from mailsync.config.yamlload import Document
 
@@ -178,6 +179,10 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         return [at_value(f"{shown} is not allowed (allowed: {values})")]
     if kind == "const":
         return [at_value(f"{shown} is not allowed (allowed: {error.validator_value})")]
+    if kind == "pattern" and error.validator_value == schema()["$defs"]["listen"]["pattern"]:
+        why = listen.explain(instance) if isinstance(instance, str) else ""
+        return [at_value(f"{shown} is not a valid listen address"
+                         + (f": {why}" if why else "") + f" (allowed: {listen.ALLOWED})")]
     if kind == "pattern":
         what = (_pattern_descriptions().get(error.validator_value) or sub.get("description")
                 or f"a value matching {error.validator_value}")
