@@ -7,6 +7,7 @@ yields ``(severity, path, message)``; the loader places them on lines.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -102,7 +103,6 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
     users = list(config.users)
     user_set = set(users)
     types = [t.name for t in config.activity_types]
-    type_set = set(types)
     servers = {s.name: s for s in config.outgoing_servers}
 
     yield from _duplicates("users", users, "user",
@@ -113,8 +113,9 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
     yield from _duplicates("incoming_servers", (s.name for s in config.incoming_servers),
                            "incoming server")
     yield from _duplicates("accounts", (a.name for a in config.accounts), "account")
-    yield from _duplicates("activity_types", (t.name for t in config.activity_types),
-                           "activity type")
+    # Display names: the same text in two Unicode normalizations is the same name.
+    yield from _duplicates("activity_types", (unicodedata.normalize("NFC", t.name)
+                                              for t in config.activity_types), "activity type")
 
     retry = config.daemon.retry
     if retry.first > retry.max:
@@ -155,7 +156,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from oauth2.check(path, raw, inc.provider, inc.auth)
             yield from _tls_warning(path, inc.tls_verify, inc.security)
         if inc.activity is not None:
-            if inc.activity.type not in type_set:
+            if config.activity_type(inc.activity.type) is None:
                 yield ("error", path + ("activity", "type"),
                        _declared(inc.activity.type, "activity type", types))
             if inc.activity.user is not None and inc.activity.user not in user_set:
@@ -217,11 +218,11 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         path = ("activity_types", i)
         if t.default_user is not None and t.default_user not in user_set:
             yield ("error", path + ("default_user",), _declared(t.default_user, "user", users))
-        if t.default_next is not None and t.default_next not in type_set:
+        if t.default_next is not None and config.activity_type(t.default_next) is None:
             yield ("error", path + ("default_next",),
                    _declared(t.default_next, "activity type", types))
         for j, nxt in enumerate(t.recommended_next):
-            if nxt not in type_set:
+            if config.activity_type(nxt) is None:
                 yield ("error", path + ("recommended_next", j),
                        _declared(nxt, "activity type", types))
         if t.chaining == "trigger" and t.default_next is None:

@@ -7,6 +7,7 @@ directory, and secrets are :class:`Secret` references (never their values).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -208,7 +209,14 @@ class Config:
         return next((a for a in self.accounts if a.name == name), None)
 
     def activity_type(self, name: str) -> ActivityType | None:
-        return next((t for t in self.activity_types if t.name == name), None)
+        """The declared type of this display name; spelt as declared, or the same text in
+        another Unicode normalization (``Gọi`` typed with a combining dot below)."""
+        found = next((t for t in self.activity_types if t.name == name), None)
+        if found is None:
+            key = unicodedata.normalize("NFC", name)
+            found = next((t for t in self.activity_types
+                          if unicodedata.normalize("NFC", t.name) == key), None)
+        return found
 
 
 def _path(base: Path, value: str) -> Path:

@@ -194,6 +194,9 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         return [at_value(f"{shown} is out of range: must be {word} {error.validator_value}")]
     if kind in ("minLength", "minItems"):
         return [at_value("must not be empty")]
+    if kind == "maxLength" and isinstance(instance, str):
+        return [at_value(f"{shown} is too long: {len(instance)} characters "
+                         f"(at most {error.validator_value})")]
     if kind in ("minProperties", "maxProperties") and "env" in sub.get("properties", {}):
         return [at_value("a secret takes exactly one of: env, file, credential")]
     if kind == "anyOf":
@@ -241,6 +244,9 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if not re.match(r"^[A-Z]{2}", text) else text
 
 
+_RANK = {"minLength": 0, "maxLength": 0, "pattern": 1, "format": 1}
+
+
 def validate(doc: Document) -> list[Problem]:
     """All schema problems of ``doc``, each placed on its line, each said once."""
     if doc.data is None:
@@ -250,9 +256,10 @@ def validate(doc: Document) -> list[Problem]:
     problems: list[Problem] = []
     value_errors: set[str] = set()
     for error in sorted(_validator().iter_errors(doc.data),
-                        key=lambda e: (e.validator != "pattern", list(e.absolute_path))):
-        if error.validator in ("pattern", "format"):
-            # An address with no '@' fails both `format: email` and its pattern: one problem.
+                        key=lambda e: (_RANK.get(e.validator, 2), list(e.absolute_path))):
+        if error.validator in _RANK:
+            # An address with no '@' fails both `format: email` and its pattern, an empty
+            # display name both minLength and its pattern: one problem, the plainest.
             where = format_path(tuple(error.absolute_path))
             if where in value_errors:
                 continue
