@@ -247,6 +247,19 @@ def _lower_first(text: str) -> str:
 _RANK = {"minLength": 0, "maxLength": 0, "pattern": 1, "format": 1}
 
 
+def errors(data: Any) -> list[tuple[Path, str, tuple[str, ...]]]:
+    """Where ``data`` fails the schema: (path, keyword, unknown keys of additionalProperties),
+    for :mod:`mailsync.config.partial` to take those parts out."""
+    out = []
+    for error in _validator().iter_errors(data):
+        unknown: tuple[str, ...] = ()
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+            unknown = tuple(k for k in error.instance if k not in allowed)
+        out.append((tuple(error.absolute_path), str(error.validator), unknown))
+    return out
+
+
 def validate(doc: Document) -> list[Problem]:
     """All schema problems of ``doc``, each placed on its line, each said once."""
     if doc.data is None:
