@@ -212,6 +212,8 @@ def _check(config: Config, data: dict[str, Any],
             yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
             yield from oauth2.check(path, raw, acc.own_login.provider, acc.own_login.auth)
             yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
+        if acc.server is None and acc.own_login is None and all_servers:
+            yield from _mixed_filters(path, acc.name, acc.email, config.outgoing_servers)
         for j, user in enumerate(acc.granted_to):
             if user not in user_set:
                 yield ("error", path + ("granted_to", j), _declared(user, "user", users))
@@ -242,6 +244,26 @@ def _check(config: Config, data: dict[str, Any],
             yield ("error", path + ("chaining",),
                    "chaining: trigger needs default_next "
                    "(the type scheduled when this one is done)")
+
+
+def _mixed_filters(path: Path, account: str, email: str,
+                   servers: Sequence[OutgoingServer]) -> Iterator[Finding]:
+    """An account's eligible servers at one priority, some with a from_filter and some
+    without: the unfiltered ones send as it too (after the filtered ones fail), which a
+    from_filter written for this address suggests was not meant."""
+    eligible = [s for s in servers if s.allows(email)]
+    for priority in sorted({s.priority for s in eligible}):
+        at = [s for s in eligible if s.priority == priority]
+        filtered = [s.name for s in at if s.from_filter]
+        unfiltered = [s.name for s in at if not s.from_filter]
+        if filtered and unfiltered:
+            them = ", ".join(unfiltered)
+            yield ("warning", path,
+                   f"account {account!r} ({email}): its outgoing servers at priority "
+                   f"{priority} mix from_filter ({', '.join(filtered)}) and none ({them}): "
+                   f"{them} {'sends' if len(unfiltered) == 1 else 'send'} as {email} too, "
+                   f"whenever {', '.join(filtered)} cannot; give {them} a from_filter or "
+                   "another priority, or set the account's server")
 
 
 def _user_checks(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
