@@ -475,6 +475,7 @@ DAEMON = {
     "log_format": ("log_format", ["text", "json"]),
     "max_message_size": ("max_message_size", ["1KiB", "512KiB", "25MiB", "1GiB"]),
     "history_retention": ("history_retention", ["1d", "30d", "90d"]),
+    "auto_reload": ("auto_reload", [True, False]),
 }
 RETRY = {  # ranges that never overlap, so first <= max <= lifetime always holds
     "first": ("retry.first", ["10s", "1m", "5m"]),

@@ -42,6 +42,7 @@ class Daemon:
     retry: Retry = Retry()
     max_message_size: int = 25 << 20
     history_retention: timedelta = timedelta(days=90)
+    auto_reload: bool = True
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         max_message_size=parse_size(dd["max_message_size"]) if "max_message_size" in dd
         else 25 << 20,
         history_retention=_dur(dd.get("history_retention"), timedelta(days=90)),
+        auto_reload=dd.get("auto_reload", True),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),
