@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import calendar
 import re
+import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -145,8 +147,14 @@ def due_text(when: date, today: date) -> str:
     return f"in {days} days" if days > 0 else f"{-days} days ago"
 
 
+def type_list(names: Iterable[str]) -> str:
+    """Type names for a message, comma-separated, each as it would be typed in a shell:
+    ``Reply, 'To Do', 'Gọi lại khách'`` (display names hold spaces and any script)."""
+    return ", ".join(shlex.quote(n) for n in names) or "none"
+
+
 def _names(config: Config) -> str:
-    return ", ".join(t.name for t in config.activity_types) or "none"
+    return type_list(t.name for t in config.activity_types)
 
 
 def require_type(config: Config, name: str, *, seen_before: bool = False) -> ActivityType:
@@ -258,7 +266,7 @@ def type_after(config: Config, previous: Activity) -> str:
         return offered[0]
     raise ActivityRefused(
         f"--type is needed after activity {previous.id} ({previous.type}): recommended "
-        f"{', '.join(offered) if offered else 'none'}; declared: {_names(config)}")
+        f"{type_list(offered)}; declared: {_names(config)}")
 
 
 def completed(activity: Activity, now: float, feedback: str | None,

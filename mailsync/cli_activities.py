@@ -27,6 +27,7 @@ from mailsync.activities import (
     is_overdue,
     local_date,
     parse_record,
+    type_list,
 )
 from mailsync.activity_store import ActivityStore, DoneResult, Filters
 from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
@@ -191,7 +192,7 @@ def _print_done(result: DoneResult, today: date, state_dir: Path) -> None:
     if result.triggered is not None:
         click.echo(f"triggered {_brief(result.triggered, today)}")
     if result.next.suggested:
-        click.echo(f"recommended next: {', '.join(result.next.suggested)}")
+        click.echo(one_line(f"recommended next: {type_list(result.next.suggested)}"))
         click.echo(f"  schedule one with: mailsync activity schedule --after {a.id} "
                    "--type TYPE")
     if result.next.remark:
@@ -235,6 +236,9 @@ def list_cmd(config_path: Path, user: str | None, type_name: str | None, overdue
         chosen = ()
     elif states:
         chosen = tuple(s for s in STATES if s in states)
+    declared = config.activity_type(type_name) if type_name is not None else None
+    if declared is not None:  # the name as the config spells it (the store keeps that)
+        type_name = declared.name
     rows: list[dict[str, Any]] = []
     with _activities(config, create=False) as store:
         if store is not None:

@@ -15,9 +15,10 @@ reference that is swapped whole:
 - the metrics exporter (``/metrics``, ``/healthz``), the control socket
   (``mailsync reload``) and watchdog's observer (the config file's directory).
 
-A reload (file change after a short debounce, SIGHUP, ``mailsync reload``) runs in the
-supervisor: load → validate → plan → apply. Applying touches only what changed: pools of
-unchanged servers keep their sessions, pollers of unchanged mailboxes keep theirs.
+A reload (file change after a short debounce, unless ``daemon.auto_reload`` is false;
+SIGHUP; ``mailsync reload``) runs in the supervisor: load → validate → plan → apply.
+Applying touches only what changed: pools of unchanged servers keep their sessions,
+pollers of unchanged mailboxes keep theirs.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class Daemon:
         self._observer: Any = None
         self._spool_watch: Any = None
         self._file_stat: tuple[int, int, int] | None = None
+        self._unapplied_sha256: str | None = None  # a saved file waiting (auto_reload off)
         self._pickup: Any = None
         self.stuck_after = STUCK_AFTER
         # When the running spool pass began (None between passes) and last committed, and
@@ -430,13 +432,13 @@ class Daemon:
             changed_at = self._file_changed_at
             if changed_at is not None and now - changed_at >= DEBOUNCE:
                 self._file_changed_at = None
-                self.reload("file change")
+                self._file_changed("file change")
             if now >= next_stat:
                 # The watcher's safety net (a missed event, a config on a network mount).
                 next_stat = now + RESCAN
                 stat = self._stat_config()
                 if stat != self._file_stat and self._file_changed_at is None:
-                    self.reload("file change (periodic check)")
+                    self._file_changed("file change (periodic check)")
             if now >= next_idle_close:
                 next_idle_close = now + IDLE_CLOSE_EVERY
                 self._guarded("closing idle SMTP sessions", self.deliverer.close_idle)
@@ -677,8 +679,25 @@ class Daemon:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
+    def _file_changed(self, source: str) -> None:
+        """The config file was saved: reload it, unless ``daemon.auto_reload`` (of the
+        configuration in force) is false; then only say so, once per new content, so that
+        `mailsync plan` on the live file is the review before `mailsync reload` applies."""
+        if self.config.daemon.auto_reload:
+            self.reload(source)
+            return
+        self._file_stat = self._stat_config()
+        sha256 = self._file_sha256()
+        if sha256 in (self._unapplied_sha256, self.loaded.sha256):
+            return
+        self._unapplied_sha256 = sha256
+        log.info("config changed; not applied (auto_reload: false): `mailsync plan -c %s` "
+                 "shows what applying it would change, `mailsync reload` or SIGHUP applies it",
+                 self.config_path)
+
     def reload(self, source: str) -> ReloadOutcome:
         """Load → validate → plan → apply (supervisor thread only)."""
+        self._unapplied_sha256 = None
         self._file_stat = self._stat_config()
         self.notifier.reloading(f"reloading ({source})")
         try:

@@ -118,31 +118,56 @@ def test_every_duplicate_is_reported():
 @pytest.mark.parametrize(
     ("yaml_value", "expected"),
     [
+        # YAML 1.2 core schema, as the YAML language server and check-jsonschema read it.
         ("5", 5),
         ("-3", -3),
+        ("+3", 3),
         ("0x1f", 31),
-        ("1_000", 1000),
+        ("0x1F", 31),
+        ("0o17", 15),
+        ("010", 10),  # decimal in 1.2 (octal 8 in 1.1)
+        ("1_000", "1_000"),  # 1.2 core has no digit separators
+        ("0b101", "0b101"),
+        ("1:30", "1:30"),  # no sexagesimal numbers in 1.2
         ("true", True),
+        ("True", True),
+        ("TRUE", True),
         ("false", False),
-        ("yes", True),  # YAML 1.1, as SafeLoader
-        ("off", False),
+        ("FALSE", False),
+        ("tRUE", "tRUE"),
+        ("yes", "yes"),  # YAML 1.1 booleans are strings in 1.2
+        ("no", "no"),
+        ("off", "off"),
+        ("On", "On"),
+        ("y", "y"),
         ("null", None),
+        ("Null", None),
+        ("NULL", None),
         ("~", None),
         ("", None),
+        ("nULL", "nULL"),
         ("5.5", 5.5),
         ("-0.25", -0.25),
+        ("1e1", 10.0),  # a float in 1.2 (a string in 1.1: no dot)
+        ("1E3", 1000.0),
+        ("1.5e-3", 0.0015),
+        (".5", 0.5),
+        ("1.", 1.0),
+        (".inf", float("inf")),
+        ("-.Inf", float("-inf")),
         ("'5'", "5"),
         ('"true"', "true"),
         ("'null'", "null"),
+        ("'no'", "no"),
         ("!!str 5", "5"),
         ("!!str true", "true"),
         ("!!str", ""),
         ("! 5", "5"),
         ("!!int '7'", 7),
+        ("!!float '2'", 2.0),
         ("5m", "5m"),
         ("25MiB", "25MiB"),
         ("2024-01-01", "2024-01-01"),  # timestamps are kept as written
-        ("1e3", "1e3"),  # not a float in YAML 1.1 without a dot
         ("smtp.example.com", "smtp.example.com"),
     ],
 )
@@ -151,6 +176,33 @@ def test_implicit_typing(yaml_value, expected):
     assert doc.problems == []
     assert doc.data["a"] == expected
     assert type(doc.data["a"]) is type(expected)
+
+
+def test_nan_is_a_float():
+    value = parse("a: .nan\n", "f.yaml").data["a"]
+    assert isinstance(value, float) and value != value
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "reading"),
+    [("no", ("boolean", False)), ("Yes", ("boolean", True)), ("ON", ("boolean", True)),
+     ("n", ("boolean", False)), ("1:30", ("integer", 90)), ("1_000", ("integer", 1000))],
+)
+def test_plain_strings_that_yaml_1_1_read_otherwise_are_noted(yaml_value, reading):
+    doc = parse(f"a: {yaml_value}\nb: [{yaml_value}]\n", "f.yaml")
+    assert doc.yaml11 == {("a",): reading, ("b", 0): reading}
+
+
+@pytest.mark.parametrize("yaml_value", ["'no'", '"yes"', "!!str no", "&x !!str on", "nope",
+                                        "true", "10"])
+def test_quoted_tagged_and_other_values_are_not_noted(yaml_value):
+    assert parse(f"a: {yaml_value}\n", "f.yaml").yaml11 == {}
+
+
+def test_pyyaml_global_resolver_is_left_as_it_was():
+    import yaml
+
+    assert yaml.safe_load("a: yes\nb: 1e1\n") == {"a": True, "b": "1e1"}
 
 
 def test_keys_that_look_like_booleans_or_null_stay_names():

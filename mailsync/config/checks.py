@@ -7,7 +7,8 @@ yields ``(severity, path, message)``; the loader places them on lines.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Sequence
+import unicodedata
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mailsync.config import oauth2
@@ -93,17 +94,29 @@ def _login_checks(path: Path, raw: dict[str, Any], protocol: str, host: str | No
         yield ("error", path, f"{missing} is missing: username and password go together")
 
 
-def check(config: Config, data: dict[str, Any]) -> list[Finding]:
-    """Every semantic problem of a schema-valid config."""
-    return list(_check(config, data))
+def check(config: Config, data: dict[str, Any],
+          removed: Mapping[str, Collection[str]] | None = None) -> list[Finding]:
+    """Every semantic problem of a schema-valid config.
+
+    ``removed`` names the entries (by section) the schema refused and that were taken out
+    of ``data`` (:mod:`mailsync.config.partial`): they are declared, so a reference to one
+    is not reported, and the checks that need every outgoing server are skipped.
+    """
+    return list(_check(config, data, removed or {}))
 
 
-def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
+def _check(config: Config, data: dict[str, Any],
+           removed: Mapping[str, Collection[str]]) -> Iterator[Finding]:
     users = list(config.users)
-    user_set = set(users)
+    user_set = set(users) | set(removed.get("users", ()))
     types = [t.name for t in config.activity_types]
-    type_set = set(types)
     servers = {s.name: s for s in config.outgoing_servers}
+    known_servers = set(servers) | set(removed.get("outgoing_servers", ()))
+    known_types = set(removed.get("activity_types", ()))
+    all_servers = "outgoing_servers" not in removed  # from_filter coverage needs them all
+
+    def no_type(name: str) -> bool:
+        return config.activity_type(name) is None and name not in known_types
 
     yield from _duplicates("users", users, "user",
                            [isinstance(u, str) for u in data.get("users", ())])
@@ -113,8 +126,9 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
     yield from _duplicates("incoming_servers", (s.name for s in config.incoming_servers),
                            "incoming server")
     yield from _duplicates("accounts", (a.name for a in config.accounts), "account")
-    yield from _duplicates("activity_types", (t.name for t in config.activity_types),
-                           "activity type")
+    # Display names: the same text in two Unicode normalizations is the same name.
+    yield from _duplicates("activity_types", (unicodedata.normalize("NFC", t.name)
+                                              for t in config.activity_types), "activity type")
 
     retry = config.daemon.retry
     if retry.first > retry.max:
@@ -155,7 +169,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from oauth2.check(path, raw, inc.provider, inc.auth)
             yield from _tls_warning(path, inc.tls_verify, inc.security)
         if inc.activity is not None:
-            if inc.activity.type not in type_set:
+            if no_type(inc.activity.type):
                 yield ("error", path + ("activity", "type"),
                        _declared(inc.activity.type, "activity type", types))
             if inc.activity.user is not None and inc.activity.user not in user_set:
@@ -181,14 +195,14 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield ("error", path + (login_keys[0],),
                    f"{login_keys[0]} applies to the account's own login: set provider or "
                    "host (with username and password), or remove it")
-        elif acc.server is None and acc.own_login is None:
+        elif acc.server is None and acc.own_login is None and all_servers:
             if not config.outgoing_servers:
                 yield ("error", path,
                        "no way to send: set server or its own login (provider or host, "
                        "username, password); no outgoing server is declared to choose from")
             elif not any(s.allows(acc.email) for s in config.outgoing_servers):
                 yield from _refused_from(path, acc.email, None, config)
-        if acc.server is not None and acc.server not in servers:
+        if acc.server is not None and acc.server not in known_servers:
             yield ("error", path + ("server",),
                    _declared(acc.server, "outgoing server", list(servers)))
         if acc.own_login is not None and acc.server is None:
@@ -198,6 +212,8 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
             yield from oauth2.check(path, raw, acc.own_login.provider, acc.own_login.auth)
             yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
+        if acc.server is None and acc.own_login is None and all_servers:
+            yield from _mixed_filters(path, acc.name, acc.email, config.outgoing_servers)
         for j, user in enumerate(acc.granted_to):
             if user not in user_set:
                 yield ("error", path + ("granted_to", j), _declared(user, "user", users))
@@ -205,7 +221,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         if server is not None and not server.allows(acc.email):
             yield from _refused_from(path, acc.email, server, config)
 
-    if config.alias_domain is not None and config.outgoing_servers:
+    if config.alias_domain is not None and config.outgoing_servers and all_servers:
         domain = config.alias_domain.domain
         probe = f"{config.alias_domain.default_from or 'x'}@{domain}"
         if not any(s.allows(probe) for s in config.outgoing_servers):
@@ -217,17 +233,37 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         path = ("activity_types", i)
         if t.default_user is not None and t.default_user not in user_set:
             yield ("error", path + ("default_user",), _declared(t.default_user, "user", users))
-        if t.default_next is not None and t.default_next not in type_set:
+        if t.default_next is not None and no_type(t.default_next):
             yield ("error", path + ("default_next",),
                    _declared(t.default_next, "activity type", types))
         for j, nxt in enumerate(t.recommended_next):
-            if nxt not in type_set:
+            if no_type(nxt):
                 yield ("error", path + ("recommended_next", j),
                        _declared(nxt, "activity type", types))
         if t.chaining == "trigger" and t.default_next is None:
             yield ("error", path + ("chaining",),
                    "chaining: trigger needs default_next "
                    "(the type scheduled when this one is done)")
+
+
+def _mixed_filters(path: Path, account: str, email: str,
+                   servers: Sequence[OutgoingServer]) -> Iterator[Finding]:
+    """An account's eligible servers at one priority, some with a from_filter and some
+    without: the unfiltered ones send as it too (after the filtered ones fail), which a
+    from_filter written for this address suggests was not meant."""
+    eligible = [s for s in servers if s.allows(email)]
+    for priority in sorted({s.priority for s in eligible}):
+        at = [s for s in eligible if s.priority == priority]
+        filtered = [s.name for s in at if s.from_filter]
+        unfiltered = [s.name for s in at if not s.from_filter]
+        if filtered and unfiltered:
+            them = ", ".join(unfiltered)
+            yield ("warning", path,
+                   f"account {account!r} ({email}): its outgoing servers at priority "
+                   f"{priority} mix from_filter ({', '.join(filtered)}) and none ({them}): "
+                   f"{them} {'sends' if len(unfiltered) == 1 else 'send'} as {email} too, "
+                   f"whenever {', '.join(filtered)} cannot; give {them} a from_filter or "
+                   "another priority, or set the account's server")
 
 
 def _user_checks(config: Config, data: dict[str, Any]) -> Iterator[Finding]:

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailsync.config import checks, schema
+from mailsync.config import checks, partial, schema
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
 from mailsync.config.yamlload import Document, parse
@@ -56,6 +56,8 @@ def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) ->
     if validate:
         problems += schema.validate(doc)
     if any(p.severity == "error" for p in problems) and not _buildable(problems, doc):
+        if validate and isinstance(doc.data, dict):
+            problems += _check_fitting_part(doc, base_dir, problems)
         return Loaded(file, text, None, tuple(sorted(problems)))
     if not isinstance(doc.data, dict):
         return Loaded(file, text, None, (Problem(file, 1, 1, "error", "(root)",
@@ -73,6 +75,22 @@ def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) ->
         problems += _place(doc, checks.check(config, doc.data))
     has_errors = any(p.severity == "error" for p in problems)
     return Loaded(file, text, None if has_errors else config, tuple(sorted(problems)))
+
+
+def _check_fitting_part(doc: Document, base_dir: Path, found: list[Problem]) -> list[Problem]:
+    """The semantic problems of the parts of the file that fit the schema (so that one run
+    reports a bad enum and, elsewhere, a dangling reference: every problem, with its line)."""
+    part = partial.fitting(doc.data, schema.errors)
+    if part is None:
+        return []
+    try:
+        config = build(part.data, base_dir, source=doc.file)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return []
+    findings = [(severity, part.original(path), message)
+                for severity, path, message in checks.check(config, part.data, part.removed)]
+    findings = [f for f in findings if not part.concerns_taken(f[1])]
+    return [p for p in _place(doc, findings) if p not in found]
 
 
 def _buildable(problems: list[Problem], doc: Document) -> bool:

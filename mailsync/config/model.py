@@ -7,6 +7,7 @@ directory, and secrets are :class:`Secret` references (never their values).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ class Daemon:
     retry: Retry = Retry()
     max_message_size: int = 25 << 20
     history_retention: timedelta = timedelta(days=90)
+    auto_reload: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,14 @@ class Config:
         return next((a for a in self.accounts if a.name == name), None)
 
     def activity_type(self, name: str) -> ActivityType | None:
-        return next((t for t in self.activity_types if t.name == name), None)
+        """The declared type of this display name; spelt as declared, or the same text in
+        another Unicode normalization (``Gọi`` typed with a combining dot below)."""
+        found = next((t for t in self.activity_types if t.name == name), None)
+        if found is None:
+            key = unicodedata.normalize("NFC", name)
+            found = next((t for t in self.activity_types
+                          if unicodedata.normalize("NFC", t.name) == key), None)
+        return found
 
 
 def _path(base: Path, value: str) -> Path:
@@ -340,6 +349,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         max_message_size=parse_size(dd["max_message_size"]) if "max_message_size" in dd
         else 25 << 20,
         history_retention=_dur(dd.get("history_retention"), timedelta(days=90)),
+        auto_reload=dd.get("auto_reload", True),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),

@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from mailsync.config import listen
 from mailsync.config.problems import Path, Problem, format_path
 from mailsync.config.yamlload import Document
 
@@ -43,7 +44,12 @@ def _validator() -> Any:
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    cls = jsonschema.validators.extend(base, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+    # A whole number is an int: YAML 1.2 reads `1e1` as the float 10.0, which JSON Schema
+    # would take for the integer 10 and hand to the model (a port of 10.0).
+    types = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    cls = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        base, {"pattern": _pattern}, type_checker=types)
     return cls(_inline(schema(), schema()["$defs"]), format_checker=base.FORMAT_CHECKER)
 
 
@@ -162,6 +168,9 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
     if kind == "type":
         expected = error.validator_value
         names = [expected] if isinstance(expected, str) else list(expected)
+        yaml11 = _yaml11_hint(doc, path, instance, names)
+        if yaml11 is not None:
+            return [at_value(yaml11)]
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
         got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
         return [at_value(f"expected {want}, got {got}")]
@@ -170,6 +179,10 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         return [at_value(f"{shown} is not allowed (allowed: {values})")]
     if kind == "const":
         return [at_value(f"{shown} is not allowed (allowed: {error.validator_value})")]
+    if kind == "pattern" and error.validator_value == schema()["$defs"]["listen"]["pattern"]:
+        why = listen.explain(instance) if isinstance(instance, str) else ""
+        return [at_value(f"{shown} is not a valid listen address"
+                         + (f": {why}" if why else "") + f" (allowed: {listen.ALLOWED})")]
     if kind == "pattern":
         what = (_pattern_descriptions().get(error.validator_value) or sub.get("description")
                 or f"a value matching {error.validator_value}")
@@ -181,6 +194,9 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         return [at_value(f"{shown} is out of range: must be {word} {error.validator_value}")]
     if kind in ("minLength", "minItems"):
         return [at_value("must not be empty")]
+    if kind == "maxLength" and isinstance(instance, str):
+        return [at_value(f"{shown} is too long: {len(instance)} characters "
+                         f"(at most {error.validator_value})")]
     if kind in ("minProperties", "maxProperties") and "env" in sub.get("properties", {}):
         return [at_value("a secret takes exactly one of: env, file, credential")]
     if kind == "anyOf":
@@ -190,11 +206,30 @@ def _problems_for(error: Any, doc: Document) -> list[Problem]:
         # Every branch failed on its type: say which types are allowed.
         wanted = [b.get("type") for b in error.validator_value if isinstance(b, dict)]
         types = [w for w in wanted if isinstance(w, str)]
+        yaml11 = _yaml11_hint(doc, path, instance, types)
+        if yaml11 is not None:
+            return [at_value(yaml11)]
         if types and len(types) == len(wanted):
             want = " or ".join(_TYPE_NAMES.get(w, w) for w in types)
             got = _TYPE_NAMES[_type_of(instance)] if secret else _describe(instance)
             return [at_value(f"expected {want}, got {got}")]
     return [at_value(error.message if not secret else "is not valid")]
+
+
+def _yaml11_hint(doc: Document, path: Path, instance: Any, wanted: list[str]) -> str | None:
+    """Why a plain ``no`` or ``1:30`` is a string where a boolean or a number is expected:
+    YAML 1.2 (editors, check-jsonschema, mailsync) is not YAML 1.1 (older PyYAML)."""
+    reading = doc.yaml11.get(path)
+    if reading is None or not isinstance(instance, str):
+        return None
+    kind, value = reading
+    if kind == "boolean" and "boolean" in wanted:
+        return f"{instance} is not a boolean: use true or false (YAML 1.2)"
+    if kind in ("integer", "number") and ("number" in wanted or
+                                          (kind == "integer" and "integer" in wanted)):
+        return (f"{instance} is not a number in YAML 1.2 (YAML 1.1 read it as {value!r}): "
+                f"write {value!r}")
+    return None
 
 
 def _best_branch(error: Any) -> Any:
@@ -209,6 +244,22 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if not re.match(r"^[A-Z]{2}", text) else text
 
 
+_RANK = {"minLength": 0, "maxLength": 0, "pattern": 1, "format": 1}
+
+
+def errors(data: Any) -> list[tuple[Path, str, tuple[str, ...]]]:
+    """Where ``data`` fails the schema: (path, keyword, unknown keys of additionalProperties),
+    for :mod:`mailsync.config.partial` to take those parts out."""
+    out = []
+    for error in _validator().iter_errors(data):
+        unknown: tuple[str, ...] = ()
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+            unknown = tuple(k for k in error.instance if k not in allowed)
+        out.append((tuple(error.absolute_path), str(error.validator), unknown))
+    return out
+
+
 def validate(doc: Document) -> list[Problem]:
     """All schema problems of ``doc``, each placed on its line, each said once."""
     if doc.data is None:
@@ -218,9 +269,10 @@ def validate(doc: Document) -> list[Problem]:
     problems: list[Problem] = []
     value_errors: set[str] = set()
     for error in sorted(_validator().iter_errors(doc.data),
-                        key=lambda e: (e.validator != "pattern", list(e.absolute_path))):
-        if error.validator in ("pattern", "format"):
-            # An address with no '@' fails both `format: email` and its pattern: one problem.
+                        key=lambda e: (_RANK.get(e.validator, 2), list(e.absolute_path))):
+        if error.validator in _RANK:
+            # An address with no '@' fails both `format: email` and its pattern, an empty
+            # display name both minLength and its pattern: one problem, the plainest.
             where = format_path(tuple(error.absolute_path))
             if where in value_errors:
                 continue

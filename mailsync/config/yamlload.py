@@ -1,9 +1,12 @@
-"""YAML with a position for every node, and duplicate keys refused.
+"""YAML with a position for every node, duplicate keys refused, YAML 1.2 core typing.
 
 PyYAML's constructors keep no positions and silently keep the last of two equal keys,
-so this module composes the node graph with libyaml (``CSafeLoader`` when available,
+so this module composes the node graph with libyaml (``CBaseLoader`` when available,
 about ten times faster than the pure-Python loader) and builds plain Python values
-itself, recording the line and column of every value and every mapping key.
+itself, recording the line and column of every value and every mapping key. Plain
+scalars are typed by the YAML 1.2 core schema (:mod:`mailsync.config.yaml12`), as editors
+and check-jsonschema read them; a plain string that YAML 1.1 would have read as a boolean
+or a number (``no``, ``1:30``) is noted, so the schema's error can say "use true or false".
 """
 
 from __future__ import annotations
@@ -12,29 +15,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from mailsync.config import yaml12
 from mailsync.config.problems import Path, Problem, format_path
 
 try:
     # The base loader's resolver tags every scalar as a string without running the
     # implicit-type regexes in Python for each node; _Builder resolves plain scalars itself
-    # (YAML 1.1 rules, as SafeLoader does), which halves the cost of resolving tags.
+    # (YAML 1.2 core rules, yaml12.Core12Resolver's table), which halves the cost of
+    # resolving tags.
     _Loader: type = yaml.CBaseLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.BaseLoader
 
-_IMPLICIT = yaml.resolver.Resolver.yaml_implicit_resolvers
+_IMPLICIT = yaml12.IMPLICIT
+# First characters of a plain scalar that is not simply a string in YAML 1.2 or in 1.1.
+_LOOK = frozenset(_IMPLICIT) | yaml12.YAML11_FIRST
 
 _STR = "tag:yaml.org,2002:str"
-_MERGE = "tag:yaml.org,2002:merge"
-_SIMPLE_TAGS = {
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-}
+_MERGE = yaml12.MERGE
+_SIMPLE_TAGS = {yaml12.INT, yaml12.FLOAT, yaml12.BOOL, yaml12.NULL}
 
 
 @dataclass
@@ -59,13 +60,18 @@ class Marks:
 
 @dataclass
 class Document:
-    """A parsed YAML file: its data, positions, and the problems met while reading it."""
+    """A parsed YAML file: its data, positions, and the problems met while reading it.
+
+    ``yaml11`` maps the path of each plain string that YAML 1.1 would have read as another
+    type to that reading: ``("boolean", False)`` for ``keep_on_server: no``.
+    """
 
     file: str
     text: str
     data: Any
     marks: Marks
     problems: list[Problem]
+    yaml11: dict[Path, tuple[str, Any]] = field(default_factory=dict)
 
 
 MAX_DEPTH = 64            # nesting deeper than any real config; Python recursion is safe
@@ -86,7 +92,7 @@ class _Builder:
         self.text = text
         self.marks = Marks()
         self.problems: list[Problem] = []
-        self._constructor = SafeConstructor()
+        self.yaml11: dict[Path, tuple[str, Any]] = {}
         # Aliases share one built value (built once, at the anchor); sizes count expansion.
         self._built: dict[int, tuple[Any, int]] = {}
         self._active: set[int] = set()
@@ -111,7 +117,7 @@ class _Builder:
             # The hot path (two thirds of all nodes): a plain or quoted string.
             self._values += 1
             value = node.value
-            if node.tag == _STR and (node.style or value[:1] not in _IMPLICIT):
+            if node.tag == _STR and (node.style or value[:1] not in _LOOK):
                 return value
             return self._scalar(node, path)
         key = id(node)
@@ -148,12 +154,15 @@ class _Builder:
     def _scalar(self, node: ScalarNode, path: Path) -> Any:
         tag = self._tag(node)
         if tag == _STR:
+            if not node.style and node.tag == _STR and node.value[:1] in yaml12.YAML11_FIRST:
+                reading = yaml12.yaml11_reading(node.value)
+                if reading is not None and not self._explicit(node):
+                    self.yaml11[path] = reading
             return node.value
         if tag in _SIMPLE_TAGS:
-            node.tag = tag
             try:
-                return self._constructor.construct_object(node)
-            except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):
+                return yaml12.construct(tag, node.value)
+            except ValueError:
                 kind = tag.rpartition(":")[2]
                 self.error(node, path, f"{node.value!r} is not a valid {kind} "
                                        f"(explicit tag !!{kind})")
@@ -174,7 +183,7 @@ class _Builder:
         return False
 
     def _tag(self, node: ScalarNode) -> str:
-        """The tag of a scalar: explicit, or by YAML 1.1 implicit rules when plain."""
+        """The tag of a scalar: explicit, or by YAML 1.2 core implicit rules when plain."""
         if node.style or node.tag != _STR:  # plain scalars have no style (None or "")
             return str(node.tag)
         value = node.value
@@ -269,4 +278,4 @@ def parse(text: str, file: str) -> Document:
     except _Refused as exc:
         builder.error(exc.node, exc.path, exc.message)
         return Document(file, text, None, builder.marks, builder.problems)
-    return Document(file, text, data, builder.marks, builder.problems)
+    return Document(file, text, data, builder.marks, builder.problems, builder.yaml11)
