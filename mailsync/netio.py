@@ -106,9 +106,13 @@ class Deadline:
     left (None when stopped) and raises :class:`DeadlineExceeded` once nothing is.
     ``rate`` (bytes/s, 0: none): each byte received adds ``1/rate`` s, so a long answer
     that keeps coming at that rate (a big FETCH or RETR) is not cut.
+
+    Once a command ran out of time, the connection is out of step (its answer may still
+    be coming): every later ``start`` raises the same error, so a QUIT or LOGOUT on the
+    way out does not wait a deadline of its own.
     """
 
-    __slots__ = ("timeout", "rate", "what", "budget", "_at")
+    __slots__ = ("timeout", "rate", "what", "budget", "_at", "_expired")
 
     def __init__(self, timeout: float, *, rate: float = 0.0) -> None:
         self.timeout = timeout
@@ -116,9 +120,12 @@ class Deadline:
         self.what = "connect"
         self.budget = timeout
         self._at: float | None = None
+        self._expired = False
 
     def start(self, what: str, budget: float | None = None) -> None:
         """Begin the budget of command ``what`` (named in the error): from now on."""
+        if self._expired:
+            raise DeadlineExceeded(self.what, self.budget)
         self.what = what
         self.budget = self.timeout if budget is None else budget
         self._at = time.monotonic() + self.budget
@@ -144,7 +151,8 @@ class Deadline:
             self.budget += extra
 
     def exceeded(self, *, sending: bool = False) -> DeadlineExceeded:
-        """The error for the command in progress."""
+        """The error for the command in progress, which ran out of time."""
+        self._expired = True
         return DeadlineExceeded(self.what, self.budget, sending=sending)
 
     def sendall(self, sock: socket.socket, data: bytes) -> None:
