@@ -58,8 +58,9 @@ def serve(handler: Handler) -> Iterator[int]:
 
 
 def smtp(step: str, *, pipelining: bool = False) -> Handler:
-    """An SMTP server that drips its answer at ``step``: greeting, ehlo, mail, rcpt, data
-    (the 354) or end (the reply after the message content)."""
+    """An SMTP server that drips its answer at ``step``: greeting, ehlo, auth (the first
+    answer to AUTH LOGIN), mail, rcpt, data (the 354) or end (the reply after the
+    message content)."""
 
     def handle(conn: socket.socket, reader: BinaryIO) -> None:
         def answer(at: str, reply: bytes) -> None:
@@ -73,7 +74,10 @@ def smtp(step: str, *, pipelining: bool = False) -> Handler:
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 extra = b"PIPELINING" if pipelining else b"8BITMIME"
-                answer("ehlo", b"250-slow\r\n250-SIZE 100000000\r\n250 " + extra + b"\r\n")
+                answer("ehlo", b"250-slow\r\n250-SIZE 100000000\r\n250-AUTH LOGIN\r\n250 "
+                       + extra + b"\r\n")
+            elif verb == b"AUTH":
+                answer("auth", b"334 VXNlcm5hbWU6\r\n")
             elif verb == b"MAIL":
                 answer("mail", b"250 2.1.0 ok\r\n")
             elif verb == b"RCPT":

@@ -51,7 +51,7 @@ def test_a_dripped_answer_fails_the_poll_as_a_timeout_within_the_deadline(
         took = time.monotonic() - started
     assert not result.ok and result.kind == "timeout", result
     assert result.error == f"slow (127.0.0.1:{port}): {command}: no complete reply within 1s"
-    assert 0.9 < took < 2.0, f"the poll took {took:.1f}s"
+    assert 0.9 < took < 2.5, f"the poll took {took:.1f}s"
 
 
 def test_a_message_streaming_longer_than_the_timeout_is_still_fetched(rig, tmp_path):
