@@ -193,7 +193,7 @@ def test_no_greeting_times_out():
         with pytest.raises(ConnectError) as caught:
             open_session(server, None)
     assert caught.value.kind == "timeout"
-    assert "timed out after 0.3s" in str(caught.value)
+    assert "greeting: no complete reply within 0.3s" in str(caught.value)
 
 
 def test_unknown_host(monkeypatch):

@@ -34,7 +34,7 @@ from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.inbound import oauth2
+from mailsync.inbound import oauth2, wire
 from mailsync.inbound.message import message_id_of
 from mailsync.inbound.source import (
     BATCH,
@@ -115,9 +115,8 @@ class ImapSource:
         phase = "connect"
         error: ConnectError | None = None
         try:
-            client = imapclient.IMAPClient(server.host, server.port,
-                                           ssl=server.security == "ssl", ssl_context=tls,
-                                           timeout=timeout)
+            client = wire.Client(server.host, server.port, ssl=server.security == "ssl",
+                                 ssl_context=tls, timeout=timeout)
             if server.security == "starttls":
                 phase = "starttls"
                 if not client.has_capability("STARTTLS"):

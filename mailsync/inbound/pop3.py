@@ -22,7 +22,7 @@ from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.inbound import oauth2
+from mailsync.inbound import oauth2, wire
 from mailsync.inbound.source import (
     BATCH,
     WIRE_ERRORS,
@@ -97,11 +97,11 @@ class _LongLines:
                 return bytes(data[:start])
 
 
-class _POP3(_LongLines, poplib.POP3):
+class _POP3(_LongLines, wire.Pop3):
     pass
 
 
-class _POP3_SSL(_LongLines, poplib.POP3_SSL):
+class _POP3_SSL(_LongLines, wire.Pop3SSL):
     pass
 
 

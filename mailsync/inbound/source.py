@@ -25,7 +25,7 @@ from typing import Protocol
 
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.netio import GMAIL_HINT, fallback_error, network_error
+from mailsync.netio import GMAIL_HINT, DeadlineExceeded, fallback_error, network_error
 
 BATCH = 500  # messages fetched per round trip and committed per transaction
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
@@ -133,6 +133,8 @@ def translate(exc: BaseException, server: IncomingServer, phase: str) -> Connect
     phase: ``connect``, ``starttls``, ``auth``, ``folder`` or ``fetch``.
     """
     where = describe(server)
+    if isinstance(exc.__context__, DeadlineExceeded):
+        exc = exc.__context__  # imaplib words a write past its deadline as a socket error
     common = network_error(exc, where, server.timeout.total_seconds(),
                            connecting=phase == "connect", transferring=phase == "fetch")
     if common is not None:

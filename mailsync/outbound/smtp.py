@@ -5,6 +5,13 @@ here into :class:`mailsync.errors.ConnectError` with a ``kind`` and a message th
 the server and the reason in plain words. A transaction keeps each recipient's reply, as
 Postfix does (DESIGN.md §3): 2xx sent, 4xx deferred, 5xx failed.
 
+Deadlines (mailsync.netio.Deadline): every command's reply (the greeting, EHLO, STARTTLS,
+AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT) must be complete within the server's
+``timeout``, however the server spreads its bytes; the message content may take
+``timeout`` plus its size at :data:`~mailsync.netio.MIN_RATE` (64 KiB/s) to be sent and
+answered. A command past its deadline raises ConnectError(kind="timeout"), e.g.
+``RCPT: no complete reply within 30s``.
+
 Secrets: the password is passed to ``smtplib.login`` and nowhere else. It is not stored
 on the session, and translated errors are raised outside the ``except`` block so that
 no library exception (which might hold it, e.g. a ``UnicodeEncodeError``) stays
@@ -16,15 +23,30 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
-from mailsync.netio import GMAIL_HINT, fallback_error, network_error, scrubbed, tls_context
+from mailsync.netio import (
+    GMAIL_HINT,
+    MIN_RATE,
+    Deadline,
+    DeadlineExceeded,
+    fallback_error,
+    network_error,
+    reader,
+    scrubbed,
+    tls_context,
+)
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
 _DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
@@ -35,6 +57,10 @@ _WIRE_ERRORS = (OSError, UnicodeError)
 # lines (``220-...``) for as long as the server sends them, into memory.
 MAX_REPLY = 64 * 1024
 _MAXLINE = 8192  # smtplib's limit of one reply line
+# Commands a deadline is named after; any other line (an AUTH continuation, which holds
+# credentials) goes on under the name of the command it continues.
+_VERBS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET",
+                    "NOOP", "QUIT", "VRFY", "EXPN", "HELP"})
 
 
 class ReplyTooLong(OSError):
@@ -42,17 +68,53 @@ class ReplyTooLong(OSError):
 
 
 class _Bounded(smtplib.SMTP):
-    """smtplib.SMTP whose replies are bounded by MAX_REPLY.
+    """smtplib.SMTP whose replies are bounded by MAX_REPLY, and its commands by deadlines.
 
     ``getreply`` is smtplib's own (Python 3.11), with the reply's size counted: one
-    addition per line on the hot path, no wrapper around the socket file.
+    addition per line on the hot path. Its socket file reads through
+    :func:`mailsync.netio.reader`, which gives each read the time left to the command in
+    progress (``putcmd`` starts each command's deadline, :meth:`expect` one for a reply
+    whose command went out pipelined): one ``settimeout`` per read and per write.
     """
+
+    deadline: Deadline
+
+    def connect(self, host: str = "localhost", port: int = 0,
+                source_address: Any = None) -> tuple[int, bytes]:
+        """Connect and read the greeting, both within ``timeout``."""
+        self.deadline = Deadline(self.timeout)
+        self.deadline.start("greeting")
+        return super().connect(host, port, source_address)
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        verb = cmd.partition(" ")[0].upper()
+        self.deadline.start(verb if verb in _VERBS else self.deadline.what)
+        super().putcmd(cmd, args)
+
+    def expect(self, what: str, budget: float | None = None) -> None:
+        """Start the deadline of the next reply (or data): ``timeout`` unless given."""
+        self.deadline.start(what, budget)
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        """smtplib's send, within the deadline of the command in progress."""
+        if not self.sock:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        data = s.encode(self.command_encoding) if isinstance(s, str) else bytes(s)
+        sys.audit("smtplib.send", self, data)
+        try:
+            self.deadline.sendall(self.sock, data)
+        except DeadlineExceeded:
+            self.close()
+            raise
+        except OSError:
+            self.close()
+            raise smtplib.SMTPServerDisconnected("Server not connected") from None
 
     def getreply(self) -> tuple[int, bytes]:
         resp: list[bytes] = []
         if self.file is None:
             assert self.sock is not None
-            self.file = self.sock.makefile("rb")
+            self.file = reader(self.sock, self.deadline)
         size = 0
         while True:
             try:
@@ -105,7 +167,7 @@ def open_session(
         raise ConnectError(f"{where}: no host name is configured", "dns")
     timeout = server.timeout.total_seconds()
     tls = None if server.security == "none" else (context or tls_context(server.tls_verify))
-    smtp: smtplib.SMTP | None = None
+    smtp: _Bounded | None = None
     phase = "connect"
     error: ConnectError | None = None
     mechanism: str | None = None  # an OAuth2 login's SASL mechanism
@@ -204,7 +266,7 @@ class SmtpSession:
     ``broken`` says the connection is unusable and must be closed, not reused.
     """
 
-    def __init__(self, smtp: smtplib.SMTP, server: OutgoingServer) -> None:
+    def __init__(self, smtp: _Bounded, server: OutgoingServer) -> None:
         self._smtp = smtp
         self._server = server
         self._where = describe(server)
@@ -335,9 +397,15 @@ class SmtpSession:
         if smtp.has_extn("pipelining"):
             # RFC 2920: MAIL, every RCPT and DATA in one write, then read their replies:
             # two round trips per message instead of three plus one per recipient.
+            # Each reply has its own deadline, named after its command.
+            smtp.expect("MAIL")
             smtp.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
             mail_reply = smtp.getreply()
-            rcpt_replies = [smtp.getreply() for _ in recipients]
+            rcpt_replies = []
+            for _ in recipients:
+                smtp.expect("RCPT")
+                rcpt_replies.append(smtp.getreply())
+            smtp.expect("DATA")
             data_reply: tuple[int, bytes] | None = smtp.getreply()
         else:
             smtp.putcmd(mail_cmd)
@@ -392,6 +460,8 @@ class SmtpSession:
             body = _DOT.sub(b"..", data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
+            # Sent and answered within timeout plus the content's time at MIN_RATE.
+            smtp.expect("message content", smtp.timeout + len(body) / MIN_RATE)
             smtp.send(body + b".\r\n")
             code, reply = smtp.getreply()
         status: RecipientStatus = "sent" if _ok(code) else _status(code)
@@ -404,6 +474,7 @@ class SmtpSession:
     def _end_pipelined(self, data_reply: tuple[int, bytes] | None) -> None:
         """A pipelined DATA the server accepted although nobody can receive: send nothing."""
         if data_reply is not None and data_reply[0] == 354:
+            self._smtp.expect("message content")
             self._smtp.send(b".\r\n")  # an empty message, refused or discarded below
             self._smtp.getreply()
 
