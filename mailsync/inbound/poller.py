@@ -58,11 +58,11 @@ _DUPLICATE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
 BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
 BACKOFF_MAX = 300.0  # ...doubling up to the larger of this and its poll_interval
 _SKIP_WORDS = {
-    "too_large": "is larger than max_message_size",
-    "oversized_literal": "was sent larger than max_message_size (whatever size the server "
-                         "declared; the connection was dropped)",
-    "oversized_retr": "was sent larger than max_message_size (whatever size the server "
-                      "declared; the connection was dropped)",
+    "too_large": "is larger than max_message_size ({cap} bytes)",
+    "oversized_literal": "was sent larger than max_message_size ({cap} bytes), whatever size "
+                         "the server declared (the connection was dropped)",
+    "oversized_retr": "was sent larger than max_message_size ({cap} bytes), whatever size "
+                      "the server declared (the connection was dropped)",
 }
 
 
@@ -388,10 +388,10 @@ class Poller:
     def _skipped(self, skipped: Skipped) -> None:
         """Log and count a message skipped at its source (recorded: never tried again)."""
         self.metrics.mailbox_skipped.labels(self.server.name, skipped.reason).inc()
-        log.warning("%s: message %s (%d bytes) %s (%d bytes): skipped, left on the server "
-                    "and not tried again", self.server.name, skipped.key, skipped.size,
-                    _SKIP_WORDS.get(skipped.reason, skipped.reason),
-                    self.server.max_message_size)
+        words = _SKIP_WORDS.get(skipped.reason, skipped.reason)
+        log.warning("%s: message %s (%d bytes) %s: skipped, left on the server and not "
+                    "tried again", self.server.name, skipped.key, skipped.size,
+                    words.format(cap=self.server.max_message_size))
 
     def _refused(self, fid: int, verdict: Verdict) -> None:
         """Log and count a message naming a VERP address that is not taken as a bounce."""
