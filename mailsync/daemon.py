@@ -143,6 +143,8 @@ class _Mailbox:
         self.thread.start()
 
     def _run(self) -> None:
+        from mailsync.inbound.poller import retry_delay
+
         if self._previous is not None:
             # The session of the replaced poller is closed before this one polls.
             self._previous.thread.join()
@@ -155,8 +157,8 @@ class _Mailbox:
                     break
                 if result.ok:
                     self.poller.wait_for_news(interval, self.stop)
-                else:
-                    self.stop.wait(interval)
+                else:  # probed on a backoff: 1 s, 2 s, 4 s, ... (a dead server, not a loop)
+                    self.stop.wait(retry_delay(self.poller.failures, interval))
         except Exception:  # noqa: BLE001 - never silently: logged, and the daemon unhealthy
             log.exception("%s: the poller stopped on an unexpected error", self.server.name)
             self._daemon.failed_threads.add(self.thread.name)

@@ -18,6 +18,9 @@ FAIL_REASONS = ("permanent", "expired")
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
 OAUTH2_RESULTS = ("success", "failure")
 BOUNCE_REFUSED = ("unsigned", "bad_signature", "not_a_bounce")  # bounces.Verdict.refused
+# inbound.source.Skipped.reason, by incoming server type
+SKIP_REASONS = {"imap": ("too_large", "oversized_literal"),
+                "pop": ("too_large", "oversized_retr"), "local": ("too_large",)}
 
 
 class Metrics:
@@ -76,6 +79,11 @@ class Metrics:
         self.mailbox_fetched = Counter(
             "mailsync_mailbox_messages_fetched", "Messages fetched and stored.", ["server"],
             registry=r)
+        self.mailbox_skipped = Counter(
+            "mailsync_mailbox_messages_skipped",
+            "Messages not fetched and never tried again, by reason (too_large: declared over "
+            "max_message_size; oversized_literal, oversized_retr: the server sent more).",
+            ["server", "reason"], registry=r)
         self.mailbox_poll_interval = Gauge(
             "mailsync_mailbox_poll_interval_seconds",
             "The configured poll_interval (IMAP IDLE also polls at least this often).",
@@ -137,3 +145,5 @@ class Metrics:
                 self.mailbox_polls.labels(inc.name, result)
             for reason in BOUNCE_REFUSED:
                 self.bounces_refused.labels(inc.name, reason)
+            for reason in SKIP_REASONS[inc.type]:
+                self.mailbox_skipped.labels(inc.name, reason)

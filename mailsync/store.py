@@ -73,6 +73,9 @@ MIGRATIONS: list[str] = [
     """,
     # 7: each message's VERP signature, made when it is queued (mailsync/outbound/verp.py).
     outbound_tables.VERP_MIGRATION,
+    # 8: inbound messages skipped at their source (too large, or a server sending more than
+    # it declared), never tried again (mailsync/inbound/tables.py).
+    inbound_tables.SKIPPED_MIGRATION,
 ]
 
 

@@ -146,6 +146,8 @@ def pop3(step: str, *, message: bytes = b"Subject: x\r\n\r\nx\r\n",
                 answer("pass", b"+OK logged in\r\n")
             elif verb == b"UIDL":
                 answer("uidl", b"+OK\r\n1 m1\r\n.\r\n")
+            elif verb == b"LIST":  # the sizes, asked before RETR (max_message_size)
+                conn.sendall(b"+OK\r\n1 %d\r\n.\r\n" % len(message))
             elif verb == b"RETR":
                 conn.sendall(b"+OK\r\n")
                 data = message + b".\r\n"

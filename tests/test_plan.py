@@ -628,6 +628,15 @@ def edits(draw, old: dict[str, Any]):
             objects.append(draw(_object(section, name)))
             expected[("+", section, name)] = set()
         new[section] = objects
+    # Incoming servers take daemon.max_message_size as their own max_message_size: a change
+    # of it changes each incoming server kept (their pollers restart with the new cap).
+    if (new["daemon"].get("max_message_size", "25MiB")
+            != old["daemon"].get("max_message_size", "25MiB")):
+        kept = {o["name"] for o in old["incoming_servers"]}
+        for obj in new["incoming_servers"]:
+            if obj["name"] in kept:
+                expected.setdefault(("~", "incoming_servers", obj["name"]), set()).add(
+                    "max_message_size")
     return new, expected
 
 

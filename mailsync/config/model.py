@@ -119,6 +119,7 @@ class IncomingServer:
     timeout: timedelta = timedelta(seconds=30)
     activity: ActivityRule | None = None
     deliver_to: Path | None = None
+    max_message_size: int = 25 << 20  # larger messages are skipped, never fetched
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
     )
 
 
-def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
+def _incoming(d: dict[str, Any], base: Path, max_size: int) -> IncomingServer:
+    """One incoming server; ``max_size``: daemon.max_message_size, its default cap."""
     kind: IncomingType = d["type"]
     host = port = security = None
     if kind != "local":
@@ -296,6 +298,8 @@ def _incoming(d: dict[str, Any], base: Path) -> IncomingServer:
         timeout=_dur(d.get("timeout"), timedelta(seconds=30)),
         activity=ActivityRule(act["type"], act.get("user")) if act else None,
         deliver_to=_path(base, deliver["maildir"]) if deliver else None,
+        max_message_size=parse_size(d["max_message_size"]) if "max_message_size" in d
+        else max_size,
     )
 
 
@@ -362,7 +366,8 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
                        for u in data.get("users", ()) if isinstance(u, dict) and "unix_users" in u),
         outgoing_servers=tuple(_outgoing(d, d["name"], base_dir)
                                for d in data.get("outgoing_servers", ())),
-        incoming_servers=tuple(_incoming(d, base_dir) for d in data.get("incoming_servers", ())),
+        incoming_servers=tuple(_incoming(d, base_dir, daemon.max_message_size)
+                               for d in data.get("incoming_servers", ())),
         accounts=tuple(_account(d, base_dir) for d in data.get("accounts", ())),
         activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
         version=data.get("version", 1),

@@ -34,15 +34,19 @@ from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.inbound import oauth2, wire
+from mailsync.inbound import oauth2
+from mailsync.inbound.imapwire import Client
 from mailsync.inbound.message import message_id_of
 from mailsync.inbound.source import (
     BATCH,
+    BATCH_BYTES,
     WIRE_ERRORS,
     Batch,
     Cursor,
     Incoming,
     Known,
+    Skipped,
+    by_bytes,
     describe,
     server_text,
     translate,
@@ -63,7 +67,8 @@ class ImapSource:
 
     def __init__(self, server: IncomingServer, *, password: Callable[[], str | None],
                  context: ssl.SSLContext | None = None, batch: int = BATCH,
-                 idle_renew: float = IDLE_RENEW, tokens: TokenSource | None = None) -> None:
+                 batch_bytes: int = BATCH_BYTES, idle_renew: float = IDLE_RENEW,
+                 tokens: TokenSource | None = None) -> None:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None  # reconnect then: the token is about to expire
@@ -72,6 +77,9 @@ class ImapSource:
         self._password = password
         self._context = context
         self._batch = batch
+        self._batch_bytes = batch_bytes
+        self._seqs: dict[int, int] = {}  # sequence number -> UID, of the last size FETCH
+        self._one_by_one = False  # a server sent too much for a message it did not name
         self._idle_renew = idle_renew
         self._client: Any = None
         self._uidplus = False
@@ -115,8 +123,10 @@ class ImapSource:
         phase = "connect"
         error: ConnectError | None = None
         try:
-            client = wire.Client(server.host, server.port, ssl=server.security == "ssl",
-                                 ssl_context=tls, timeout=timeout)
+            cap = server.max_message_size
+            client = Client(server.host, server.port, ssl=server.security == "ssl",
+                            ssl_context=tls, timeout=timeout,
+                            limits=(cap, self._batch_bytes + cap))
             if server.security == "starttls":
                 phase = "starttls"
                 if not client.has_capability("STARTTLS"):
@@ -219,12 +229,15 @@ class ImapSource:
         last = cursor.last_uid
         if not self.server.keep_on_server and last > 0 and int(info.get(b"EXISTS", 0)):
             # Stored by an earlier poll, but the deletion did not happen (a crash).
-            left = [u for u in self._search(f"1:{last}") if u <= last]
+            never = known.skipped()  # never stored: never deleted either
+            left = [u for u in self._search(f"1:{last}")
+                    if u <= last and f"{uidvalidity}/{u}" not in never]
             if left:
                 yield Batch(done=self._keys(uidvalidity, left))
         if uidnext is not None and int(uidnext) <= last + 1:
             return
         new = [u for u in self._search(f"{last + 1}:*") if u > last]
+        skipped: set[str] = known.skipped() if new else set()
         for start in range(0, len(new), self._batch):
             chunk = new[start:start + self._batch]
             skip = self._recognised(chunk, cursor, known)
@@ -232,14 +245,33 @@ class ImapSource:
             # already (the folder went back to an earlier UIDVALIDITY, or another poll
             # stored it) is not stored again, which the store would refuse at every poll.
             skip.update(self._stored(uidvalidity, [u for u in chunk if u not in skip], known))
-            wanted = [u for u in chunk if u not in skip]
-            bodies = self._fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
-            # A UID missing from the answer was expunged meanwhile: nothing to store.
-            messages = tuple(Incoming(f"{uidvalidity}/{u}", bytes(bodies[u][b"BODY[]"] or b""))
-                             for u in wanted if b"BODY[]" in bodies.get(u, {}))
-            cursor = Cursor(uidvalidity, chunk[-1], cursor.changes, cursor.recognise_below)
-            yield Batch(messages=messages, done=self._keys(uidvalidity, chunk), cursor=cursor,
-                        recognised=len(skip))
+            passed: set[int] = {u for u in chunk if f"{uidvalidity}/{u}" in skipped}
+            wanted = [u for u in chunk if u not in skip and u not in passed]
+            sizes = self._sizes(wanted)  # a UID missing was expunged meanwhile
+            cap = self.server.max_message_size
+            large = {u for u in wanted if sizes.get(u, 0) > cap}
+            fetch = [(u, sizes[u]) for u in wanted if u in sizes and u not in large]
+            groups = by_bytes(fetch, self._batch, self._batch_bytes)
+            ends = [g[-1] for g in groups[:-1]] + [chunk[-1]]
+            low = 0
+            for group, end in zip(groups or [[]], ends, strict=True):
+                part = [u for u in chunk if low < u <= end]
+                low = end
+                bodies, lied = self._bodies(uidvalidity, group, sizes)
+                messages = tuple(
+                    Incoming(f"{uidvalidity}/{u}", bytes(bodies[u][b"BODY[]"] or b""))
+                    for u in group if b"BODY[]" in bodies.get(u, {}))
+                over = tuple(Skipped(f"{uidvalidity}/{u}", "too_large", sizes[u])
+                             for u in part if u in large)
+                if lied is not None:  # the connection was dropped: this batch ends the poll
+                    yield Batch(messages=messages, skipped=(*over, lied),
+                                done=tuple(m.key for m in messages))
+                    return
+                cursor = Cursor(uidvalidity, end, cursor.changes, cursor.recognise_below)
+                yield Batch(messages=messages, cursor=cursor, skipped=over,
+                            done=self._keys(uidvalidity, [u for u in part if u not in large
+                                                          and u not in passed]),
+                            recognised=len(skip.intersection(part)))
 
     def _recognised(self, uids: list[int], cursor: Cursor, known: Known) -> set[int]:
         """After a UIDVALIDITY change: the UIDs whose Message-ID and size are stored."""
@@ -264,8 +296,8 @@ class ImapSource:
 
     def acknowledge(self, batch: Batch) -> None:
         """keep_on_server false: flag the batch \\Deleted and expunge it (UIDPLUS) now."""
-        if self.server.keep_on_server or not batch.done:
-            return
+        if self.server.keep_on_server or not batch.done or self._client is None:
+            return  # (no session: dropped after a server sent too much; the next poll)
         uids = [int(k.rpartition("/")[2]) for k in batch.done]
         self._call("fetch", self._client.add_flags, uids, [imapclient.DELETED], silent=True)
         if self._uidplus:
@@ -326,6 +358,7 @@ class ImapSource:
                              1.0 if stop is not None else remaining)
                 if not selector.select(max(slice_, 0.0)):
                     continue
+                self._client.wire.new_reply()  # IDLE lasts: bound each read, not all
                 responses = self._call("fetch", self._client.idle_check, 0)
                 if not responses:  # readable, yet nothing to read: the server hung up
                     self.close()
@@ -357,6 +390,63 @@ class ImapSource:
                         "UID SEARCH answer; each is fetched once", self._where, self.folder,
                         len(found) - len(uids))
         return uids
+
+    def _sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each of ``uids`` (one FETCH), checked before a body is asked
+        for; the sequence numbers come with it, to name a message the server lies about."""
+        self._seqs = {}
+        if not uids:
+            return {}
+        sizes: dict[int, int] = {}
+        for uid, item in self._fetch(uids, ["RFC822.SIZE"]).items():
+            # A server that leaves the size out: 0, fetched (the literal's bound holds).
+            sizes[uid] = int(item.get(b"RFC822.SIZE") or 0)
+            if b"SEQ" in item:
+                self._seqs[int(item[b"SEQ"])] = uid
+        return sizes
+
+    def _bodies(self, uidvalidity: int, uids: Sequence[int], sizes: dict[int, int],
+                ) -> tuple[dict[int, dict[bytes, Any]], Skipped | None]:
+        """The bodies of ``uids`` (one FETCH), and the message the server sent more than
+        max_message_size for, if it did (the connection is then dropped; the caller
+        yields what is known and ends the poll). ConnectError when that message cannot
+        be named (and the next poll fetches one message per FETCH to find it)."""
+        if not uids:
+            return {}, None
+        client = self._client
+        items = ["BODY.PEEK[]"]
+        if self._one_by_one and len(uids) > 1:
+            bodies: dict[int, dict[bytes, Any]] = {}
+            for one in uids:
+                more, lied = self._bodies(uidvalidity, [one], sizes)
+                bodies.update(more)
+                if lied is not None:
+                    return bodies, lied
+            return bodies, None
+        error: ConnectError | None = None
+        try:
+            data: dict[int, dict[bytes, Any]] = client.fetch(list(uids), items)
+            return data, None
+        except WIRE_ERRORS as exc:
+            error = translate(exc, self.server, "fetch")
+        over = client.wire.oversized
+        self.close()
+        if over is None:
+            raise error
+        size, seq, named = over
+        uid: int | None = named
+        if uid is None and seq is not None:
+            uid = self._seqs.get(seq)
+        if uid is None and len(uids) == 1:
+            uid = uids[0]
+        if uid is None or uid not in uids:
+            self._one_by_one = True
+            raise ConnectError(f"{self._where}: the server sent {size} bytes for one "
+                               f"message, more than max_message_size "
+                               f"({self.server.max_message_size}); the next poll fetches "
+                               "one message at a time to find which", "protocol")
+        self._one_by_one = False
+        return {}, Skipped(f"{uidvalidity}/{uid}", "oversized_literal", size)
 
     def _fetch(self, uids: Sequence[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         data: dict[int, dict[bytes, Any]] = self._call("fetch", self._client.fetch,

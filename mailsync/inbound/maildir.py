@@ -3,7 +3,8 @@
 Local source: messages in ``new/`` are taken (key = the file's base name, before any
 ``:2,`` flags) and, once committed, moved to ``cur/`` (or removed when
 ``keep_on_server`` is false). A crash between the commit and the move leaves a stored
-file in ``new/``; the next poll recognises its name and only moves it.
+file in ``new/``; the next poll recognises its name and only moves it. A file larger
+than ``max_message_size`` is skipped (recorded, never read again) and stays in ``new/``.
 
 deliver_to: each fetched message is also written to a Maildir, before the commit, under
 a name derived from (server, key) alone. If the process dies after the rename into
@@ -27,7 +28,16 @@ from typing import cast
 from mailsync import files
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.inbound.source import BATCH, Batch, Cursor, Incoming, Known, describe
+from mailsync.inbound.source import (
+    BATCH,
+    BATCH_BYTES,
+    Batch,
+    Cursor,
+    Incoming,
+    Known,
+    Skipped,
+    describe,
+)
 
 
 def base_name(file_name: str) -> str:
@@ -40,10 +50,12 @@ class LocalSource:
 
     supports_idle = False
 
-    def __init__(self, server: IncomingServer, *, batch: int = BATCH) -> None:
+    def __init__(self, server: IncomingServer, *, batch: int = BATCH,
+                 batch_bytes: int = BATCH_BYTES) -> None:
         self.server = server
         self.folder = ""
         self._batch = batch
+        self._batch_bytes = batch_bytes
         self._path = Path(server.path or ".")
         self._names: dict[str, str] = {}
 
@@ -68,17 +80,39 @@ class LocalSource:
         stored = known.keys(list(self._names))
         if stored:
             yield Batch(done=tuple(k for k in self._names if k in stored))
-        new = sorted(k for k in self._names if k not in stored)
-        for start in range(0, len(new), self._batch):
-            chunk = new[start:start + self._batch]
-            messages = []
-            for key in chunk:
-                try:
-                    raw = (self._path / "new" / self._names[key]).read_bytes()
-                except FileNotFoundError:
-                    continue  # taken by another reader meanwhile
+        skipped = known.skipped() if len(stored) < len(self._names) else set()
+        new = sorted(k for k in self._names if k not in stored and k not in skipped)
+        messages: list[Incoming] = []
+        over: list[Skipped] = []
+        total = 0
+        for key in new:
+            raw = self._read(key, over)
+            if raw is not None:
                 messages.append(Incoming(key, raw))
-            yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages))
+                total += len(raw)
+            if len(messages) >= self._batch or total >= self._batch_bytes:
+                yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages),
+                            skipped=tuple(over))
+                messages, over, total = [], [], 0
+        if messages or over:
+            yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages),
+                        skipped=tuple(over))
+
+    def _read(self, key: str, over: list[Skipped]) -> bytes | None:
+        """The file of ``key`` in new/; None when it is gone (taken by another reader
+        meanwhile) or larger than max_message_size (then added to ``over``; it stays in
+        new/). Never more than the cap + 1 bytes are read, even from a growing file."""
+        cap = self.server.max_message_size
+        try:
+            with open(self._path / "new" / self._names[key], "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                raw = f.read(cap + 1) if size <= cap else b""
+        except FileNotFoundError:
+            return None
+        if size > cap or len(raw) > cap:
+            over.append(Skipped(key, "too_large", max(size, len(raw))))
+            return None
+        return raw
 
     def acknowledge(self, batch: Batch) -> None:
         """Move committed files to cur/ (or delete them when not kept)."""

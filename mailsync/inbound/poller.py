@@ -15,6 +15,12 @@ A long-running daemon keeps one Poller per server in its own thread::
 
 ``wait_for_news`` returns as soon as an IMAP server with IDLE reports new mail, and
 otherwise sleeps the poll interval (or until ``stop`` is set).
+
+A server that cannot be reached is marked down once (one WARNING), then probed after
+:func:`retry_delay` (1 s, 2 s, 4 s, ... up to the larger of ``poll_interval`` and 5
+minutes) with its failures logged at DEBUG, and said to be back up once (one INFO).
+Messages skipped at their source (over ``max_message_size``) are recorded with the batch
+they were met in, logged once and counted, and never tried again.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from mailsync.inbound.imap import ImapSource
 from mailsync.inbound.maildir import LocalSource, MaildirWriter
 from mailsync.inbound.message import parse_headers, summarize
 from mailsync.inbound.pop3 import Pop3Source
-from mailsync.inbound.source import Batch, Incoming, Source, describe
+from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
 from mailsync.metrics import Metrics
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
@@ -49,6 +55,24 @@ OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None
 
 
 _DUPLICATE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
+BACKOFF_MAX = 300.0  # ...doubling up to the larger of this and its poll_interval
+_SKIP_WORDS = {
+    "too_large": "is larger than max_message_size ({cap} bytes)",
+    "oversized_literal": "was sent larger than max_message_size ({cap} bytes), whatever size "
+                         "the server declared (the connection was dropped)",
+    "oversized_retr": "was sent larger than max_message_size ({cap} bytes), whatever size "
+                      "the server declared (the connection was dropped)",
+}
+
+
+def retry_delay(failures: int, poll_interval: float) -> float:
+    """Seconds to wait before polling again after ``failures`` failed polls in a row:
+    1 s, 2 s, 4 s, ... doubling up to the larger of ``poll_interval`` and 5 minutes.
+    A dead mailbox is then probed a few times a minute at first and every 5 minutes (or
+    every poll_interval when longer) after that, not in a loop."""
+    cap = max(poll_interval, BACKOFF_MAX)
+    return float(min(cap, BACKOFF_FIRST * 2 ** min(max(failures, 1) - 1, 30)))
 
 
 class StoreRefused(StoreError):
@@ -102,13 +126,15 @@ def unique_messages(server: str, messages: Sequence[Incoming]) -> list[Incoming]
 @dataclass
 class PollResult:
     """What one poll of one server did: messages stored (``fetched``), skipped as already
-    stored after a UIDVALIDITY change (``recognised``), bounces recorded, files written
-    to deliver_to, and on failure the error and its kind."""
+    stored after a UIDVALIDITY change (``recognised``), messages skipped (over
+    max_message_size), bounces recorded, files written to deliver_to, and on failure the
+    error and its kind."""
 
     server: str
     ok: bool = False
     fetched: int = 0
     recognised: int = 0
+    skipped: int = 0
     bounced: int = 0
     delivered: int = 0
     uidvalidity_changed: bool = False
@@ -125,6 +151,8 @@ class PollResult:
             parts.append(f"{self.bounced} bounce{'s' if self.bounced != 1 else ''}")
         if self.recognised:
             parts.append(f"{self.recognised} already stored")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (over max_message_size)")
         if self.delivered:
             parts.append(f"{self.delivered} written to deliver_to")
         if self.uidvalidity_changed:
@@ -192,6 +220,8 @@ class Poller:
         self.known = records.StoreKnown(store, server.name, self.source.folder)
         self.writer = (MaildirWriter(server.deliver_to, server.name)
                        if server.deliver_to is not None else None)
+        self.failures = 0  # polls failed in a row (the daemon waits retry_delay after one)
+        self._down_since: float | None = None  # monotonic time the server was marked down
 
     @property
     def supports_idle(self) -> bool:
@@ -222,15 +252,46 @@ class Poller:
             self.metrics.mailbox_last_success.labels(name).set(self.clock())
         if reached is not None:
             self.metrics.server_up.labels(name, "incoming").set(1 if reached else 0)
-        if result.fetched or result.uidvalidity_changed:
+        if result.ok:
+            self.failures = 0
+            self._back_up()
+        else:
+            self.failures += 1
+        if result.fetched or result.uidvalidity_changed or result.skipped:
             log.info("%s", result.describe())
         return result
+
+    @property
+    def down(self) -> bool:
+        """Whether the server is marked down (it could not be reached since it was)."""
+        return self._down_since is not None
 
     def _failed(self, result: PollResult, exc: BaseException) -> None:
         result.error = str(exc)
         result.kind = getattr(exc, "kind", None) or type(exc).__name__
-        log.warning("%s: poll failed: %s", self.server.name, exc)
+        if isinstance(exc, ConnectError | SecretError):
+            self._went_down("poll failed", exc)
+        else:  # the store, deliver_to or a hook: not the server's doing
+            log.warning("%s: poll failed: %s", self.server.name, exc)
         self.source.close()
+
+    def _went_down(self, what: str, exc: BaseException) -> None:
+        """One WARNING when the server becomes unreachable, DEBUG while it stays so."""
+        if self._down_since is not None:
+            log.debug("%s: %s (still down): %s", self.server.name, what, exc)
+            return
+        self._down_since = time.monotonic()
+        log.warning("%s: %s: %s; the mailbox is marked down and probed again after 1s, "
+                    "2s, 4s, ... (at most every %s)", self.server.name, what, exc,
+                    _seconds(max(self.server.poll_interval.total_seconds(), BACKOFF_MAX)))
+
+    def _back_up(self) -> None:
+        if self._down_since is None:
+            return
+        took = time.monotonic() - self._down_since
+        self._down_since = None
+        log.info("%s: the mailbox is back up (it was down for %s)", self.server.name,
+                 _seconds(took))
 
     def wait_for_news(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Wait up to ``timeout`` s for new mail: True as soon as the server says so (IMAP
@@ -244,7 +305,7 @@ class Poller:
         try:
             return self.source.wait(timeout, cursor, stop)
         except (ConnectError, SecretError) as exc:
-            log.warning("%s: waiting for new mail failed: %s", self.server.name, exc)
+            self._went_down("waiting for new mail failed", exc)
             self.source.close()
             rest = max(0.0, deadline - time.monotonic())
             if stop is not None:
@@ -274,7 +335,7 @@ class Poller:
 
     def _commit(self, batch: Batch, result: PollResult) -> None:
         """Store a batch and its cursor in one transaction (after deliver_to's files)."""
-        if not batch.messages and batch.cursor is None:
+        if not batch.messages and batch.cursor is None and not batch.skipped:
             return
         parsed = []
         for m in unique_messages(self.server.name, batch.messages):
@@ -286,8 +347,11 @@ class Poller:
         name, folder = self.server.name, self.source.folder
         bounced: list[str | None] = []
         refused: list[tuple[int, Verdict]] = []
+        skipped: list[Skipped] = []
         now = self.clock()
         with self.store.transaction() as conn:
+            skipped = [s for s in batch.skipped
+                       if records.insert_skipped(conn, name, folder, s, now)]
             for message, summary, verdict in parsed:
                 try:
                     fid = records.insert_fetched(conn, name, folder, message.key, summary,
@@ -317,6 +381,17 @@ class Poller:
             self.metrics.messages_bounced.labels(account or "unknown").inc()
         for fid, verdict in refused:
             self._refused(fid, verdict)
+        for s in skipped:
+            self._skipped(s)
+        result.skipped += len(skipped)
+
+    def _skipped(self, skipped: Skipped) -> None:
+        """Log and count a message skipped at its source (recorded: never tried again)."""
+        self.metrics.mailbox_skipped.labels(self.server.name, skipped.reason).inc()
+        words = _SKIP_WORDS.get(skipped.reason, skipped.reason)
+        log.warning("%s: message %s (%d bytes) %s: skipped, left on the server and not "
+                    "tried again", self.server.name, skipped.key, skipped.size,
+                    words.format(cap=self.server.max_message_size))
 
     def _refused(self, fid: int, verdict: Verdict) -> None:
         """Log and count a message naming a VERP address that is not taken as a bounce."""
@@ -332,6 +407,11 @@ class Poller:
                         "(forged, or sent before signing or with a lost verp.key): not taken "
                         "as a bounce, kept as ordinary mail", self.server.name, fid,
                         verdict.claimed, why)
+
+
+def _seconds(value: float) -> str:
+    """A duration for a log line: ``300s``, ``1.5s``."""
+    return f"{value:.0f}s" if value >= 10 or value == int(value) else f"{value:.1f}s"
 
 
 def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
@@ -353,4 +433,4 @@ def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
 
 
 __all__ = ["OnMessage", "PollResult", "Poller", "StoreRefused", "check_incoming", "describe",
-           "make_source", "poll_all_once", "unique_messages"]
+           "make_source", "poll_all_once", "retry_delay", "unique_messages"]

@@ -25,11 +25,14 @@ from mailsync.errors import ConnectError
 from mailsync.inbound import oauth2, wire
 from mailsync.inbound.source import (
     BATCH,
+    BATCH_BYTES,
     WIRE_ERRORS,
     Batch,
     Cursor,
     Incoming,
     Known,
+    Skipped,
+    by_bytes,
     describe,
     translate,
 )
@@ -38,8 +41,12 @@ from mailsync.netio import scrubbed, tls_context
 log = logging.getLogger("mailsync.inbound.pop3")
 
 MAX_LINE = 1 << 20  # poplib refuses lines over 2048 bytes; real mail has longer ones
-_BLOCK = 1 << 16  # bytes read at a time for a UIDL listing
-_MAX_LISTING = 1 << 30  # a "listing" larger than this is not one (~25 bytes a message)
+_BLOCK = 1 << 16  # bytes read at a time for a listing or a message
+# A UIDL or LIST listing is at most MAX_LISTED lines of LISTED_LINE bytes (20 MB): a
+# message number, a space, a unique-id of up to 70 characters (RFC 1939) and CRLF. A
+# longer "listing" is a server that does not stop, and fails the poll.
+MAX_LISTED = 250_000
+LISTED_LINE = 80
 _TIDY = bytes(range(0x21, 0x7F)) + b" \r\n"  # what a UIDL listing is made of (RFC 1939)
 T = TypeVar("T")
 
@@ -75,19 +82,65 @@ class _LongLines:
         """
         self._putcmd("UIDL")
         self._getresp()  # error_proto on -ERR
-        return parse_uidl(self._read_multiline())
+        return parse_uidl(self._listing("UIDL"))
 
-    def _read_multiline(self) -> bytes:
-        """The rest of a multi-line answer up to its final ``.`` line (left out)."""
+    def list_sizes(self) -> dict[str, int]:
+        """LIST without an argument: {message number: size in bytes}; {} from a server
+        answering -ERR (sizes unknown: each RETR is still cut off past the cap)."""
+        self._putcmd("LIST")
+        try:
+            self._getresp()
+        except poplib.error_proto as exc:
+            if exc.args and isinstance(exc.args[0], bytes):  # the server's -ERR line
+                return {}
+            raise
+        sizes: dict[str, int] = {}
+        for line in self._listing("LIST").split(b"\n"):
+            number, _, size = line.strip().partition(b" ")
+            if number and size.split()[:1] and size.split()[0].isdigit():
+                sizes[number.decode("ascii", "replace")] = int(size.split()[0])
+        return sizes
+
+    def _listing(self, what: str) -> bytes:
+        body = self._read_multiline(MAX_LISTED * LISTED_LINE, f"{what} listing")
+        if body.count(b"\n") > MAX_LISTED:
+            raise poplib.error_proto(f"{what} listing of more than {MAX_LISTED} messages")
+        return body
+
+    def retr_bounded(self, number: int, limit: int) -> bytes | None:
+        """RETR ``number``: the message (dot-unstuffed, CRLF line ends), or None when the
+        server sends more than ``limit`` bytes of it (the session is then in an unknown
+        state: the caller drops it). Read in blocks, never more than ``limit`` + 64 KiB."""
+        self._putcmd(f"RETR {number}")
+        self._getresp()
+        try:
+            body = self._read_multiline(limit, "message", stuffed=True)
+        except _TooLong:
+            return None
+        if body.count(b"\n") != body.count(b"\r\n"):  # bare LFs: as poplib, CRLF
+            body = b"\r\n".join(x[:-1] if x.endswith(b"\r") else x
+                                 for x in body.split(b"\n")[:-1]) + b"\r\n"
+        if body.startswith(b".."):
+            body = body[1:]
+        return body.replace(b"\r\n..", b"\r\n.")
+
+    def _read_multiline(self, limit: int, what: str = "listing", *,
+                        stuffed: bool = False) -> bytes:
+        """The rest of a multi-line answer up to its final ``.`` line (left out); more
+        than ``limit`` bytes (not counting the dots of dot-stuffed lines when
+        ``stuffed``) raise :class:`_TooLong` before more is read."""
         data = bytearray()
         read = self.file.read1
+        dots = 0
         while True:
             chunk = read(_BLOCK)
             if not chunk:
                 raise poplib.error_proto("-ERR EOF")
+            if stuffed:
+                dots += (data[-2:] + chunk).count(b"\n..")
             data += chunk
-            if len(data) > _MAX_LISTING:
-                raise poplib.error_proto("UIDL listing too long")
+            if len(data) - dots > limit + 5:  # 5: the final CRLF.CRLF
+                raise _TooLong(f"{what} longer than {limit} bytes")
             if data[-1:] != b"\n":
                 continue
             # The answer ends with a line that is a lone "." (a data line starting
@@ -95,6 +148,10 @@ class _LongLines:
             start = data.rfind(b"\n", 0, len(data) - 1) + 1
             if data[start:].rstrip(b"\r\n") == b".":
                 return bytes(data[:start])
+
+
+class _TooLong(poplib.error_proto):
+    """A multi-line answer longer than allowed."""
 
 
 class _POP3(_LongLines, wire.Pop3):
@@ -112,7 +169,7 @@ class Pop3Source:
 
     def __init__(self, server: IncomingServer, *, password: Callable[[], str | None],
                  context: ssl.SSLContext | None = None, batch: int = BATCH,
-                 tokens: TokenSource | None = None) -> None:
+                 batch_bytes: int = BATCH_BYTES, tokens: TokenSource | None = None) -> None:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None
@@ -121,6 +178,7 @@ class Pop3Source:
         self._password = password
         self._context = context
         self._batch = batch
+        self._batch_bytes = batch_bytes
         self._pop: _POP3 | _POP3_SSL | None = None
         self._numbers: dict[str, str] = {}  # UIDL -> message number, as listed
         self._where = describe(server)
@@ -204,11 +262,31 @@ class Pop3Source:
         stored = known.keys(list(self._numbers))
         if stored and not self.server.keep_on_server:
             yield Batch(done=tuple(k for k in self._numbers if k in stored))
-        new = sorted((self._number(key), key) for key in self._numbers.keys() - stored)
-        for start in range(0, len(new), self._batch):
-            chunk = new[start:start + self._batch]
-            messages = tuple(Incoming(key, self._retr(pop, number)) for number, key in chunk)
-            yield Batch(messages=messages, done=tuple(key for _, key in chunk))
+        keys = self._numbers.keys() - stored
+        if keys:
+            keys -= known.skipped()  # never fetched, nor deleted
+        new = sorted((self._number(key), key) for key in keys)
+        if not new:
+            return
+        sizes = self._call(pop.list_sizes)
+        cap = self.server.max_message_size
+        declared = [(number, key, sizes.get(str(number), 0)) for number, key in new]
+        large = tuple(Skipped(key, "too_large", size) for _, key, size in declared
+                      if size > cap)
+        if large:
+            yield Batch(skipped=large)
+        fetch = [((number, key), size) for number, key, size in declared if size <= cap]
+        for chunk in by_bytes(fetch, self._batch, self._batch_bytes):
+            messages: list[Incoming] = []
+            for n, key in chunk:
+                raw = self._call(pop.retr_bounded, n, cap)
+                if raw is None:  # more than the cap, whatever LIST said: drop the session
+                    self.close()
+                    yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages),
+                                skipped=(Skipped(key, "oversized_retr", cap + 1),))
+                    return
+                messages.append(Incoming(key, raw))
+            yield Batch(messages=tuple(messages), done=tuple(key for _, key in chunk))
 
     def acknowledge(self, batch: Batch) -> None:
         """keep_on_server false: DELE the batch (done by the server at QUIT)."""
@@ -247,10 +325,6 @@ class Pop3Source:
         self.close()
         raise translate(poplib.error_proto(f"malformed UIDL line: {number} {key}"),
                         self.server, "fetch")
-
-    def _retr(self, pop: poplib.POP3, number: int) -> bytes:
-        _, lines, _ = self._call(pop.retr, number)
-        return b"\r\n".join(lines) + b"\r\n"
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         error: ConnectError | None = None

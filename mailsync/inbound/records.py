@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsync.inbound.message import Summary
-from mailsync.inbound.source import Cursor
+from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store
 from mailsync.tables import iso
 
@@ -96,6 +96,32 @@ class StoreKnown:
                     f"SELECT message_id, size FROM fetched WHERE server = ?"
                     f" AND message_id IN ({marks})", (self.server, *chunk)))
         return found & wanted
+
+    def skipped(self) -> set[str]:
+        """The keys skipped at this server and folder (few: one query for all of them)."""
+        with self.store.lock:
+            return {r[0] for r in self.store.conn.execute(
+                "SELECT source_key FROM fetch_skipped WHERE server = ? AND folder = ?",
+                (self.server, self.folder))}
+
+
+def insert_skipped(conn: sqlite3.Connection, server: str, folder: str, skipped: Skipped,
+                   now: float) -> bool:
+    """Record a message not fetched (inside the batch's transaction); False when it was
+    recorded before (a poll that did not commit came across it too)."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO fetch_skipped (server, folder, source_key, reason, size,"
+        " skipped_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (server, folder, skipped.key, skipped.reason, skipped.size, now))
+    return cur.rowcount > 0
+
+
+def list_skipped(store: Store, server: str) -> list[tuple[str, str, str, int]]:
+    """(folder, key, reason, size) of each message skipped at ``server``, oldest first."""
+    with store.lock:
+        return [(r[0], r[1], r[2], int(r[3])) for r in store.conn.execute(
+            "SELECT folder, source_key, reason, size FROM fetch_skipped WHERE server = ?"
+            " ORDER BY skipped_at, source_key", (server,))]
 
 
 def load_cursor(store: Store, server: str, folder: str) -> Cursor:

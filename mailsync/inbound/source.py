@@ -21,15 +21,17 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
 from mailsync.netio import GMAIL_HINT, DeadlineExceeded, fallback_error, network_error
 
-BATCH = 500  # messages fetched per round trip and committed per transaction
+BATCH = 500  # messages fetched per round trip and committed per transaction, at most...
+BATCH_BYTES = 32 << 20  # ...and at most this many bytes (one message larger than it alone)
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 _TIMING = re.compile(r"\s*\([0-9.]+(?: \+ [0-9.]+)* secs\)")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,20 @@ class Incoming:
 
     key: str
     raw: bytes
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A message not fetched: its key at the source, why, and the size that decided it.
+
+    ``reason``: ``too_large`` (declared over ``max_message_size``), ``oversized_literal``
+    (an IMAP server sent more than the cap for it) or ``oversized_retr`` (a POP3 RETR
+    answer longer than the cap). Recorded in the store, so it is never tried again.
+    """
+
+    key: str
+    reason: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -65,12 +81,15 @@ class Batch:
     ``messages`` and of messages stored by an earlier poll that are still at the source
     (a crash came between that commit and its acknowledgement, or they were recognised
     after a UIDVALIDITY change). ``cursor`` is the state after this batch (IMAP only).
+    ``skipped``: messages not fetched (too large), recorded in the same transaction;
+    they are neither stored nor acknowledged.
     """
 
     messages: tuple[Incoming, ...] = ()
     done: tuple[str, ...] = ()
     cursor: Cursor | None = None
     recognised: int = 0
+    skipped: tuple[Skipped, ...] = ()
 
 
 class Known(Protocol):
@@ -81,6 +100,9 @@ class Known(Protocol):
 
     def messages(self, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         """Those (Message-ID, size) pairs already stored."""
+
+    def skipped(self) -> set[str]:
+        """The keys of the messages skipped (never to be fetched, stored or deleted)."""
 
 
 class Source(Protocol):
@@ -110,6 +132,25 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Log out and drop the connection (idempotent; errors ignored)."""
+
+
+def by_bytes(sizes: Sequence[tuple[K, int]], count: int = BATCH,
+             limit: int = BATCH_BYTES) -> list[list[K]]:
+    """``(key, size)`` pairs in order, cut into batches of at most ``count`` messages and
+    ``limit`` bytes (a message larger than ``limit`` makes a batch of its own): a mailbox
+    of 300 messages of 4 MB is then held 8 at a time, not 300."""
+    batches: list[list[K]] = []
+    current: list[K] = []
+    total = 0
+    for key, size in sizes:
+        if current and (len(current) >= count or total + size > limit):
+            batches.append(current)
+            current, total = [], 0
+        current.append(key)
+        total += size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def describe(server: IncomingServer) -> str:

@@ -1,7 +1,8 @@
 """Store migration of the inbound side (fetch state and fetched messages).
 
-Kept apart from store.py so that the inbound code owns its tables; store.py applies it
-as migration 3. Statements are separated by ';' (no ';' inside literals).
+Kept apart from store.py so that the inbound code owns its tables; store.py applies
+:data:`MIGRATION` as migration 3 and :data:`SKIPPED_MIGRATION` as migration 8.
+Statements are separated by ';' (no ';' inside literals).
 
 - ``fetched``: every message taken from an incoming server, with its raw bytes and the
   indexed headers. ``(server, folder, source_key)`` is unique: the key is what identifies
@@ -49,4 +50,25 @@ CREATE UNIQUE INDEX fetched_source ON fetched (server, folder, source_key);
 CREATE INDEX fetched_message_id ON fetched (server, message_id);
 CREATE INDEX fetched_time ON fetched (fetched_at);
 CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
+"""
+
+# Migration 8: messages skipped at their source, so that none is tried again at each poll.
+# - ``fetch_skipped``: one row per message not fetched, by the key that names it at its
+#   source (as ``fetched.source_key``): ``reason`` is ``too_large`` (its RFC822.SIZE,
+#   LIST size or file size is over the server's max_message_size), ``oversized_literal``
+#   (an IMAP server sent more than max_message_size for it, whatever size it declared)
+#   or ``oversized_retr`` (the same over POP3); ``size`` the bytes declared or, for a
+#   server that sent more, the bytes it announced or sent before it was cut off.
+#   Written in the transaction of the batch it belongs to; a skipped message is neither
+#   stored nor deleted at its source.
+SKIPPED_MIGRATION = """
+CREATE TABLE fetch_skipped (
+    server TEXT NOT NULL,
+    folder TEXT NOT NULL DEFAULT '',
+    source_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    skipped_at REAL NOT NULL,
+    PRIMARY KEY (server, folder, source_key)
+) WITHOUT ROWID;
 """
