@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from mailsync.config import oauth2
+from mailsync.config import oauth2, tls
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
 from mailsync.config.problems import Path, Severity
@@ -116,6 +116,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
     yield from _duplicates("activity_types", (t.name for t in config.activity_types),
                            "activity type")
 
+    yield from tls.daemon(data.get("daemon") or {}, config.daemon.tls)
     retry = config.daemon.retry
     if retry.first > retry.max:
         yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")
@@ -131,13 +132,14 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         yield from _secret_warnings(path, s.password, s.provider)
         yield from oauth2.check(path, raw, s.provider, s.auth)
         yield from _tls_warning(path, s.tls_verify, s.security)
+        yield from tls.server(path, raw, s.tls, s.security)
 
     for i, inc in enumerate(config.incoming_servers):
         raw = data["incoming_servers"][i]
         path = ("incoming_servers", i)
         if inc.type == "local":
             for key in ("host", "port", "security", "provider", "username", "password",
-                        "auth", "folder", "tls_verify"):
+                        "auth", "folder", "tls_verify", *tls.KEYS):
                 if key in raw:
                     yield ("error", path + (key,),
                            f"{key} does not apply to a local Maildir (type: local takes path)")
@@ -154,6 +156,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from _secret_warnings(path, inc.password, inc.provider)
             yield from oauth2.check(path, raw, inc.provider, inc.auth)
             yield from _tls_warning(path, inc.tls_verify, inc.security)
+            yield from tls.server(path, raw, inc.tls, inc.security)
         if inc.activity is not None:
             if inc.activity.type not in type_set:
                 yield ("error", path + ("activity", "type"),
@@ -171,7 +174,8 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
         raw = data["accounts"][i]
         path = ("accounts", i)
         login_keys = [k for k in ("provider", "host", "port", "security", "tls_verify",
-                                  "username", "password", "auth", "max_connections", "timeout")
+                                  *tls.KEYS, "helo_name", "username", "password", "auth",
+                                  "max_connections", "timeout")
                       if k in raw]
         if acc.server is not None and login_keys:
             yield ("error", path + (login_keys[0],),
@@ -198,6 +202,7 @@ def _check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
             yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
             yield from oauth2.check(path, raw, acc.own_login.provider, acc.own_login.auth)
             yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
+            yield from tls.server(path, raw, acc.own_login.tls, acc.own_login.security)
         for j, user in enumerate(acc.granted_to):
             if user not in user_set:
                 yield ("error", path + ("granted_to", j), _declared(user, "user", users))
