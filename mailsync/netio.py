@@ -189,6 +189,17 @@ def network_error(exc: BaseException, where: str, timeout: float, *, connecting:
             return ConnectError(
                 f"{where}: TLS error: the server offers only TLS versions older than "
                 "tls_min_version (default TLSv1.2)", "tls")
+        if exc.reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE",
+                          "SSLV3_ALERT_BAD_CERTIFICATE") and not transferring:
+            return ConnectError(
+                f"{where}: TLS error: the server refused the connection's certificate "
+                f"({exc.reason}): it wants a client certificate it trusts (tls_client_cert, "
+                "tls_client_key)", "tls")
+        if exc.reason == "UNEXPECTED_EOF_WHILE_READING" and not transferring:
+            return ConnectError(
+                f"{where}: TLS error: the server closed the connection during the TLS "
+                "handshake: it may offer only TLS versions older than tls_min_version "
+                "(default TLSv1.2), or want a client certificate (tls_client_cert)", "tls")
         kind = "closed" if transferring else "tls"
         return ConnectError(f"{where}: TLS error: {exc.reason or exc}", kind)
     return None
