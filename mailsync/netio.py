@@ -29,6 +29,7 @@ GMAIL_HINT = (
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+_DEFAULT_CAFILE = ssl.get_default_verify_paths().openssl_cafile
 _contexts_lock = threading.Lock()
 
 
@@ -38,13 +39,19 @@ def tls_context(tls_verify: bool, tls: Tls | None = None) -> ssl.SSLContext:
     least; the client certificate if one is set; no checks when tls_verify is off.
 
     Contexts are shared by the connections of equal settings (loading the system's CAs
-    costs milliseconds), and made again when a file they were made from changes.
+    costs milliseconds), and made again when a file they were made from changes (the
+    CA file, the system's bundle, SSL_CERT_FILE).
     ConnectError(kind="tls") names the setting whose file is missing or not PEM.
     """
     tls = tls or Tls()
     cert = _pem(tls.client_cert, "tls_client_cert")
     key = _pem(tls.client_key, "tls_client_key")
-    ca_stamp = _stamp(tls.ca_file) if tls.ca_file is not None else None
+    # The files a context was made from: the server's CA file, and the system's store
+    # (SSL_CERT_FILE or OpenSSL's default bundle, updated by ca-certificates).
+    system = os.environ.get("SSL_CERT_FILE") or _DEFAULT_CAFILE
+    ca_stamp = (_stamp(tls.ca_file) if tls.ca_file is not None else None,
+                system, _stamp(Path(system)) if system else None,
+                os.environ.get("SSL_CERT_DIR"))
     cache_key = (tls_verify, tls.ca_file, tls.ca_only, tls.min_version, ca_stamp,
                  hashlib.sha256(cert.encode()).digest() if cert else None,
                  hashlib.sha256(key.encode()).digest() if key else None)

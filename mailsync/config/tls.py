@@ -1,8 +1,9 @@
 """Semantic checks of the TLS keys of servers and of the daemon's defaults.
 
-A CA file that is missing on this machine is a warning (CI validates the file where the
-production CA bundle does not exist); one that exists but holds no certificate is an
-error, as are keys that cannot work together.
+A CA file is checked when it exists here: one that holds no certificate is an error. One
+that does not exist is not reported (like secret files: CI validates the file where the
+production CA bundle is absent); `mailsync test` and the connection say so. Keys that
+cannot work together are errors.
 """
 
 from __future__ import annotations
@@ -27,13 +28,7 @@ def ca_file(path: Path, file: FsPath | None) -> Iterator[Finding]:
     try:
         with open(file, "rb") as f:
             head = f.read(1 << 20)
-    except FileNotFoundError:
-        yield ("warning", path + ("tls_ca_file",),
-               f"{file} does not exist on this machine: connections will fail until it does")
-        return
-    except OSError as exc:
-        yield ("warning", path + ("tls_ca_file",),
-               f"{file} cannot be read here ({exc.strerror}): the daemon must be able to")
+    except OSError:  # absent or unreadable here: checked where the daemon runs
         return
     if _PEM_CERT not in head:
         yield ("error", path + ("tls_ca_file",),
