@@ -359,12 +359,15 @@ for _name in _ACTIONS:
 
 # -- test ------------------------------------------------------------------------------
 def _login_note(session: Any) -> str:
-    """`` (XOAUTH2, token valid until 14:32)`` for an OAuth2 login, else nothing."""
+    """What was negotiated: `` (STARTTLS, TLSv1.3, certificate valid until 2027-03-01,
+    AUTH PLAIN)``, an OAuth2 login with its token's life (``XOAUTH2, token valid until
+    14:32``)."""
     from mailsync.auth.sasl import login_note
 
-    if session.expires_at is None:
-        return ""
-    return f" ({login_note(session.mechanism, session.expires_at)})"
+    parts = [session.negotiated] if session.negotiated else []
+    if session.expires_at is not None:
+        parts.append(login_note(session.mechanism, session.expires_at))
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @main.command("test")

@@ -331,8 +331,10 @@ class Sink:
 
 # -- the demo config --------------------------------------------------------------------
 
-_LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", "username", "password", "auth",
-               "max_connections", "timeout")
+_TLS_KEYS = ("tls_ca_file", "tls_ca_only", "tls_client_cert", "tls_client_key",
+             "tls_min_version")
+_LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", *_TLS_KEYS, "helo_name",
+               "username", "password", "auth", "max_connections", "timeout")
 SINK_SERVER = "demo-sink"
 INBOX_SERVER = "catchall"
 
@@ -350,6 +352,8 @@ def demo_config(example: dict[str, Any], *, sink_port: int, metrics_port: int) -
     daemon = cfg.setdefault("daemon", {})
     daemon.update({"state_dir": "./state", "spool_dir": "./spool",
                    "metrics_listen": f"{HOST}:{metrics_port}", "log_format": "text"})
+    for key in _TLS_KEYS:  # the sink speaks plain SMTP; the example's CA files do not exist
+        daemon.pop(key, None)
     alias = cfg.get("alias_domain") or {"domain": "example.com"}
     alias.setdefault("bounce", "bounce")
     cfg["alias_domain"] = alias

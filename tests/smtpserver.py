@@ -101,6 +101,13 @@ class _Handler:
     def __init__(self, owner: SmtpServer) -> None:
         self.owner = owner
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        with self.owner._lock:
+            self.owner.helo_names.append(hostname)
+        session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -247,6 +254,8 @@ class SmtpServer:
     session introspects its token again and gets this reply if it is no longer active
     (expired or revoked since AUTH), e.g. "451 4.7.0 Token expired". Real servers rarely
     check; this catches a client that keeps a session past its token.
+    tls_setup: called with the server's TLS context before it listens (TLS versions, a
+    client certificate required...). ``helo_names`` records every EHLO name received.
 
     Records (read them from the test thread): ``messages`` (:class:`Received`),
     ``connections`` (TCP connections accepted), ``logins`` / ``failed_logins`` (user
@@ -270,6 +279,7 @@ class SmtpServer:
         oauth2_scope: str = OAUTH2_SCOPE,
         expired_token_reply: str | None = None,
         max_sessions: int | None = None,
+        tls_setup: Callable[[ssl.SSLContext], None] | None = None,
     ) -> None:
         self.tls = tls
         self.auth = dict(auth) if auth is not None else None
@@ -285,6 +295,8 @@ class SmtpServer:
         self.expired_token_reply = expired_token_reply
         self.max_sessions = max_sessions
         self.refused_sessions = 0
+        self.tls_setup = tls_setup  # changes the server's TLS context (versions, client certs)
+        self.helo_names: list[str] = []  # the EHLO names clients sent
         self.auth_attempts: list[AuthAttempt] = []
         self.host = HOST
         self.port = 0
@@ -337,6 +349,8 @@ class SmtpServer:
         if self.tls != "none":
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ca.issue_cert(HOST, "localhost").configure_cert(context)
+            if self.tls_setup is not None:
+                self.tls_setup(context)
             if self.tls == "ssl":
                 kwargs["ssl_context"] = context
             elif self.offer_starttls:

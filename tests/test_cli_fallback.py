@@ -77,7 +77,7 @@ def test_a_typo_keeps_send_history_queue_inbox_and_test_working(tmp_path, smtp_s
 
     tested = run(["test", "-c", c])
     assert tested.exit_code == 0, tested.output
-    assert tested.stdout.strip() == "main: OK"
+    assert tested.stdout.strip() == "main: OK (plain text, no AUTH)"
     _one_warning(tested.stderr, where)
 
 

@@ -75,9 +75,10 @@ def test_test_command_checks_incoming_servers(tmp_path, mailbox):
     result = run(["test", "-c", str(cfg)])
     assert result.exit_code == 1
     lines = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
-    assert lines["support (incoming)"] == "OK"
+    assert lines["support (incoming)"] == "OK (plain text, LOGIN)"
     assert lines["wrongpw (incoming)"].startswith("Connection Error: ")
     assert lines["nofolder (incoming)"].startswith("Connection Error: ")
     assert mailbox.password not in result.output
     only = run(["test", "support", "-c", str(cfg)])
-    assert only.exit_code == 0 and only.output.strip() == "support (incoming): OK"
+    assert only.exit_code == 0
+    assert only.output.strip() == "support (incoming): OK (plain text, LOGIN)"

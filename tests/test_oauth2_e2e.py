@@ -62,7 +62,7 @@ def test_run_once_sends_with_a_client_credentials_token(tmp_path, oauth2_server,
     assert len(authority.token_requests(CLIENT_CREDENTIALS, ok=True)) == 1
     tested = run(["test", "relay", "-c", str(cfg)])
     assert tested.exit_code == 0
-    assert tested.output.startswith("relay: OK (OAUTHBEARER, token valid until ")
+    assert tested.output.startswith("relay: OK (plain text, OAUTHBEARER, token valid until ")
     assert SECRET not in out.output + tested.output
 
 
@@ -141,8 +141,8 @@ def test_imap_and_pop3_are_polled_with_an_access_token(tmp_path, oauth2_mailbox,
     tested = run(["test", "box", "pop", "-c", str(cfg)])
     assert tested.exit_code == 0, tested.output
     lines = tested.output.splitlines()
-    assert lines[0].startswith("box (incoming): OK (OAUTHBEARER, token valid until ")
-    assert lines[1].startswith("pop (incoming): OK (OAUTHBEARER, token valid until ")
+    assert lines[0].startswith("box (incoming): OK (plain text, OAUTHBEARER, token valid until ")
+    assert lines[1].startswith("pop (incoming): OK (plain text, OAUTHBEARER, token valid until ")
     # A refused token is reported with the server's challenge decoded.
     authority.fail_next("invalid_client", count=10)
     authority.expire_access_tokens()

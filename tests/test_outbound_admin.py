@@ -83,13 +83,13 @@ def test_test_command_says_ok_or_connection_error_per_server(tmp_path, smtp_serv
     result = run(["test", "-c", str(cfg)])
     assert result.exit_code == 1
     lines = dict(line.split(": ", 1) for line in result.output.strip().splitlines())
-    assert lines["main"] == "OK"
+    assert lines["main"] == "OK (plain text, AUTH PLAIN)"  # what was negotiated
     assert lines["wrongpw"].startswith("Connection Error: ")
     assert "authentication" in lines["wrongpw"]
     assert lines["down"].startswith("Connection Error: ") and "refused" in lines["down"]
     assert CANARY not in result.output
     only = run(["test", "main", "-c", str(cfg)])
-    assert only.exit_code == 0 and only.output.strip() == "main: OK"
+    assert only.exit_code == 0 and only.output.strip() == "main: OK (plain text, AUTH PLAIN)"
     assert run(["test", "nope", "-c", str(cfg)]).exit_code == 2
 
 
@@ -254,10 +254,13 @@ def test_test_command_names_own_logins_as_the_metrics_do(tmp_path, smtp_server, 
                  "    password: {env: PW2}\n    granted_to: [alice]\n")
     result = run(["test", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["main: OK", "account:main: OK"]
+    assert result.output.splitlines() == ["main: OK (plain text, AUTH PLAIN)",
+                                          "account:main: OK (plain text, AUTH PLAIN)"]
     assert relay.logins == ["relay"] and own.logins == ["main"]
     declared = run(["test", "main", "-c", str(cfg)])
-    assert declared.output.strip() == "main: OK"  # the declared server wins the plain name
+    # The declared server wins the plain name.
+    assert declared.output.strip() == "main: OK (plain text, AUTH PLAIN)"
     assert relay.logins == ["relay", "relay"] and own.logins == ["main"]
-    assert run(["test", "account:main", "-c", str(cfg)]).output.strip() == "account:main: OK"
+    assert run(["test", "account:main", "-c", str(cfg)]).output.strip() == \
+        "account:main: OK (plain text, AUTH PLAIN)"
     assert own.logins == ["main", "main"]

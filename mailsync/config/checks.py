@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from mailsync.config import oauth2
+from mailsync.config import oauth2, tls
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
 from mailsync.config.problems import Path, Severity
@@ -130,6 +130,7 @@ def _check(config: Config, data: dict[str, Any],
     yield from _duplicates("activity_types", (unicodedata.normalize("NFC", t.name)
                                               for t in config.activity_types), "activity type")
 
+    yield from tls.daemon(data.get("daemon") or {}, config.daemon.tls)
     retry = config.daemon.retry
     if retry.first > retry.max:
         yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")
@@ -145,13 +146,14 @@ def _check(config: Config, data: dict[str, Any],
         yield from _secret_warnings(path, s.password, s.provider)
         yield from oauth2.check(path, raw, s.provider, s.auth)
         yield from _tls_warning(path, s.tls_verify, s.security)
+        yield from tls.server(path, raw, s.tls, s.security)
 
     for i, inc in enumerate(config.incoming_servers):
         raw = data["incoming_servers"][i]
         path = ("incoming_servers", i)
         if inc.type == "local":
             for key in ("host", "port", "security", "provider", "username", "password",
-                        "auth", "folder", "tls_verify"):
+                        "auth", "folder", "tls_verify", *tls.KEYS):
                 if key in raw:
                     yield ("error", path + (key,),
                            f"{key} does not apply to a local Maildir (type: local takes path)")
@@ -168,6 +170,7 @@ def _check(config: Config, data: dict[str, Any],
             yield from _secret_warnings(path, inc.password, inc.provider)
             yield from oauth2.check(path, raw, inc.provider, inc.auth)
             yield from _tls_warning(path, inc.tls_verify, inc.security)
+            yield from tls.server(path, raw, inc.tls, inc.security)
         if inc.activity is not None:
             if no_type(inc.activity.type):
                 yield ("error", path + ("activity", "type"),
@@ -185,7 +188,8 @@ def _check(config: Config, data: dict[str, Any],
         raw = data["accounts"][i]
         path = ("accounts", i)
         login_keys = [k for k in ("provider", "host", "port", "security", "tls_verify",
-                                  "username", "password", "auth", "max_connections", "timeout")
+                                  *tls.KEYS, "helo_name", "username", "password", "auth",
+                                  "max_connections", "timeout")
                       if k in raw]
         if acc.server is not None and login_keys:
             yield ("error", path + (login_keys[0],),
@@ -212,6 +216,7 @@ def _check(config: Config, data: dict[str, Any],
             yield from _secret_warnings(path, acc.own_login.password, acc.own_login.provider)
             yield from oauth2.check(path, raw, acc.own_login.provider, acc.own_login.auth)
             yield from _tls_warning(path, acc.own_login.tls_verify, acc.own_login.security)
+            yield from tls.server(path, raw, acc.own_login.tls, acc.own_login.security)
         if acc.server is None and acc.own_login is None and all_servers:
             yield from _mixed_filters(path, acc.name, acc.email, config.outgoing_servers)
         for j, user in enumerate(acc.granted_to):

@@ -20,6 +20,7 @@ from mailsync.config.secrets import Secret, from_config
 from mailsync.config.units import parse_duration, parse_size
 
 IncomingType = Literal["pop", "imap", "local"]
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,19 @@ class Retry:
     first: timedelta = timedelta(minutes=5)
     max: timedelta = timedelta(hours=1)
     lifetime: timedelta = timedelta(days=5)
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A server's TLS beyond ``tls_verify``: the CAs it trusts besides (or instead of) the
+    system's, its client certificate, the oldest version it accepts. Server keys override
+    the ``daemon`` defaults, which are already filled in here."""
+
+    ca_file: Path | None = None
+    ca_only: bool = False
+    client_cert: Secret | None = None
+    client_key: Secret | None = None
+    min_version: TlsVersion = "TLSv1.2"
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,8 @@ class Daemon:
     max_message_size: int = 25 << 20
     history_retention: timedelta = timedelta(days=90)
     auto_reload: bool = True
+    helo_name: str | None = None  # None: this machine's FQDN (netio.helo_name)
+    tls: Tls = Tls()  # the defaults of the servers' TLS keys (already filled in there)
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ class OutgoingServer:
     security: Security
     provider: str | None = None
     tls_verify: bool = True
+    tls: Tls = Tls()
+    helo_name: str | None = None  # None: this machine's FQDN (netio.helo_name)
     username: str | None = None
     password: Secret | None = None
     auth: OAuth2 | None = None
@@ -109,6 +127,7 @@ class IncomingServer:
     security: Security | None = None
     provider: str | None = None
     tls_verify: bool = True
+    tls: Tls = Tls()
     username: str | None = None
     password: Secret | None = None
     auth: OAuth2 | None = None
@@ -248,7 +267,23 @@ def _dur(value: str | None, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
 
-def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
+def _tls(d: dict[str, Any], dd: dict[str, Any], base: Path) -> Tls:
+    """A server's TLS settings: its own keys, else the daemon's defaults (a server's
+    ``tls_ca_file`` replaces the daemon's; ``tls_ca_only`` goes with the file it names)."""
+    own_ca = "tls_ca_file" in d
+    ca = d["tls_ca_file"] if own_ca else dd.get("tls_ca_file")
+    ca_only = d.get("tls_ca_only", dd.get("tls_ca_only", False) if not own_ca else False)
+    return Tls(
+        ca_file=_path(base, ca) if ca else None,
+        ca_only=bool(ca_only),
+        client_cert=_secret(d.get("tls_client_cert"), base),
+        client_key=_secret(d.get("tls_client_key"), base),
+        min_version=d.get("tls_min_version", dd.get("tls_min_version", "TLSv1.2")),
+    )
+
+
+def _outgoing(d: dict[str, Any], name: str, base: Path,
+              dd: dict[str, Any] | None = None) -> OutgoingServer:
     host, port, security = resolve_endpoint(
         "smtp", d.get("provider"), d.get("host"), d.get("port"), d.get("security")
     )
@@ -260,6 +295,8 @@ def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
         security=security,
         provider=d.get("provider"),
         tls_verify=d.get("tls_verify", True),
+        tls=_tls(d, dd or {}, base),
+        helo_name=d.get("helo_name", (dd or {}).get("helo_name")),
         username=d.get("username"),
         password=_secret(d.get("password"), base),
         auth=_auth(d, "smtp", base),
@@ -270,8 +307,10 @@ def _outgoing(d: dict[str, Any], name: str, base: Path) -> OutgoingServer:
     )
 
 
-def _incoming(d: dict[str, Any], base: Path, max_size: int) -> IncomingServer:
-    """One incoming server; ``max_size``: daemon.max_message_size, its default cap."""
+def _incoming(d: dict[str, Any], base: Path, max_size: int,
+              dd: dict[str, Any] | None = None) -> IncomingServer:
+    """One incoming server; ``max_size``: daemon.max_message_size, its default cap;
+    ``dd``: the daemon's section (its TLS defaults)."""
     kind: IncomingType = d["type"]
     host = port = security = None
     if kind != "local":
@@ -288,6 +327,7 @@ def _incoming(d: dict[str, Any], base: Path, max_size: int) -> IncomingServer:
         security=security,
         provider=d.get("provider"),
         tls_verify=d.get("tls_verify", True),
+        tls=_tls(d, dd or {}, base),
         username=d.get("username"),
         password=_secret(d.get("password"), base),
         auth=_auth(d, kind, base) if kind != "local" else None,
@@ -303,10 +343,10 @@ def _incoming(d: dict[str, Any], base: Path, max_size: int) -> IncomingServer:
     )
 
 
-def _account(d: dict[str, Any], base: Path) -> Account:
+def _account(d: dict[str, Any], base: Path, dd: dict[str, Any] | None = None) -> Account:
     own = None
     if any(k in d for k in ("provider", "host", "username", "password", "auth")):
-        own = _outgoing(d, f"account:{d['name']}", base)
+        own = _outgoing(d, f"account:{d['name']}", base, dd)
     return Account(
         name=d["name"],
         email=d["email"],
@@ -354,6 +394,8 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         else 25 << 20,
         history_retention=_dur(dd.get("history_retention"), timedelta(days=90)),
         auto_reload=dd.get("auto_reload", True),
+        helo_name=dd.get("helo_name"),
+        tls=_tls({}, dd, base_dir),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),
@@ -364,11 +406,11 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         users=tuple(u if isinstance(u, str) else u["name"] for u in data.get("users", ())),
         bindings=tuple(Binding(u["name"], tuple(u["unix_users"]))
                        for u in data.get("users", ()) if isinstance(u, dict) and "unix_users" in u),
-        outgoing_servers=tuple(_outgoing(d, d["name"], base_dir)
+        outgoing_servers=tuple(_outgoing(d, d["name"], base_dir, dd)
                                for d in data.get("outgoing_servers", ())),
-        incoming_servers=tuple(_incoming(d, base_dir, daemon.max_message_size)
+        incoming_servers=tuple(_incoming(d, base_dir, daemon.max_message_size, dd)
                                for d in data.get("incoming_servers", ())),
-        accounts=tuple(_account(d, base_dir) for d in data.get("accounts", ())),
+        accounts=tuple(_account(d, base_dir, dd) for d in data.get("accounts", ())),
         activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
         version=data.get("version", 1),
         source=source,

@@ -51,7 +51,7 @@ from mailsync.inbound.source import (
     server_text,
     translate,
 )
-from mailsync.netio import scrubbed, tls_context
+from mailsync.netio import connection_note, scrubbed, tls_context
 
 log = logging.getLogger("mailsync.inbound.imap")
 
@@ -72,7 +72,7 @@ class ImapSource:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None  # reconnect then: the token is about to expire
-        self.login_note = ""  # how the last login went, for `mailsync test` (OAuth2 only)
+        self.login_note = ""  # what the last login negotiated, for `mailsync test`
         self.folder = server.folder or "INBOX"
         self._password = password
         self._context = context
@@ -118,7 +118,7 @@ class ImapSource:
         password = token.value if token is not None else self._password()
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
-            self._context or tls_context(server.tls_verify))
+            self._context or tls_context(server.tls_verify, server.tls))
         client: Any = None
         phase = "connect"
         error: ConnectError | None = None
@@ -144,12 +144,15 @@ class ImapSource:
                     mechanism, error = oauth2.imap_login(client, server, token, self._where)
                     if error is None:
                         self._uidplus = bool(client.has_capability("UIDPLUS"))
-                        self.login_note = sasl.login_note(mechanism, token.expires_at)
+                        self.login_note = connection_note(server.security, client.socket()) \
+                            + ", " + sasl.login_note(mechanism, token.expires_at)
                     elif self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
                 else:
                     client.login(server.username, password)
                     self._uidplus = bool(client.has_capability("UIDPLUS"))
+                    self.login_note = connection_note(server.security, client.socket()) \
+                        + ", LOGIN"
         except WIRE_ERRORS as exc:
             error = translate(exc, server, phase)
         except BaseException:

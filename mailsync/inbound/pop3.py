@@ -36,7 +36,7 @@ from mailsync.inbound.source import (
     describe,
     translate,
 )
-from mailsync.netio import scrubbed, tls_context
+from mailsync.netio import connection_note, scrubbed, tls_context
 
 log = logging.getLogger("mailsync.inbound.pop3")
 
@@ -173,7 +173,7 @@ class Pop3Source:
         self.server = server
         self._tokens = tokens  # auth.oauth2: where access tokens come from
         self._renew_at: float | None = None
-        self.login_note = ""  # how the last login went, for `mailsync test` (OAuth2 only)
+        self.login_note = ""  # what the last login negotiated, for `mailsync test`
         self.folder = ""
         self._password = password
         self._context = context
@@ -198,7 +198,7 @@ class Pop3Source:
         password = token.value if token is not None else self._password()
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
-            self._context or tls_context(server.tls_verify))
+            self._context or tls_context(server.tls_verify, server.tls))
         pop: _POP3 | _POP3_SSL | None = None
         phase = "connect"
         error: ConnectError | None = None
@@ -225,12 +225,14 @@ class Pop3Source:
                     mechanism, error = oauth2.pop3_login(pop, server, token,
                                                          _capabilities(pop), self._where)
                     if error is None:
-                        self.login_note = sasl.login_note(mechanism, token.expires_at)
+                        self.login_note = connection_note(server.security, pop.sock) + ", " \
+                            + sasl.login_note(mechanism, token.expires_at)
                     elif self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
                 else:
                     pop.user(server.username)
                     pop.pass_(password)
+                    self.login_note = connection_note(server.security, pop.sock) + ", USER/PASS"
         except WIRE_ERRORS as exc:
             error = translate(exc, server, phase)
         except BaseException:

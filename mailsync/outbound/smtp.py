@@ -37,7 +37,9 @@ from mailsync.netio import (
     MIN_RATE,
     Deadline,
     DeadlineExceeded,
+    connection_note,
     fallback_error,
+    helo_name,
     network_error,
     reader,
     scrubbed,
@@ -144,6 +146,14 @@ class _Bounded(smtplib.SMTP):
         return errcode, b"\n".join(resp)
 
 
+    def auth(self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True
+             ) -> tuple[int, bytes]:
+        """smtplib's, remembering the mechanism that logged in (for `mailsync test`)."""
+        reply = super().auth(mechanism, authobject, initial_response_ok=initial_response_ok)
+        self.mechanism_used = mechanism.upper()
+        return reply
+
+
 class _BoundedSSL(_Bounded, smtplib.SMTP_SSL):
     """smtplib.SMTP_SSL whose replies are bounded by MAX_REPLY."""
 
@@ -159,14 +169,17 @@ def open_session(
 
     ``starttls`` never falls back to plain text: a server that does not offer STARTTLS
     raises ConnectError(kind="starttls") before anything else is sent. ``context`` is
-    used as given; without it the default context is built (honouring SSL_CERT_FILE),
-    with verification off when ``server.tls_verify`` is false.
+    used as given; without it the server's (netio.tls_context: its tls_ca_file, client
+    certificate and tls_min_version; no checks when ``server.tls_verify`` is false). The
+    EHLO name is ``local_hostname``, else the server's ``helo_name`` (netio.helo_name).
     """
     where = describe(server)
     if not server.host:
         raise ConnectError(f"{where}: no host name is configured", "dns")
     timeout = server.timeout.total_seconds()
-    tls = None if server.security == "none" else (context or tls_context(server.tls_verify))
+    tls = None if server.security == "none" else (
+        context or tls_context(server.tls_verify, server.tls))
+    local_hostname = local_hostname or helo_name(server.helo_name)
     smtp: _Bounded | None = None
     phase = "connect"
     error: ConnectError | None = None
@@ -221,6 +234,9 @@ def open_session(
     assert smtp is not None
     session = SmtpSession(smtp, server)
     session.mechanism = mechanism
+    used = mechanism or getattr(smtp, "mechanism_used", None)
+    session.negotiated = connection_note(server.security, smtp.sock) + (
+        f", AUTH {used}" if used and mechanism is None else "" if used else ", no AUTH")
     return session
 
 
@@ -275,6 +291,9 @@ class SmtpSession:
         self.opened_at = time.monotonic()
         self.last_used = self.opened_at
         self.mechanism: str | None = None  # an OAuth2 login's: XOAUTH2 or OAUTHBEARER
+        # What was negotiated, for `mailsync test`: "STARTTLS, TLSv1.3, certificate valid
+        # until 2027-03-01, AUTH PLAIN" (an OAuth2 login's mechanism is told apart).
+        self.negotiated = ""
         # When the access token it logged in with expires, and when to stop using the
         # session because of it (time.time()); None: a password login.
         self.expires_at: float | None = None
