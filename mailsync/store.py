@@ -73,6 +73,8 @@ MIGRATIONS: list[str] = [
     """,
     # 7: each message's VERP signature, made when it is queued (mailsync/outbound/verp.py).
     outbound_tables.VERP_MIGRATION,
+    # 8: each recipient's outcome per attempt (mailsync/outbound/tables.py).
+    outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
 ]
 
 

@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -369,23 +369,26 @@ class Deliverer:
             return "held"
         mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
             or message.from_address
-        errors = []
+        tries: list[tuple[str, str]] = []  # (server, why it could not be used)
         for server in servers:
             pool = self.pool(server)
             try:
                 session = held.take(pool)
             except ConnectError as exc:
-                errors.append(str(exc))
+                tries.append((server.name, str(exc)))
                 self._series(self.metrics.server_up, server.name, "outgoing").set(0)
                 self._series(self.metrics.send_attempts, server.name, "connect_error").inc()
                 log.warning("message %d: %s", message.id, exc)
                 continue
             self._series(self.metrics.server_up, server.name, "outgoing").set(1)
-            return self._transact(config, message, account, server, session, mail_from)
-        return self._connect_failed(config, message, account, servers[-1], "; ".join(errors))
+            return self._transact(config, message, account, server, session, mail_from,
+                                  tries)
+        return self._connect_failed(config, message, account, servers[-1],
+                                    "; ".join(e for _, e in tries), tries[:-1], tries[-1][1])
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
-                  server: OutgoingServer, session: SmtpSession, mail_from: str) -> str:
+                  server: OutgoingServer, session: SmtpSession, mail_from: str,
+                  tries: list[tuple[str, str]]) -> str:
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)
@@ -393,13 +396,13 @@ class Deliverer:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
             self._series(self.metrics.send_attempts, server.name, "deferred").inc()
-            return self._connect_failed(config, message, account, server, str(exc))
+            return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(config, message, account, delivery, duration)
+        return self._record(config, message, account, delivery, duration, tries)
 
     def _record(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float) -> str:
+                delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
         now = self.clock()
         cfg_retry = config.daemon.retry
         server = delivery.server
@@ -426,7 +429,7 @@ class Deliverer:
         recorded = delivery
         self._durably(lambda: self.store.record_delivery(
             message.id, recorded, status, now, next_attempt_at=next_at, error=error,
-            duration=duration))
+            duration=duration, tries=tries))
         self._series(self.metrics.send_attempts, server, status).inc()
         if status == "sent":
             self._series(self.metrics.messages_sent, account.name, server).inc()
@@ -440,18 +443,25 @@ class Deliverer:
         return status
 
     def _connect_failed(self, config: Config, message: Outgoing, account: Account,
-                        server: OutgoingServer, error: str) -> str:
+                        server: OutgoingServer, error: str,
+                        tries: Sequence[tuple[str, str]] = (),
+                        detail: str | None = None) -> str:
+        """No recipient reached: deferred, or failed once the retry lifetime is over.
+        ``error`` is the message's last error (every server's), ``detail`` what the
+        attempt on ``server`` met, ``tries`` the servers failed over from before it."""
         now = self.clock()
         cfg_retry = config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
-            detail = f"retry lifetime expired; last error: {error}"
-            self._durably(lambda: self.store.record_failure(message.id, "failed", detail, now,
-                                                            server=server.name))
+            why = f"retry lifetime expired; last error: {error}"
+            self._durably(lambda: self.store.record_failure(
+                message.id, "failed", why, now, server=server.name, tries=tries,
+                detail=f"retry lifetime expired; last error: {detail}" if detail else None))
             self._series(self.metrics.messages_failed, account.name, "expired").inc()
             return "failed"
         next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
         self._durably(lambda: self.store.record_failure(
-            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at))
+            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at,
+            tries=tries, detail=detail))
         self._series(self.metrics.messages_deferred, server.name).inc()
         return "deferred"
 
