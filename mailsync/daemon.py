@@ -1,4 +1,4 @@
-"""The long-running daemon (DESIGN §5): ``mailsync run -c FILE``.
+"""The long-running daemon (docs/design.md §5): ``mailsync run -c FILE``.
 
 Threads, not asyncio. The supervisor (the main thread) owns the configuration and the
 runtime objects and is the only one that changes them; everything else reads a

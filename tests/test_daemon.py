@@ -30,7 +30,7 @@ from tests.smtpserver import smtp_server_fixture  # noqa: F401
 
 RUN_TIMEOUT = 30
 
-# DESIGN §6, every series (counters end in _total, histograms in _bucket/_sum/_count).
+# docs/design.md §6, every series (counters end in _total, histograms in _bucket/_sum/_count).
 DESIGN_SERIES = {
     "mailsync_messages_sent_total", "mailsync_messages_failed_total",
     "mailsync_messages_deferred_total", "mailsync_messages_rejected_total",

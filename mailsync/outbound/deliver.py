@@ -1,6 +1,6 @@
 """Store → SMTP: send what is due through per-server connection pools, in worker threads.
 
-Postfix semantics (DESIGN §3): each recipient's reply is kept; 4xx, timeouts and lost
+Postfix semantics (docs/design.md §3): each recipient's reply is kept; 4xx, timeouts and lost
 connections defer with backoff; 5xx fails; past the retry lifetime a deferral becomes a
 failure. A connection failure moves to the next eligible server before deferring. The
 sent status is committed right after the server's acceptance, so a crash can resend at

@@ -16,7 +16,7 @@ from typing import Any
 from mailsync.outbound.types import Delivery
 from mailsync.store import Store
 
-# Statuses (DESIGN §3). `sending` is only ever seen while a daemon is delivering; a crash
+# Statuses (docs/design.md §3). `sending` is only ever seen while a daemon is delivering; a crash
 # leaves it behind and recover() turns it back into `queued`.
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "rejected", "bounced", "held")
 PENDING = ("queued", "deferred")
