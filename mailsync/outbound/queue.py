@@ -20,6 +20,9 @@ from mailsync.store import Store
 # leaves it behind and recover() turns it back into `queued`.
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "rejected", "bounced", "held")
 PENDING = ("queued", "deferred")
+# What is in the queue (not yet final): the statuses of mailsync_queue_messages. The final
+# ones (sent, failed, rejected, bounced) are counted by the _total counters.
+IN_QUEUE = ("queued", "sending", "deferred", "held")
 
 
 @dataclass(frozen=True)
@@ -485,6 +488,18 @@ class OutboundStore:
             rows = self.store.conn.execute(
                 "SELECT status, COUNT(*) FROM messages GROUP BY status").fetchall()
         out = dict.fromkeys(STATUSES, 0)
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def queue_counts(self) -> dict[str, int]:
+        """Messages in the queue now, by status (every one of IN_QUEUE, zero included);
+        read through the (status, next_attempt_at) index, not the whole history."""
+        marks = ",".join("?" * len(IN_QUEUE))
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                f"SELECT status, COUNT(*) FROM messages WHERE status IN ({marks})"
+                " GROUP BY status", IN_QUEUE).fetchall()
+        out = dict.fromkeys(IN_QUEUE, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
 
