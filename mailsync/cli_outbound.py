@@ -132,7 +132,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
 
         raise Exit(run_daemon(config_path, loaded, new_store=new_store))
     store = open_store_or_exit(config, new_store=new_store, check=True,
-                               prefix="cannot start")
+                               prefix="cannot start", migrate=True)
     with closing(store):
         outbound = OutboundStore(store)
         metrics = Metrics()
