@@ -1,4 +1,4 @@
-"""Activity scheduling and chaining (DESIGN §4): pure decisions over values.
+"""Activity scheduling and chaining (docs/design.md §4): pure decisions over values.
 
 Deadlines, the defaults a type gives a new activity, record references, what happens
 when an activity is done (``trigger`` schedules ``default_next``, ``suggest`` offers
@@ -115,7 +115,7 @@ def add_delay(base: date, count: int, unit: str) -> date:
 
 
 def deadline(delay: Delay, today: date, previous: Activity | None = None) -> date:
-    """A new activity's deadline: base + delay (DESIGN §4).
+    """A new activity's deadline: base + delay (docs/design.md §4).
 
     The base is the previous activity's deadline (``from: previous_deadline``) or its
     completion date (``completion_date``; today while it is not done); a first activity's

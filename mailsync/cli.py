@@ -15,7 +15,7 @@ import click
 from mailsync import __version__
 from mailsync.config.load import Loaded, load_file, load_text
 from mailsync.config.problems import Problem, summary
-from mailsync.errors import ConfigError, StoreError
+from mailsync.errors import ConfigError, StoreError, StoreOutdated
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config
@@ -166,18 +166,41 @@ def config_or_last_applied(config_path: Path) -> Config:
 
 
 def open_store_or_exit(config: Config, *, create: bool = True, new_store: bool = False,
-                       check: bool = False, prefix: str = "error") -> Store:
+                       check: bool = False, prefix: str = "error",
+                       migrate: bool = False) -> Store:
     """The store in state_dir, or exit 1 saying why it cannot be opened (one line). A
-    reader (not ``create``) who may only read state_dir opens it read only."""
+    reader (not ``create``) who may only read state_dir opens it read only. Only
+    ``migrate`` (``mailsync run``) upgrades a store of an older schema version; every
+    other command refuses it, naming the daemon that runs on it if one answers."""
     from mailsync.store import Store, read_only
 
     state_dir = config.daemon.state_dir
     try:
         return Store.open(state_dir, create=create, new_store=new_store, check=check,
-                          readonly=not create and read_only(state_dir))
+                          readonly=not create and read_only(state_dir), migrate=migrate)
+    except StoreOutdated as exc:
+        click.echo(f"{prefix}: {outdated_text(exc, state_dir)}", err=True)
+        raise Exit(1) from None
     except StoreError as exc:
         click.echo(f"{prefix}: {exc}", err=True)
         raise Exit(1) from None
+
+
+def outdated_text(exc: StoreOutdated, state_dir: Path) -> str:
+    """Why a store older than this mailsync is refused: with the pid of the (older)
+    daemon answering on state_dir's control socket, when one does; a daemon migrates
+    its store at start, so a running one on an older store is an older mailsync."""
+    from mailsync.control import request, socket_path
+    from mailsync.store import db_path
+
+    try:
+        pid = request(socket_path(state_dir), "status", timeout=2.0).get("pid")
+    except (ConnectionError, OSError, ValueError):
+        return str(exc)
+    return (f"{db_path(state_dir)}: the store is at schema version {exc.version} and a "
+            f"daemon of an older mailsync runs on it (pid {pid}): upgrade the daemon first "
+            "(restart it, e.g. `systemctl restart mailsync`: it upgrades the store); this "
+            f"mailsync uses version {exc.current}")
 
 
 def verp_key_or_exit(config: Config) -> VerpKey:

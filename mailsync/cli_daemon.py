@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,6 +14,7 @@ from mailsync.config.load import load_file
 from mailsync.control import request, socket_path
 from mailsync.errors import ConfigError
 from mailsync.printable import printable
+from mailsync.tables import iso
 
 
 def _socket(config_path: Path, socket_opt: Path | None) -> Path:
@@ -44,7 +46,12 @@ socket_option = click.option(
 @config_option
 @socket_option
 def status_cmd(config_path: Path, socket_opt: Path | None) -> None:
-    """Whether the daemon runs, and its one-line summary (exit 1 when it does not run)."""
+    """Whether the daemon runs, its one-line summary and the last reload's outcome.
+
+    Exit 1 when it does not run; a refused last reload still exits 0 (the daemon runs, on
+    the configuration in force): the printed line and the metric
+    mailsync_config_last_reload_successful say so.
+    """
     path = _socket(config_path, socket_opt)
     try:
         reply = request(path, "status", timeout=10.0)
@@ -52,6 +59,30 @@ def status_cmd(config_path: Path, socket_opt: Path | None) -> None:
         click.echo(printable(f"not running: {exc}"), err=True)
         raise Exit(1) from None
     click.echo(printable(f"running (pid {reply.get('pid')}): {reply.get('status')}"))
+    if "last_reload" in reply:  # an older daemon does not tell
+        for line in last_reload_lines(reply["last_reload"]):
+            click.echo(printable(line))
+
+
+def last_reload_lines(last: dict[str, Any] | None) -> list[str]:
+    """``last reload: RESULT at TIME: first error or summary``, then the next errors.
+
+    The daemon sends its first three errors and how many there were; the rest are
+    for ``mailsync validate``.
+    """
+    if not isinstance(last, dict):
+        return ["last reload: none since the daemon started"]
+    result = str(last.get("result"))
+    at = iso(last["at"]) if isinstance(last.get("at"), int | float) else "?"
+    errors = [str(e) for e in last.get("errors") or []]
+    if result != "refused" or not errors:
+        return [f"last reload: {result} at {at}: {last.get('summary', '')}"]
+    lines = [f"last reload: refused at {at}: {errors[0]}"]
+    lines += [f"  {e}" for e in errors[1:]]
+    more = int(last.get("error_count") or len(errors)) - len(errors)
+    if more > 0:
+        lines.append(f"  ... and {more} more (mailsync validate)")
+    return lines
 
 
 @main.command("reload")

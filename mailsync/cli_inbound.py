@@ -22,7 +22,7 @@ from mailsync.cli import (
 from mailsync.config.model import Config
 from mailsync.history import readable
 from mailsync.printable import printable
-from mailsync.tables import one_line, table
+from mailsync.tables import WIDTH, one_line, short_time, table
 from mailsync.terminal import write_raw
 
 # Reading what was fetched needs only state_dir: a typo in the file does not stop it.
@@ -44,9 +44,11 @@ def _check_server(config: Config, server: str | None) -> None:
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
+@click.option("--wide", is_flag=True,
+              help="Every column in full (default: what fits 100 columns).")
 @click.pass_context
 def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str | None,
-          limit: int, fmt: str) -> None:
+          limit: int, fmt: str, wide: bool) -> None:
     """List fetched messages, newest first (`inbox show ID` for one, `inbox poll` to fetch)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -66,7 +68,10 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif rows:
-        click.echo(table(rows, LIST_COLUMNS))
+        shown = rows if wide else [{**r, "fetched_at": short_time(r["fetched_at"])}
+                                   for r in rows]
+        click.echo(table(shown, LIST_COLUMNS, width=None if wide else WIDTH,
+                         shrink=("server", "from", "subject")))
     else:
         click.echo("(no messages)")
 

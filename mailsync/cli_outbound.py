@@ -29,10 +29,12 @@ from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey
 from mailsync.printable import printable
 from mailsync.store import Store
-from mailsync.tables import table
+from mailsync.tables import WIDTH, table
 
 list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
                            default="table", show_default=True, help="Output format.")
+wide_option = click.option("--wide", is_flag=True,
+                           help="Every column in full (default: what fits 100 columns).")
 
 
 # A file with a typo must not stop these while the daemon runs on its last good config.
@@ -130,7 +132,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
 
         raise Exit(run_daemon(config_path, loaded, new_store=new_store))
     store = open_store_or_exit(config, new_store=new_store, check=True,
-                               prefix="cannot start")
+                               prefix="cannot start", migrate=True)
     with closing(store):
         outbound = OutboundStore(store)
         metrics = Metrics()
@@ -208,10 +210,11 @@ def _ingest_and_send(config: Config, metrics: Any, deliverer: Any) -> tuple[Any,
 @click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @list_format
+@wide_option
 @click.pass_context
 def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
             account: str | None, user: str | None, since: str | None, limit: int,
-            fmt: str) -> None:
+            fmt: str, wide: bool) -> None:
     """List sent, queued and refused messages, newest first (`history show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -229,18 +232,27 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--since") from None
     config = _config(config_path)
     rows: list[dict[str, Any]] = []
+    total = 0
+    filters = h.Filters(status, account, user, since_t, limit)
     with using_store(config) as store:
         if store is not None:
-            rows = h.list_messages(OutboundStore(store),
-                                   h.Filters(status, account, user, since_t, limit))
-    _print_rows(rows, h.LIST_COLUMNS, fmt)
+            rows = h.list_messages(OutboundStore(store), filters)
+            total = h.count_messages(OutboundStore(store), filters) \
+                if len(rows) == limit else len(rows)
+    _print_rows(rows, h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
+    if fmt != "json" and total > len(rows):
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
 
 
-def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> None:
+def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
+                wide: bool) -> None:
+    from mailsync import history as h
+
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif rows:
-        click.echo(table(rows, columns))
+        click.echo(table(h.for_table(rows, wide), columns, width=None if wide else WIDTH,
+                         shrink=h.SHRINK))
     else:
         click.echo("(no messages)")
 
@@ -291,7 +303,8 @@ def queue() -> None:
 @queue.command("list")
 @config_option
 @list_format
-def queue_list(config_path: Path, fmt: str) -> None:
+@wide_option
+def queue_list(config_path: Path, fmt: str, wide: bool) -> None:
     """Messages not yet delivered: queued, sending, deferred, held."""
     from mailsync import history as h
 
@@ -302,7 +315,7 @@ def queue_list(config_path: Path, fmt: str) -> None:
             rows = h.list_messages(OutboundStore(store), h.Filters(
                 ("queued", "sending", "deferred", "held"), limit=10_000))
     _print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
-                       "next_attempt_at", "error"), fmt)
+                       "next_attempt_at", "error"), fmt, wide)
 
 
 _ACTIONS = {

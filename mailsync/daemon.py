@@ -1,4 +1,4 @@
-"""The long-running daemon (DESIGN §5): ``mailsync run -c FILE``.
+"""The long-running daemon (docs/design.md §5): ``mailsync run -c FILE``.
 
 Threads, not asyncio. The supervisor (the main thread) owns the configuration and the
 runtime objects and is the only one that changes them; everything else reads a
@@ -223,6 +223,8 @@ class Daemon:
         self._spool_progress = time.monotonic()
         self._outage_ended = 0.0
         self._stalled_why: str | None = None
+        # The last reload's outcome (None: none since the start), for `mailsync status`.
+        self._last_reload: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------------------
     def _lock_state_dir(self, state_dir: Path) -> None:
@@ -665,7 +667,7 @@ class Daemon:
             return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self._summary(), "pid": os.getpid(),
-                    "config_sha256": self.loaded.sha256}
+                    "config_sha256": self.loaded.sha256, "last_reload": self._last_reload}
         return {"ok": False, "error": f"unknown command {command!r} (reload, status, wake)"}
 
     def _file_sha256(self) -> str | None:
@@ -722,6 +724,9 @@ class Daemon:
             if outcome.result == "applied":
                 for problem in self.loaded.warnings:
                     log.warning("%s", problem.render())
+        self._last_reload = {"result": outcome.result, "at": time.time(), "source": source,
+                             "summary": outcome.summary, "errors": outcome.errors[:3],
+                             "error_count": len(outcome.errors)}
         self.notifier.ready(self._summary())
         return outcome
 

@@ -103,6 +103,16 @@ class StoreLost(StoreError):
     database is in its place: starting would silently begin an empty history."""
 
 
+class StoreOutdated(StoreError):
+    """The store is at an older schema version than this mailsync, and this command does
+    not migrate it (only ``mailsync run`` does: an older daemon may own the store)."""
+
+    def __init__(self, message: str, version: int, current: int) -> None:
+        super().__init__(message)
+        self.version = version
+        self.current = current
+
+
 class StoreDamaged(StoreError):
     """SQLite reports the database file corrupt or not a database (see docs/store.md)."""
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mailsync.outbound.queue import STATUSES, OutboundStore
+from mailsync.outbound.queue import IN_QUEUE, OutboundStore
 from mailsync.storehealth import KINDS, CommitHealth
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,10 @@ class QueueCollector:
     ``mailsync_queue_oldest_message_age_seconds``, read from the store at scrape time.
 
     ``outbound`` returns the daemon's current OutboundStore (a callable, so a reload that
-    reopens the store is followed); every status of ``STATUSES`` is exported, 0 included,
-    and the age is 0 when nothing is pending.
+    reopens the store is followed). The gauge counts what is in the queue now, every
+    status of ``IN_QUEUE`` (queued, sending, deferred, held), 0 included: final statuses
+    belong to the counters (``mailsync_messages_sent_total``...), and counting the whole
+    history at every scrape would grow with it. The age is 0 when nothing is pending.
     """
 
     def __init__(self, outbound: Callable[[], OutboundStore],
@@ -202,7 +204,7 @@ class QueueCollector:
     def collect(self) -> Iterable[Metric]:
         """Current counts by status and the age of the oldest pending message."""
         store = self._outbound()
-        counts = store.counts()
+        counts = store.queue_counts()
         oldest = store.oldest_pending()
         age = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
         return self._families(counts, age)
@@ -210,14 +212,13 @@ class QueueCollector:
     @staticmethod
     def _families(counts: dict[str, int] | None, age: float) -> list[Metric]:
         messages = GaugeMetricFamily("mailsync_queue_messages",
-                                     "Messages in the queue and history, by status.",
+                                     "Messages in the queue now (not yet final), by status.",
                                      labels=["status"])
         oldest = GaugeMetricFamily("mailsync_queue_oldest_message_age_seconds",
                                    "Age of the oldest queued, deferred or sending message "
                                    "(0 when none).")
         if counts is not None:
-            extra = sorted(set(counts) - set(STATUSES))  # a status a newer release wrote
-            for status in (*STATUSES, *extra):
+            for status in IN_QUEUE:
                 messages.add_metric([status], counts.get(status, 0))
             oldest.add_metric([], age)
         return [messages, oldest]

@@ -6,15 +6,22 @@ attempt, each recipient's reply, the error, and the content.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mailsync.outbound.queue import OutboundStore
 from mailsync.printable import printable
-from mailsync.tables import iso, one_line
+from mailsync.tables import iso, one_line, short_time
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
                 "attempts", "error")
+# What fits 100 columns (`--wide`: LIST_COLUMNS, nothing cut); the shrink columns give.
+NARROW_COLUMNS = ("id", "status", "created_at", "account", "to", "subject", "error")
+SHRINK = ("account", "to", "subject", "error")
+# Recipient outcomes that a message's own status can hide: `sent (1 bounced)`.
+PROBLEMS = ("bounced", "failed")
 
 
 @dataclass(frozen=True)
@@ -28,8 +35,7 @@ class Filters:
     limit: int = 100
 
 
-def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
-    """Messages newest first, as objects with stable keys (see LIST_COLUMNS)."""
+def _where(f: Filters) -> tuple[str, list[Any]]:
     where: list[str] = []
     args: list[Any] = []
     if f.status:
@@ -44,14 +50,47 @@ def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
     if f.since is not None:
         where.append("m.created_at >= ?")
         args.append(f.since)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
+    """Messages newest first, as objects with stable keys (see LIST_COLUMNS)."""
+    clause, args = _where(f)
     rows = store.query(
         "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
         " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
         " m.next_attempt_at, m.source,"
-        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt"
+        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt,"
+        " (SELECT group_concat(status) FROM recipients r WHERE r.message = m.id) AS rstatus"
         f" FROM messages m {clause} ORDER BY m.id DESC LIMIT ?", (*args, f.limit))
     return [_summary(r) for r in rows]
+
+
+def count_messages(store: OutboundStore, f: Filters) -> int:
+    """How many messages the filters match, whatever the limit."""
+    clause, args = _where(f)
+    return int(store.query(f"SELECT COUNT(*) FROM messages m {clause}", args)[0][0])
+
+
+def status_text(row: dict[str, Any]) -> str:
+    """The status as a listing shows it: ``sent (1 bounced)`` when some recipients
+    bounced or failed while the message as a whole has another status."""
+    counts = row.get("recipient_statuses") or {}
+    extra = [f"{counts[s]} {s}" for s in PROBLEMS if counts.get(s) and row["status"] != s]
+    return f"{row['status']} ({', '.join(extra)})" if extra else str(row["status"])
+
+
+def for_table(rows: Sequence[dict[str, Any]], wide: bool) -> list[dict[str, Any]]:
+    """Listing rows as the text table shows them: the status with its recipients'
+    problems, and (unless ``wide``) times to the minute."""
+    out = []
+    for r in rows:
+        shown = {**r, "status": status_text(r)}
+        if not wide:
+            for key in ("created_at", "next_attempt_at"):
+                shown[key] = short_time(r.get(key))
+        out.append(shown)
+    return out
 
 
 def _summary(r: Any) -> dict[str, Any]:
@@ -72,14 +111,24 @@ def _summary(r: Any) -> dict[str, Any]:
         "error": r["last_error"],
         "reason": r["reason"],
         "source": r["source"],
+        "recipient_statuses": _tally(r["rstatus"]),
     }
+
+
+def _tally(statuses: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for status in (statuses or "").split(","):
+        if status:
+            out[status] = out.get(status, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
     """One message in full: summary, recipients, attempts, events; ``raw`` as bytes."""
     rows = store.query(
         "SELECT m.*, c.raw, (SELECT group_concat(address, ', ') FROM recipients r"
-        " WHERE r.message = m.id) AS rcpt FROM messages m"
+        " WHERE r.message = m.id) AS rcpt, (SELECT group_concat(status) FROM recipients r"
+        " WHERE r.message = m.id) AS rstatus FROM messages m"
         " LEFT JOIN contents c ON c.message = m.id WHERE m.id = ?", (mid,))
     if not rows:
         return None
@@ -94,11 +143,12 @@ def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
     ]
     out["attempts_detail"] = [
         {"at": iso(x["at"]), "server": x["server"], "result": x["result"], "code": x["code"],
-         "reply": x["reply"],
-         "duration_ms": round(x["duration"] * 1000, 1) if x["duration"] is not None else None}
-        for x in store.query("SELECT at, server, status AS result, code, reply, duration"
-                             " FROM events WHERE message = ? AND server IS NOT NULL ORDER BY id",
-                             (mid,))
+         "reply": x["reply"], "detail": x["detail"],
+         "duration_ms": round(x["duration"] * 1000, 1) if x["duration"] is not None else None,
+         "recipients": _each(x["recipients"])}
+        for x in store.query("SELECT at, server, status AS result, code, reply, detail,"
+                             " duration, recipients FROM events"
+                             " WHERE message = ? AND server IS NOT NULL ORDER BY id", (mid,))
     ]
     out["events"] = [
         {"at": iso(x["at"]), "status": x["status"], "detail": x["detail"],
@@ -124,15 +174,22 @@ def render_show(d: dict[str, Any]) -> str:
     if d["recipients"]:
         lines.append("Recipients:")
         for x in d["recipients"]:
-            reply = f" {x['code']} {v(x['reply'])}" if x["code"] or x["reply"] else ""
-            lines.append(f"  {v(x['address'])}: {v(x['status'])}{reply}")
+            lines.append(f"  {v(x['address'])}: {_outcome(x['status'], x['code'], x['reply'])}")
     if d["attempts_detail"]:
         lines.append("Attempts:")
         for x in d["attempts_detail"]:
             dur = f" ({x['duration_ms']} ms)" if x["duration_ms"] is not None else ""
-            code = f" {x['code']}" if x["code"] else ""
-            lines.append(f"  {x['at']} {v(x['server'])}: {v(x['result'])}{code} "
-                         f"{v(x['reply'])}{dur}".rstrip())
+            if x["result"] == "failed_over":  # this server could not be used: the next one
+                what = f"failed over: {v(x['detail'])}"
+            elif x.get("recipients"):  # each recipient's reply on the lines below
+                what = v(x["result"])
+            else:  # no reply: no recipient reached, the detail says why
+                what = _outcome(x["result"], x["code"],
+                                x["reply"] if x["reply"] is not None else x["detail"])
+            lines.append(f"  {x['at']} {v(x['server'])}: {what}{dur}")
+            for r in x.get("recipients") or ():
+                lines.append(f"    {v(r['address'])}: "
+                             f"{_outcome(r['status'], r['code'], r['reply'])}")
     lines.append("Events:")
     for x in d["events"]:
         lines.append(f"  {x['at']} {v(x['status'])}"
@@ -144,6 +201,21 @@ def render_show(d: dict[str, Any]) -> str:
     else:
         lines.append(readable(raw))
     return "\n".join(lines)
+
+
+def _outcome(status: str, code: int | None, reply: str | None) -> str:
+    """``sent 250 2.0.0 OK``; an absent code (a DSN's ``X-Postfix;`` diagnostic, a
+    connection that failed) or reply prints nothing, never ``None``."""
+    return " ".join(one_line(p) for p in (status, code, reply) if p not in (None, ""))
+
+
+def _each(recorded: str | None) -> list[dict[str, Any]] | None:
+    """An attempt's per-recipient outcomes (migration 8), None when not recorded (a
+    single recipient: the attempt's own code and reply; attempts of older stores)."""
+    if not recorded:
+        return None
+    return [{"address": a, "status": s, "code": c, "reply": r}
+            for a, s, c, r in json.loads(recorded)]
 
 
 def readable(raw: bytes) -> str:

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §6): one registry, injected; label values are config names.
+"""Prometheus metrics (docs/design.md §6): one registry, injected; label values are config names.
 
 Series known to exist (each declared server, account, reason) are created at 0 by
 :meth:`Metrics.prime`, so dashboards and alerts see them before the first event.

@@ -1,4 +1,4 @@
-"""What applications import to send: ``mailsync.spool.drop(...)`` (DESIGN.md §2)."""
+"""What applications import to send: ``mailsync.spool.drop(...)`` (docs/design.md §2)."""
 
 from mailsync.outbound.spool import Attachment, drop, drop_eml
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mailsync import activity_tables, files
 from mailsync import store_identity as identity
-from mailsync.errors import StoreDamaged, StoreError, StoreUnavailable
+from mailsync.errors import StoreDamaged, StoreError, StoreOutdated, StoreUnavailable
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
 from mailsync.storehealth import CommitHealth, classify, free_bytes
@@ -76,6 +76,8 @@ MIGRATIONS: list[str] = [
     # 8: inbound messages skipped at their source (too large, or a server sending more than
     # it declared), never tried again (mailsync/inbound/tables.py).
     inbound_tables.SKIPPED_MIGRATION,
+    # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
+    outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
 ]
 
 
@@ -259,8 +261,13 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True, new_store: bool = False,
-             check: bool = False, readonly: bool = False) -> Store:
+             check: bool = False, readonly: bool = False, migrate: bool = True) -> Store:
         """Open (and migrate) the store in ``state_dir``; StoreError if impossible.
+
+        ``migrate=False`` (every command but ``mailsync run``): a store at an older
+        schema version is refused with :class:`StoreOutdated` instead of migrated, since
+        a daemon of the older mailsync may be running on it; a new store is created at
+        the current version all the same.
 
         ``create``: a first start creates the store (file 0640, state_dir 0750) and
         records its id in ``state_dir/store-id``; without it (readers), no store yet is
@@ -281,7 +288,8 @@ class Store:
             if create:
                 files.make_dir(state_dir)
             recorded = identity.read_recorded(state_dir)
-            if not path.exists():
+            fresh = not path.exists()
+            if fresh:
                 if recorded is not None and not new_store:
                     raise identity.missing(path, state_dir, recorded)
                 if not create:
@@ -302,6 +310,10 @@ class Store:
             if check:
                 _quick_check(conn, path)
             store = cls(conn, path)
+            if not migrate and not fresh:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if 0 < version < len(MIGRATIONS):
+                    raise outdated(path, version)
             store.migrate()
             identity.check(path, state_dir, recorded, identity.held_by(conn, path),
                            write=create, new_store=new_store)
@@ -332,10 +344,11 @@ class Store:
         try:
             conn = _connect_readonly(path)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != len(MIGRATIONS):
-                raise StoreError(f"{path}: store schema version {version}, this mailsync "
-                                 f"reads {len(MIGRATIONS)}; let the daemon (or a user who "
-                                 "may write state_dir) open it first")
+            if version < len(MIGRATIONS):
+                raise outdated(path, version)
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{path}: store schema version {version} is newer than "
+                                 f"this mailsync knows ({len(MIGRATIONS)}); upgrade mailsync")
             identity.check(path, state_dir, recorded, identity.held_by(conn, path),
                            write=False, new_store=False)
             return cls(conn, path, writer=False)
@@ -386,6 +399,16 @@ class Store:
         if row is None:
             return None
         return AppliedConfig(datetime.fromisoformat(row[0]), row[1], row[2], row[3])
+
+
+def outdated(path: Path, version: int) -> StoreOutdated:
+    """The refusal of a store older than this mailsync by a command that does not
+    migrate (the CLI adds whether a daemon runs on it: :func:`mailsync.cli.outdated_text`)."""
+    return StoreOutdated(
+        f"{path}: the store is at schema version {version} and this mailsync uses "
+        f"{len(MIGRATIONS)}: upgrade the daemon first (or run `mailsync run --once` once); "
+        "`mailsync run` upgrades the store, other commands never do", version,
+        len(MIGRATIONS))
 
 
 def read_only(state_dir: Path) -> bool:

@@ -15,19 +15,47 @@ from typing import Any
 from mailsync.config.units import parse_duration
 from mailsync.printable import printable
 
+WIDTH = 100  # what a listing fits in unless --wide
+CELL_LIMIT = 48
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Left-aligned columns with a header; long cells are cut with an ellipsis."""
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *,
+          width: int | None = WIDTH, shrink: Sequence[str] | None = None) -> str:
+    """Left-aligned columns with a header, at most ``width`` characters a line.
+
+    Long cells are cut with an ellipsis: each at 48 characters, then the widest of the
+    ``shrink`` columns (default: every column) one character at a time until the line
+    fits (not below the header's width). ``width=None`` (``--wide``) cuts nothing.
+    """
+    cells = [[one_line(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    if width is not None:
+        widths = fit([min(w, max(CELL_LIMIT, len(c))) for w, c in zip(widths, columns,
+                                                                       strict=True)],
+                     [len(c) if shrink is None or c in shrink else 10**6 for c in columns],
+                     width - 2 * (len(columns) - 1))
+        cells = [[_cut(v, w) for v, w in zip(row, widths, strict=True)] for row in cells]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 
-def _cell(value: Any, limit: int = 48) -> str:
-    text = one_line(value)
+def fit(widths: list[int], minimums: list[int], total: int) -> list[int]:
+    """Column widths summing to at most ``total``: the widest column that may still
+    narrow (above its minimum) loses one character at a time. As close as the minimums
+    allow when they do not fit."""
+    widths = list(widths)
+    while sum(widths) > total:
+        candidates = [i for i, (w, m) in enumerate(zip(widths, minimums, strict=True)) if w > m]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -43,6 +71,12 @@ def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def short_time(epoch_iso: str | None) -> str | None:
+    """An ISO 8601 UTC time (from :func:`iso`) as ``2026-12-01 10:37`` for a narrow
+    listing (``--wide`` and JSON keep the full time)."""
+    return epoch_iso[:16].replace("T", " ") if epoch_iso else epoch_iso
 
 
 def parse_since(text: str, now: float) -> float:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -144,7 +145,10 @@ def test_disk_full_is_unhealthy_loses_nothing_and_recovers(tmp_path, small_fs, s
     again = DaemonProcess(daemon.config)
     try:
         again.wait_healthy()
-        assert again.metric("mailsync_queue_messages", status="sent") == 54
+        status = subprocess.run(
+            [sys.executable, "-m", "mailsync", "status", "-c", str(daemon.config)],
+            capture_output=True, text=True, timeout=30)
+        assert "0 waiting, 0 held, 54 sent, 0 failed" in status.stdout, status
         assert again.metric("mailsync_queue_messages", status="sending") == 0
     finally:
         assert again.stop() == 0

@@ -1,5 +1,5 @@
 """End to end: a message fetched from a real Dovecot by `run --once` schedules an activity;
-marking it done triggers the next one (DESIGN §4)."""
+marking it done triggers the next one (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_spooled_messages_are_sent_and_recorded(tmp_path, smtp_server):
 
 
 def _reject_cases(spool: Path) -> dict[str, str]:
-    """One spool file per rejection reason of DESIGN §2; file name → expected reason."""
+    """One spool file per rejection reason of docs/design.md §2; file name → expected reason."""
     new = spool / "new"
     new.mkdir(parents=True, exist_ok=True)
     cases = {

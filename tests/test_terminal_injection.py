@@ -78,8 +78,13 @@ def test_fetched_mail_is_shown_escaped_and_kept_intact(tmp_path, mailbox):
 
     listing = _run("inbox", "-c", str(cfg))
     _clean(listing)
-    assert "Invoice \\x1b]0;pwned\\x07\\x1b[2J paid \\u202egnp.…" in listing  # cut at 48
+    assert "Invoice \\x1b]0;pwned\\x07…" in listing  # cut to fit 100 columns
     assert '"Bank\\x1b[31m Support"' in listing
+    assert max(len(line) for line in listing.splitlines()) <= 100
+    wide = _run("inbox", "-c", str(cfg), "--wide")
+    _clean(wide)
+    assert "Invoice \\x1b]0;pwned\\x07\\x1b[2J paid \\u202egnp.exe  " in wide
+    assert '"Bank\\x1b[31m Support" <evil@example.org>  ' in wide
 
     shown = _run("inbox", "show", "1", "-c", str(cfg))
     _clean(shown)
@@ -169,6 +174,9 @@ def test_server_replies_are_escaped_in_history_and_the_daemon_log(tmp_path, smtp
             " 5.7.1 see") in shown
     assert "  bob@example.org: deferred 451 4.7.1 \\x1b[5mtry later\\x08\\x08\n" in shown
     for listing in (_run("history", "-c", str(cfg)), _run("queue", "list", "-c", str(cfg))):
+        _clean(listing)  # 100 columns: the error is cut, escaped all the same
+    for listing in (_run("history", "-c", str(cfg), "--wide"),
+                    _run("queue", "list", "-c", str(cfg), "--wide")):
         _clean(listing)
         assert "\\x1b]0;pwned\\x07" in listing
     as_json = _run("history", "show", "1", "-c", str(cfg), "--format", "json")

@@ -1,6 +1,6 @@
 """Store → SMTP: send what is due through per-server connection pools, in worker threads.
 
-Postfix semantics (DESIGN §3): each recipient's reply is kept; 4xx, timeouts and lost
+Postfix semantics (docs/design.md §3): each recipient's reply is kept; 4xx, timeouts and lost
 connections defer with backoff; 5xx fails; past the retry lifetime a deferral becomes a
 failure. A connection failure moves to the next eligible server before deferring. The
 sent status is committed right after the server's acceptance, so a crash can resend at
@@ -20,7 +20,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -431,8 +431,8 @@ class Deliverer:
             return "held"
         mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
             or message.from_address
-        errors = []
-        tried = []
+        tries: list[tuple[str, str]] = []  # (server, why it could not be used)
+        pools = []
         attempted = False
         for server in servers:
             pool = self.pool(server)
@@ -440,23 +440,26 @@ class Deliverer:
                 session = held.take(pool)
             except ConnectError as exc:
                 # Not logged per message: the pool logs the server going down, once.
-                errors.append(str(exc))
-                tried.append(pool)
+                tries.append((server.name, str(exc)))
+                pools.append(pool)
                 if exc.kind != "down":  # "down": refused without connecting
                     attempted = True
                     self._series(self.metrics.send_attempts, server.name, "connect_error").inc()
                 log.debug("message %d: %s", message.id, exc)
                 continue
-            return self._transact(config, message, account, server, session, mail_from)
+            return self._transact(config, message, account, server, session, mail_from,
+                                  tries)
         status = self._connect_failed(config, message, account, servers[-1],
-                                      "; ".join(errors), count_attempt=attempted)
-        if status == "deferred" and not all([pool.wait_for_up(message.id) for pool in tried]):
+                                      "; ".join(e for _, e in tries), tries[:-1], tries[-1][1],
+                                      count_attempt=attempted)
+        if status == "deferred" and not all([pool.wait_for_up(message.id) for pool in pools]):
             # A server came back up meanwhile (or its pool was retired by a reload).
             self._durably(lambda: self.store.make_due([message.id], self.clock()))
         return status
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
-                  server: OutgoingServer, session: SmtpSession, mail_from: str) -> str:
+                  server: OutgoingServer, session: SmtpSession, mail_from: str,
+                  tries: list[tuple[str, str]]) -> str:
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)
@@ -464,13 +467,13 @@ class Deliverer:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
             self._series(self.metrics.send_attempts, server.name, "deferred").inc()
-            return self._connect_failed(config, message, account, server, str(exc))
+            return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(config, message, account, delivery, duration)
+        return self._record(config, message, account, delivery, duration, tries)
 
     def _record(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float) -> str:
+                delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
         now = self.clock()
         cfg_retry = config.daemon.retry
         server = delivery.server
@@ -497,7 +500,7 @@ class Deliverer:
         recorded = delivery
         self._durably(lambda: self.store.record_delivery(
             message.id, recorded, status, now, next_attempt_at=next_at, error=error,
-            duration=duration))
+            duration=duration, tries=tries))
         self._series(self.metrics.send_attempts, server, status).inc()
         if status == "sent":
             self._series(self.metrics.messages_sent, account.name, server).inc()
@@ -511,24 +514,28 @@ class Deliverer:
         return status
 
     def _connect_failed(self, config: Config, message: Outgoing, account: Account,
-                        server: OutgoingServer, error: str, *,
-                        count_attempt: bool = True) -> str:
-        """No session: defer on the retry schedule (failed past the lifetime). Without
-        ``count_attempt`` (every server was known down, none was connected to) the try is
-        an event, not an attempt."""
+                        server: OutgoingServer, error: str,
+                        tries: Sequence[tuple[str, str]] = (),
+                        detail: str | None = None, *, count_attempt: bool = True) -> str:
+        """No recipient reached: deferred, or failed once the retry lifetime is over.
+        ``error`` is the message's last error (every server's), ``detail`` what the
+        attempt on ``server`` met, ``tries`` the servers failed over from before it.
+        Without ``count_attempt`` (every server was known down, none was connected to)
+        the try is an event, not an attempt."""
         now = self.clock()
         cfg_retry = config.daemon.retry
         if retry.expired(message.created_at, now, cfg_retry):
-            detail = f"retry lifetime expired; last error: {error}"
+            why = f"retry lifetime expired; last error: {error}"
             self._durably(lambda: self.store.record_failure(
-                message.id, "failed", detail, now, server=server.name,
+                message.id, "failed", why, now, server=server.name, tries=tries,
+                detail=f"retry lifetime expired; last error: {detail}" if detail else None,
                 count_attempt=count_attempt))
             self._series(self.metrics.messages_failed, account.name, "expired").inc()
             return "failed"
         next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
         self._durably(lambda: self.store.record_failure(
             message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at,
-            count_attempt=count_attempt))
+            tries=tries, detail=detail, count_attempt=count_attempt))
         self._series(self.metrics.messages_deferred, server.name).inc()
         return "deferred"
 

@@ -6,6 +6,7 @@ take its place later); the tables are in mailsync/outbound/tables.py.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -15,10 +16,13 @@ from typing import Any
 from mailsync.outbound.types import Delivery
 from mailsync.store import Store
 
-# Statuses (DESIGN §3). `sending` is only ever seen while a daemon is delivering; a crash
+# Statuses (docs/design.md §3). `sending` is only ever seen while a daemon is delivering; a crash
 # leaves it behind and recover() turns it back into `queued`.
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "rejected", "bounced", "held")
 PENDING = ("queued", "deferred")
+# What is in the queue (not yet final): the statuses of mailsync_queue_messages. The final
+# ones (sent, failed, rejected, bounced) are counted by the _total counters.
+IN_QUEUE = ("queued", "sending", "deferred", "held")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,14 @@ def _event(conn: sqlite3.Connection, message: int, now: float, status: str,
            detail: str | None = None) -> None:
     conn.execute("INSERT INTO events (message, at, status, detail) VALUES (?, ?, ?, ?)",
                  (message, now, status, detail))
+
+
+def _failed_over(conn: sqlite3.Connection, message: int, now: float,
+                 tries: Sequence[tuple[str, str]]) -> None:
+    """The servers an attempt could not use before the one it went to (or gave up on)."""
+    conn.executemany("INSERT INTO events (message, at, status, detail, server)"
+                     " VALUES (?, ?, 'failed_over', ?, ?)",
+                     [(message, now, error, server) for server, error in tries])
 
 
 class GroupCommit:
@@ -365,14 +377,21 @@ class OutboundStore:
 
     def record_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
-                        duration: float) -> None:
+                        duration: float, tries: Sequence[tuple[str, str]] = ()) -> None:
         """Store one SMTP transaction's outcome: per-recipient replies, status, attempt.
+
+        ``tries``: the servers tried before this one in the same attempt and why they
+        could not be used (server, error), each kept as a ``failed_over`` event. An
+        attempt with several recipients keeps each one's outcome in its event.
 
         Returns once it is committed (group commit: concurrent senders share one
         transaction), so a sender never has more than one accepted message unrecorded.
         """
         worst = next((r for r in delivery.recipients if r.status != "sent"), None)
         first = worst or (delivery.recipients[0] if delivery.recipients else None)
+        each = json.dumps([[r.address, r.status, r.code, r.reply]
+                           for r in delivery.recipients]) \
+            if len(delivery.recipients) > 1 else None
 
         def write(conn: sqlite3.Connection) -> None:
             if len(delivery.recipients) == 1:
@@ -391,18 +410,27 @@ class OutboundStore:
                 "UPDATE messages SET status = ?, server = ?, attempts = attempts + 1,"
                 " updated_at = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 (status, delivery.server, now, next_attempt_at, error, mid))
+            if tries:
+                _failed_over(conn, mid, now, tries)
             conn.execute(
-                "INSERT INTO events (message, at, status, detail, server, code, reply, duration)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (message, at, status, detail, server, code, reply, duration,"
+                " recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, status, error, delivery.server, first.code if first else None,
-                 first.reply if first else None, duration))
+                 first.reply if first else None, duration, each))
 
         self._group.run(write)
 
     def record_failure(self, mid: int, status: str, error: str, now: float, *,
                        server: str | None = None, next_attempt_at: float | None = None,
-                       count_attempt: bool = True, code: int | None = None) -> None:
-        """A try that reached no recipient (no server, connection failure, held)."""
+                       count_attempt: bool = True, code: int | None = None,
+                       tries: Sequence[tuple[str, str]] = (),
+                       detail: str | None = None) -> None:
+        """A try that reached no recipient (no server, connection failure, held).
+
+        ``error`` is the message's last error; ``detail`` (default: ``error``) what the
+        attempt's event says about ``server``; ``tries`` the servers failed over from
+        before it, each a ``failed_over`` event.
+        """
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE messages SET status = ?, server = COALESCE(?, server),"
@@ -413,12 +441,14 @@ class OutboundStore:
                 conn.execute("UPDATE recipients SET status = 'failed', reply = ?, updated_at = ?"
                              " WHERE message = ? AND status IN ('queued', 'deferred')",
                              (error, now, mid))
+            if tries:
+                _failed_over(conn, mid, now, tries)
             if count_attempt:
                 # An attempt is an event that names the server it went to.
                 conn.execute(
                     "INSERT INTO events (message, at, status, detail, server, code, reply)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (mid, now, status, error, server or "-", code, None))
+                    (mid, now, status, detail or error, server or "-", code, None))
             else:
                 _event(conn, mid, now, status, error)
 
@@ -465,6 +495,18 @@ class OutboundStore:
             rows = self.store.conn.execute(
                 "SELECT status, COUNT(*) FROM messages GROUP BY status").fetchall()
         out = dict.fromkeys(STATUSES, 0)
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def queue_counts(self) -> dict[str, int]:
+        """Messages in the queue now, by status (every one of IN_QUEUE, zero included);
+        read through the (status, next_attempt_at) index, not the whole history."""
+        marks = ",".join("?" * len(IN_QUEUE))
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                f"SELECT status, COUNT(*) FROM messages WHERE status IN ({marks})"
+                " GROUP BY status", IN_QUEUE).fetchall()
+        out = dict.fromkeys(IN_QUEUE, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
 

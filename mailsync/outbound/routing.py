@@ -1,7 +1,7 @@
 """Routing: which account a spool file sends through, and which servers may carry it.
 
-Pure decisions over the config model (DESIGN.md §2 "Account choice", §3 "Outgoing server
-choice"): no I/O, no state. The sender asks :func:`servers_for` for a failover order and
+Pure decisions over the config model (docs/design.md §2, the account; §3, the outgoing
+server choice): no I/O, no state. The sender asks :func:`servers_for` for a failover order and
 walks it; :func:`from_rewrite` tells the composer when From must become the alias
 domain's ``default_from``.
 """

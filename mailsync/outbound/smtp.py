@@ -3,7 +3,7 @@
 This is the adapter between mailsync and ``smtplib``. Every library error is translated
 here into :class:`mailsync.errors.ConnectError` with a ``kind`` and a message that names
 the server and the reason in plain words. A transaction keeps each recipient's reply, as
-Postfix does (DESIGN.md §3): 2xx sent, 4xx deferred, 5xx failed.
+Postfix does (docs/design.md §3): 2xx sent, 4xx deferred, 5xx failed.
 
 Deadlines (mailsync.netio.Deadline): every command's reply (the greeting, EHLO, STARTTLS,
 AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT) must be complete within the server's

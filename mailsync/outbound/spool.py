@@ -1,4 +1,4 @@
-"""The spool directory: how applications hand messages to the daemon (DESIGN.md §2).
+"""The spool directory: how applications hand messages to the daemon (docs/design.md §2).
 
 Writers put a file in ``tmp/`` and rename it into ``new/`` (atomic on one filesystem);
 the daemon scans ``new/``, parses each file with the pure :func:`parse`, and moves refused

@@ -1,6 +1,6 @@
 """Store migration of the outbound side: the queue, the send history and its events.
 
-Applied by store.py as migrations 2, 5 and 7. Statements are separated by ';' (no ';' inside
+Applied by store.py as migrations 2, 5, 7 and 8. Statements are separated by ';' (no ';' inside
 literals). The content lives apart from the message row so that status updates rewrite
 small rows (many to a page), not pages of message bytes; attempts are the events that
 name a server.
@@ -88,4 +88,12 @@ DROP TABLE ingested
 # beside the senders) instead of once per attempt by a sender thread.
 VERP_MIGRATION = """
 ALTER TABLE messages ADD COLUMN verp TEXT
+"""
+
+# 9: what each recipient got in each attempt, for `history show` (the recipients table
+# keeps only the latest outcome): a JSON list of [address, status, code, reply], written
+# only for attempts with more than one recipient (one recipient's outcome is the event's
+# own code and reply). Failover tries are events of their own (status ``failed_over``).
+ATTEMPT_RECIPIENTS_MIGRATION = """
+ALTER TABLE events ADD COLUMN recipients TEXT
 """
