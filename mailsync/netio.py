@@ -270,13 +270,20 @@ class Deadline:
     Once a command ran out of time, the connection is out of step (its answer may still
     be coming): every later ``start`` raises the same error, so a QUIT or LOGOUT on the
     way out does not wait a deadline of its own.
+
+    :meth:`bound` gives a socket the time left before a read or write, but only when its
+    timeout differs from that by over ``slack`` (1/20 of ``timeout``, at most 0.25 s):
+    ``settimeout`` releases the GIL, and calling it before every read and write cost
+    the sender threads more than the reads themselves. A command may so overrun its
+    deadline by up to ``slack``.
     """
 
-    __slots__ = ("timeout", "rate", "what", "budget", "_at", "_expired")
+    __slots__ = ("timeout", "rate", "what", "budget", "slack", "_at", "_expired")
 
     def __init__(self, timeout: float, *, rate: float = 0.0) -> None:
         self.timeout = timeout
         self.rate = rate
+        self.slack = min(0.25, timeout / 20)
         self.what = "connect"
         self.budget = timeout
         self._at: float | None = None
@@ -303,6 +310,18 @@ class Deadline:
             raise self.exceeded()
         return left
 
+    def bound(self, sock: socket.socket) -> float | None:
+        """Keep ``sock``'s next operation within the time left (None: stopped, the
+        socket's timeout unchanged); DeadlineExceeded once none is left."""
+        left = self.remaining()
+        if left is not None:
+            current = sock.gettimeout()  # the stored value: no system call
+            # Too long would overrun the deadline; too short (left from an earlier
+            # command's end) would time out a command that still has time.
+            if current is None or abs(current - left) > self.slack:
+                sock.settimeout(left)
+        return left
+
     def received(self, size: int) -> None:
         """``size`` bytes came: with a ``rate``, they add their time to the budget."""
         if self.rate and self._at is not None:
@@ -317,9 +336,7 @@ class Deadline:
 
     def sendall(self, sock: socket.socket, data: bytes) -> None:
         """``sock.sendall(data)`` within the time left (sendall's timeout is a total)."""
-        left = self.remaining()
-        if left is not None:
-            sock.settimeout(left)
+        self.bound(sock)
         try:
             sock.sendall(data)
         except TimeoutError:
@@ -340,9 +357,7 @@ class DeadlineReader(socket.SocketIO):
 
     def readinto(self, b: Any) -> int | None:
         deadline = self._deadline
-        left = deadline.remaining()
-        if left is not None:
-            self._socket.settimeout(left)
+        left = deadline.bound(self._socket)
         try:
             n = super().readinto(b)
         except TimeoutError:
