@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mailsync.outbound.queue import IN_QUEUE, OutboundStore
-from mailsync.storehealth import KINDS, CommitHealth
+from mailsync.store.health import KINDS, CommitHealth
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def server(type_name: str = "Reply", user: str | None = None) -> IncomingServer:
 
 
 def test_migration_creates_the_activities_table(store):
-    from mailsync.store import MIGRATIONS
+    from mailsync.store.migrations import MIGRATIONS
 
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     cols = {r[1] for r in store.conn.execute("PRAGMA table_info(activities)")}
