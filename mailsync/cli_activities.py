@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from mailsync.activities import (
+from mailsync.activities.rules import (
     STATES,
     Activity,
     RecordRef,
@@ -29,7 +29,7 @@ from mailsync.activities import (
     parse_record,
     type_list,
 )
-from mailsync.activity_store import ActivityStore, DoneResult, Filters
+from mailsync.activities.store import ActivityStore, DoneResult, Filters
 from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
 from mailsync.config.model import Config
 from mailsync.errors import ActivityRefused

@@ -147,7 +147,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     metrics.prime(config)
     with using_store(config, create=True) as store:
         assert store is not None
-        from mailsync.activity_store import schedule_for_fetched
+        from mailsync.activities.store import schedule_for_fetched
 
         def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
             schedule_for_fetched(conn, config, server, fid, subject, now)

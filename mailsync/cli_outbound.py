@@ -167,7 +167,7 @@ def _poll_mailboxes(config: Config, store: Store, metrics: Any,
     schedule their activity in the same transaction."""
     if not config.incoming_servers:
         return []
-    from mailsync.activity_store import schedule_for_fetched
+    from mailsync.activities.store import schedule_for_fetched
     from mailsync.inbound.poller import poll_all_once
 
     def on_message(conn: Any, server: Any, fetched_id: int, subject: str, now: float) -> None:

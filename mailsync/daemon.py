@@ -301,7 +301,7 @@ class Daemon:
 
     def _start_exporter(self, listen: str) -> None:
         """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
-        from mailsync.activity_store import ActivityCollector
+        from mailsync.activities.store import ActivityCollector
         from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
 
         self.metrics.registry.register(QueueCollector(lambda: self.outbound))
@@ -645,7 +645,7 @@ class Daemon:
 
     def on_message(self, conn: Any, server: IncomingServer, fetched_id: int, subject: str,
                    now: float) -> None:
-        from mailsync.activity_store import schedule_for_fetched
+        from mailsync.activities.store import schedule_for_fetched
 
         schedule_for_fetched(conn, self.config, server, fetched_id, subject, now)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsync.activities import local_date
+from mailsync.activities.rules import local_date
 from mailsync.cli import main
 from mailsync.cli_activities import render_table
 

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mailsync.activities import RecordRef, local_date
-from mailsync.activity_store import ActivityCollector, ActivityStore, Filters, schedule_for_fetched
+from mailsync.activities.rules import RecordRef, local_date
+from mailsync.activities.store import (
+    ActivityCollector,
+    ActivityStore,
+    Filters,
+    schedule_for_fetched,
+)
 from mailsync.config.model import (
     ActivityRule,
     ActivityType,

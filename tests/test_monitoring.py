@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailsync.activity_store import ActivityCollector
+from mailsync.activities.store import ActivityCollector
 from mailsync.cli import main
 from mailsync.config.load import load_file
 from mailsync.exporter import QueueCollector, StoreCollector, start_exporter

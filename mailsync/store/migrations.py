@@ -1,14 +1,14 @@
 """The store's schema: the migrations, applied in order and counted in ``PRAGMA user_version``.
 
 Each part owns the SQL of its tables (``outbound/tables.py``, ``inbound/tables.py``,
-``activity_tables.py``); this list fixes the order in which they were added, which
+``activities/tables.py``); this list fixes the order in which they were added, which
 is the order in which a store of any earlier release is upgraded. A migration is only
 ever appended, never edited: a store created by any earlier release opens in a later one.
 """
 
 from __future__ import annotations
 
-from mailsync import activity_tables
+from mailsync.activities import tables as activity_tables
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
 
@@ -27,7 +27,7 @@ MIGRATIONS: list[str] = [
     outbound_tables.MIGRATION,
     # 3: inbound fetch state and fetched messages (mailsync/inbound/tables.py).
     inbound_tables.MIGRATION,
-    # 4: activities (mailsync/activity_tables.py).
+    # 4: activities (mailsync/activities/tables.py).
     activity_tables.MIGRATION,
     # 5: spool claims instead of a permanent record of every file taken.
     outbound_tables.CLAIMS_MIGRATION,
