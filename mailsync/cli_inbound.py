@@ -130,9 +130,9 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     """
     from dataclasses import replace
 
-    from mailsync import logs
     from mailsync.inbound.poller import poll_all_once
-    from mailsync.metrics import Metrics
+    from mailsync.telemetry import logs
+    from mailsync.telemetry.metrics import Metrics
 
     config = load_config_or_exit(config_path)  # polls (and writes) by the file itself
     _check_server(config, server)

@@ -119,9 +119,9 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
     it serves /metrics and /healthz on daemon.metrics_listen. It refuses to start on a
     store that is missing, replaced (see --new-store) or damaged (docs/store.md).
     """
-    from mailsync import logs
-    from mailsync.metrics import Metrics
     from mailsync.outbound.deliver import Deliverer
+    from mailsync.telemetry import logs
+    from mailsync.telemetry.metrics import Metrics
 
     loaded = _load_or_exit(config_path)
     config = loaded.config

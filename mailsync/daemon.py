@@ -42,13 +42,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mailsync import files, logs
+from mailsync import files
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
 from mailsync.control import ControlServer, Locator, socket_path
 from mailsync.errors import ConfigError, MailsyncError, StoreUnavailable
-from mailsync.metrics import Metrics
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
@@ -57,6 +56,8 @@ from mailsync.outbound.verp import VerpKey, load_key
 from mailsync.plan import diff
 from mailsync.sdnotify import Notifier
 from mailsync.store import Store, db_path, store_error
+from mailsync.telemetry import logs
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -302,7 +303,7 @@ class Daemon:
     def _start_exporter(self, listen: str) -> None:
         """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
         from mailsync.activities.store import ActivityCollector
-        from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
+        from mailsync.telemetry.exporter import QueueCollector, StoreCollector, start_exporter
 
         self.metrics.registry.register(QueueCollector(lambda: self.outbound))
         self.metrics.registry.register(StoreCollector(lambda: self.store.health))
@@ -770,7 +771,7 @@ class Daemon:
         A move on the same port (127.0.0.1:9877 to 0.0.0.0:9877) cannot bind beside the
         old socket: the old one is closed first, and bound again if the new one fails.
         """
-        from mailsync.exporter import parse_listen, start_exporter
+        from mailsync.telemetry.exporter import parse_listen, start_exporter
 
         try:
             return start_exporter(listen, self.metrics.registry, self.health), ""

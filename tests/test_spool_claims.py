@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mailsync.metrics import Metrics
 from mailsync.outbound.ingest import Ingester, prepare_spool
+from mailsync.telemetry.metrics import Metrics
 from tests.outbound_helpers import history, load, open_store, run_once, server_yaml, write_config
 
 JSON = (b'{"user": "alice", "to": ["a@example.org"], "subject": "Monthly report",'

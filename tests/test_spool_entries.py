@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.metrics import Metrics
 from mailsync.outbound import spool as spool_mod
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
+from mailsync.telemetry.metrics import Metrics
 from tests.daemon_helpers import (
     daemon_config,
     daemons_fixture,  # noqa: F401 - the daemons fixture

@@ -27,13 +27,13 @@ from typing import Any
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
-from mailsync.metrics import Metrics
 from mailsync.outbound import login, retry, routing
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.outbound.verp import VerpKey, verp_sender
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.deliver")
 

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from mailsync.outbound.queue import IN_QUEUE, OutboundStore
 from mailsync.store.health import KINDS, CommitHealth
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailsync.exporter")
 
 Health = Callable[[], tuple[bool, str]]
 
