@@ -190,7 +190,7 @@ def outdated_text(exc: StoreOutdated, state_dir: Path) -> str:
     """Why a store older than this mailsync is refused: with the pid of the (older)
     daemon answering on state_dir's control socket, when one does; a daemon migrates
     its store at start, so a running one on an older store is an older mailsync."""
-    from mailsync.control import request, socket_path
+    from mailsync.daemon.control import request, socket_path
     from mailsync.store import db_path
 
     try:

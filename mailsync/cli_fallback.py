@@ -53,7 +53,7 @@ def named_state_dir(config_path: Path) -> Path | None:
 def daemon_state_dir(config_path: Path) -> Path | None:
     """The state_dir of the daemon running on this file (it says where its control
     socket is), else the one the file names."""
-    from mailsync.control import SOCKET_NAME, locate
+    from mailsync.daemon.control import SOCKET_NAME, locate
 
     found = locate(config_path)
     if found is not None and found.name == SOCKET_NAME:

@@ -128,7 +128,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
     assert config is not None
     logs.setup(config.daemon.log_format)
     if not once:
-        from mailsync.daemon import run as run_daemon
+        from mailsync.daemon.supervisor import run as run_daemon
 
         raise Exit(run_daemon(config_path, loaded, new_store=new_store))
     store = open_store_or_exit(config, new_store=new_store, check=True,
@@ -358,7 +358,7 @@ def _wake_daemon(config: Config) -> None:
     """Tell a running daemon that a message is due now (else it sees it within a second)."""
     import contextlib
 
-    from mailsync.control import request, socket_path
+    from mailsync.daemon.control import request, socket_path
 
     path = socket_path(config.daemon.state_dir)
     if path.exists():

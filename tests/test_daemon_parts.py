@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from mailsync.cli_fallback import named_state_dir as _state_dir
-from mailsync.control import ControlServer, request
+from mailsync.daemon.control import ControlServer, request
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.control import locate
+from mailsync.daemon.control import locate
 from tests.daemon_helpers import DaemonProcess, daemon_config, wait_until
 from tests.outbound_helpers import server_yaml
 

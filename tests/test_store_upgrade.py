@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from mailsync.control import ControlServer, socket_path
+from mailsync.daemon.control import ControlServer, socket_path
 from mailsync.errors import StoreOutdated
 from mailsync.store import Store
 from mailsync.store import sqlite as store_module
