@@ -265,7 +265,7 @@ def plan(config_path: Path, against: Path | None, detailed_exitcode: bool, fmt: 
     Compares with the configuration the daemon last applied (kept in state_dir), or
     with --against FILE, e.g. --against <(git show main:config.yaml).
     """
-    from mailsync.plan import diff
+    from mailsync.config.plan import diff
 
     base_dir = config_path.resolve().parent
     pending = None

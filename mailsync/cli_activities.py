@@ -32,9 +32,9 @@ from mailsync.activities.rules import (
 from mailsync.activities.store import ActivityStore, DoneResult, Filters
 from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
 from mailsync.config.model import Config
+from mailsync.config.units import iso
 from mailsync.errors import ActivityRefused
-from mailsync.printable import printable
-from mailsync.tables import iso, one_line
+from mailsync.printable import one_line, printable
 
 LIST_COLUMNS = ("id", "icon", "type", "summary", "user", "deadline", "due", "decoration",
                 "state", "record")

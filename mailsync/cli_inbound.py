@@ -20,9 +20,10 @@ from mailsync.cli import (
     verp_key_or_exit,
 )
 from mailsync.config.model import Config
-from mailsync.history import readable
-from mailsync.printable import printable
-from mailsync.tables import WIDTH, one_line, short_time, table
+from mailsync.config.units import short_time
+from mailsync.outbound.history import readable
+from mailsync.printable import one_line, printable
+from mailsync.tables import WIDTH, table
 from mailsync.terminal import write_raw
 
 # Reading what was fetched needs only state_dir: a typo in the file does not stop it.

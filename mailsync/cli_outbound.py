@@ -218,7 +218,7 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
     """List sent, queued and refused messages, newest first (`history show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    from mailsync import history as h
+    from mailsync.outbound import history as h
     from mailsync.outbound.queue import STATUSES
     from mailsync.tables import parse_since
 
@@ -246,7 +246,7 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
 
 def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
                 wide: bool) -> None:
-    from mailsync import history as h
+    from mailsync.outbound import history as h
 
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -269,7 +269,7 @@ def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> Non
     Control characters in what servers and senders wrote are shown escaped (\\x1b);
     --raw writes the stored bytes to a pipe or a file, escaped to a terminal.
     """
-    from mailsync import history as h
+    from mailsync.outbound import history as h
     from mailsync.terminal import write_raw
 
     config = _config(config_path)
@@ -306,7 +306,7 @@ def queue() -> None:
 @wide_option
 def queue_list(config_path: Path, fmt: str, wide: bool) -> None:
     """Messages not yet delivered: queued, sending, deferred, held."""
-    from mailsync import history as h
+    from mailsync.outbound import history as h
 
     config = _config(config_path)
     rows: list[dict[str, Any]] = []

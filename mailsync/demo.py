@@ -534,7 +534,7 @@ class _Daemon:
 
 def _statuses(state_dir: Path) -> list[dict[str, Any]]:
     """The history as the daemon's store has it now (read only); [] before it exists."""
-    from mailsync.history import Filters, list_messages
+    from mailsync.outbound.history import Filters, list_messages
     from mailsync.outbound.queue import OutboundStore
     from mailsync.store import Store, db_path
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailsync.config.model import Config
-from mailsync.outbound import sender
+from mailsync.outbound import pool as sender
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import OutboundStore

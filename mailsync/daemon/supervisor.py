@@ -47,6 +47,7 @@ from mailsync.activities.store import ActivityCollector, schedule_for_fetched
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
+from mailsync.config.plan import diff
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.sdnotify import Notifier
@@ -58,7 +59,6 @@ from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.pickup import PickupService
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey, load_key
-from mailsync.plan import diff
 from mailsync.store import Store, db_path, store_error
 from mailsync.telemetry import logs
 from mailsync.telemetry.exporter import parse_listen, start_exporter
