@@ -25,7 +25,7 @@ def demo(workdir: Path, once: bool) -> None:
     files, the bounce and the metrics URL.
     """
     try:
-        from mailsync.demo import run_demo
+        from mailsync.demo.driver import run_demo
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "aiosmtpd":
             raise

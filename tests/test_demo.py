@@ -16,7 +16,9 @@ import yaml
 from click.testing import CliRunner
 
 from mailsync.config.load import load_text
-from mailsync.demo import Sink, demo_config, example_text, is_undeliverable, run_demo
+from mailsync.demo.config import demo_config, example_text
+from mailsync.demo.driver import run_demo
+from mailsync.demo.sink import Sink, is_undeliverable
 from mailsync.inbound.bounces import parse_bounce
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import VerpKey, verp_sender
@@ -212,7 +214,8 @@ def test_demo_without_aiosmtpd_says_how_to_install_it(monkeypatch):
 
     for name in ("aiosmtpd", "aiosmtpd.controller", "aiosmtpd.smtp"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.delitem(sys.modules, "mailsync.demo", raising=False)
+    for name in ("mailsync.demo.driver", "mailsync.demo.sink"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
 
     result = CliRunner().invoke(mailsync.cli.main, ["demo", "--once"])
 
