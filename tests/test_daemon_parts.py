@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from mailsync.cli_fallback import named_state_dir as _state_dir
+from mailsync.cli.fallback import named_state_dir as _state_dir
 from mailsync.daemon.control import ControlServer, request
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester

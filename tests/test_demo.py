@@ -210,7 +210,7 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
 
 def test_demo_without_aiosmtpd_says_how_to_install_it(monkeypatch):
     import mailsync.cli
-    import mailsync.cli_demo
+    import mailsync.cli.demo
 
     for name in ("aiosmtpd", "aiosmtpd.controller", "aiosmtpd.smtp"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -225,12 +225,12 @@ def test_demo_without_aiosmtpd_says_how_to_install_it(monkeypatch):
 
 
 def _demo_argv(*args: str) -> list[str]:
-    from mailsync.cli import LazyGroup
+    from mailsync.cli.root import LazyGroup
 
     if "demo" in LazyGroup.lazy:
         return [sys.executable, "-m", "mailsync", "demo", *args]
     # Until cli.py lists the command: register it by importing its module first.
-    code = "import mailsync.cli_demo, mailsync.cli; mailsync.cli.main()"
+    code = "import mailsync.cli.demo, mailsync.cli; mailsync.cli.main()"
     return [sys.executable, "-c", code, "demo", *args]
 
 

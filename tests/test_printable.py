@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from mailsync.cli.render import table
 from mailsync.printable import printable, printable_raw
-from mailsync.tables import table
 from mailsync.telemetry import logs
 
 ESC = "\x1b"

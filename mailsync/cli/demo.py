@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from mailsync.cli import Exit, main
+from mailsync.cli.root import Exit, main
+
+# Imports inside functions: the demo's driver needs aiosmtpd (an extra), whose absence
+# the command reports instead of failing at `mailsync --help`.
 
 
 @main.command()

@@ -30,7 +30,7 @@ from mailsync.activities.rules import (
     type_list,
 )
 from mailsync.activities.store import ActivityStore, DoneResult, Filters
-from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
+from mailsync.cli.root import Exit, _load_or_exit, config_option, main, using_store
 from mailsync.config.model import Config
 from mailsync.config.units import iso
 from mailsync.errors import ActivityRefused

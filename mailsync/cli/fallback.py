@@ -22,6 +22,9 @@ from mailsync.errors import ConfigError, StoreError
 if TYPE_CHECKING:
     from mailsync.config.model import Config
 
+# Imports inside functions: only a command whose file does not load reads the store
+# and the control socket; `validate` never does.
+
 DEFAULT_STATE_DIR = "./var/state"  # as mailsync.config.model builds it
 _BLOCK_STATE_DIR = re.compile(r"^daemon:\s*\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+state_dir:[ \t]*"
                               r"[\"']?([^\"'#\s]+)", re.MULTILINE)
