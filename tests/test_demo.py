@@ -229,7 +229,7 @@ def _demo_argv(*args: str) -> list[str]:
 
     if "demo" in LazyGroup.lazy:
         return [sys.executable, "-m", "mailsync", "demo", *args]
-    # Until cli.py lists the command: register it by importing its module first.
+    # Until cli/root.py lists the command: register it by importing its module first.
     code = "import mailsync.cli.demo, mailsync.cli; mailsync.cli.main()"
     return [sys.executable, "-c", code, "demo", *args]
 
