@@ -52,9 +52,9 @@ from benchfs import workdir  # noqa: E402  (bench/benchfs.py, beside this script
 
 from mailsync.config.load import load_file  # noqa: E402
 from mailsync.inbound.poller import Poller  # noqa: E402
-from mailsync.metrics import Metrics  # noqa: E402
 from mailsync.outbound.verp import load_key  # noqa: E402
 from mailsync.store import Store  # noqa: E402
+from mailsync.telemetry.metrics import Metrics  # noqa: E402
 from tests.dovecot import Dovecot, Mailbox, incoming_yaml, write_config  # noqa: E402
 
 BODY = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "

@@ -146,7 +146,7 @@ class ConnectError(TemporaryFailure):
     (authentication failed), ``folder`` (the IMAP folder or the Maildir is missing),
     ``protocol`` (unexpected greeting or reply), ``closed``
     (the server hung up), ``down`` (an outgoing server known to be down: not connected
-    to, see mailsync.outbound.sender). Messages are deferred and the next eligible server
+    to, see mailsync.outbound.pool). Messages are deferred and the next eligible server
     is tried.
     """
 

@@ -30,6 +30,7 @@ call, so long bodies cost little.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Characters never written as they are (tab and line feed are decided per call).
 _CONTROLS = ("\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
@@ -67,3 +68,10 @@ def printable_raw(raw: bytes) -> str:
     that are not UTF-8 show as ``\\xNN``, every other control character is escaped."""
     text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
     return printable(text, multiline=True)
+
+
+def one_line(value: Any) -> str:
+    """A value as one line for a terminal: None is empty, a line break (CRLF or LF)
+    becomes a space, every other non-printable character is escaped (``\\x1b``, ``\\r``)."""
+    text = "" if value is None else str(value)
+    return printable(text.replace("\r\n", " ").replace("\n", " "))

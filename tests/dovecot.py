@@ -407,9 +407,9 @@ class Rig:
 
     def __init__(self, directory: Path, incoming: str, *, accounts: bool = True) -> None:
         from mailsync.config.load import load_file
-        from mailsync.metrics import Metrics
         from mailsync.outbound.verp import load_key
         from mailsync.store import Store
+        from mailsync.telemetry.metrics import Metrics
 
         self.path = write_config(directory, incoming, accounts=accounts)
         loaded = load_file(self.path)

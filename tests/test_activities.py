@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailsync.activities import (
+from mailsync.activities.rules import (
     Activity,
     ActivityRefused,
     RecordRef,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsync.activities import local_date
+from mailsync.activities.rules import local_date
 from mailsync.cli import main
-from mailsync.cli_activities import render_table
+from mailsync.cli.activities import render_table
 
 TYPES = """\
 activity_types:

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mailsync.activities import RecordRef, local_date
-from mailsync.activity_store import ActivityCollector, ActivityStore, Filters, schedule_for_fetched
+from mailsync.activities.rules import RecordRef, local_date
+from mailsync.activities.store import (
+    ActivityCollector,
+    ActivityStore,
+    Filters,
+    schedule_for_fetched,
+)
 from mailsync.config.model import (
     ActivityRule,
     ActivityType,
@@ -70,7 +75,7 @@ def server(type_name: str = "Reply", user: str | None = None) -> IncomingServer:
 
 
 def test_migration_creates_the_activities_table(store):
-    from mailsync.store import MIGRATIONS
+    from mailsync.store.migrations import MIGRATIONS
 
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     cols = {r[1] for r in store.conn.execute("PRAGMA table_info(activities)")}

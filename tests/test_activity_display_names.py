@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
-from mailsync.activity_store import ActivityCollector
+from mailsync.activities.store import ActivityCollector
 from mailsync.cli import main
 from mailsync.config import load_text
 

@@ -502,7 +502,7 @@ def test_secrets_never_leak(endpoint: Endpoint, tmp_path: Path,
 
 def test_auth_login_cli(endpoint: Endpoint, runner: Any, write_config: Any, example_text: str,
                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mailsync.cli_auth
+    import mailsync.cli.auth
     from mailsync.cli import main
 
     path = write_config(example_text)
@@ -512,7 +512,7 @@ def test_auth_login_cli(endpoint: Endpoint, runner: Any, write_config: Any, exam
     s = settings(endpoint, "refresh_token", client_secret=None, refresh_token=None,
                  device_url=endpoint.url.replace("/token", "/device"))
     # until the config model makes OAuth2 settings, the lookup is given them
-    monkeypatch.setattr(mailsync.cli_auth, "oauth2_logins", lambda config: {"alice": s})
+    monkeypatch.setattr(mailsync.cli.auth, "oauth2_logins", lambda config: {"alice": s})
     result = runner.invoke(main, ["auth", "login", "alice", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert "open https://example.com/device and enter the code WDJB-MJHT" in result.output

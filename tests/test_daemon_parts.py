@@ -11,13 +11,13 @@ from dataclasses import replace
 
 import pytest
 
-from mailsync.cli_fallback import named_state_dir as _state_dir
-from mailsync.control import ControlServer, request
-from mailsync.metrics import Metrics
+from mailsync.cli.fallback import named_state_dir as _state_dir
+from mailsync.daemon.control import ControlServer, request
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import load_key
+from mailsync.telemetry.metrics import Metrics
 from tests.outbound_helpers import load, open_store, server_yaml, write_config
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
 

@@ -16,7 +16,9 @@ import yaml
 from click.testing import CliRunner
 
 from mailsync.config.load import load_text
-from mailsync.demo import Sink, demo_config, example_text, is_undeliverable, run_demo
+from mailsync.demo.config import demo_config, example_text
+from mailsync.demo.driver import run_demo
+from mailsync.demo.sink import Sink, is_undeliverable
 from mailsync.inbound.bounces import parse_bounce
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import VerpKey, verp_sender
@@ -208,11 +210,12 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
 
 def test_demo_without_aiosmtpd_says_how_to_install_it(monkeypatch):
     import mailsync.cli
-    import mailsync.cli_demo
+    import mailsync.cli.demo
 
     for name in ("aiosmtpd", "aiosmtpd.controller", "aiosmtpd.smtp"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.delitem(sys.modules, "mailsync.demo", raising=False)
+    for name in ("mailsync.demo.driver", "mailsync.demo.sink"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
 
     result = CliRunner().invoke(mailsync.cli.main, ["demo", "--once"])
 
@@ -222,12 +225,12 @@ def test_demo_without_aiosmtpd_says_how_to_install_it(monkeypatch):
 
 
 def _demo_argv(*args: str) -> list[str]:
-    from mailsync.cli import LazyGroup
+    from mailsync.cli.root import LazyGroup
 
     if "demo" in LazyGroup.lazy:
         return [sys.executable, "-m", "mailsync", "demo", *args]
-    # Until cli.py lists the command: register it by importing its module first.
-    code = "import mailsync.cli_demo, mailsync.cli; mailsync.cli.main()"
+    # Until cli/root.py lists the command: register it by importing its module first.
+    code = "import mailsync.cli.demo, mailsync.cli; mailsync.cli.main()"
     return [sys.executable, "-c", code, "demo", *args]
 
 

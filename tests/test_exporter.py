@@ -15,10 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailsync import __version__
-from mailsync.exporter import Exporter, QueueCollector, parse_listen, start_exporter
-from mailsync.metrics import Metrics
+from mailsync.daemon.collectors import QueueCollector
 from mailsync.outbound.queue import NewMessage, OutboundStore
 from mailsync.store import Store
+from mailsync.telemetry.exporter import Exporter, parse_listen, start_exporter
+from mailsync.telemetry.metrics import Metrics
 
 # No proxy from the environment may get between the test and 127.0.0.1.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

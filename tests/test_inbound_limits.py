@@ -156,7 +156,7 @@ class _Flaky:
 
 def test_a_dead_mailbox_is_marked_down_once_probed_on_a_backoff_and_back_up_once(
         rig, tmp_path, caplog, monkeypatch):
-    from mailsync.daemon import _Mailbox
+    from mailsync.daemon.supervisor import _Mailbox
 
     monkeypatch.setattr(poller_mod, "BACKOFF_FIRST", 0.1)  # 0.1, 0.2, 0.4, 0.8 s...
     flaky = _Flaky()

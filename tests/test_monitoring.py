@@ -27,14 +27,15 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailsync.activity_store import ActivityCollector
+from mailsync.activities.store import ActivityCollector
 from mailsync.cli import main
 from mailsync.config.load import load_file
-from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
-from mailsync.metrics import Metrics
+from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.store import Store
+from mailsync.telemetry.exporter import start_exporter
+from mailsync.telemetry.metrics import Metrics
 from tests.conftest import EXAMPLE, ROOT, need
 from tests.outbound_helpers import server_yaml
 

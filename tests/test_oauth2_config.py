@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailsync.config import load_text
+from mailsync.config.plan import diff
 from mailsync.config.problems import Problem
-from mailsync.plan import diff
 
 HEAD = """\
 version: 1

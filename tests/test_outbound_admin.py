@@ -9,13 +9,13 @@ import threading
 
 import pytest
 
-from mailsync.metrics import Metrics
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import GroupCommit
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import load_key
 from mailsync.store import Store
+from mailsync.telemetry.metrics import Metrics
 from tests.outbound_helpers import (
     history,
     load,

@@ -22,11 +22,11 @@ import pytest
 
 from mailsync.config.load import load_text
 from mailsync.config.model import Config
-from mailsync.metrics import REJECT_REASONS, Metrics
 from mailsync.outbound.identity import Submitters, unix_name
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.outbound.types import Rejection, RejectReason
+from mailsync.telemetry.metrics import REJECT_REASONS, Metrics
 from tests.conftest import ROOT, need
 from tests.outbound_helpers import (
     history,

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from mailsync.config.model import Config
-from mailsync.metrics import Metrics
-from mailsync.outbound import sender
+from mailsync.outbound import pool as sender
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import load_key
+from mailsync.telemetry.metrics import Metrics
 from tests.outbound_helpers import history, load, open_store, server_yaml, write_config
 from tests.smtpserver import (
     SmtpServer,

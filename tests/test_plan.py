@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mailsync.cli import main
 from mailsync.config import Config, load_text
-from mailsync.plan import SECTIONS, Change, apply, diff, flatten
+from mailsync.config.plan import SECTIONS, Change, apply, diff, flatten
 from mailsync.store import Store
 
 BASE = Path("/srv/mailsync")

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from mailsync import logs
+from mailsync.cli.render import table
 from mailsync.printable import printable, printable_raw
-from mailsync.tables import table
+from mailsync.telemetry import logs
 
 ESC = "\x1b"
 

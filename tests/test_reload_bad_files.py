@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.control import locate
+from mailsync.daemon.control import locate
 from tests.daemon_helpers import DaemonProcess, daemon_config, wait_until
 from tests.outbound_helpers import server_yaml
 
@@ -120,7 +120,7 @@ def test_status_shows_the_last_reloads_outcome(daemon):
 
 
 def test_status_lists_the_first_errors_and_counts_the_rest():
-    from mailsync.cli_daemon import last_reload_lines
+    from mailsync.cli.daemon import last_reload_lines
 
     last = {"result": "refused", "at": 0, "summary": "5 error(s) in c.yaml",
             "errors": ["c.yaml:1:1: error: a", "c.yaml:2:1: error: b", "c.yaml:3:1: error: c"],

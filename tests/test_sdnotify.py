@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.sdnotify import Notifier
+from mailsync.daemon.sdnotify import Notifier
 
 
 class Listener:

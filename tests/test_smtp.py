@@ -12,7 +12,7 @@ import pytest
 
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
-from mailsync.outbound.sender import ConnectionPool
+from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from tests.smtpserver import SmtpServer
 

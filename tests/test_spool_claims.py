@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mailsync.metrics import Metrics
 from mailsync.outbound.ingest import Ingester, prepare_spool
+from mailsync.telemetry.metrics import Metrics
 from tests.outbound_helpers import history, load, open_store, run_once, server_yaml, write_config
 
 JSON = (b'{"user": "alice", "to": ["a@example.org"], "subject": "Monthly report",'
@@ -125,7 +125,9 @@ def test_an_idempotency_duplicate_is_counted_and_recorded(tmp_path):
 def test_a_store_of_the_previous_release_keeps_its_records_as_claims(tmp_path):
     import sqlite3
 
-    from mailsync.store import MIGRATIONS, Store, _statements
+    from mailsync.store import Store
+    from mailsync.store.migrations import MIGRATIONS
+    from mailsync.store.sqlite import _statements
 
     state = tmp_path / "state"
     state.mkdir()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.metrics import Metrics
 from mailsync.outbound import spool as spool_mod
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
+from mailsync.telemetry.metrics import Metrics
 from tests.daemon_helpers import (
     daemon_config,
     daemons_fixture,  # noqa: F401 - the daemons fixture
@@ -237,7 +237,7 @@ def test_a_sender_that_finishes_nothing_while_messages_wait_makes_healthz_fail(
 
 
 def test_the_tests_no_progress_limit_is_checked():
-    from mailsync.daemon import STUCK_AFTER, stuck_after
+    from mailsync.daemon.supervisor import STUCK_AFTER, stuck_after
     from mailsync.errors import MailsyncError
 
     assert stuck_after({}) == STUCK_AFTER == 30.0

@@ -8,8 +8,9 @@ import sqlite3
 import pytest
 
 from mailsync.errors import StoreUnavailable
-from mailsync.store import WAL_MAX_PAGES, WAL_MIN_PAGES, Store, wal_pages
-from mailsync.storehealth import CommitHealth, classify
+from mailsync.store import Store
+from mailsync.store.health import CommitHealth, classify
+from mailsync.store.sqlite import WAL_MAX_PAGES, WAL_MIN_PAGES, wal_pages
 
 
 def test_disk_errors_are_told_apart_from_statement_errors(tmp_path):
@@ -72,7 +73,7 @@ def test_a_failed_commit_leaves_no_transaction_open(tmp_path):
 
 
 def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path, monkeypatch):
-    import mailsync.store
+    import mailsync.store.sqlite
 
     store = Store.open(tmp_path / "state")
     wal = tmp_path / "state" / "mailsync.db-wal"
@@ -94,7 +95,7 @@ def test_the_wal_stays_bounded_and_a_quiet_store_truncates_it(tmp_path, monkeypa
         assert busy == 0 and frames == done
         assert store.checkpoint() == 0              # nothing written since: nothing to do
         # A disk short of space: a quiet store holds no WAL there.
-        monkeypatch.setattr(mailsync.store, "TRUNCATE_BELOW", 1 << 62)
+        monkeypatch.setattr(mailsync.store.sqlite, "TRUNCATE_BELOW", 1 << 62)
         with store.transaction() as conn:
             conn.execute("INSERT INTO big VALUES (zeroblob(50000))")
         assert store.checkpoint() > 0

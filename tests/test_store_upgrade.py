@@ -8,10 +8,11 @@ import sqlite3
 
 import pytest
 
-from mailsync import store as store_module
-from mailsync.control import ControlServer, socket_path
+from mailsync.daemon.control import ControlServer, socket_path
 from mailsync.errors import StoreOutdated
-from mailsync.store import MIGRATIONS, Store
+from mailsync.store import Store
+from mailsync.store import sqlite as store_module
+from mailsync.store.migrations import MIGRATIONS
 from tests.outbound_helpers import run, server_yaml, write_config
 
 CURRENT = len(MIGRATIONS)

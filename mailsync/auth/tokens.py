@@ -28,7 +28,7 @@ from typing import Protocol
 from mailsync.auth.grants import DEFAULT_TIMEOUT, AccessToken, GrantContext, fetch
 from mailsync.auth.settings import OAuth2
 from mailsync.auth.store import RefreshTokenFile
-from mailsync.errors import OAuth2Error, OAuth2Unavailable
+from mailsync.errors import ConnectError, OAuth2Error, OAuth2Unavailable
 
 log = logging.getLogger("mailsync.auth")
 
@@ -262,8 +262,6 @@ SESSION_RENEW_MARGIN = 60.0
 def session_token(source: TokenSource, where: str) -> AccessToken:
     """A token for a new session; ConnectError(kind="oauth2") naming ``where`` when none
     can be had (the token endpoint's fault, not the mail server's)."""
-    from mailsync.errors import ConnectError
-
     try:
         return source.token(min_valid=SESSION_MIN_VALID)
     except OAuth2Error as exc:

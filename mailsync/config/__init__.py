@@ -1,4 +1,5 @@
-"""The configuration file: loading, schema, model, semantic checks, provider presets."""
+"""The configuration file: loading, schema, model, semantic checks, provider presets, and the
+plan (what applying a new file changes), with the units its values are written in."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Durations (``30s``, ``5m``, ``1h``, ``5d``) and sizes (``25MiB``): parse and format."""
+"""Durations (``30s``, ``5m``, ``1h``, ``5d``) and sizes (``25MiB``): parse and format;
+epoch times as ISO 8601 UTC."""
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 _DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
 _SIZE = re.compile(r"^([0-9]+)(B|KiB|MiB|GiB)$")
@@ -44,3 +45,16 @@ def format_size(value: int) -> str:
         if value and value % _BYTES[unit] == 0:
             return f"{value // _BYTES[unit]}{unit}"
     return f"{value}B"
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC (seconds precision)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def short_time(epoch_iso: str | None) -> str | None:
+    """An ISO 8601 UTC time (from :func:`iso`) as ``2026-12-01 10:37`` for a narrow
+    listing (``--wide`` and JSON keep the full time)."""
+    return epoch_iso[:16].replace("T", " ") if epoch_iso else epoch_iso

@@ -43,9 +43,9 @@ from mailsync.inbound.maildir import LocalSource, MaildirWriter
 from mailsync.inbound.message import parse_headers, summarize
 from mailsync.inbound.pop3 import Pop3Source
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
-from mailsync.metrics import Metrics
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.inbound")
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsync.config.units import iso
 from mailsync.inbound.message import Summary
 from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store
-from mailsync.tables import iso
 
 _CHUNK = 500  # keys per IN (...) query
 _CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed

@@ -1,7 +1,7 @@
 """Store migration of the inbound side (fetch state and fetched messages).
 
-Kept apart from store.py so that the inbound code owns its tables; store.py applies
-:data:`MIGRATION` as migration 3 and :data:`SKIPPED_MIGRATION` as migration 8.
+Kept apart from the store so that the inbound code owns its tables; store/migrations.py
+applies :data:`MIGRATION` as migration 3 and :data:`SKIPPED_MIGRATION` as migration 8.
 Statements are separated by ';' (no ';' inside literals).
 
 - ``fetched``: every message taken from an incoming server, with its raw bytes and the

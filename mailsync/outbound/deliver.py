@@ -6,7 +6,7 @@ failure. A connection failure moves to the next eligible server before deferring
 sent status is committed right after the server's acceptance, so a crash can resend at
 most the messages that were in flight.
 
-A server that is down (see :mod:`mailsync.outbound.sender`) is not connected to per
+A server that is down (see :mod:`mailsync.outbound.pool`) is not connected to per
 message: its messages go to the next eligible server or are deferred at once, without
 counting an attempt, and a pass probes it on a backoff; once a probe works, the
 messages deferred meanwhile come due at once.
@@ -27,13 +27,13 @@ from typing import Any
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
-from mailsync.metrics import Metrics
 from mailsync.outbound import login, retry, routing
+from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.queue import OutboundStore, Outgoing
-from mailsync.outbound.sender import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.outbound.verp import VerpKey, verp_sender
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.deliver")
 

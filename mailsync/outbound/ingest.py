@@ -27,12 +27,12 @@ from pathlib import Path
 
 from mailsync.config.model import Config
 from mailsync.errors import StoreUnavailable
-from mailsync.metrics import Metrics
 from mailsync.outbound import compose, routing, spool
 from mailsync.outbound.identity import Submitters
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
 from mailsync.outbound.types import Rejection
 from mailsync.outbound.verp import VerpKey
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.ingest")
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from mailsync.config.model import Config
 from mailsync.errors import MailsyncError, StoreUnavailable
-from mailsync.metrics import Metrics
 from mailsync.outbound.ingest import Ingester, IngestStats
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
+from mailsync.telemetry.metrics import Metrics
 
 _PR_SET_PDEATHSIG = 1
 

@@ -1,9 +1,9 @@
 """Store migration of the outbound side: the queue, the send history and its events.
 
-Applied by store.py as migrations 2, 5, 7 and 8. Statements are separated by ';' (no ';' inside
-literals). The content lives apart from the message row so that status updates rewrite
-small rows (many to a page), not pages of message bytes; attempts are the events that
-name a server.
+Applied by store/migrations.py as migrations 2, 5, 7 and 8. Statements are separated by
+';' (no ';' inside literals). The content lives apart from the message row so that status
+updates rewrite small rows (many to a page), not pages of message bytes; attempts are the
+events that name a server.
 """
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from mailsync.cli import Exit, _print_problems, config_option, main
-from mailsync.cli_fallback import daemon_state_dir
+from mailsync.cli.fallback import daemon_state_dir
+from mailsync.cli.root import Exit, _print_problems, config_option, main
 from mailsync.config.load import load_file
-from mailsync.control import request, socket_path
+from mailsync.config.units import iso
+from mailsync.daemon.control import request, socket_path
 from mailsync.errors import ConfigError
 from mailsync.printable import printable
-from mailsync.tables import iso
 
 
 def _socket(config_path: Path, socket_opt: Path | None) -> Path:

@@ -1,4 +1,7 @@
-"""The ``mailsync`` command line: parse, call, print. Exit 0 ok, 1 failure, 2 usage."""
+"""The ``mailsync`` group, the helpers every command uses, and ``validate``, ``plan``, ``schema``.
+
+Exit 0 ok, 1 failure, 2 usage.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
     from mailsync.config.model import Config
     from mailsync.outbound.verp import VerpKey
     from mailsync.store import Store
+
+# Imports inside functions: `mailsync validate` runs in pre-commit hooks and imports this
+# module only, so what the other commands need is imported when they run.
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -49,18 +55,18 @@ class LazyGroup(click.Group):
     """
 
     lazy = {
-        "send": "mailsync.cli_outbound",
-        "run": "mailsync.cli_outbound",
-        "history": "mailsync.cli_outbound",
-        "queue": "mailsync.cli_outbound",
-        "test": "mailsync.cli_outbound",
-        "inbox": "mailsync.cli_inbound",
-        "activity": "mailsync.cli_activities",
-        "reload": "mailsync.cli_daemon",
-        "status": "mailsync.cli_daemon",
-        "store": "mailsync.cli_store",
-        "demo": "mailsync.cli_demo",
-        "auth": "mailsync.cli_auth",
+        "send": "mailsync.cli.send",
+        "run": "mailsync.cli.run",
+        "history": "mailsync.cli.history",
+        "queue": "mailsync.cli.queue",
+        "test": "mailsync.cli.connect",
+        "inbox": "mailsync.cli.inbound",
+        "activity": "mailsync.cli.activities",
+        "reload": "mailsync.cli.daemon",
+        "status": "mailsync.cli.daemon",
+        "store": "mailsync.cli.store",
+        "demo": "mailsync.cli.demo",
+        "auth": "mailsync.cli.auth",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -155,7 +161,7 @@ def config_or_last_applied(config_path: Path) -> Config:
         loaded = exc
     if isinstance(loaded, Loaded) and loaded.config is not None:
         return loaded.config
-    from mailsync.cli_fallback import first_error, last_applied
+    from mailsync.cli.fallback import first_error, last_applied
 
     fallback = last_applied(config_path, first_error(loaded))
     if fallback is None:
@@ -190,7 +196,7 @@ def outdated_text(exc: StoreOutdated, state_dir: Path) -> str:
     """Why a store older than this mailsync is refused: with the pid of the (older)
     daemon answering on state_dir's control socket, when one does; a daemon migrates
     its store at start, so a running one on an older store is an older mailsync."""
-    from mailsync.control import request, socket_path
+    from mailsync.daemon.control import request, socket_path
     from mailsync.store import db_path
 
     try:
@@ -265,12 +271,12 @@ def plan(config_path: Path, against: Path | None, detailed_exitcode: bool, fmt: 
     Compares with the configuration the daemon last applied (kept in state_dir), or
     with --against FILE, e.g. --against <(git show main:config.yaml).
     """
-    from mailsync.plan import diff
+    from mailsync.config.plan import diff
 
     base_dir = config_path.resolve().parent
     pending = None
     if against is not None:
-        from mailsync.forked import Forked
+        from mailsync.cli.forked import Forked
 
         # The other side is only compared with (checked in full only if it does not fit
         # the model); it is parsed in a forked child while this process checks the new file.

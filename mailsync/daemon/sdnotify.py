@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailsync.sdnotify")
 
 # A blocked send (systemd not reading) must not stall the supervisor loop for long.
 SEND_TIMEOUT = 1.0

@@ -4,7 +4,7 @@ Deadlines, the defaults a type gives a new activity, record references, what hap
 when an activity is done (``trigger`` schedules ``default_next``, ``suggest`` offers
 ``recommended_next``) and the refusals. Nothing here reads the clock or the store: the
 caller passes ``today`` (the machine's local date, see :func:`local_date`) and the
-activities it has read. SQL lives in :mod:`mailsync.activity_store`.
+activities it has read. SQL lives in :mod:`mailsync.activities.store`.
 """
 
 from __future__ import annotations

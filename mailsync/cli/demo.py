@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from mailsync.cli import Exit, main
+from mailsync.cli.root import Exit, main
+
+# Imports inside functions: the demo's driver needs aiosmtpd (an extra), whose absence
+# the command reports instead of failing at `mailsync --help`.
 
 
 @main.command()
@@ -25,7 +28,7 @@ def demo(workdir: Path, once: bool) -> None:
     files, the bounce and the metrics URL.
     """
     try:
-        from mailsync.demo import run_demo
+        from mailsync.demo.driver import run_demo
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "aiosmtpd":
             raise

@@ -1,4 +1,4 @@
-"""Store migration of activities (applied by store.py as migration 4).
+"""Store migration of activities (applied by store/migrations.py as migration 4).
 
 Dates (``deadline``, ``done_on``) are ISO ``YYYY-MM-DD`` strings in the machine's local
 time zone, so they compare and sort as text; times are epoch seconds. ``fetched_id`` is

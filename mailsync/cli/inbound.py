@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from mailsync.cli import (
+from mailsync.cli.render import WIDTH, table
+from mailsync.cli.root import (
     Exit,
     config_option,
     config_or_last_applied,
@@ -19,11 +20,14 @@ from mailsync.cli import (
     using_store,
     verp_key_or_exit,
 )
+from mailsync.cli.terminal import write_raw
 from mailsync.config.model import Config
-from mailsync.history import readable
-from mailsync.printable import printable
-from mailsync.tables import WIDTH, one_line, short_time, table
-from mailsync.terminal import write_raw
+from mailsync.config.units import short_time
+from mailsync.outbound.history import readable
+from mailsync.printable import one_line, printable
+
+# Imports inside functions: `mailsync --help` imports every command module, so each
+# command imports what only it runs when it runs.
 
 # Reading what was fetched needs only state_dir: a typo in the file does not stop it.
 _config = config_or_last_applied
@@ -52,8 +56,8 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
     """List fetched messages, newest first (`inbox show ID` for one, `inbox poll` to fetch)."""
     if ctx.invoked_subcommand is not None:
         return
+    from mailsync.cli.render import parse_since
     from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched
-    from mailsync.tables import parse_since
 
     try:
         since_t = parse_since(since, time.time()) if since else None
@@ -130,9 +134,9 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     """
     from dataclasses import replace
 
-    from mailsync import logs
     from mailsync.inbound.poller import poll_all_once
-    from mailsync.metrics import Metrics
+    from mailsync.telemetry import logs
+    from mailsync.telemetry.metrics import Metrics
 
     config = load_config_or_exit(config_path)  # polls (and writes) by the file itself
     _check_server(config, server)
@@ -147,7 +151,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     metrics.prime(config)
     with using_store(config, create=True) as store:
         assert store is not None
-        from mailsync.activity_store import schedule_for_fetched
+        from mailsync.activities.store import schedule_for_fetched
 
         def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
             schedule_for_fetched(conn, config, server, fid, subject, now)

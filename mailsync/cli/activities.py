@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from mailsync.activities import (
+from mailsync.activities.rules import (
     STATES,
     Activity,
     RecordRef,
@@ -29,12 +29,12 @@ from mailsync.activities import (
     parse_record,
     type_list,
 )
-from mailsync.activity_store import ActivityStore, DoneResult, Filters
-from mailsync.cli import Exit, _load_or_exit, config_option, main, using_store
+from mailsync.activities.store import ActivityStore, DoneResult, Filters
+from mailsync.cli.root import Exit, _load_or_exit, config_option, main, using_store
 from mailsync.config.model import Config
+from mailsync.config.units import iso
 from mailsync.errors import ActivityRefused
-from mailsync.printable import printable
-from mailsync.tables import iso, one_line
+from mailsync.printable import one_line, printable
 
 LIST_COLUMNS = ("id", "icon", "type", "summary", "user", "deadline", "due", "decoration",
                 "state", "record")

@@ -1,4 +1,4 @@
-"""The SQLite store: schema, migrations and queries.
+"""The SQLite store: the connection, its transactions, opening and migrating.
 
 One database file in ``state_dir`` (WAL mode). Migrations are a list applied in order
 and recorded in ``PRAGMA user_version``, so a store created by any earlier release
@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailsync import activity_tables, files
-from mailsync import store_identity as identity
+from mailsync import files
 from mailsync.errors import StoreDamaged, StoreError, StoreOutdated, StoreUnavailable
-from mailsync.inbound import tables as inbound_tables
-from mailsync.outbound import tables as outbound_tables
-from mailsync.storehealth import CommitHealth, classify, free_bytes
+from mailsync.store import identity
+from mailsync.store.health import CommitHealth, classify, free_bytes
+from mailsync.store.migrations import MIGRATIONS
 
 log = logging.getLogger("mailsync.store")
 
@@ -40,45 +39,6 @@ WAL_SHARE_OF_FREE = 64
 # Below this much free space a quiet daemon truncates its WAL to 0 (see Store.checkpoint).
 TRUNCATE_BELOW = 1024 * 1024 * 1024
 BUSY_TIMEOUT_MS = 30_000
-
-MIGRATIONS: list[str] = [
-    # 1: the last applied configuration, for `mailsync plan`.
-    """
-    CREATE TABLE applied_config (
-        id INTEGER PRIMARY KEY,
-        applied_at TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        source TEXT NOT NULL,
-        text TEXT NOT NULL
-    );
-    """,
-    # 2: the outbound queue and send history (mailsync/outbound/tables.py).
-    outbound_tables.MIGRATION,
-    # 3: inbound fetch state and fetched messages (mailsync/inbound/tables.py).
-    inbound_tables.MIGRATION,
-    # 4: activities (mailsync/activity_tables.py).
-    activity_tables.MIGRATION,
-    # 5: spool claims instead of a permanent record of every file taken.
-    outbound_tables.CLAIMS_MIGRATION,
-    # 6: the store's own id, recorded in state_dir/store-id too (mailsync/store_identity.py):
-    # a deleted or replaced database is then refused instead of starting empty.
-    """
-    CREATE TABLE store_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
-    INSERT INTO store_meta (key, value)
-        VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
-    """,
-    # 7: each message's VERP signature, made when it is queued (mailsync/outbound/verp.py).
-    outbound_tables.VERP_MIGRATION,
-    # 8: inbound messages skipped at their source (too large, or a server sending more than
-    # it declared), never tried again (mailsync/inbound/tables.py).
-    inbound_tables.SKIPPED_MIGRATION,
-    # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
-    outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
-]
 
 
 @dataclass(frozen=True)

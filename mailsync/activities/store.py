@@ -1,6 +1,6 @@
 """Activities in the SQLite store: schedule, done, cancel, list, show, counts and metrics.
 
-The decisions (defaults, deadlines, chaining, refusals) are :mod:`mailsync.activities`';
+The decisions (defaults, deadlines, chaining, refusals) are :mod:`mailsync.activities.rules`';
 this module reads what they need, calls them, and writes the outcome in one transaction.
 Attachments of completed activities are kept as ``<state_dir>/attachments/<id>/<name>``.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsync import files
-from mailsync.activities import (
+from mailsync.activities.rules import (
     Activity,
     NewActivity,
     Next,

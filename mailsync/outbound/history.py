@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsync.config.units import iso, short_time
 from mailsync.outbound.queue import OutboundStore
-from mailsync.printable import printable
-from mailsync.tables import iso, one_line, short_time
+from mailsync.printable import one_line, printable
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
                 "attempts", "error")
@@ -161,7 +161,7 @@ def show(store: OutboundStore, mid: int) -> dict[str, Any] | None:
 def render_show(d: dict[str, Any]) -> str:
     """The full record as text: header, recipients, attempts, events, content.
 
-    Every value is escaped to one printable line (:func:`~mailsync.tables.one_line`):
+    Every value is escaped to one printable line (:func:`~mailsync.printable.one_line`):
     a Subject, an address or a server's reply cannot run an escape sequence or start a
     line of its own.
     """

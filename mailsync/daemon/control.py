@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailsync.control")
 
 SOCKET_NAME = "mailsync.sock"
 MAX_REQUEST = 64 * 1024

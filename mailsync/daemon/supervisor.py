@@ -42,21 +42,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mailsync import files, logs
+from mailsync import files
+from mailsync.activities.store import ActivityCollector, schedule_for_fetched
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded, load_text, read_text
 from mailsync.config.model import Config, IncomingServer
-from mailsync.control import ControlServer, Locator, socket_path
+from mailsync.config.plan import diff
+from mailsync.daemon.collectors import QueueCollector, StoreCollector
+from mailsync.daemon.control import ControlServer, Locator, socket_path
+from mailsync.daemon.sdnotify import Notifier
 from mailsync.errors import ConfigError, MailsyncError, StoreUnavailable
-from mailsync.metrics import Metrics
+from mailsync.inbound.poller import Poller, retry_delay
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.ingest import Ingester
+from mailsync.outbound.pickup import PickupService
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey, load_key
-from mailsync.plan import diff
-from mailsync.sdnotify import Notifier
 from mailsync.store import Store, db_path, store_error
+from mailsync.telemetry import logs
+from mailsync.telemetry.exporter import parse_listen, start_exporter
+from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -129,8 +135,6 @@ class _Mailbox:
 
     def __init__(self, daemon: Daemon, server: IncomingServer,
                  previous: _Mailbox | None = None) -> None:
-        from mailsync.inbound.poller import Poller
-
         self.server = server
         self.stop = threading.Event()
         self._daemon = daemon
@@ -143,8 +147,6 @@ class _Mailbox:
         self.thread.start()
 
     def _run(self) -> None:
-        from mailsync.inbound.poller import retry_delay
-
         if self._previous is not None:
             # The session of the replaced poller is closed before this one polls.
             self._previous.thread.join()
@@ -266,8 +268,6 @@ class Daemon:
         # now, before this process has any thread, so that parsing and composing do not
         # take the GIL from the senders.
         spool.ensure_dirs(config.daemon.spool_dir)
-        from mailsync.outbound.pickup import PickupService
-
         try:
             self._pickup = PickupService(config, self.verp_key)
         except OSError as exc:
@@ -301,9 +301,6 @@ class Daemon:
 
     def _start_exporter(self, listen: str) -> None:
         """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
-        from mailsync.activity_store import ActivityCollector
-        from mailsync.exporter import QueueCollector, StoreCollector, start_exporter
-
         self.metrics.registry.register(QueueCollector(lambda: self.outbound))
         self.metrics.registry.register(StoreCollector(lambda: self.store.health))
         self.metrics.registry.register(ActivityCollector(lambda: self.store,
@@ -645,8 +642,6 @@ class Daemon:
 
     def on_message(self, conn: Any, server: IncomingServer, fetched_id: int, subject: str,
                    now: float) -> None:
-        from mailsync.activity_store import schedule_for_fetched
-
         schedule_for_fetched(conn, self.config, server, fetched_id, subject, now)
 
     # -- reload ---------------------------------------------------------------------------
@@ -770,8 +765,6 @@ class Daemon:
         A move on the same port (127.0.0.1:9877 to 0.0.0.0:9877) cannot bind beside the
         old socket: the old one is closed first, and bound again if the new one fails.
         """
-        from mailsync.exporter import parse_listen, start_exporter
-
         try:
             return start_exporter(listen, self.metrics.registry, self.health), ""
         except ValueError as exc:

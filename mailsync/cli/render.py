@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailsync.config.units import parse_duration
-from mailsync.printable import printable
+from mailsync.printable import one_line
 
 WIDTH = 100  # what a listing fits in unless --wide
 CELL_LIMIT = 48
@@ -57,26 +57,6 @@ def fit(widths: list[int], minimums: list[int], total: int) -> list[int]:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def one_line(value: Any) -> str:
-    """A value as one line for a terminal: None is empty, a line break (CRLF or LF)
-    becomes a space, every other non-printable character is escaped (``\\x1b``, ``\\r``)."""
-    text = "" if value is None else str(value)
-    return printable(text.replace("\r\n", " ").replace("\n", " "))
-
-
-def iso(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC (seconds precision)."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def short_time(epoch_iso: str | None) -> str | None:
-    """An ISO 8601 UTC time (from :func:`iso`) as ``2026-12-01 10:37`` for a narrow
-    listing (``--wide`` and JSON keep the full time)."""
-    return epoch_iso[:16].replace("T", " ") if epoch_iso else epoch_iso
 
 
 def parse_since(text: str, now: float) -> float:

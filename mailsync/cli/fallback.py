@@ -22,6 +22,9 @@ from mailsync.errors import ConfigError, StoreError
 if TYPE_CHECKING:
     from mailsync.config.model import Config
 
+# Imports inside functions: only a command whose file does not load reads the store
+# and the control socket; `validate` never does.
+
 DEFAULT_STATE_DIR = "./var/state"  # as mailsync.config.model builds it
 _BLOCK_STATE_DIR = re.compile(r"^daemon:\s*\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+state_dir:[ \t]*"
                               r"[\"']?([^\"'#\s]+)", re.MULTILINE)
@@ -53,7 +56,7 @@ def named_state_dir(config_path: Path) -> Path | None:
 def daemon_state_dir(config_path: Path) -> Path | None:
     """The state_dir of the daemon running on this file (it says where its control
     socket is), else the one the file names."""
-    from mailsync.control import SOCKET_NAME, locate
+    from mailsync.daemon.control import SOCKET_NAME, locate
 
     found = locate(config_path)
     if found is not None and found.name == SOCKET_NAME:

@@ -8,9 +8,12 @@ from pathlib import Path
 import click
 
 from mailsync.auth.settings import OAuth2
-from mailsync.cli import Exit, config_option, load_config_or_exit, main
+from mailsync.cli.root import Exit, config_option, load_config_or_exit, main
 from mailsync.config.model import Config
 from mailsync.errors import OAuth2Error
+
+# Imports inside functions: `mailsync --help` imports every command module, so each
+# command imports what only it runs when it runs.
 
 
 def oauth2_logins(config: Config) -> dict[str, OAuth2]:

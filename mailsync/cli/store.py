@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
-from mailsync.cli import Exit, config_option, load_config_or_exit, main
+from mailsync.cli.root import Exit, config_option, load_config_or_exit, main
 from mailsync.errors import StoreError
+
+# Imports inside functions: `mailsync --help` imports every command module, so each
+# command imports what only it runs when it runs.
 
 
 @main.group("store")

@@ -1,0 +1,124 @@
+"""``mailsync history`` and ``history show ID``: what was sent, queued or refused."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailsync.cli.render import WIDTH, table
+from mailsync.cli.root import (
+    Exit,
+    config_option,
+    config_or_last_applied,
+    main,
+    using_store,
+)
+from mailsync.outbound.queue import OutboundStore
+
+# Imports inside the commands: each loads what its command runs and no more (`mailsync
+# --help` imports every command module; `validate`, a pre-commit hook, none of them).
+
+list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                           default="table", show_default=True, help="Output format.")
+wide_option = click.option("--wide", is_flag=True,
+                           help="Every column in full (default: what fits 100 columns).")
+
+
+# A file with a typo must not stop these while the daemon runs on its last good config.
+_config = config_or_last_applied
+
+
+@main.group(invoke_without_command=True)
+@config_option
+@click.option("--status", multiple=True, help="Only these statuses (repeatable).")
+@click.option("--account")
+@click.option("--user")
+@click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@list_format
+@wide_option
+@click.pass_context
+def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
+            account: str | None, user: str | None, since: str | None, limit: int,
+            fmt: str, wide: bool) -> None:
+    """List sent, queued and refused messages, newest first (`history show ID` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailsync.cli.render import parse_since
+    from mailsync.outbound import history as h
+    from mailsync.outbound.queue import STATUSES
+
+    for s in status:
+        if s not in STATUSES:
+            raise click.BadParameter(f"{s!r} (allowed: {', '.join(STATUSES)})",
+                                     param_hint="--status")
+    try:
+        since_t = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    config = _config(config_path)
+    rows: list[dict[str, Any]] = []
+    total = 0
+    filters = h.Filters(status, account, user, since_t, limit)
+    with using_store(config) as store:
+        if store is not None:
+            rows = h.list_messages(OutboundStore(store), filters)
+            total = h.count_messages(OutboundStore(store), filters) \
+                if len(rows) == limit else len(rows)
+    print_rows(rows, h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
+    if fmt != "json" and total > len(rows):
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
+
+
+def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
+                wide: bool) -> None:
+    from mailsync.outbound import history as h
+
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(table(h.for_table(rows, wide), columns, width=None if wide else WIDTH,
+                         shrink=h.SHRINK))
+    else:
+        click.echo("(no messages)")
+
+
+@history.command("show")
+@click.argument("message_id", type=int)
+@config_option
+@click.option("--raw", is_flag=True,
+              help="Print the message exactly as stored (to a terminal: escaped).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> None:
+    """Everything about one message: status, recipients' replies, attempts, content.
+
+    Control characters in what servers and senders wrote are shown escaped (\\x1b);
+    --raw writes the stored bytes to a pipe or a file, escaped to a terminal.
+    """
+    from mailsync.cli.terminal import write_raw
+    from mailsync.outbound import history as h
+
+    config = _config(config_path)
+    detail = None
+    with using_store(config) as store:
+        if store is not None:
+            detail = h.show(OutboundStore(store), message_id)
+    if detail is None:
+        click.echo(f"error: no message {message_id}", err=True)
+        raise Exit(1)
+    if raw:
+        if detail["raw"] is None:
+            click.echo(f"error: the content of message {message_id} was not kept", err=True)
+            raise Exit(1)
+        write_raw(detail["raw"])
+        return
+    if fmt == "json":
+        content = detail.pop("raw")
+        detail["content"] = content.decode("utf-8", "replace") if content else None
+        click.echo(json.dumps(detail, indent=2))
+    else:
+        click.echo(h.render_show(detail))

@@ -1,0 +1,101 @@
+"""``mailsync queue``: list the outbound queue, retry, hold, release or delete a message."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailsync.cli.history import list_format, print_rows, wide_option
+from mailsync.cli.root import (
+    Exit,
+    config_option,
+    config_or_last_applied,
+    main,
+    using_store,
+)
+from mailsync.config.model import Config
+from mailsync.outbound.queue import OutboundStore
+
+# Imports inside the commands: each loads what its command runs and no more (`mailsync
+# --help` imports every command module; `validate`, a pre-commit hook, none of them).
+
+# A file with a typo must not stop these while the daemon runs on its last good config.
+_config = config_or_last_applied
+
+
+@main.group()
+def queue() -> None:
+    """Look at and act on the outbound queue."""
+
+
+@queue.command("list")
+@config_option
+@list_format
+@wide_option
+def queue_list(config_path: Path, fmt: str, wide: bool) -> None:
+    """Messages not yet delivered: queued, sending, deferred, held."""
+    from mailsync.outbound import history as h
+
+    config = _config(config_path)
+    rows: list[dict[str, Any]] = []
+    with using_store(config) as store:
+        if store is not None:
+            rows = h.list_messages(OutboundStore(store), h.Filters(
+                ("queued", "sending", "deferred", "held"), limit=10_000))
+    print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
+                       "next_attempt_at", "error"), fmt, wide)
+
+
+_ACTIONS = {
+    # command: (new status, allowed from, what it says)
+    "retry": ("queued", ("deferred", "failed"), "queued for an immediate retry"),
+    "hold": ("held", ("queued", "deferred"), "held by an operator"),
+    "release": ("queued", ("held",), "released by an operator"),
+    "delete": ("failed", ("queued", "deferred", "held"), "deleted from the queue by an operator"),
+}
+
+
+def _queue_action(name: str) -> None:
+    new, allowed, what = _ACTIONS[name]
+
+    @queue.command(name, help=f"Message ID: {what} (from {', '.join(allowed)}).")
+    @click.argument("message_id", type=int)
+    @config_option
+    def action(message_id: int, config_path: Path) -> None:
+        config = _config(config_path)
+        # Never creates a store: with none there is no message to act on.
+        with using_store(config) as store:
+            try:
+                if store is None:
+                    raise KeyError(message_id)
+                old = OutboundStore(store).transition(message_id, new, allowed, time.time(),
+                                                      what)
+            except KeyError:
+                click.echo(f"error: no message {message_id}", err=True)
+                raise Exit(1) from None
+            except ValueError as exc:
+                click.echo(f"error: message {message_id} is {exc}; {name} applies to "
+                           f"{', '.join(allowed)} messages", err=True)
+                raise Exit(1) from None
+        click.echo(f"message {message_id}: {old} -> {new} ({what})")
+        if new == "queued":
+            _wake_daemon(config)
+
+
+def _wake_daemon(config: Config) -> None:
+    """Tell a running daemon that a message is due now (else it sees it within a second)."""
+    import contextlib
+
+    from mailsync.daemon.control import request, socket_path
+
+    path = socket_path(config.daemon.state_dir)
+    if path.exists():
+        with contextlib.suppress(ConnectionError, OSError, ValueError):
+            request(path, "wake", timeout=2.0)
+
+
+for _name in _ACTIONS:
+    _queue_action(_name)

@@ -1,0 +1,52 @@
+"""The store's schema: the migrations, applied in order and counted in ``PRAGMA user_version``.
+
+Each part owns the SQL of its tables (``outbound/tables.py``, ``inbound/tables.py``,
+``activities/tables.py``); this list fixes the order in which they were added, which
+is the order in which a store of any earlier release is upgraded. A migration is only
+ever appended, never edited: a store created by any earlier release opens in a later one.
+"""
+
+from __future__ import annotations
+
+from mailsync.activities import tables as activity_tables
+from mailsync.inbound import tables as inbound_tables
+from mailsync.outbound import tables as outbound_tables
+
+MIGRATIONS: list[str] = [
+    # 1: the last applied configuration, for `mailsync plan`.
+    """
+    CREATE TABLE applied_config (
+        id INTEGER PRIMARY KEY,
+        applied_at TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        source TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    """,
+    # 2: the outbound queue and send history (mailsync/outbound/tables.py).
+    outbound_tables.MIGRATION,
+    # 3: inbound fetch state and fetched messages (mailsync/inbound/tables.py).
+    inbound_tables.MIGRATION,
+    # 4: activities (mailsync/activities/tables.py).
+    activity_tables.MIGRATION,
+    # 5: spool claims instead of a permanent record of every file taken.
+    outbound_tables.CLAIMS_MIGRATION,
+    # 6: the store's own id, recorded in state_dir/store-id too (mailsync/store/identity.py):
+    # a deleted or replaced database is then refused instead of starting empty.
+    """
+    CREATE TABLE store_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+    INSERT INTO store_meta (key, value)
+        VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    """,
+    # 7: each message's VERP signature, made when it is queued (mailsync/outbound/verp.py).
+    outbound_tables.VERP_MIGRATION,
+    # 8: inbound messages skipped at their source (too large, or a server sending more than
+    # it declared), never tried again (mailsync/inbound/tables.py).
+    inbound_tables.SKIPPED_MIGRATION,
+    # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
+    outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
+]
