@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -156,7 +155,7 @@ class _Flaky:
 
 def test_a_dead_mailbox_is_marked_down_once_probed_on_a_backoff_and_back_up_once(
         rig, tmp_path, caplog, monkeypatch):
-    from mailsync.daemon.supervisor import _Mailbox
+    from mailsync.daemon.mailboxes import Mailbox
 
     monkeypatch.setattr(poller_mod, "BACKOFF_FIRST", 0.1)  # 0.1, 0.2, 0.4, 0.8 s...
     flaky = _Flaky()
@@ -164,11 +163,10 @@ def test_a_dead_mailbox_is_marked_down_once_probed_on_a_backoff_and_back_up_once
     r = rig(f"  - name: box\n    type: imap\n    host: 127.0.0.1\n    port: {flaky.port}\n"
             "    security: none\n    username: someone\n    password: {file: pw}\n"
             "    poll_interval: 0s\n    timeout: 5s\n")
-    daemon = SimpleNamespace(config=r.config, store=r.store, metrics=r.metrics,
-                             verp_key=r.verp_key, on_message=None, tokens=None,
-                             failed_threads=set())
     caplog.set_level(logging.DEBUG, "mailsync.inbound")
-    box = _Mailbox(daemon, r.server("box"))  # type: ignore[arg-type]
+    poller = poller_mod.Poller(r.config, r.server("box"), r.store, r.metrics,
+                               verp_key=r.verp_key, on_message=None, tokens=None)
+    box = Mailbox(poller, threading.Event(), on_failure=set().add)
     try:
         time.sleep(1.3)  # attempts at 0, 0.1, 0.3, 0.7 s (1.5 s is the next)
         down = [rec for rec in caplog.records if rec.levelno >= logging.INFO

@@ -237,7 +237,7 @@ def test_a_sender_that_finishes_nothing_while_messages_wait_makes_healthz_fail(
 
 
 def test_the_tests_no_progress_limit_is_checked():
-    from mailsync.daemon.supervisor import STUCK_AFTER, stuck_after
+    from mailsync.daemon.health import STUCK_AFTER, stuck_after
     from mailsync.errors import MailsyncError
 
     assert stuck_after({}) == STUCK_AFTER == 30.0

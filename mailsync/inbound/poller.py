@@ -223,6 +223,11 @@ class Poller:
         self.failures = 0  # polls failed in a row (the daemon waits retry_delay after one)
         self._down_since: float | None = None  # monotonic time the server was marked down
 
+    def reconfigure(self, config: Config) -> None:
+        """Classify the next messages under ``config`` (its alias domain: bounces). The
+        server's own settings stay this poller's: a changed server gets a new poller."""
+        self.config = config
+
     @property
     def supports_idle(self) -> bool:
         """True once connected to an IMAP server that offers IDLE."""

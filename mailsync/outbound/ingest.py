@@ -251,19 +251,25 @@ class Ingester:
                  clock: Callable[[], float] = time.time,
                  on_commit: Callable[[], None] | None = None,
                  verp_key: VerpKey | None = None) -> None:
-        self.config = config
-        alias = config.alias_domain
-        # New messages are queued with their VERP signature (made here, not by a sender).
-        self._sign = verp_key.sign if verp_key is not None and alias is not None \
-            and alias.bounce else None
         self.on_commit = on_commit  # told after each committed batch (wakes the sender)
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self._swept = False  # stale claims are forgotten before the first pass
+        self._verp_key = verp_key
         # Claims of files already removed, released with the next batch's transaction (or
         # at the end of the pass): one commit per batch instead of two.
         self._released: list[tuple[str, int]] = []
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the next passes under ``config``; between passes (one thread uses an
+        Ingester). As at the start, the next pass first forgets stale spool claims."""
+        self.config = config
+        alias = config.alias_domain
+        # New messages are queued with their VERP signature (made here, not by a sender).
+        self._sign = self._verp_key.sign if self._verp_key is not None and alias is not None \
+            and alias.bounce else None
+        self._swept = False  # stale claims are forgotten before the first pass
         spool.ensure_dirs(config.daemon.spool_dir)
 
     def run_once(self, limit: int | None = None) -> IngestStats:

@@ -144,18 +144,15 @@ class Pickup:
 
 def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     """The daemon's long-lived child: one ingestion pass per ``("pass", limit)`` request;
-    ``("config", config)`` replaces the configuration for the next passes."""
+    ``("config", config)`` reconfigures its ingester for the next passes."""
     _die_with_parent()
     _child_signals()
     store = Store.open(config.daemon.state_dir, create=False)  # the daemon made it
     metrics = Metrics()
     outbound = OutboundStore(store)
 
-    def ingester(cfg: Config) -> Ingester:
-        return Ingester(cfg, outbound, metrics, on_commit=lambda: conn.send(("committed", None)),
-                        verp_key=verp_key)
-
-    current = ingester(config)
+    current = Ingester(config, outbound, metrics,
+                       on_commit=lambda: conn.send(("committed", None)), verp_key=verp_key)
     try:
         while True:
             try:
@@ -163,7 +160,7 @@ def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
             except EOFError:
                 return
             if kind == "config":
-                current = ingester(payload)
+                current.reconfigure(payload)
                 continue
             before = _rejected_totals(metrics)
             try:
@@ -197,18 +194,25 @@ class PickupService:
                                  name="mailsync-pickup", daemon=True)
         self._proc.start()
         child_end.close()
-        self._config = config
+        self._config = config  # the child's
+        self._next = config  # the passes' from now on
 
     @property
     def alive(self) -> bool:
         return self._proc.is_alive()
 
-    def run_pass(self, config: Config, metrics: Metrics,
-                 on_commit: Callable[[], None] | None = None,
+    def reconfigure(self, config: Config) -> None:
+        """Run the next passes under ``config`` (any thread: it is sent to the child with
+        the next pass, by the thread running the passes)."""
+        self._next = config
+
+    def run_pass(self, metrics: Metrics, on_commit: Callable[[], None] | None = None,
                  limit: int | None = None) -> IngestStats:
-        """Ingest what is in ``new/`` now under ``config`` (sent first if it changed);
-        MailsyncError when the pass failed or the child is gone."""
+        """Ingest what is in ``new/`` now, under the configuration last handed to
+        :meth:`reconfigure` (sent first if it changed); MailsyncError when the pass failed
+        or the child is gone."""
         try:
+            config = self._next
             if config is not self._config:
                 self._conn.send(("config", config))
                 self._config = config

@@ -1,0 +1,110 @@
+"""The ``mailsync-poll-NAME`` threads: one per incoming server, polling every
+``poll_interval`` or waiting in IMAP IDLE.
+
+A :class:`Mailbox` thread is handed its poller, its stop event and what to call when it
+stops on an unexpected error; :class:`Mailboxes` keeps one per incoming server of the
+configuration in force and, on :meth:`Mailboxes.reconfigure`, restarts only the pollers of
+servers that changed (those of unchanged ones keep their sessions).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from mailsync.config.model import Config, IncomingServer
+from mailsync.inbound.poller import Poller, retry_delay
+
+log = logging.getLogger("mailsync.daemon")
+
+MakePoller = Callable[[Config, IncomingServer], Poller]
+
+
+class Mailbox:
+    """The thread polling one incoming server through ``poller`` until ``stop`` is set;
+    ``on_failure(thread name)`` when it stops on an unexpected error (logged here)."""
+
+    def __init__(self, poller: Poller, stop: threading.Event,
+                 on_failure: Callable[[str], None], previous: Mailbox | None = None) -> None:
+        self.server = poller.server
+        self.poller = poller
+        self.stop = stop
+        self._on_failure = on_failure
+        self._previous = previous
+        self.thread = threading.Thread(target=self._run,
+                                       name=f"mailsync-poll-{self.server.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        if self._previous is not None:
+            # The session of the replaced poller is closed before this one polls.
+            self._previous.thread.join()
+            self._previous = None
+        interval = self.server.poll_interval.total_seconds()
+        try:
+            while not self.stop.is_set():
+                result = self.poller.poll_once()
+                if self.stop.is_set():
+                    break
+                if result.ok:
+                    self.poller.wait_for_news(interval, self.stop)
+                else:  # probed on a backoff: 1 s, 2 s, 4 s, ... (a dead server, not a loop)
+                    self.stop.wait(retry_delay(self.poller.failures, interval))
+        except Exception:  # noqa: BLE001 - never silently: logged, and the daemon unhealthy
+            log.exception("%s: the poller stopped on an unexpected error", self.server.name)
+            self._on_failure(self.thread.name)
+        finally:
+            self.poller.close()
+
+    def retire(self) -> None:
+        self.stop.set()
+
+
+class Mailboxes:
+    """A :class:`Mailbox` per incoming server of the configuration in force."""
+
+    def __init__(self, make_poller: MakePoller, on_failure: Callable[[str], None]) -> None:
+        self._make_poller = make_poller
+        self._on_failure = on_failure
+        self.boxes: dict[str, Mailbox] = {}
+
+    def _start(self, config: Config, server: IncomingServer,
+               previous: Mailbox | None = None) -> Mailbox:
+        return Mailbox(self._make_poller(config, server), threading.Event(), self._on_failure,
+                       previous)
+
+    def start(self, config: Config) -> None:
+        """A poller thread for each incoming server of ``config``."""
+        for server in config.incoming_servers:
+            self.boxes[server.name] = self._start(config, server)
+
+    def reconfigure(self, config: Config) -> None:
+        """Stop the pollers of removed servers, restart those of changed ones (after the
+        old one closed its session), start those of new ones; the unchanged ones classify
+        their next messages under ``config``."""
+        wanted = {s.name: s for s in config.incoming_servers}
+        for name, box in list(self.boxes.items()):
+            server = wanted.get(name)
+            if server is None:
+                box.retire()
+                del self.boxes[name]
+                log.info("incoming server %s removed: its poller stops", name)
+            elif server != box.server:
+                box.retire()
+                self.boxes[name] = self._start(config, server, previous=box)
+                log.info("incoming server %s changed: its poller restarts", name)
+            else:
+                box.poller.reconfigure(config)  # alias domain (bounces) of the config in force
+        for name, server in wanted.items():
+            if name not in self.boxes:
+                self.boxes[name] = self._start(config, server)
+
+    def retire(self) -> None:
+        """Ask every poller to stop."""
+        for box in self.boxes.values():
+            box.retire()
+
+    def join(self, timeout: float) -> None:
+        for box in self.boxes.values():
+            box.thread.join(timeout)
