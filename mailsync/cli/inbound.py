@@ -134,6 +134,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     """
     from dataclasses import replace
 
+    from mailsync.activities.hook import ActivityHook
     from mailsync.inbound.poller import poll_all_once
     from mailsync.telemetry import logs
     from mailsync.telemetry.metrics import Metrics
@@ -151,13 +152,8 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     metrics.prime(config)
     with using_store(config, create=True) as store:
         assert store is not None
-        from mailsync.activities.store import schedule_for_fetched
-
-        def on_message(conn: Any, server: Any, fid: int, subject: str, now: float) -> None:
-            schedule_for_fetched(conn, config, server, fid, subject, now)
-
         results = poll_all_once(config, store, metrics, verp_key=verp_key_or_exit(config),
-                                on_message=on_message)
+                                on_message=ActivityHook(config))
     for result in results.values():
         click.echo(printable(result.describe()))
     if any(not r.ok for r in results.values()):
