@@ -18,6 +18,7 @@ rest fetched. Messages without a Message-ID cannot be recognised and are stored 
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import logging
 import re
@@ -26,14 +27,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import imapclient  # type: ignore[import-untyped]
 
 from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
-from mailsync.errors import ConnectError
+from mailsync.errors import ConnectError, WireGuard
 from mailsync.inbound import oauth2
 from mailsync.inbound.imapwire import Client
 from mailsync.inbound.message import message_id_of
@@ -51,7 +52,7 @@ from mailsync.inbound.source import (
     server_text,
     translate,
 )
-from mailsync.netio import connection_note, scrubbed, tls_context
+from mailsync.netio import connection_note, tls_context
 
 log = logging.getLogger("mailsync.inbound.imap")
 
@@ -59,7 +60,6 @@ IDLE_RENEW = 28 * 60.0  # RFC 2177: re-issue IDLE before 29 minutes
 _COMMAND_FAILED = re.compile(r"^[a-z]+ failed: ")  # imapclient's prefix to the server's text
 _HEADER_ITEM = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"  # what is asked for...
 _HEADER = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"  # ...and the key it comes back under
-T = TypeVar("T")
 
 
 class ImapSource:
@@ -86,6 +86,8 @@ class ImapSource:
         self._expunge_pending = False
         self._selected: int | None = None  # UIDVALIDITY of the folder while it is selected
         self._where = describe(server)
+        # Runs one client call; a wire error closes the session and becomes ConnectError.
+        self._call = WireGuard(WIRE_ERRORS, self._translate, close=self.close)
 
     @property
     def supports_idle(self) -> bool:
@@ -119,49 +121,41 @@ class ImapSource:
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
             self._context or tls_context(server.tls_verify, server.tls))
-        client: Any = None
-        phase = "connect"
-        error: ConnectError | None = None
-        try:
-            cap = server.max_message_size
-            client = Client(server.host, server.port, ssl=server.security == "ssl",
-                            ssl_context=tls, timeout=timeout,
+        guard = WireGuard(WIRE_ERRORS, lambda exc, phase: translate(exc, server, phase),
+                          secret=password)
+        cap = server.max_message_size
+        client: Any = guard("connect", Client, server.host, server.port,
+                            ssl=server.security == "ssl", ssl_context=tls, timeout=timeout,
                             limits=(cap, self._batch_bytes + cap))
-            if server.security == "starttls":
-                phase = "starttls"
-                if not client.has_capability("STARTTLS"):
-                    error = ConnectError(
-                        f"{self._where}: the server does not offer STARTTLS and security is "
-                        "'starttls'; refusing to continue in plain text", "starttls")
-                else:
-                    client.starttls(tls)
-            if error is None:
-                phase = "auth"
-                if not server.username or password is None:
-                    error = ConnectError(f"{self._where}: a username and a password are "
-                                         "needed to log in", "auth")
-                elif token is not None:
-                    mechanism, error = oauth2.imap_login(client, server, token, self._where)
-                    if error is None:
-                        self._uidplus = bool(client.has_capability("UIDPLUS"))
-                        self.login_note = connection_note(server.security, client.socket()) \
-                            + ", " + sasl.login_note(mechanism, token.expires_at)
-                    elif self._tokens is not None:
+        guard.close = functools.partial(_shutdown, client)
+        if server.security == "starttls":
+            if not guard("starttls", client.has_capability, "STARTTLS"):
+                guard.fail(ConnectError(
+                    f"{self._where}: the server does not offer STARTTLS and security is "
+                    "'starttls'; refusing to continue in plain text", "starttls"))
+            guard("starttls", client.starttls, tls)
+        if not server.username or password is None:
+            guard.fail(ConnectError(f"{self._where}: a username and a password are "
+                                    "needed to log in", "auth"))
+        username = server.username
+
+        def log_in() -> ConnectError | None:
+            if token is not None:
+                mechanism, error = oauth2.imap_login(client, server, token, self._where)
+                if error is not None:
+                    if self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
-                else:
-                    client.login(server.username, password)
-                    self._uidplus = bool(client.has_capability("UIDPLUS"))
-                    self.login_note = connection_note(server.security, client.socket()) \
-                        + ", LOGIN"
-        except WIRE_ERRORS as exc:
-            error = translate(exc, server, phase)
-        except BaseException:
-            _shutdown(client)
-            raise
-        if error is not None:
-            # Raised here, outside the except block, so no library exception is chained.
-            _shutdown(client)
-            raise scrubbed(error, password)
+                    return error
+                note = sasl.login_note(mechanism, token.expires_at)
+            else:
+                client.login(username, password)
+                note = "LOGIN"
+            self._uidplus = bool(client.has_capability("UIDPLUS"))
+            self.login_note = connection_note(server.security, client.socket()) + ", " + note
+            return None
+
+        if (error := guard("auth", log_in)) is not None:
+            guard.fail(error)
         self._client = client
         self._renew_at = renew_at(token) if token is not None else None
 
@@ -426,16 +420,15 @@ class ImapSource:
                 if lied is not None:
                     return bodies, lied
             return bodies, None
-        error: ConnectError | None = None
         try:
-            data: dict[int, dict[bytes, Any]] = client.fetch(list(uids), items)
+            data: dict[int, dict[bytes, Any]] = self._call("fetch", client.fetch, list(uids),
+                                                           items)
             return data, None
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, "fetch")
+        except ConnectError as error:  # (the session is closed)
+            failure = error
         over = client.wire.oversized
-        self.close()
         if over is None:
-            raise error
+            raise failure  # outside the except block: nothing is chained
         size, seq, named = over
         uid: int | None = named
         if uid is None and seq is not None:
@@ -460,19 +453,13 @@ class ImapSource:
     def _keys(uidvalidity: int, uids: Sequence[int]) -> tuple[str, ...]:
         return tuple(f"{uidvalidity}/{u}" for u in uids)
 
-    def _call(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; a wire error closes the session and becomes ConnectError."""
-        error: ConnectError | None = None
-        try:
-            return fn(*args, **kwargs)
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, phase)
-            if phase == "folder" and error.kind == "folder":
-                error = ConnectError(f"{self._where}: cannot open folder {self.folder!r}: "
-                                     f"{_COMMAND_FAILED.sub('', server_text(exc))}",
-                                     "folder")
-        self.close()
-        raise error
+    def _translate(self, exc: BaseException, phase: str) -> ConnectError:
+        """A wire error as ConnectError; a folder that cannot be opened named as such."""
+        error = translate(exc, self.server, phase)
+        if phase == "folder" and error.kind == "folder":
+            error = ConnectError(f"{self._where}: cannot open folder {self.folder!r}: "
+                                 f"{_COMMAND_FAILED.sub('', server_text(exc))}", "folder")
+        return error
 
 
 def _is_news(response: Any) -> bool:

@@ -13,9 +13,9 @@ answered. A command past its deadline raises ConnectError(kind="timeout"), e.g.
 ``RCPT: no complete reply within 30s``.
 
 Secrets: the password is passed to ``smtplib.login`` and nowhere else. It is not stored
-on the session, and translated errors are raised outside the ``except`` block so that
-no library exception (which might hold it, e.g. a ``UnicodeEncodeError``) stays
-attached as ``__context__``.
+on the session, and translated errors are raised by :class:`mailsync.errors.WireGuard`,
+outside the ``except`` block, so that no library exception (which might hold it, e.g. a
+``UnicodeEncodeError``) stays attached as ``__context__``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
-from mailsync.errors import ConnectError
+from mailsync.errors import ConnectError, WireGuard
 from mailsync.netio import (
     GMAIL_HINT,
     MIN_RATE,
@@ -42,7 +42,6 @@ from mailsync.netio import (
     helo_name,
     network_error,
     reader,
-    scrubbed,
     tls_context,
 )
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
@@ -180,64 +179,50 @@ def open_session(
     tls = None if server.security == "none" else (
         context or tls_context(server.tls_verify, server.tls))
     local_hostname = local_hostname or helo_name(server.helo_name)
-    smtp: _Bounded | None = None
-    phase = "connect"
-    error: ConnectError | None = None
+    guard = WireGuard(_WIRE_ERRORS, lambda exc, phase: _translate(exc, server, phase),
+                      secret=password)
     mechanism: str | None = None  # an OAuth2 login's SASL mechanism
-    try:
-        # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
-        if server.security == "ssl":
-            smtp = _BoundedSSL(
-                server.host, server.port, local_hostname, timeout=timeout, context=tls
-            )
+    # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
+    smtp: _Bounded
+    if server.security == "ssl":
+        smtp = guard("connect", _BoundedSSL, server.host, server.port, local_hostname,
+                     timeout=timeout, context=tls)
+    else:
+        smtp = guard("connect", _Bounded, server.host, server.port, local_hostname, timeout)
+    guard.close = smtp.close
+    guard("connect", smtp.ehlo_or_helo_if_needed)
+    if server.security == "starttls":
+        if not smtp.has_extn("starttls"):
+            guard.fail(ConnectError(
+                f"{where}: the server does not offer STARTTLS and security is "
+                "'starttls'; refusing to continue in plain text", "starttls"))
+        guard("starttls", smtp.starttls, context=tls)
+        guard("connect", smtp.ehlo_or_helo_if_needed)  # RFC 3207: ask again over TLS
+    if server.username:
+        if password is None:
+            guard.fail(ConnectError(
+                f"{where}: username {server.username!r} is set but no password", "auth"))
+        if server.auth is not None:
+            mechanism, error = guard("auth", _oauth2_login, smtp, server, password)
+            if error is not None:
+                guard.fail(error)
         else:
-            smtp = _Bounded(server.host, server.port, local_hostname, timeout)
-        smtp.ehlo_or_helo_if_needed()
-        if server.security == "starttls":
-            phase = "starttls"
-            if not smtp.has_extn("starttls"):
-                error = ConnectError(
-                    f"{where}: the server does not offer STARTTLS and security is "
-                    "'starttls'; refusing to continue in plain text",
-                    "starttls",
-                )
-            else:
-                smtp.starttls(context=tls)
-                phase = "connect"
-                smtp.ehlo_or_helo_if_needed()  # RFC 3207: ask again over TLS
-        if error is None and server.username:
-            phase = "auth"
-            if password is None:
-                error = ConnectError(
-                    f"{where}: username {server.username!r} is set but no password", "auth"
-                )
-            elif server.auth is not None:
-                mechanism, error = _oauth2_login(smtp, server, password)
-            else:
-                try:
-                    smtp.login(server.username, password)
-                finally:
-                    # smtplib keeps the password as an attribute for its AUTH callbacks;
-                    # the session outlives the login, the password should not.
-                    vars(smtp).pop("password", None)
-    except _WIRE_ERRORS as exc:
-        error = _translate(exc, server, phase)
-    except BaseException:
-        if smtp is not None:
-            smtp.close()
-        raise
-    if error is not None:
-        # Raised here, outside the except block, so no library exception is chained.
-        if smtp is not None:
-            smtp.close()
-        raise scrubbed(error, password)
-    assert smtp is not None
+            guard("auth", _login, smtp, server.username, password)
     session = SmtpSession(smtp, server)
     session.mechanism = mechanism
     used = mechanism or getattr(smtp, "mechanism_used", None)
     session.negotiated = connection_note(server.security, smtp.sock) + (
         f", AUTH {used}" if used and mechanism is None else "" if used else ", no AUTH")
     return session
+
+
+def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
+    try:
+        smtp.login(username, password)
+    finally:
+        # smtplib keeps the password as an attribute for its AUTH callbacks; the session
+        # outlives the login, the password should not.
+        vars(smtp).pop("password", None)
 
 
 def _oauth2_login(smtp: smtplib.SMTP, server: OutgoingServer,
@@ -298,6 +283,10 @@ class SmtpSession:
         # session because of it (time.time()); None: a password login.
         self.expires_at: float | None = None
         self.renew_at: float | None = None
+        # A wire error of a transaction or RSET: translated, the session marked broken.
+        self._guard = WireGuard(_WIRE_ERRORS,
+                                lambda exc, phase: _translate(exc, server, phase),
+                                close=self._break)
 
     def expiring(self, now: float | None = None) -> bool:
         """Whether its OAuth2 token is about to expire: such a session is closed and a new
@@ -332,16 +321,16 @@ class SmtpSession:
         if self.broken:
             raise ConnectError(f"{self._where}: the session is closed or broken", "closed")
         self.last_used = time.monotonic()
-        error: ConnectError | None = None
+        # self._guard's wall written out: this runs once per message, and the guard's
+        # call would be one more per message on the sending path.
         try:
             results = self._transaction(mail_from, list(recipients), data)
         except _WIRE_ERRORS as exc:
             error = _translate(exc, self._server, "transaction")
-        if error is not None:
-            self._break()
-            raise error
-        self.last_used = time.monotonic()
-        return Delivery(self.server_name, tuple(results))
+        else:
+            self.last_used = time.monotonic()
+            return Delivery(self.server_name, tuple(results))
+        self._guard.fail(error)  # outside the except block: nothing is chained
 
     def noop(self) -> bool:
         """Health check: True if the server answers NOOP with 250; else mark broken."""
@@ -361,18 +350,10 @@ class SmtpSession:
         """Abort any transaction (RSET). Raises ConnectError and marks broken on failure."""
         if self.broken:
             raise ConnectError(f"{self._where}: the session is closed or broken", "closed")
-        error: ConnectError | None = None
-        try:
-            code, reply = self._smtp.rset()
-            if code != 250:
-                error = ConnectError(
-                    f"{self._where}: RSET refused: {code} {_text(reply)}", "protocol", code
-                )
-        except _WIRE_ERRORS as exc:
-            error = _translate(exc, self._server, "transaction")
-        if error is not None:
-            self._break()
-            raise error
+        code, reply = self._guard("transaction", self._smtp.rset)
+        if code != 250:
+            self._guard.fail(ConnectError(
+                f"{self._where}: RSET refused: {code} {_text(reply)}", "protocol", code))
         self.last_used = time.monotonic()
 
     def close(self) -> None:
