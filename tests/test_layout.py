@@ -29,7 +29,6 @@ MAX_LINES = 400
 # test (#15: the daemon along its own sections) or one after it; this list only shrinks.
 KNOWN_LONG = {
     "mailsync/daemon/supervisor.py",   # the Daemon class: split into its sections next
-    "mailsync/outbound/smtp.py",       # sessions and the error wall (one helper, next)
     "mailsync/outbound/deliver.py",
     "mailsync/outbound/queue.py",
     "mailsync/outbound/spool.py",
