@@ -32,7 +32,6 @@ KNOWN_LONG = {
     "mailsync/outbound/deliver.py",
     "mailsync/outbound/queue.py",
     "mailsync/outbound/spool.py",
-    "mailsync/inbound/poller.py",
     "mailsync/config/model.py",
     "mailsync/store/sqlite.py",        # the PostgreSQL issue parts it from what backends share
 }
