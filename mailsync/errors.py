@@ -19,15 +19,22 @@ never catch ``smtplib``, ``imaplib`` or ``sqlite3`` exceptions directly::
         ├── TemporaryFailure   retry later (4xx, timeout, lost connection)
         │   └── ConnectError   no usable session: DNS, refused, timeout, TLS, AUTH
         └── PermanentFailure   do not retry (5xx, refused by policy)
+
+:class:`WireGuard` is how the SMTP, IMAP and POP3 adapters cross that boundary: it runs
+one step of a conversation, and a library error becomes a ConnectError raised with no
+library exception attached (one might hold the password), the password scrubbed from
+its text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from mailsync.config.problems import Problem
+
+T = TypeVar("T")
 
 
 class MailsyncError(Exception):
@@ -153,3 +160,52 @@ class ConnectError(TemporaryFailure):
     def __init__(self, message: str, kind: str, code: int | None = None) -> None:
         super().__init__(message, code)
         self.kind = kind
+
+
+def scrubbed(error: ConnectError, secret: str | None) -> ConnectError:
+    """Guard against a server (or library) that echoes the password back."""
+    if not secret or secret not in str(error):
+        return error
+    return ConnectError(str(error).replace(secret, "***"), error.kind, error.code)
+
+
+def _nothing() -> None:
+    return None
+
+
+class WireGuard:
+    """Runs the steps of one connection's conversation; a library error ends it.
+
+    ``guard(phase, fn, *args)`` returns ``fn(*args)``. An error of ``wire`` becomes
+    ``translate(exc, phase)``, and the connection is closed (``close``) and the
+    ConnectError raised with the ``secret`` scrubbed from it. It is raised outside the
+    ``except`` block, so that no library exception (which might hold the password, e.g.
+    a ``UnicodeEncodeError`` of it) is attached as ``__context__`` or ``__cause__``. Any
+    other exception closes the connection and goes on as it is. :meth:`fail` ends the
+    conversation with an error of the adapter's own (STARTTLS not offered, ...).
+    """
+
+    __slots__ = ("close", "_secret", "_translate", "_wire")
+
+    def __init__(self, wire: tuple[type[BaseException], ...],
+                 translate: Callable[[BaseException, str], ConnectError],
+                 close: Callable[[], object] = _nothing, secret: str | None = None) -> None:
+        self._wire = wire
+        self._translate = translate
+        self.close = close  # set again once the connection exists
+        self._secret = secret
+
+    def __call__(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except self._wire as exc:
+            error = self._translate(exc, phase)
+        except BaseException:
+            self.close()
+            raise
+        self.fail(error)  # outside the except block: nothing is chained
+
+    def fail(self, error: ConnectError) -> NoReturn:
+        """Close the connection and raise ``error``, the secret scrubbed from it."""
+        self.close()
+        raise scrubbed(error, self._secret)

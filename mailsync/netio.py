@@ -1,9 +1,10 @@
 """The network edge shared by the SMTP, IMAP and POP3 adapters.
 
 TLS contexts, the classification of socket and TLS errors into ConnectError (the same
-words for every protocol, as `mailsync test` prints them), the guard that keeps a
-password out of error texts, and command deadlines. Each adapter classifies its own
-protocol's errors and calls :func:`network_error` / :func:`fallback_error` for the rest.
+words for every protocol, as `mailsync test` prints them), and command deadlines (the
+guard that keeps a password out of error texts is :class:`mailsync.errors.WireGuard`).
+Each adapter classifies its own protocol's errors and calls :func:`network_error` /
+:func:`fallback_error` for the rest.
 
 Deadlines: a socket timeout bounds one read, and starts again at every byte received, so
 a server answering one byte a second holds a session for as long as it likes. A
@@ -235,13 +236,6 @@ def fallback_error(exc: BaseException, where: str, *, connecting: bool) -> Conne
         return ConnectError(f"{where}: cannot connect: {exc.strerror or exc}", "refused")
     detail = getattr(exc, "strerror", None) or exc
     return ConnectError(f"{where}: connection error: {detail}", "closed")
-
-
-def scrubbed(error: ConnectError, secret: str | None) -> ConnectError:
-    """Guard against a server (or library) that echoes the password back."""
-    if not secret or secret not in str(error):
-        return error
-    return ConnectError(str(error).replace(secret, "***"), error.kind, error.code)
 
 
 class DeadlineExceeded(TimeoutError):

@@ -47,9 +47,9 @@ from typing import Any, Literal
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailsync.demo.controller import FreePortController
 from tests.oauth2server import OAuth2Server
 from tests.oauth2wire import post_form
 from tests.smtpoauth2 import (  # noqa: F401  (re-exported)
@@ -216,7 +216,7 @@ class _SMTP(OAuth2Sasl):
         _abort(self)
 
 
-class _Controller(Controller):
+class _Controller(FreePortController):
     def __init__(self, owner: SmtpServer, **kwargs: Any) -> None:
         super().__init__(_Handler(owner), hostname=HOST, port=owner.port, **kwargs)
         self.owner = owner
@@ -225,13 +225,6 @@ class _Controller(Controller):
         with self.owner._lock:
             self.owner.connections += 1  # one call per TCP connection
         return _SMTP(self.handler, **self.SMTP_kwargs)
-
-    def _trigger_server(self) -> None:
-        # Bound to port 0 (no race for a free port): learn the real port before
-        # aiosmtpd's start() pokes the server on self.port.
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class SmtpServer:

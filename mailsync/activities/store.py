@@ -35,7 +35,7 @@ from mailsync.activities.rules import (
 )
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ActivityRefused
-from mailsync.store import Store, db_path
+from mailsync.store import Store, db_path, where
 
 _COLUMNS = ("id, type, user, deadline, state, summary, note, record_model, record_id, "
             "fetched_id, previous_id, created_at, done_at, done_on, feedback, attachment")
@@ -217,21 +217,10 @@ class ActivityStore:
 
     def find(self, f: Filters) -> list[Activity]:
         """Activities by deadline, then id."""
-        where: list[str] = []
-        args: list[Any] = []
-        if f.states:
-            where.append(f"state IN ({','.join('?' * len(f.states))})")
-            args.extend(f.states)
-        if f.user:
-            where.append("user = ?")
-            args.append(f.user)
-        if f.type:
-            where.append("type = ?")
-            args.append(f.type)
-        if f.overdue_on is not None:
-            where.append("state = 'open' AND deadline < ?")
-            args.append(f.overdue_on.isoformat())
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = where(
+            ("state IN", f.states), ("user =", f.user or None), ("type =", f.type or None),
+            ("state = 'open' AND deadline <",
+             None if f.overdue_on is None else f.overdue_on.isoformat()))
         with self.store.lock:
             rows = self.store.conn.execute(
                 f"SELECT {_COLUMNS} FROM activities {clause} ORDER BY deadline, id LIMIT ?",

@@ -27,9 +27,9 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailsync.demo.controller import FreePortController
 from mailsync.demo.dsn import build_dsn, lf
 
 HOST = "127.0.0.1"
@@ -113,20 +113,13 @@ class _SMTP(SMTP):
         super().connection_lost(error)
 
 
-class _Controller(Controller):
+class _Controller(FreePortController):
     def __init__(self, sink: Sink) -> None:
         super().__init__(_Handler(sink), hostname=HOST, port=0, ready_timeout=10.0,
                          server_hostname=SINK_HOSTNAME, enable_SMTPUTF8=True)
 
     def factory(self) -> SMTP:
         return _SMTP(self.handler, **self.SMTP_kwargs)
-
-    def _trigger_server(self) -> None:
-        # Bound to port 0 (the system picks a free port, no race): learn the real port
-        # before aiosmtpd's start() connects to self.port to check that it is up.
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class Sink:

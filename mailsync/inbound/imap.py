@@ -13,29 +13,29 @@ After a UIDVALIDITY change (the folder was recreated, or the server renumbered i
 messages present at that moment are first looked at by Message-ID and size only; those
 already stored are skipped (logged, counted in ``fetch_state.uidvalidity_changes``), the
 rest fetched. Messages without a Message-ID cannot be recognised and are stored again.
+
+Opening a session (connect, STARTTLS, log in) is :mod:`mailsync.inbound.imapsession`'s;
+waiting in IDLE is :mod:`mailsync.inbound.imapidle`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import logging
 import re
-import selectors
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import imapclient  # type: ignore[import-untyped]
 
-from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
-from mailsync.errors import ConnectError
-from mailsync.inbound import oauth2
-from mailsync.inbound.imapwire import Client
+from mailsync.errors import ConnectError, WireGuard
+from mailsync.inbound import imapidle, imapsession, oauth2
+from mailsync.inbound.imapidle import IDLE_RENEW
 from mailsync.inbound.message import message_id_of
 from mailsync.inbound.source import (
     BATCH,
@@ -51,15 +51,12 @@ from mailsync.inbound.source import (
     server_text,
     translate,
 )
-from mailsync.netio import connection_note, scrubbed, tls_context
 
 log = logging.getLogger("mailsync.inbound.imap")
 
-IDLE_RENEW = 28 * 60.0  # RFC 2177: re-issue IDLE before 29 minutes
 _COMMAND_FAILED = re.compile(r"^[a-z]+ failed: ")  # imapclient's prefix to the server's text
 _HEADER_ITEM = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"  # what is asked for...
 _HEADER = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"  # ...and the key it comes back under
-T = TypeVar("T")
 
 
 class ImapSource:
@@ -86,6 +83,8 @@ class ImapSource:
         self._expunge_pending = False
         self._selected: int | None = None  # UIDVALIDITY of the folder while it is selected
         self._where = describe(server)
+        # Runs one client call; a wire error closes the session and becomes ConnectError.
+        self._call = WireGuard(WIRE_ERRORS, self._translate, close=self.close)
 
     @property
     def supports_idle(self) -> bool:
@@ -116,53 +115,9 @@ class ImapSource:
             raise ConnectError(f"{self._where}: no host name is configured", "dns")
         token = oauth2.access_token(self._tokens, self._where) if server.auth else None
         password = token.value if token is not None else self._password()
-        timeout = server.timeout.total_seconds()
-        tls = None if server.security == "none" else (
-            self._context or tls_context(server.tls_verify, server.tls))
-        client: Any = None
-        phase = "connect"
-        error: ConnectError | None = None
-        try:
-            cap = server.max_message_size
-            client = Client(server.host, server.port, ssl=server.security == "ssl",
-                            ssl_context=tls, timeout=timeout,
-                            limits=(cap, self._batch_bytes + cap))
-            if server.security == "starttls":
-                phase = "starttls"
-                if not client.has_capability("STARTTLS"):
-                    error = ConnectError(
-                        f"{self._where}: the server does not offer STARTTLS and security is "
-                        "'starttls'; refusing to continue in plain text", "starttls")
-                else:
-                    client.starttls(tls)
-            if error is None:
-                phase = "auth"
-                if not server.username or password is None:
-                    error = ConnectError(f"{self._where}: a username and a password are "
-                                         "needed to log in", "auth")
-                elif token is not None:
-                    mechanism, error = oauth2.imap_login(client, server, token, self._where)
-                    if error is None:
-                        self._uidplus = bool(client.has_capability("UIDPLUS"))
-                        self.login_note = connection_note(server.security, client.socket()) \
-                            + ", " + sasl.login_note(mechanism, token.expires_at)
-                    elif self._tokens is not None:
-                        self._tokens.invalidate(token)  # the next connection gets a new one
-                else:
-                    client.login(server.username, password)
-                    self._uidplus = bool(client.has_capability("UIDPLUS"))
-                    self.login_note = connection_note(server.security, client.socket()) \
-                        + ", LOGIN"
-        except WIRE_ERRORS as exc:
-            error = translate(exc, server, phase)
-        except BaseException:
-            _shutdown(client)
-            raise
-        if error is not None:
-            # Raised here, outside the except block, so no library exception is chained.
-            _shutdown(client)
-            raise scrubbed(error, password)
-        self._client = client
+        self._client, self._uidplus, self.login_note = imapsession.connect(
+            server, self._where, password=password, token=token, tokens=self._tokens,
+            context=self._context, batch_bytes=self._batch_bytes)
         self._renew_at = renew_at(token) if token is not None else None
 
     def _nothing_new(self, cursor: Cursor) -> bool:
@@ -205,7 +160,7 @@ class ImapSource:
             try:
                 client.logout()
             except (OSError, EOFError, ValueError, imaplib.IMAP4.error):
-                _shutdown(client)
+                imapsession.shutdown(client)
 
     # -- polling ---------------------------------------------------------------------
 
@@ -343,42 +298,8 @@ class ImapSource:
         uidnext = self._select().get(b"UIDNEXT")
         if uidnext is not None and int(uidnext) > cursor.last_uid + 1:
             return True
-        deadline = time.monotonic() + timeout
-        self._start_idle()
-        renew_at = time.monotonic() + self._idle_renew
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._client.socket(), selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if stop is not None and stop.is_set():
-                    self._end_idle()
-                    return False
-                if time.monotonic() >= renew_at:
-                    if self._end_idle():
-                        return True
-                    self._start_idle()
-                    renew_at = time.monotonic() + self._idle_renew
-                slice_ = min(remaining, renew_at - time.monotonic(),
-                             1.0 if stop is not None else remaining)
-                if not selector.select(max(slice_, 0.0)):
-                    continue
-                self._client.wire.new_reply()  # IDLE lasts: bound each read, not all
-                responses = self._call("fetch", self._client.idle_check, 0)
-                if not responses:  # readable, yet nothing to read: the server hung up
-                    self.close()
-                    raise ConnectError(f"{self._where}: the server closed the connection",
-                                       "closed")
-                if any(_is_news(r) for r in responses):
-                    self._end_idle()
-                    return True
-        return self._end_idle()
-
-    def _start_idle(self) -> None:
-        self._call("fetch", self._client.idle)
-
-    def _end_idle(self) -> bool:
-        """DONE; True when the server reported new mail while finishing IDLE."""
-        _, responses = self._call("fetch", self._client.idle_done)
-        return any(_is_news(r) for r in responses)
+        return imapidle.idle(self._client, self._call, self._where, timeout, stop,
+                             self._idle_renew)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -426,16 +347,15 @@ class ImapSource:
                 if lied is not None:
                     return bodies, lied
             return bodies, None
-        error: ConnectError | None = None
         try:
-            data: dict[int, dict[bytes, Any]] = client.fetch(list(uids), items)
+            data: dict[int, dict[bytes, Any]] = self._call("fetch", client.fetch, list(uids),
+                                                           items)
             return data, None
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, "fetch")
+        except ConnectError as error:  # (the session is closed)
+            failure = error
         over = client.wire.oversized
-        self.close()
         if over is None:
-            raise error
+            raise failure  # outside the except block: nothing is chained
         size, seq, named = over
         uid: int | None = named
         if uid is None and seq is not None:
@@ -460,28 +380,12 @@ class ImapSource:
     def _keys(uidvalidity: int, uids: Sequence[int]) -> tuple[str, ...]:
         return tuple(f"{uidvalidity}/{u}" for u in uids)
 
-    def _call(self, phase: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; a wire error closes the session and becomes ConnectError."""
-        error: ConnectError | None = None
-        try:
-            return fn(*args, **kwargs)
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, phase)
-            if phase == "folder" and error.kind == "folder":
-                error = ConnectError(f"{self._where}: cannot open folder {self.folder!r}: "
-                                     f"{_COMMAND_FAILED.sub('', server_text(exc))}",
-                                     "folder")
-        self.close()
-        raise error
+    def _translate(self, exc: BaseException, phase: str) -> ConnectError:
+        """A wire error as ConnectError; a folder that cannot be opened named as such."""
+        error = translate(exc, self.server, phase)
+        if phase == "folder" and error.kind == "folder":
+            error = ConnectError(f"{self._where}: cannot open folder {self.folder!r}: "
+                                 f"{_COMMAND_FAILED.sub('', server_text(exc))}", "folder")
+        return error
 
 
-def _is_news(response: Any) -> bool:
-    return isinstance(response, tuple) and len(response) >= 2 and response[1] in (
-        b"EXISTS", b"RECENT")
-
-
-def _shutdown(client: Any) -> None:
-    if client is None:
-        return
-    with contextlib.suppress(OSError, ValueError):
-        client.shutdown()

@@ -37,11 +37,11 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError, StoreError
 from mailsync.inbound import records
+from mailsync.inbound.adapters import check_incoming, make_source
 from mailsync.inbound.bounces import Verdict, classify, record_bounce
-from mailsync.inbound.imap import ImapSource
-from mailsync.inbound.maildir import LocalSource, MaildirWriter
+from mailsync.inbound.maildir import MaildirWriter
 from mailsync.inbound.message import parse_headers, summarize
-from mailsync.inbound.pop3 import Pop3Source
+from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
@@ -53,8 +53,6 @@ OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None
 """Called inside the storing transaction for each new message of a server with an
 ``activity`` rule: (connection, server, fetched id, subject, now)."""
 
-
-_DUPLICATE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
 BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
 BACKOFF_MAX = 300.0  # ...doubling up to the larger of this and its poll_interval
 _SKIP_WORDS = {
@@ -73,39 +71,6 @@ def retry_delay(failures: int, poll_interval: float) -> float:
     every poll_interval when longer) after that, not in a loop."""
     cap = max(poll_interval, BACKOFF_MAX)
     return float(min(cap, BACKOFF_FIRST * 2 ** min(max(failures, 1) - 1, 30)))
-
-
-class StoreRefused(StoreError):
-    """The store did not take a batch of fetched messages (nothing of it was kept): the
-    poll fails with this classified reason, never with SQLite's bare words. ``kind``:
-    ``duplicate`` (a key the store already holds), a :class:`StoreUnavailable` kind
-    (``full``, ``io``, ``readonly``, ``corrupt``) or ``store``."""
-
-    def __init__(self, message: str, kind: str = "store") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-    @classmethod
-    def duplicate(cls, key: str) -> StoreRefused:
-        """A message whose key (``UIDVALIDITY/UID``, UIDL or file name) is stored already
-        (another poll of the same server stored it meanwhile, or the server reused it)."""
-        return cls(f"the store refused the fetched messages (message {key!r} is already "
-                   "stored under that key; nothing of this batch was kept)", "duplicate")
-
-    @classmethod
-    def of(cls, exc: StoreError | sqlite3.Error, key: str | None = None) -> StoreRefused:
-        """Any store error of a poll, classified (returned as is when it already is);
-        ``key``: the message being stored when it was raised, if known."""
-        if isinstance(exc, StoreRefused):
-            return exc
-        if key is not None and getattr(exc, "sqlite_errorname", "") in _DUPLICATE:
-            return cls.duplicate(key)
-        kind = getattr(exc, "kind", None) or "store"
-        if isinstance(exc, sqlite3.Error):
-            what = f"SQLite error {type(exc).__name__}: {exc}"
-        else:
-            what = str(exc)
-        return cls(f"the store refused the fetched messages ({what})", kind)
 
 
 def unique_messages(server: str, messages: Sequence[Incoming]) -> list[Incoming]:
@@ -158,40 +123,6 @@ class PollResult:
         if self.uidvalidity_changed:
             parts.append("UIDVALIDITY changed")
         return f"{self.server}: {', '.join(parts)}"
-
-
-def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None,
-                tokens: TokenCache | None = None) -> Source:
-    """The source adapter for ``server.type``; the password is resolved when connecting,
-    an OAuth2 access token (``auth.oauth2``) asked of ``tokens`` then."""
-
-    def password() -> str | None:
-        return server.password.resolve() if server.password is not None else None
-
-    source = None
-    if server.auth is not None and tokens is not None:
-        source = tokens.source(server.name, server.auth)
-    if server.type == "imap":
-        return ImapSource(server, password=password, context=context, tokens=source)
-    if server.type == "pop":
-        return Pop3Source(server, password=password, context=context, tokens=source)
-    return LocalSource(server)
-
-
-def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None,
-                   tokens: TokenCache | None = None) -> str:
-    """Connect, log in and check the folder (IMAP) or the Maildir (local); what the login
-    was when it says something (``XOAUTH2, token valid until 14:32``), else "".
-
-    Raises ConnectError with the reason, worded as for SMTP (``name (host:port):
-    connection refused``), or SecretError when the password cannot be resolved.
-    """
-    source = make_source(server, context=context, tokens=tokens)
-    try:
-        source.open()
-        return str(getattr(source, "login_note", ""))
-    finally:
-        source.close()
 
 
 class Poller:

@@ -10,18 +10,19 @@ next poll finds those UIDLs stored and deletes them without storing them again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import poplib
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from mailsync.auth import sasl
 from mailsync.auth.tokens import TokenSource, renew_at
 from mailsync.config.model import IncomingServer
-from mailsync.errors import ConnectError
+from mailsync.errors import ConnectError, WireGuard
 from mailsync.inbound import oauth2, wire
 from mailsync.inbound.source import (
     BATCH,
@@ -36,7 +37,7 @@ from mailsync.inbound.source import (
     describe,
     translate,
 )
-from mailsync.netio import connection_note, scrubbed, tls_context
+from mailsync.netio import connection_note, tls_context
 
 log = logging.getLogger("mailsync.inbound.pop3")
 
@@ -48,7 +49,6 @@ _BLOCK = 1 << 16  # bytes read at a time for a listing or a message
 MAX_LISTED = 250_000
 LISTED_LINE = 80
 _TIDY = bytes(range(0x21, 0x7F)) + b" \r\n"  # what a UIDL listing is made of (RFC 1939)
-T = TypeVar("T")
 
 
 class _LongLines:
@@ -182,6 +182,8 @@ class Pop3Source:
         self._pop: _POP3 | _POP3_SSL | None = None
         self._numbers: dict[str, str] = {}  # UIDL -> message number, as listed
         self._where = describe(server)
+        # Runs one command; a wire error drops the session and becomes ConnectError.
+        self._guard = WireGuard(WIRE_ERRORS, self._translate, close=self.close)
 
     def open(self) -> None:
         """Connect per ``security`` and log in (POP3 has one folder: nothing to check); a
@@ -199,48 +201,45 @@ class Pop3Source:
         timeout = server.timeout.total_seconds()
         tls = None if server.security == "none" else (
             self._context or tls_context(server.tls_verify, server.tls))
-        pop: _POP3 | _POP3_SSL | None = None
-        phase = "connect"
-        error: ConnectError | None = None
-        try:
-            if server.security == "ssl":
-                pop = _POP3_SSL(server.host, server.port or 995, timeout=timeout, context=tls)
-            else:
-                pop = _POP3(server.host, server.port or 110, timeout=timeout)
-            if server.security == "starttls":
-                phase = "starttls"
-                if "STLS" not in _capabilities(pop):
-                    error = ConnectError(
-                        f"{self._where}: the server does not offer STARTTLS (STLS) and "
-                        "security is 'starttls'; refusing to continue in plain text",
-                        "starttls")
-                else:
-                    pop.stls(tls)
-            if error is None:
-                phase = "auth"
-                if not server.username or password is None:
-                    error = ConnectError(f"{self._where}: a username and a password are "
-                                         "needed to log in", "auth")
-                elif token is not None:
-                    mechanism, error = oauth2.pop3_login(pop, server, token,
-                                                         _capabilities(pop), self._where)
-                    if error is None:
-                        self.login_note = connection_note(server.security, pop.sock) + ", " \
-                            + sasl.login_note(mechanism, token.expires_at)
-                    elif self._tokens is not None:
+        guard = WireGuard(WIRE_ERRORS, lambda exc, phase: translate(exc, server, phase),
+                          secret=password)
+        pop: _POP3 | _POP3_SSL
+        if server.security == "ssl":
+            pop = guard("connect", _POP3_SSL, server.host, server.port or 995,
+                        timeout=timeout, context=tls)
+        else:
+            pop = guard("connect", _POP3, server.host, server.port or 110, timeout=timeout)
+        guard.close = functools.partial(_close, pop)
+        if server.security == "starttls":
+            if "STLS" not in guard("starttls", _capabilities, pop):
+                guard.fail(ConnectError(
+                    f"{self._where}: the server does not offer STARTTLS (STLS) and "
+                    "security is 'starttls'; refusing to continue in plain text",
+                    "starttls"))
+            guard("starttls", pop.stls, tls)
+        if not server.username or password is None:
+            guard.fail(ConnectError(f"{self._where}: a username and a password are "
+                                    "needed to log in", "auth"))
+        username = server.username
+
+        def log_in() -> ConnectError | None:
+            if token is not None:
+                mechanism, error = oauth2.pop3_login(pop, server, token, _capabilities(pop),
+                                                     self._where)
+                if error is not None:
+                    if self._tokens is not None:
                         self._tokens.invalidate(token)  # the next connection gets a new one
-                else:
-                    pop.user(server.username)
-                    pop.pass_(password)
-                    self.login_note = connection_note(server.security, pop.sock) + ", USER/PASS"
-        except WIRE_ERRORS as exc:
-            error = translate(exc, server, phase)
-        except BaseException:
-            _close(pop)
-            raise
-        if error is not None:
-            _close(pop)
-            raise scrubbed(error, password)
+                    return error
+                note = sasl.login_note(mechanism, token.expires_at)
+            else:
+                pop.user(username)
+                pop.pass_(password)
+                note = "USER/PASS"
+            self.login_note = connection_note(server.security, pop.sock) + ", " + note
+            return None
+
+        if (error := guard("auth", log_in)) is not None:
+            guard.fail(error)
         self._pop = pop
         self._renew_at = renew_at(token) if token is not None else None
 
@@ -254,7 +253,7 @@ class Pop3Source:
         self.open()
         pop = self._pop
         assert pop is not None
-        self._numbers, skipped = self._call(pop.uidl_listing)
+        self._numbers, skipped = self._guard("fetch", pop.uidl_listing)
         if skipped:
             number, uidl = skipped[0]
             log.warning("%s: the UIDL listing gives %d message(s) the unique-id of an earlier "
@@ -270,7 +269,7 @@ class Pop3Source:
         new = sorted((self._number(key), key) for key in keys)
         if not new:
             return
-        sizes = self._call(pop.list_sizes)
+        sizes = self._guard("fetch", pop.list_sizes)
         cap = self.server.max_message_size
         declared = [(number, key, sizes.get(str(number), 0)) for number, key in new]
         large = tuple(Skipped(key, "too_large", size) for _, key, size in declared
@@ -281,7 +280,7 @@ class Pop3Source:
         for chunk in by_bytes(fetch, self._batch, self._batch_bytes):
             messages: list[Incoming] = []
             for n, key in chunk:
-                raw = self._call(pop.retr_bounded, n, cap)
+                raw = self._guard("fetch", pop.retr_bounded, n, cap)
                 if raw is None:  # more than the cap, whatever LIST said: drop the session
                     self.close()
                     yield Batch(messages=tuple(messages), done=tuple(m.key for m in messages),
@@ -295,21 +294,15 @@ class Pop3Source:
         if self.server.keep_on_server or not batch.done or self._pop is None:
             return
         for key in batch.done:
-            self._call(self._pop.dele, self._number(key))
+            self._guard("fetch", self._pop.dele, self._number(key))
 
     def end_poll(self) -> None:
         """QUIT: the server deletes what was DELEd, then the session ends."""
         pop, self._pop = self._pop, None
         if pop is None:
             return
-        error: ConnectError | None = None
-        try:
-            pop.quit()
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, "fetch")
-        if error is not None:
-            _close(pop)
-            raise error
+        WireGuard(WIRE_ERRORS, self._translate, functools.partial(_close, pop))(
+            "fetch", pop.quit)
 
     def wait(self, timeout: float, cursor: Cursor, stop: threading.Event | None) -> bool:
         """POP3 has no push: sleep ``timeout`` (or until ``stop``); always False."""
@@ -328,14 +321,8 @@ class Pop3Source:
         raise translate(poplib.error_proto(f"malformed UIDL line: {number} {key}"),
                         self.server, "fetch")
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        error: ConnectError | None = None
-        try:
-            return fn(*args)
-        except WIRE_ERRORS as exc:
-            error = translate(exc, self.server, "fetch")
-        self.close()
-        raise error
+    def _translate(self, exc: BaseException, phase: str) -> ConnectError:
+        return translate(exc, self.server, phase)
 
 
 def parse_uidl(body: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:

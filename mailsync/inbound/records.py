@@ -14,7 +14,7 @@ from typing import Any
 from mailsync.config.units import iso
 from mailsync.inbound.message import Summary
 from mailsync.inbound.source import Cursor, Skipped
-from mailsync.store import Store
+from mailsync.store import Store, where
 
 _CHUNK = 500  # keys per IN (...) query
 _CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed
@@ -174,15 +174,7 @@ class InboxFilters:
 
 def list_fetched(store: Store, f: InboxFilters) -> list[dict[str, Any]]:
     """Fetched messages, newest first, as objects with stable keys."""
-    where: list[str] = []
-    args: list[Any] = []
-    if f.server is not None:
-        where.append("server = ?")
-        args.append(f.server)
-    if f.since is not None:
-        where.append("fetched_at >= ?")
-        args.append(f.since)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    clause, args = where(("server =", f.server), ("fetched_at >=", f.since))
     with store.lock:
         cur = store.conn.execute(
             "SELECT id, server, folder, source_key, fetched_at, message_id, from_address,"

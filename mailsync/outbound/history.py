@@ -14,6 +14,7 @@ from typing import Any
 from mailsync.config.units import iso, short_time
 from mailsync.outbound.queue import OutboundStore
 from mailsync.printable import one_line, printable
+from mailsync.store import where
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
                 "attempts", "error")
@@ -36,21 +37,8 @@ class Filters:
 
 
 def _where(f: Filters) -> tuple[str, list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    if f.status:
-        where.append(f"m.status IN ({','.join('?' * len(f.status))})")
-        args.extend(f.status)
-    if f.account:
-        where.append("m.account = ?")
-        args.append(f.account)
-    if f.user:
-        where.append("m.user = ?")
-        args.append(f.user)
-    if f.since is not None:
-        where.append("m.created_at >= ?")
-        args.append(f.since)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+    return where(("m.status IN", f.status), ("m.account =", f.account or None),
+                 ("m.user =", f.user or None), ("m.created_at >=", f.since))
 
 
 def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from mailsync.auth.tokens import TokenCache, renew_at, session_token
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError, SecretError
-from mailsync.outbound.smtp import SmtpSession, describe, open_session
+from mailsync.outbound.smtp import SmtpSession, open_session
+from mailsync.outbound.smtpwire import describe
 
 SessionFactory = Callable[[OutgoingServer, str | None], SmtpSession]
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
-from mailsync.outbound.smtp import SmtpSession, describe
+from mailsync.outbound.smtp import SmtpSession
+from mailsync.outbound.smtpwire import describe
 
 log = logging.getLogger("mailsync.deliver")
 

@@ -1,21 +1,23 @@
 """SMTP sessions over smtplib: connect per security mode, log in, run transactions.
 
 This is the adapter between mailsync and ``smtplib``. Every library error is translated
-here into :class:`mailsync.errors.ConnectError` with a ``kind`` and a message that names
-the server and the reason in plain words. A transaction keeps each recipient's reply, as
-Postfix does (docs/design.md §3): 2xx sent, 4xx deferred, 5xx failed.
+into :class:`mailsync.errors.ConnectError` with a ``kind`` and a message that names the
+server and the reason in plain words (:func:`mailsync.outbound.smtpwire.translate`). A
+transaction keeps each recipient's reply, as Postfix does (docs/design.md §3): 2xx sent,
+4xx deferred, 5xx failed.
 
 Deadlines (mailsync.netio.Deadline): every command's reply (the greeting, EHLO, STARTTLS,
 AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT) must be complete within the server's
 ``timeout``, however the server spreads its bytes; the message content may take
 ``timeout`` plus its size at :data:`~mailsync.netio.MIN_RATE` (64 KiB/s) to be sent and
 answered. A command past its deadline raises ConnectError(kind="timeout"), e.g.
-``RCPT: no complete reply within 30s``.
+``RCPT: no complete reply within 30s``. The bounded smtplib is
+:mod:`mailsync.outbound.smtpwire`'s.
 
 Secrets: the password is passed to ``smtplib.login`` and nowhere else. It is not stored
-on the session, and translated errors are raised outside the ``except`` block so that
-no library exception (which might hold it, e.g. a ``UnicodeEncodeError``) stays
-attached as ``__context__``.
+on the session, and translated errors are raised by :class:`mailsync.errors.WireGuard`,
+outside the ``except`` block, so that no library exception (which might hold it, e.g. a
+``UnicodeEncodeError``) stays attached as ``__context__``.
 """
 
 from __future__ import annotations
@@ -23,139 +25,27 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
-import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
-from mailsync.errors import ConnectError
-from mailsync.netio import (
-    GMAIL_HINT,
-    MIN_RATE,
-    Deadline,
-    DeadlineExceeded,
-    connection_note,
-    fallback_error,
-    helo_name,
-    network_error,
-    reader,
-    scrubbed,
-    tls_context,
+from mailsync.errors import ConnectError, WireGuard
+from mailsync.netio import MIN_RATE, connection_note, helo_name, tls_context
+from mailsync.outbound.smtpwire import (
+    WIRE_ERRORS,
+    Bounded,
+    BoundedSSL,
+    describe,
+    reply_text,
+    translate,
 )
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
 _DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 _BAD_ADDRESS = re.compile(r"[\r\n<> ]")
-# Errors a socket, TLS or SMTP conversation can raise; everything else is a bug.
-_WIRE_ERRORS = (OSError, UnicodeError)
-# A reply (the greeting included) longer than this is refused: smtplib reads continuation
-# lines (``220-...``) for as long as the server sends them, into memory.
-MAX_REPLY = 64 * 1024
-_MAXLINE = 8192  # smtplib's limit of one reply line
-# Commands a deadline is named after; any other line (an AUTH continuation, which holds
-# credentials) goes on under the name of the command it continues.
-_VERBS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET",
-                    "NOOP", "QUIT", "VRFY", "EXPN", "HELP"})
-
-
-class ReplyTooLong(OSError):
-    """The server's reply grew past MAX_REPLY; the connection is dropped."""
-
-
-class _Bounded(smtplib.SMTP):
-    """smtplib.SMTP whose replies are bounded by MAX_REPLY, and its commands by deadlines.
-
-    ``getreply`` is smtplib's own (Python 3.11), with the reply's size counted: one
-    addition per line on the hot path. Its socket file reads through
-    :func:`mailsync.netio.reader`, which gives each read the time left to the command in
-    progress (``putcmd`` starts each command's deadline, :meth:`expect` one for a reply
-    whose command went out pipelined): one ``settimeout`` per read and per write.
-    """
-
-    deadline: Deadline
-
-    def connect(self, host: str = "localhost", port: int = 0,
-                source_address: Any = None) -> tuple[int, bytes]:
-        """Connect and read the greeting, both within ``timeout``."""
-        self.deadline = Deadline(self.timeout)
-        self.deadline.start("greeting")
-        return super().connect(host, port, source_address)
-
-    def putcmd(self, cmd: str, args: str = "") -> None:
-        verb = cmd.partition(" ")[0].upper()
-        self.deadline.start(verb if verb in _VERBS else self.deadline.what)
-        super().putcmd(cmd, args)
-
-    def expect(self, what: str, budget: float | None = None) -> None:
-        """Start the deadline of the next reply (or data): ``timeout`` unless given."""
-        self.deadline.start(what, budget)
-
-    def send(self, s: ReadableBuffer | str) -> None:
-        """smtplib's send, within the deadline of the command in progress."""
-        if not self.sock:
-            raise smtplib.SMTPServerDisconnected("please run connect() first")
-        data = s.encode(self.command_encoding) if isinstance(s, str) else bytes(s)
-        sys.audit("smtplib.send", self, data)
-        try:
-            self.deadline.sendall(self.sock, data)
-        except DeadlineExceeded:
-            self.close()
-            raise
-        except OSError:
-            self.close()
-            raise smtplib.SMTPServerDisconnected("Server not connected") from None
-
-    def getreply(self) -> tuple[int, bytes]:
-        resp: list[bytes] = []
-        if self.file is None:
-            assert self.sock is not None
-            self.file = reader(self.sock, self.deadline)
-        size = 0
-        while True:
-            try:
-                line = self.file.readline(_MAXLINE + 1)
-            except OSError as e:
-                self.close()
-                raise smtplib.SMTPServerDisconnected(
-                    "Connection unexpectedly closed: " + str(e)) from None
-            if not line:
-                self.close()
-                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-            if len(line) > _MAXLINE:
-                self.close()
-                raise smtplib.SMTPResponseException(500, "Line too long.")
-            size += len(line)
-            if size > MAX_REPLY:
-                self.close()
-                raise ReplyTooLong(f"the server's reply is longer than {MAX_REPLY // 1024} KiB")
-            resp.append(line[4:].strip(b" \t\r\n"))
-            try:
-                errcode = int(line[:3])
-            except ValueError:
-                errcode = -1
-                break
-            if line[3:4] != b"-":
-                break
-        return errcode, b"\n".join(resp)
-
-
-    def auth(self, mechanism: str, authobject: Any, *, initial_response_ok: bool = True
-             ) -> tuple[int, bytes]:
-        """smtplib's, remembering the mechanism that logged in (for `mailsync test`)."""
-        reply = super().auth(mechanism, authobject, initial_response_ok=initial_response_ok)
-        self.mechanism_used = mechanism.upper()
-        return reply
-
-
-class _BoundedSSL(_Bounded, smtplib.SMTP_SSL):
-    """smtplib.SMTP_SSL whose replies are bounded by MAX_REPLY."""
 
 
 def open_session(
@@ -180,64 +70,50 @@ def open_session(
     tls = None if server.security == "none" else (
         context or tls_context(server.tls_verify, server.tls))
     local_hostname = local_hostname or helo_name(server.helo_name)
-    smtp: _Bounded | None = None
-    phase = "connect"
-    error: ConnectError | None = None
+    guard = WireGuard(WIRE_ERRORS, lambda exc, phase: translate(exc, server, phase),
+                      secret=password)
     mechanism: str | None = None  # an OAuth2 login's SASL mechanism
-    try:
-        # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
-        if server.security == "ssl":
-            smtp = _BoundedSSL(
-                server.host, server.port, local_hostname, timeout=timeout, context=tls
-            )
+    # The host goes to the constructor: smtplib takes the TLS server_hostname from it.
+    smtp: Bounded
+    if server.security == "ssl":
+        smtp = guard("connect", BoundedSSL, server.host, server.port, local_hostname,
+                     timeout=timeout, context=tls)
+    else:
+        smtp = guard("connect", Bounded, server.host, server.port, local_hostname, timeout)
+    guard.close = smtp.close
+    guard("connect", smtp.ehlo_or_helo_if_needed)
+    if server.security == "starttls":
+        if not smtp.has_extn("starttls"):
+            guard.fail(ConnectError(
+                f"{where}: the server does not offer STARTTLS and security is "
+                "'starttls'; refusing to continue in plain text", "starttls"))
+        guard("starttls", smtp.starttls, context=tls)
+        guard("connect", smtp.ehlo_or_helo_if_needed)  # RFC 3207: ask again over TLS
+    if server.username:
+        if password is None:
+            guard.fail(ConnectError(
+                f"{where}: username {server.username!r} is set but no password", "auth"))
+        if server.auth is not None:
+            mechanism, error = guard("auth", _oauth2_login, smtp, server, password)
+            if error is not None:
+                guard.fail(error)
         else:
-            smtp = _Bounded(server.host, server.port, local_hostname, timeout)
-        smtp.ehlo_or_helo_if_needed()
-        if server.security == "starttls":
-            phase = "starttls"
-            if not smtp.has_extn("starttls"):
-                error = ConnectError(
-                    f"{where}: the server does not offer STARTTLS and security is "
-                    "'starttls'; refusing to continue in plain text",
-                    "starttls",
-                )
-            else:
-                smtp.starttls(context=tls)
-                phase = "connect"
-                smtp.ehlo_or_helo_if_needed()  # RFC 3207: ask again over TLS
-        if error is None and server.username:
-            phase = "auth"
-            if password is None:
-                error = ConnectError(
-                    f"{where}: username {server.username!r} is set but no password", "auth"
-                )
-            elif server.auth is not None:
-                mechanism, error = _oauth2_login(smtp, server, password)
-            else:
-                try:
-                    smtp.login(server.username, password)
-                finally:
-                    # smtplib keeps the password as an attribute for its AUTH callbacks;
-                    # the session outlives the login, the password should not.
-                    vars(smtp).pop("password", None)
-    except _WIRE_ERRORS as exc:
-        error = _translate(exc, server, phase)
-    except BaseException:
-        if smtp is not None:
-            smtp.close()
-        raise
-    if error is not None:
-        # Raised here, outside the except block, so no library exception is chained.
-        if smtp is not None:
-            smtp.close()
-        raise scrubbed(error, password)
-    assert smtp is not None
+            guard("auth", _login, smtp, server.username, password)
     session = SmtpSession(smtp, server)
     session.mechanism = mechanism
     used = mechanism or getattr(smtp, "mechanism_used", None)
     session.negotiated = connection_note(server.security, smtp.sock) + (
         f", AUTH {used}" if used and mechanism is None else "" if used else ", no AUTH")
     return session
+
+
+def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
+    try:
+        smtp.login(username, password)
+    finally:
+        # smtplib keeps the password as an attribute for its AUTH callbacks; the session
+        # outlives the login, the password should not.
+        vars(smtp).pop("password", None)
 
 
 def _oauth2_login(smtp: smtplib.SMTP, server: OutgoingServer,
@@ -262,17 +138,9 @@ def _oauth2_login(smtp: smtplib.SMTP, server: OutgoingServer,
     except smtplib.SMTPAuthenticationError as exc:
         return login.mechanism, ConnectError(
             f"{where}: OAuth2 ({login.mechanism}): the server refused the access token for "
-            f"{server.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{server.username!r}: {exc.smtp_code} {reply_text(exc.smtp_error)}"
             f"{responder.reason()}", "auth", exc.smtp_code)
     return login.mechanism, None
-
-
-def describe(server: OutgoingServer) -> str:
-    """How messages name a server: ``company-smtp (smtp.example.com:587)``."""
-    host = server.host or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{server.name} ({host}:{server.port})"
 
 
 class SmtpSession:
@@ -282,7 +150,7 @@ class SmtpSession:
     ``broken`` says the connection is unusable and must be closed, not reused.
     """
 
-    def __init__(self, smtp: _Bounded, server: OutgoingServer) -> None:
+    def __init__(self, smtp: Bounded, server: OutgoingServer) -> None:
         self._smtp = smtp
         self._server = server
         self._where = describe(server)
@@ -298,6 +166,10 @@ class SmtpSession:
         # session because of it (time.time()); None: a password login.
         self.expires_at: float | None = None
         self.renew_at: float | None = None
+        # A wire error of a transaction or RSET: translated, the session marked broken.
+        self._guard = WireGuard(WIRE_ERRORS,
+                                lambda exc, phase: translate(exc, server, phase),
+                                close=self._break)
 
     def expiring(self, now: float | None = None) -> bool:
         """Whether its OAuth2 token is about to expire: such a session is closed and a new
@@ -332,16 +204,16 @@ class SmtpSession:
         if self.broken:
             raise ConnectError(f"{self._where}: the session is closed or broken", "closed")
         self.last_used = time.monotonic()
-        error: ConnectError | None = None
+        # self._guard's wall written out: this runs once per message, and the guard's
+        # call would be one more per message on the sending path.
         try:
             results = self._transaction(mail_from, list(recipients), data)
-        except _WIRE_ERRORS as exc:
-            error = _translate(exc, self._server, "transaction")
-        if error is not None:
-            self._break()
-            raise error
-        self.last_used = time.monotonic()
-        return Delivery(self.server_name, tuple(results))
+        except WIRE_ERRORS as exc:
+            error = translate(exc, self._server, "transaction")
+        else:
+            self.last_used = time.monotonic()
+            return Delivery(self.server_name, tuple(results))
+        self._guard.fail(error)  # outside the except block: nothing is chained
 
     def noop(self) -> bool:
         """Health check: True if the server answers NOOP with 250; else mark broken."""
@@ -349,7 +221,7 @@ class SmtpSession:
             return False
         try:
             code, _ = self._smtp.noop()
-        except _WIRE_ERRORS:
+        except WIRE_ERRORS:
             code = -1
         if code != 250:
             self._break()
@@ -361,18 +233,10 @@ class SmtpSession:
         """Abort any transaction (RSET). Raises ConnectError and marks broken on failure."""
         if self.broken:
             raise ConnectError(f"{self._where}: the session is closed or broken", "closed")
-        error: ConnectError | None = None
-        try:
-            code, reply = self._smtp.rset()
-            if code != 250:
-                error = ConnectError(
-                    f"{self._where}: RSET refused: {code} {_text(reply)}", "protocol", code
-                )
-        except _WIRE_ERRORS as exc:
-            error = _translate(exc, self._server, "transaction")
-        if error is not None:
-            self._break()
-            raise error
+        code, reply = self._guard("transaction", self._smtp.rset)
+        if code != 250:
+            self._guard.fail(ConnectError(
+                f"{self._where}: RSET refused: {code} {reply_text(reply)}", "protocol", code))
         self.last_used = time.monotonic()
 
     def close(self) -> None:
@@ -382,7 +246,7 @@ class SmtpSession:
         self.broken = True
         try:
             self._smtp.quit()
-        except _WIRE_ERRORS:
+        except WIRE_ERRORS:
             pass
         finally:
             self._smtp.close()
@@ -448,22 +312,22 @@ class SmtpSession:
         if not _ok(code):
             self._end_pipelined(data_reply)
             self._after(code)
-            return [RecipientResult(r, _status(code), code, _text(reply)) for r in recipients]
+            return [RecipientResult(r, _status(code), code, reply_text(reply)) for r in recipients]
 
         results: dict[int, RecipientResult] = {}
         accepted: list[int] = []
         for index, rcpt in enumerate(recipients):
             if index >= len(rcpt_replies):  # a 421 ended the conversation: defer the rest
-                results[index] = RecipientResult(rcpt, "deferred", code, _text(reply))
+                results[index] = RecipientResult(rcpt, "deferred", code, reply_text(reply))
                 continue
             code, reply = rcpt_replies[index]
             if _ok(code):
                 accepted.append(index)
                 continue
-            results[index] = RecipientResult(rcpt, _status(code), code, _text(reply))
+            results[index] = RecipientResult(rcpt, _status(code), code, reply_text(reply))
             if code == 421:  # the server is closing the channel: defer the rest, no DATA
                 for i in [*accepted, *range(index + 1, len(recipients))]:
-                    results[i] = RecipientResult(recipients[i], "deferred", code, _text(reply))
+                    results[i] = RecipientResult(recipients[i], "deferred", code, reply_text(reply))
                 accepted = []
                 break
         if not accepted:
@@ -485,7 +349,7 @@ class SmtpSession:
             code, reply = smtp.getreply()
         status: RecipientStatus = "sent" if _ok(code) else _status(code)
         for index in accepted:
-            results[index] = RecipientResult(recipients[index], status, code, _text(reply))
+            results[index] = RecipientResult(recipients[index], status, code, reply_text(reply))
         if status != "sent":
             self._after(code)
         return [results[i] for i in range(len(recipients))]
@@ -508,7 +372,7 @@ class SmtpSession:
             return
         try:
             rset_code, _ = self._smtp.rset()
-        except _WIRE_ERRORS:
+        except WIRE_ERRORS:
             rset_code = -1
         if rset_code != 250:
             self._break()
@@ -518,60 +382,6 @@ class SmtpSession:
         self._smtp.close()
 
 
-def _translate(exc: BaseException, server: OutgoingServer, phase: str) -> ConnectError:
-    """Turn a socket/TLS/smtplib error into a ConnectError naming server and reason."""
-    where = describe(server)
-    if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__,
-                                                                        TimeoutError):
-        exc = exc.__context__  # smtplib reports a timed-out greeting as a hang-up
-    too_long = exc if isinstance(exc, ReplyTooLong) else exc.__context__
-    if isinstance(too_long, ReplyTooLong):  # (smtplib wraps it in SMTPServerDisconnected)
-        return ConnectError(f"{where}: {too_long} (during {_noun(phase)}); the connection "
-                            "was dropped", "protocol")
-    common = network_error(exc, where, server.timeout.total_seconds(),
-                           connecting=phase == "connect", transferring=phase == "transaction")
-    if common is not None:
-        return common
-    if isinstance(exc, smtplib.SMTPAuthenticationError):
-        message = (
-            f"{where}: authentication failed for user {server.username!r}: "
-            f"{exc.smtp_code} {_text(exc.smtp_error)}"
-        )
-        if server.provider == "gmail":
-            message += f". {GMAIL_HINT}"
-        return ConnectError(message, "auth", exc.smtp_code)
-    if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return ConnectError(f"{where}: the server does not offer {_noun(phase)}", "auth")
-    if isinstance(exc, UnicodeError):
-        return ConnectError(
-            f"{where}: {_noun(phase)} needs ASCII only, and the value given is not",
-            "auth" if phase == "auth" else "protocol",
-        )
-    if isinstance(exc, smtplib.SMTPServerDisconnected | ConnectionError):
-        return ConnectError(f"{where}: the server closed the connection", "closed")
-    if isinstance(exc, smtplib.SMTPResponseException):
-        kind = {"starttls": "starttls", "auth": "auth"}.get(phase, "protocol")
-        return ConnectError(
-            f"{where}: unexpected reply during {_noun(phase)}: "
-            f"{exc.smtp_code} {_text(exc.smtp_error)}",
-            kind,
-            exc.smtp_code,
-        )
-    if isinstance(exc, smtplib.SMTPException):
-        kind = "auth" if phase == "auth" else "protocol"
-        return ConnectError(f"{where}: {_noun(phase)} failed: {exc}", kind)
-    return fallback_error(exc, where, connecting=phase == "connect")
-
-
-def _noun(phase: str) -> str:
-    return {
-        "connect": "the greeting",
-        "starttls": "STARTTLS",
-        "auth": "AUTH",
-        "transaction": "the transaction",
-    }[phase]
-
-
 def _ok(code: int) -> bool:
     return 200 <= code < 300
 
@@ -579,13 +389,6 @@ def _ok(code: int) -> bool:
 def _status(code: int) -> RecipientStatus:
     """Postfix semantics: 5xx fails for good; anything else that is not 2xx defers."""
     return "failed" if 500 <= code < 600 else "deferred"
-
-
-def _text(reply: bytes | str) -> str:
-    """A reply's text as one line: decoded, continuation lines joined with spaces."""
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(line.strip() for line in reply.splitlines() if line.strip())
 
 
 def _ascii(*values: str) -> bool:

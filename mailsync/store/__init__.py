@@ -4,11 +4,13 @@ This package is the seam a second backend plugs into: callers import what they n
 here (:class:`Store` and the functions about a state_dir's store), never from the module
 of one backend. Today there is one backend, SQLite (:mod:`mailsync.store.sqlite`); the
 schema is :mod:`mailsync.store.migrations`, which store a state_dir holds is
-:mod:`mailsync.store.identity`, whether it can commit is :mod:`mailsync.store.health`.
+:mod:`mailsync.store.identity`, whether it can commit is :mod:`mailsync.store.health`;
+the ``WHERE`` of the parts' listings is :func:`where` (:mod:`mailsync.store.sql`).
 """
 
 from __future__ import annotations
 
+from mailsync.store.sql import where
 from mailsync.store.sqlite import (
     AppliedConfig,
     Store,
@@ -20,4 +22,4 @@ from mailsync.store.sqlite import (
 )
 
 __all__ = ["AppliedConfig", "Store", "db_path", "existed", "integrity", "read_only",
-           "store_error"]
+           "store_error", "where"]

@@ -1,0 +1,51 @@
+"""Which source adapter a server's ``type`` makes, and the check `mailsync test` runs.
+
+IMAP (:mod:`mailsync.inbound.imap`), POP3 (:mod:`mailsync.inbound.pop3`) or a local
+Maildir (:mod:`mailsync.inbound.maildir`), each a :class:`~mailsync.inbound.source.Source`;
+a new protocol's adapter is chosen here.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from mailsync.auth.tokens import TokenCache
+from mailsync.config.model import IncomingServer
+from mailsync.inbound.imap import ImapSource
+from mailsync.inbound.maildir import LocalSource
+from mailsync.inbound.pop3 import Pop3Source
+from mailsync.inbound.source import Source
+
+
+def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None,
+                tokens: TokenCache | None = None) -> Source:
+    """The source adapter for ``server.type``; the password is resolved when connecting,
+    an OAuth2 access token (``auth.oauth2``) asked of ``tokens`` then."""
+
+    def password() -> str | None:
+        return server.password.resolve() if server.password is not None else None
+
+    source = None
+    if server.auth is not None and tokens is not None:
+        source = tokens.source(server.name, server.auth)
+    if server.type == "imap":
+        return ImapSource(server, password=password, context=context, tokens=source)
+    if server.type == "pop":
+        return Pop3Source(server, password=password, context=context, tokens=source)
+    return LocalSource(server)
+
+
+def check_incoming(server: IncomingServer, *, context: ssl.SSLContext | None = None,
+                   tokens: TokenCache | None = None) -> str:
+    """Connect, log in and check the folder (IMAP) or the Maildir (local); what the login
+    was when it says something (``XOAUTH2, token valid until 14:32``), else "".
+
+    Raises ConnectError with the reason, worded as for SMTP (``name (host:port):
+    connection refused``), or SecretError when the password cannot be resolved.
+    """
+    source = make_source(server, context=context, tokens=tokens)
+    try:
+        source.open()
+        return str(getattr(source, "login_note", ""))
+    finally:
+        source.close()
