@@ -6,7 +6,7 @@ import ipaddress
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailsync.cli import main
@@ -79,6 +79,8 @@ _PARTS = st.sampled_from(["1", "0", "255", "256", "65535", "65536", "a", "ab", "
 
 @settings(max_examples=2000, deadline=None, database=None)
 @given(st.lists(_PARTS, min_size=1, max_size=8).map("".join))
+@example("1-1:1")  # a host name of digits and '-' (the pattern once wanted a letter)
+@example("256.1.1.1:80")
 def test_the_schema_pattern_and_the_explanation_agree_with_ipaddress(value):
     ok = _reference(value)
     assert bool(PATTERN.match(value)) == ok, value
