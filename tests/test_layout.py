@@ -30,7 +30,6 @@ MAX_LINES = 400
 KNOWN_LONG = {
     "mailsync/outbound/deliver.py",
     "mailsync/outbound/queue.py",
-    "mailsync/outbound/spool.py",
     "mailsync/config/model.py",
     "mailsync/store/sqlite.py",        # the PostgreSQL issue parts it from what backends share
 }
