@@ -25,11 +25,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "mailsync"
 
 MAX_LINES = 400
-# Modules over MAX_LINES today. Each is split by a later item of the issue that made this
-# test (#15: the daemon along its own sections) or one after it; this list only shrinks.
-KNOWN_LONG = {
-    "mailsync/outbound/deliver.py",
-}
+# Modules over MAX_LINES today: none since #15 split the last five along their seams. The
+# list stays empty: a module that grows past MAX_LINES is split, not listed.
+KNOWN_LONG: set[str] = set()
 
 # The parts, lowest first: a part imports only parts on an earlier line. The top-level
 # modules are parts of their own.
