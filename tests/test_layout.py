@@ -25,15 +25,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "mailsync"
 
 MAX_LINES = 400
-# Modules over MAX_LINES today. Each is split by a later item of the issue that made this
-# test (#15: the daemon along its own sections) or one after it; this list only shrinks.
-KNOWN_LONG = {
-    "mailsync/outbound/deliver.py",
-    "mailsync/outbound/queue.py",
-    "mailsync/outbound/spool.py",
-    "mailsync/config/model.py",
-    "mailsync/store/sqlite.py",        # the PostgreSQL issue parts it from what backends share
-}
+# Modules over MAX_LINES today: none since #15 split the last five along their seams. The
+# list stays empty: a module that grows past MAX_LINES is split, not listed.
+KNOWN_LONG: set[str] = set()
 
 # The parts, lowest first: a part imports only parts on an earlier line. The top-level
 # modules are parts of their own.
@@ -56,7 +50,7 @@ LAYERS: list[set[str]] = [
 # Arrows against LAYERS, module to module, each with its reason. Only shrinks.
 KNOWN_UPWARD = {
     # The config declares each server's OAuth2 settings, whose type auth defines.
-    ("mailsync.config.model", "mailsync.auth.settings"),
+    ("mailsync.config.tree", "mailsync.auth.settings"),
     ("mailsync.config.oauth2", "mailsync.auth.settings"),
     # The store applies each part's tables, in the order they were added.
     ("mailsync.store.migrations", "mailsync.outbound.tables"),

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from mailsync.outbound.deliver import Deliverer
+from mailsync.outbound.groupcommit import GroupCommit
 from mailsync.outbound.ingest import Ingester
-from mailsync.outbound.queue import GroupCommit
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import load_key
 from mailsync.store import Store

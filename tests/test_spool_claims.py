@@ -127,7 +127,7 @@ def test_a_store_of_the_previous_release_keeps_its_records_as_claims(tmp_path):
 
     from mailsync.store import Store
     from mailsync.store.migrations import MIGRATIONS
-    from mailsync.store.sqlite import _statements
+    from mailsync.store.sqlitefile import _statements
 
     state = tmp_path / "state"
     state.mkdir()

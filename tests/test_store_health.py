@@ -10,7 +10,7 @@ import pytest
 from mailsync.errors import StoreUnavailable
 from mailsync.store import Store
 from mailsync.store.health import CommitHealth, classify
-from mailsync.store.sqlite import WAL_MAX_PAGES, WAL_MIN_PAGES, wal_pages
+from mailsync.store.sqlitefile import WAL_MAX_PAGES, WAL_MIN_PAGES, wal_pages
 
 
 def test_disk_errors_are_told_apart_from_statement_errors(tmp_path):

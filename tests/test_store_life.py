@@ -21,7 +21,7 @@ import pytest
 from mailsync.outbound.queue import NewMessage, OutboundStore
 from mailsync.store import Store
 from mailsync.store.migrations import MIGRATIONS
-from mailsync.store.sqlite import _statements
+from mailsync.store.sqlitefile import _statements
 from tests.conftest import need
 from tests.daemon_helpers import DaemonProcess, daemon_config
 from tests.outbound_helpers import history, run, server_yaml, write_config

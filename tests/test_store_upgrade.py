@@ -11,7 +11,7 @@ import pytest
 from mailsync.daemon.control import ControlServer, socket_path
 from mailsync.errors import StoreOutdated
 from mailsync.store import Store
-from mailsync.store import sqlite as store_module
+from mailsync.store import sqlitefile as store_module
 from mailsync.store.migrations import MIGRATIONS
 from tests.outbound_helpers import run, server_yaml, write_config
 

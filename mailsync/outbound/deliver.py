@@ -9,7 +9,9 @@ most the messages that were in flight.
 A server that is down (see :mod:`mailsync.outbound.pool`) is not connected to per
 message: its messages go to the next eligible server or are deferred at once, without
 counting an attempt, and a pass probes it on a backoff; once a probe works, the
-messages deferred meanwhile come due at once.
+messages deferred meanwhile come due at once. This module is the pass and its workers,
+and a message's try; the pools and probes are :mod:`mailsync.outbound.pools`', the
+recording of each outcome :mod:`mailsync.outbound.outcomes`'.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
-from mailsync.outbound import login, retry, routing
+from mailsync.outbound import login, routing
+from mailsync.outbound.outcomes import Outcomes
 from mailsync.outbound.pool import ConnectionPool
+from mailsync.outbound.pools import Held, Pools
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.smtp import SmtpSession, open_session
-from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.outbound.verp import VerpKey, verp_sender
 from mailsync.telemetry.metrics import Metrics
 
@@ -40,32 +43,6 @@ log = logging.getLogger("mailsync.deliver")
 SessionFactory = login.SessionFactory  # (server, password or access token) → a session
 CLAIM_BATCH = 200
 CHUNK = 16
-
-
-class _Held:
-    """The session a worker keeps between consecutive messages to the same server."""
-
-    def __init__(self) -> None:
-        self.pool: ConnectionPool | None = None
-        self.session: SmtpSession | None = None
-
-    def take(self, pool: ConnectionPool) -> SmtpSession:
-        if self.pool is pool and self.session is not None and not self.session.broken \
-                and not self.session.expiring():
-            return self.session
-        self.release()
-        # No timeout on waiting for a free slot: holders never wait for another pool
-        # while holding one (release comes first), and every network step of theirs has
-        # its own timeout, so a slot always comes free; giving up here would defer a
-        # message only because the pool was busy.
-        session = pool.acquire(timeout=None)
-        self.pool, self.session = pool, session
-        return session
-
-    def release(self) -> None:
-        if self.pool is not None and self.session is not None:
-            self.pool.release(self.session)
-        self.pool = self.session = None
 
 
 @dataclass
@@ -120,21 +97,25 @@ class Deliverer:
         # OAuth2 access tokens, one per identity, shared with the pollers of the process.
         self.tokens = tokens if tokens is not None else TokenCache(
             state_dir=config.daemon.state_dir, observer=metrics.oauth2_observer)
-        # How long an outcome waits for a store that cannot commit (None: until halted).
-        self.record_patience = record_patience
         self.store = store
         self.metrics = metrics
         self.verp_key = verp_key
         self.factory = factory
         self.clock = clock
         self.rng = rng or random.Random()
-        self.pools: dict[str, ConnectionPool] = {}
-        self._closed_opened = 0  # sessions opened by pools already closed
         self._work_ready = threading.Event()
         self._halt = threading.Event()
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
         self._series = functools.lru_cache(maxsize=4096)(_labels)
-        self._pools_lock = threading.Lock()
+        self._pools = Pools(store, metrics, connect=self._connect, series=self._series,
+                            clock=clock, wake=self.wake)
+        self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock,
+                                  rng=self.rng, halt=self._halt,
+                                  record_patience=record_patience)
+        # The outcome writers, bound once: a message costs no more calls than before.
+        self._record = self._outcomes.record
+        self._connect_failed = self._outcomes.connect_failed
+        self._durably = self._outcomes.durably
         self._stats_lock = threading.Lock()
         self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
         # Progress, for the daemon's health: messages this pass handed to its workers,
@@ -142,6 +123,15 @@ class Deliverer:
         self._claimed = 0
         self._finished = 0
         self.progress_at = time.monotonic()
+
+    @property
+    def record_patience(self) -> float | None:
+        """How long an outcome waits for a store that cannot commit (None: until halted)."""
+        return self._outcomes.record_patience
+
+    @record_patience.setter
+    def record_patience(self, value: float | None) -> None:
+        self._outcomes.record_patience = value
 
     @property
     def config(self) -> Config:
@@ -153,106 +143,36 @@ class Deliverer:
         retired (settings changed, or gone). Their idle sessions close now and lent ones
         when their message is done; unchanged servers keep their open sessions."""
         view = _View.of(config)
-        servers = view.servers
-        with self._pools_lock:
-            retired = [pool for name, pool in self.pools.items()
-                       if servers.get(name) != pool.server]
-            for pool in retired:
-                del self.pools[pool.server.name]
-                self._closed_opened += pool.opened
+
+        def swap() -> None:
             self._view = view
-        waiting = []
-        for pool in retired:
-            pool.close()
-            waiting += pool.take_waiting()
-        if waiting:  # deferred while their server was down: try them under the new settings
-            try:
-                self.store.make_due(waiting, self.clock())
-            except StoreUnavailable:
-                log.warning("%d messages deferred while their server was down come due at "
-                            "their retry time (the store cannot commit)", len(waiting))
-        return [pool.server.name for pool in retired]
+        return self._pools.reconfigure(view.servers, swap)
 
     def close_idle(self) -> int:
         """Close sessions idle longer than their pool's idle timeout; returns how many."""
-        with self._pools_lock:
-            pools = list(self.pools.values())
-        return sum(pool.close_idle() for pool in pools)
+        return self._pools.close_idle()
 
     # -- pools -------------------------------------------------------------------------
+    @property
+    def pools(self) -> dict[str, ConnectionPool]:
+        """The pool of each server sent to so far, by name (:class:`Pools`)."""
+        return self._pools.by_name
+
     def pool(self, server: OutgoingServer) -> ConnectionPool:
         """The pool of ``server``, created on first use (one per server name)."""
-        # A message routed just before a reload goes through the settings now in force.
-        server = self._view.servers.get(server.name, server)
-        with self._pools_lock:
-            pool = self.pools.get(server.name)
-            if pool is None:
-                pool = ConnectionPool(server, lambda: self._connect(server),
-                                      on_change=self._pool_changed)
-                self.pools[server.name] = pool
-                self._series(self.metrics.pool_concurrency, server.name).set(pool.concurrency)
-            return pool
-
-    def _pool_changed(self, pool: ConnectionPool) -> None:
-        """A pool's server went up or down, or its concurrency changed: the gauges follow
-        (a retired pool's late news is ignored)."""
-        name = pool.server.name
-        if self.pools.get(name) is not pool:
-            return
-        if pool.up is not None:
-            self._series(self.metrics.server_up, name, "outgoing").set(1 if pool.up else 0)
-        self._series(self.metrics.pool_concurrency, name).set(pool.concurrency)
-
-    def _probe_servers(self, probes: dict[str, threading.Thread]) -> float | None:
-        """Start a probe of each down server whose probe is due (one thread per server);
-        returns the seconds until the next one is due (None: no server is down)."""
-        with self._pools_lock:
-            pools = list(self.pools.values())
-        soonest = None
-        for pool in pools:
-            running = probes.get(pool.server.name)
-            if running is not None and running.is_alive():
-                continue
-            due = pool.probe_in()
-            if due is None:
-                continue
-            if due > 0:
-                soonest = due if soonest is None else min(soonest, due)
-                continue
-            thread = threading.Thread(target=self._probe, args=(pool,), daemon=True,
-                                      name=f"mailsync-probe-{pool.server.name}")
-            probes[pool.server.name] = thread
-            thread.start()
-        return soonest
-
-    def _probe(self, pool: ConnectionPool) -> None:
-        """Probe one down server; once it is up, its waiting messages come due now."""
-        try:
-            if not pool.probe():
-                return
-            waiting = pool.take_waiting()
-            if waiting:
-                self.store.make_due(waiting, self.clock())
-        except Exception:  # noqa: BLE001 - the messages then come due at their retry time
-            log.exception("probing outgoing server %s", pool.server.name)
-        self.wake()
+        return self._pools.get(server, self._view.servers)
 
     def _connect(self, server: OutgoingServer) -> SmtpSession:
         return login.connect(server, self.tokens, self.factory)
 
     def close(self) -> None:
         """Close every pooled session (QUIT)."""
-        with self._pools_lock:
-            pools, self.pools = list(self.pools.values()), {}
-            self._closed_opened += sum(p.opened for p in pools)
-        for pool in pools:
-            pool.close()
+        self._pools.close()
 
     @property
     def connections_opened(self) -> int:
         """SMTP sessions opened so far, by every pool this deliverer had."""
-        with self._pools_lock:
-            return self._closed_opened + sum(p.opened for p in self.pools.values())
+        return self._pools.opened
 
     # -- one pass ----------------------------------------------------------------------
     def wake(self) -> None:
@@ -318,7 +238,7 @@ class Deliverer:
                     self._unclaim_later = []
                 batch = self.store.claim_due(now, CLAIM_BATCH)
                 # Down servers are probed while the pass lasts (not in its last round).
-                probe = None if finished else self._probe_servers(probes)
+                probe = None if finished else self._pools.probe_servers(probes)
                 if batch:
                     with self._stats_lock:
                         self._claimed += len(batch)
@@ -373,7 +293,7 @@ class Deliverer:
             chunk = work.get()
             if chunk is None:
                 break
-            held = _Held()
+            held = Held()
             try:
                 for message in chunk:
                     if self._halt.is_set():
@@ -391,7 +311,8 @@ class Deliverer:
                         continue
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
-                        outcome = self._defer_unexpected(message)
+                        outcome = self._outcomes.defer_unexpected(
+                            message, self._view.config.daemon.retry)
                     self._progressed()
                     counts[outcome] = counts.get(outcome, 0) + 1
             finally:
@@ -402,10 +323,10 @@ class Deliverer:
             stats.skipped.extend(skipped)
 
     # -- one message -------------------------------------------------------------------
-    def send(self, message: Outgoing, held: _Held | None = None) -> str:
+    def send(self, message: Outgoing, held: Held | None = None) -> str:
         """Try ``message`` once (with failover); record and return its new status."""
         if held is None:
-            held = _Held()
+            held = Held()
             try:
                 return self.send(message, held)
             finally:
@@ -435,7 +356,7 @@ class Deliverer:
         pools = []
         attempted = False
         for server in servers:
-            pool = self.pool(server)
+            pool = self._pools.get(server, self._view.servers)  # the settings now in force
             try:
                 session = held.take(pool)
             except ConnectError as exc:
@@ -471,100 +392,3 @@ class Deliverer:
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
         return self._record(config, message, account, delivery, duration, tries)
-
-    def _record(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
-        now = self.clock()
-        cfg_retry = config.daemon.retry
-        server = delivery.server
-        next_at = None
-        expired = False
-        if delivery.deferred:
-            if retry.expired(message.created_at, now, cfg_retry):
-                expired = True
-                delivery = replace(delivery, recipients=tuple(
-                    RecipientResult(r.address, "failed", r.code,
-                                    f"retry lifetime expired; last reply: {r.reply}")
-                    if r.status == "deferred" else r for r in delivery.recipients))
-            else:
-                next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
-        if delivery.deferred:
-            status = "deferred"
-        elif delivery.sent:
-            status = "sent"
-        else:
-            status = "failed"
-        problems = [f"{r.address}: {r.code or ''} {r.reply}".strip()
-                    for r in delivery.recipients if r.status != "sent"]
-        error = "; ".join(problems) or None
-        recorded = delivery
-        self._durably(lambda: self.store.record_delivery(
-            message.id, recorded, status, now, next_attempt_at=next_at, error=error,
-            duration=duration, tries=tries))
-        self._series(self.metrics.send_attempts, server, status).inc()
-        if status == "sent":
-            self._series(self.metrics.messages_sent, account.name, server).inc()
-        elif status == "deferred":
-            self._series(self.metrics.messages_deferred, server).inc()
-            log.info("message %d deferred: %s", message.id, error)
-        else:
-            self._series(self.metrics.messages_failed,
-                account.name, "expired" if expired else "permanent").inc()
-            log.warning("message %d failed: %s", message.id, error)
-        return status
-
-    def _connect_failed(self, config: Config, message: Outgoing, account: Account,
-                        server: OutgoingServer, error: str,
-                        tries: Sequence[tuple[str, str]] = (),
-                        detail: str | None = None, *, count_attempt: bool = True) -> str:
-        """No recipient reached: deferred, or failed once the retry lifetime is over.
-        ``error`` is the message's last error (every server's), ``detail`` what the
-        attempt on ``server`` met, ``tries`` the servers failed over from before it.
-        Without ``count_attempt`` (every server was known down, none was connected to)
-        the try is an event, not an attempt."""
-        now = self.clock()
-        cfg_retry = config.daemon.retry
-        if retry.expired(message.created_at, now, cfg_retry):
-            why = f"retry lifetime expired; last error: {error}"
-            self._durably(lambda: self.store.record_failure(
-                message.id, "failed", why, now, server=server.name, tries=tries,
-                detail=f"retry lifetime expired; last error: {detail}" if detail else None,
-                count_attempt=count_attempt))
-            self._series(self.metrics.messages_failed, account.name, "expired").inc()
-            return "failed"
-        next_at = retry.next_attempt(message.created_at, now, cfg_retry, self.rng)
-        self._durably(lambda: self.store.record_failure(
-            message.id, "deferred", error, now, server=server.name, next_attempt_at=next_at,
-            tries=tries, detail=detail, count_attempt=count_attempt))
-        self._series(self.metrics.messages_deferred, server.name).inc()
-        return "deferred"
-
-    def _defer_unexpected(self, message: Outgoing) -> str:
-        now = self.clock()
-        next_at = retry.next_attempt(message.created_at, now, self.config.daemon.retry, self.rng)
-        self._durably(lambda: self.store.record_failure(
-            message.id, "deferred", "internal error (see the log)", now,
-            next_attempt_at=next_at))
-        return "deferred"
-
-    def _durably(self, write: Callable[[], None]) -> None:
-        """Run a write of a message's outcome until the store takes it.
-
-        The server has answered: that answer must not be lost because the disk is full
-        for a while. The worker waits (the store records nothing else meanwhile either)
-        and tries again, up to every 2 s; a halt (or ``record_patience``) gives up,
-        leaving the message `sending`.
-        """
-        delay = 0.05
-        deadline = None if self.record_patience is None else \
-            time.monotonic() + self.record_patience
-        while True:
-            try:
-                write()
-                return
-            except StoreUnavailable:
-                if self._halt.is_set() or (deadline is not None
-                                           and time.monotonic() >= deadline):
-                    raise
-                self._halt.wait(delay)
-                delay = min(delay * 2, 2.0)

@@ -2,7 +2,8 @@
 
 This package is the seam a second backend plugs into: callers import what they need from
 here (:class:`Store` and the functions about a state_dir's store), never from the module
-of one backend. Today there is one backend, SQLite (:mod:`mailsync.store.sqlite`); the
+of one backend. Today there is one backend, SQLite (:mod:`mailsync.store.sqlite`, opened by
+:mod:`mailsync.store.sqlitefile`); the
 schema is :mod:`mailsync.store.migrations`, which store a state_dir holds is
 :mod:`mailsync.store.identity`, whether it can commit is :mod:`mailsync.store.health`;
 the ``WHERE`` of the parts' listings is :func:`where` (:mod:`mailsync.store.sql`).

@@ -1,0 +1,200 @@
+"""Spool files into the queue: a batch queued (or recorded as rejected) in one
+transaction with each file's claim, and the claims released or swept once the files are gone.
+
+The other side of the queue (claiming what is due, recording outcomes, operator actions,
+counts) is :class:`mailsync.outbound.queue.OutboundStore`, which is a :class:`SpoolIntake`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mailsync.outbound.events import event
+from mailsync.store import Store
+
+
+@dataclass(frozen=True)
+class FileId:
+    """Which file a spool entry was: inode and ctime of the descriptor that was read.
+
+    A file left in ``new/`` by a crash keeps both; a file dropped again under the same
+    name (written in ``tmp/``, renamed into ``new/``) has a new ctime, whatever its inode.
+    """
+
+    inode: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message taken from the spool, composed and ready to queue."""
+
+    source: str
+    sha256: str
+    user: str
+    account: str
+    from_address: str
+    message_id: str
+    subject: str
+    raw: bytes
+    recipients: tuple[str, ...]
+    idempotency_key: str | None = None
+    file: FileId | None = None
+
+
+@dataclass(frozen=True)
+class RejectedMessage:
+    """A spool file refused at ingestion: recorded in the history with its reason."""
+
+    source: str
+    sha256: str
+    reason: str
+    detail: str
+    raw: bytes | None = None
+    user: str | None = None
+    account: str | None = None
+    subject: str | None = None
+    file: FileId | None = None
+
+@dataclass
+class IngestResult:
+    """What one ingest call did, by spool file name."""
+
+    queued: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)   # idempotency key seen before
+    rejected: dict[str, int] = field(default_factory=dict)
+    taken: dict[str, int] = field(default_factory=dict)   # this very file, before a crash
+
+
+class SpoolIntake:
+    """The spool side of the queue over a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def ingest(self, items: Sequence[NewMessage | RejectedMessage], now: float,
+               sign: Callable[[int], str] | None = None,
+               release: Sequence[tuple[str, int]] = ()) -> IngestResult:
+        """Queue (or record as rejected) a batch of spool files in one transaction.
+
+        Each file is claimed in the same transaction (see :meth:`release_claims`). A file
+        already claimed (the same file, left in ``new/`` by a crash between the commit and
+        its removal) is ``taken``: not queued twice. A message whose idempotency key was
+        seen before is a ``duplicate``: not queued, and an event on the earlier message
+        says so. Anything else is a new message, even under an old name and content.
+
+        ``sign`` makes the VERP signature of a new message's id, stored with it: the ids
+        are then given here (the next after the largest), not chosen by SQLite.
+
+        ``release``: claims of an earlier batch whose files are gone now, released in this
+        transaction (as :meth:`release_claims` would, without a commit of their own).
+        """
+        result = IngestResult()
+        with self.store.transaction() as conn:
+            if release:
+                conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
+                                 release)
+            next_id = 0
+            if sign is not None:
+                next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"
+                                       ).fetchone()[0]
+            # The batch's claims in one query (a spool name is at most ~250 characters and a
+            # batch at most 256 files: well within SQLite's parameter limit).
+            marks = ",".join("?" * len(items))
+            claimed = {row[0]: row[1:] for row in conn.execute(
+                "SELECT source, sha256, message, inode, ctime_ns FROM spool_claims"
+                f" WHERE source IN ({marks})", [item.source for item in items])}
+            claims: list[tuple[str, str, int | None, int | None, int, float]] = []
+            for item in items:
+                seen = claimed.get(item.source)
+                if seen and seen[0] == item.sha256 and (
+                        seen[2] is None or item.file is None
+                        or (seen[2], seen[3]) == (item.file.inode, item.file.ctime_ns)):
+                    result.taken[item.source] = seen[1]
+                    continue
+                if isinstance(item, RejectedMessage):
+                    mid = self._insert_rejected(conn, item, now)
+                    result.rejected[item.source] = mid
+                    next_id = max(next_id, mid + 1)
+                else:
+                    dup = None
+                    if item.idempotency_key is not None:
+                        dup = conn.execute("SELECT id FROM messages WHERE idempotency_key = ?",
+                                           (item.idempotency_key,)).fetchone()
+                    if dup:
+                        mid = dup[0]
+                        event(conn, mid, now, "duplicate",
+                               f"spool file {item.source} has this message's idempotency key"
+                               f" {item.idempotency_key!r}: not queued again")
+                        result.duplicates[item.source] = mid
+                    elif sign is not None:
+                        mid, next_id = next_id, next_id + 1
+                        self._insert_new(conn, item, now, mid, sign(mid))
+                        result.queued[item.source] = mid
+                    else:
+                        mid = self._insert_new(conn, item, now)
+                        result.queued[item.source] = mid
+                claims.append((item.source, item.sha256,
+                               item.file.inode if item.file else None,
+                               item.file.ctime_ns if item.file else None, mid, now))
+            conn.executemany(
+                "INSERT OR REPLACE INTO spool_claims"
+                " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
+                claims)
+        return result
+
+    def release_claims(self, claims: Sequence[tuple[str, int]]) -> None:
+        """Forget the claims of files now gone from ``new/``: (name, message id) pairs.
+
+        From here on a file of that name is a new submission, whatever its content.
+        """
+        if not claims:
+            return
+        with self.store.transaction() as conn:
+            conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
+                             claims)
+
+    def sweep_claims(self, waiting: Callable[[], set[str]]) -> int:
+        """Forget every claim whose file is no longer in ``new/`` (a crash came after the
+        file's removal but before its claim was released). ``waiting`` lists ``new/``;
+        it is called inside the transaction, so no claim committed meanwhile is lost."""
+        with self.store.transaction() as conn:
+            claimed = [r[0] for r in conn.execute("SELECT source FROM spool_claims")]
+            if not claimed:
+                return 0
+            present = waiting()
+            stale = [(name,) for name in claimed if name not in present]
+            conn.executemany("DELETE FROM spool_claims WHERE source = ?", stale)
+        return len(stale)
+
+    @staticmethod
+    def _insert_new(conn: sqlite3.Connection, m: NewMessage, now: float,
+                    mid: int | None = None, verp: str | None = None) -> int:
+        cur = conn.execute(
+            "INSERT INTO messages (id, created_at, updated_at, status, user, account,"
+            " from_address, message_id, subject, size, next_attempt_at, source,"
+            " idempotency_key, verp) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mid, now, now, m.user, m.account, m.from_address, m.message_id, m.subject,
+             len(m.raw), now, m.source, m.idempotency_key, verp))
+        mid = int(cur.lastrowid or 0)
+        conn.execute("INSERT INTO contents (message, raw) VALUES (?, ?)", (mid, m.raw))
+        conn.executemany(
+            "INSERT OR IGNORE INTO recipients (message, address, status, updated_at)"
+            " VALUES (?, ?, 'queued', ?)", [(mid, r, now) for r in m.recipients])
+        event(conn, mid, now, "queued", f"from spool file {m.source}")
+        return mid
+
+    @staticmethod
+    def _insert_rejected(conn: sqlite3.Connection, m: RejectedMessage, now: float) -> int:
+        cur = conn.execute(
+            "INSERT INTO messages (created_at, updated_at, status, user, account, subject, size,"
+            " last_error, reason, source) VALUES (?, ?, 'rejected', ?, ?, ?, ?, ?, ?, ?)",
+            (now, now, m.user, m.account, m.subject, len(m.raw or b""), m.detail,
+             m.reason, m.source))
+        mid = int(cur.lastrowid or 0)
+        if m.raw is not None:
+            conn.execute("INSERT INTO contents (message, raw) VALUES (?, ?)", (mid, m.raw))
+        event(conn, mid, now, "rejected", f"{m.reason}: {m.detail}")
+        return mid
