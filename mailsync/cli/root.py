@@ -156,7 +156,7 @@ def config_or_last_applied(config_path: Path) -> Config:
     applied (with one warning naming the file's first error), for the commands that only
     need state_dir and spool_dir; exit 1 with every problem when there is none either."""
     try:
-        loaded: Loaded | ConfigError = load_file(config_path)
+        loaded: Loaded | ConfigError = load_file(config_path, remembered=True)
     except ConfigError as exc:
         loaded = exc
     if isinstance(loaded, Loaded) and loaded.config is not None:
@@ -251,8 +251,11 @@ def closing(store: Store) -> Iterator[Store]:
 
 
 def _load_or_exit(path: Path) -> Loaded:
+    """The -c file loaded, or exit 1 with every problem. The schema's verdict on an
+    unchanged file is remembered in its state_dir (:mod:`mailsync.config.verdicts`);
+    ``validate`` does not use it: it checks in full, and writes nothing."""
     try:
-        loaded: Loaded | ConfigError = load_file(path)
+        loaded: Loaded | ConfigError = load_file(path, remembered=True)
     except ConfigError as exc:
         loaded = exc
     return _checked(loaded, str(path))

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailsync.config import checks, partial, schema
+from mailsync.config import checks, partial, schema, verdicts
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
 from mailsync.config.yamlload import Document, parse
@@ -39,14 +39,46 @@ class Loaded:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
-def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) -> Loaded:
+def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True,
+              remembered: bool = False) -> Loaded:
     """Parse and check ``text`` (named ``file`` in problems); paths relative to ``base_dir``.
 
     ``validate=False`` skips the schema and the semantic checks (falling back to them when
     the text does not fit the model): for the side of a plan that is only compared with,
     such as the last applied config or ``plan --against``.
+
+    ``remembered=True`` skips the schema when the state_dir the text names remembers that
+    this text passed it (:mod:`mailsync.config.verdicts`), and remembers it there when it
+    passes; the outcome is the same either way (the semantic checks always run).
     """
     doc = parse(text, file)
+    if validate and remembered and not doc.problems and isinstance(doc.data, dict):
+        known = _known_clean(doc, text, base_dir)
+        if known is not None:
+            return known
+    loaded = _load(doc, text, file, base_dir, validate)
+    if validate and remembered and loaded.config is not None:
+        # A model means no error at all: the schema (whose problems are errors) found none.
+        verdicts.remember(loaded.config.daemon.state_dir, verdicts.key(text))
+    return loaded
+
+
+def _known_clean(doc: Document, text: str, base_dir: Path) -> Loaded | None:
+    """The outcome of loading ``doc`` when its state_dir remembers that its text passed
+    the schema: the model and the semantic checks' findings, as a full load gives them."""
+    assert isinstance(doc.data, dict)
+    try:
+        config = build(doc.data, base_dir, source=doc.file)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    if not verdicts.known(config.daemon.state_dir, verdicts.key(text)):
+        return None
+    problems = _place(doc, checks.check(config, doc.data))
+    has_errors = any(p.severity == "error" for p in problems)
+    return Loaded(doc.file, text, None if has_errors else config, tuple(sorted(problems)))
+
+
+def _load(doc: Document, text: str, file: str, base_dir: Path, validate: bool) -> Loaded:
     if doc.data is None:
         problems = doc.problems or (schema.validate(doc) if validate else [])
         return Loaded(file, text, None, tuple(sorted(problems)))
@@ -122,10 +154,12 @@ def read_text(path: Path) -> str:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def load_file(path: Path, *, validate: bool = True) -> Loaded:
-    """Read and check a configuration file; raises ConfigError only when it cannot be read."""
+def load_file(path: Path, *, validate: bool = True, remembered: bool = False) -> Loaded:
+    """Read and check a configuration file; raises ConfigError only when it cannot be read.
+    ``remembered``: see :func:`load_text`."""
     text = read_text(path)
-    return load_text(text, str(path), path.resolve().parent, validate=validate)
+    return load_text(text, str(path), path.resolve().parent, validate=validate,
+                     remembered=remembered)
 
 
 def load_config(path: Path) -> Config:
