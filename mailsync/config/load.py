@@ -10,11 +10,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailsync.config import checks, partial, schema, verdicts
+from mailsync.config import checks, verdicts
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
 from mailsync.config.yamlload import Document, parse
-from mailsync.errors import ConfigError, ConfigInvalid
+from mailsync.config.yamlload import read_text as read_text  # moved there: read by status too
+from mailsync.errors import ConfigInvalid
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ def _known_clean(doc: Document, text: str, base_dir: Path) -> Loaded | None:
 
 
 def _load(doc: Document, text: str, file: str, base_dir: Path, validate: bool) -> Loaded:
+    # The schema (and jsonschema, ~0.1 s) only when a file is validated in full: not for a
+    # remembered verdict (_known_clean) nor a plan's other side (validate=False).
+    from mailsync.config import schema
+
     if doc.data is None:
         problems = doc.problems or (schema.validate(doc) if validate else [])
         return Loaded(file, text, None, tuple(sorted(problems)))
@@ -112,6 +117,8 @@ def _load(doc: Document, text: str, file: str, base_dir: Path, validate: bool) -
 def _check_fitting_part(doc: Document, base_dir: Path, found: list[Problem]) -> list[Problem]:
     """The semantic problems of the parts of the file that fit the schema (so that one run
     reports a bad enum and, elsewhere, a dangling reference: every problem, with its line)."""
+    from mailsync.config import partial, schema  # only for a file with schema errors
+
     part = partial.fitting(doc.data, schema.errors)
     if part is None:
         return []
@@ -136,22 +143,6 @@ def _place(doc: Document, findings: list[checks.Finding]) -> list[Problem]:
         line, col = doc.marks.value(path)
         out.append(Problem(doc.file, line, col, severity, format_path(path), message))
     return out
-
-
-def read_text(path: Path) -> str:
-    """The file's text; ConfigError (naming the file) when it cannot be read."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def load_file(path: Path, *, validate: bool = True, remembered: bool = False) -> Loaded:
