@@ -103,14 +103,11 @@ def imap_mailbox(root: Path) -> Iterator[tuple[str, str | None, str]]:
         yield entry, rc, "Dovecot on 127.0.0.1 (tests/dovecot.py), no TLS"
 
 
-def child_env(root: Path, bytecode: bool, source: Path | None) -> dict[str, str]:
+def child_env(root: Path, bytecode: bool) -> dict[str, str]:
     env = dict(os.environ)
     if bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
-    if source is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).strip(
-            os.pathsep)
     return env
 
 
@@ -126,7 +123,22 @@ def timed(cmd: list[str], env: dict[str, str], stdin: bytes = b"",
     return elapsed
 
 
+# With --source: the mailsync in that directory, not the one installed (an editable
+# install's finder would answer first, whatever PYTHONPATH says).
+BOOT = """\
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+sys.path.insert(0, {source!r})
+sys.argv[0] = "mailsync"
+runpy.run_module("mailsync", run_name="__main__", alter_sys=True)
+"""
+SOURCE: Path | None = None
+
+
 def mailsync(*args: str) -> list[str]:
+    if SOURCE is not None:
+        return [sys.executable, "-c", BOOT.format(source=str(SOURCE)), *args]
     return [sys.executable, "-m", "mailsync", *args]
 
 
@@ -148,12 +160,14 @@ def main() -> None:
                         help="leave PYTHONDONTWRITEBYTECODE as the environment has it")
     parser.add_argument("--source", type=Path, help="run the mailsync package found here")
     args = parser.parse_args()
+    global SOURCE
+    SOURCE = args.source.resolve() if args.source else None
     with workdir() as (root, fs), contextlib.ExitStack() as stack:
         imap, mbsyncrc, imap_note = ("", None, "skipped (--no-imap)") if args.no_imap \
             else stack.enter_context(imap_mailbox(root))
         for sub in ("new", "cur", "tmp"):
             (root / "maildir" / sub).mkdir(parents=True, exist_ok=True)
-        env = child_env(root, not args.no_bytecode, args.source)
+        env = child_env(root, not args.no_bytecode)
         port = closed_port()
         cfgs = {}
         for name in ("once", "send", "history", "daemon"):
