@@ -10,7 +10,6 @@ import click
 
 from mailsync.cli.fallback import daemon_state_dir
 from mailsync.cli.root import Exit, _print_problems, config_option, main
-from mailsync.config.load import load_file
 from mailsync.config.units import iso
 from mailsync.daemon.control import request, socket_path
 from mailsync.errors import ConfigError
@@ -28,6 +27,8 @@ def _socket(config_path: Path, socket_opt: Path | None) -> Path:
     if state_dir is None:
         click.echo(f"error: cannot tell the daemon's state_dir from {config_path}; "
                    "pass --socket. The file's problems:", err=True)
+        from mailsync.config.load import load_file  # only when the file names no state_dir
+
         try:
             _print_problems(load_file(config_path).problems, err=True)
         except ConfigError as exc:

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailsync.config.load import Loaded, load_text, read_text
-from mailsync.config.yamlload import parse
+from mailsync.config.yamlload import parse, read_text
 from mailsync.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
+    from mailsync.config.load import Loaded
     from mailsync.config.model import Config
 
 # Imports inside functions: only a command whose file does not load reads the store
-# and the control socket; `validate` never does.
+# and the control socket; `validate` never does; `status` and `reload` read only the
+# YAML (not the loader, the model and the checks).
 
 DEFAULT_STATE_DIR = "./var/state"  # as mailsync.config.model builds it
 _BLOCK_STATE_DIR = re.compile(r"^daemon:\s*\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+state_dir:[ \t]*"
@@ -76,6 +77,7 @@ def last_applied(config_path: Path, first_error: str) -> Fallback | None:
     """The configuration the daemon of ``config_path`` last applied (it was valid then),
     and the warning to print; None when there is none to be found or it no longer loads
     (the caller then refuses the file as before)."""
+    from mailsync.config.load import load_text
     from mailsync.store import Store, existed
 
     # The state_dir the file names, never the locator's answer: a local user could answer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,10 +21,11 @@ from mailsync.cli.root import (
     verp_key_or_exit,
 )
 from mailsync.cli.terminal import write_raw
-from mailsync.config.model import Config
 from mailsync.config.units import short_time
-from mailsync.outbound.history import readable
 from mailsync.printable import one_line, printable
+
+if TYPE_CHECKING:
+    from mailsync.config.model import Config
 
 # Imports inside functions: `mailsync --help` imports every command module, so each
 # command imports what only it runs when it runs.
@@ -94,6 +95,7 @@ def inbox_show(fetched_id: int, config_path: Path, raw: bool, fmt: str) -> None:
     them escaped too.
     """
     from mailsync.inbound.records import show_fetched
+    from mailsync.outbound.history import readable
 
     config = _config(config_path)
     detail = None

@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mailsync import __version__
-from mailsync.config.load import Loaded, load_file, load_text
 from mailsync.config.problems import Problem, summary
 from mailsync.errors import ConfigError, StoreError, StoreOutdated
 
 if TYPE_CHECKING:
+    from mailsync.config.load import Loaded
     from mailsync.config.model import Config
     from mailsync.outbound.verp import VerpKey
     from mailsync.store import Store
 
 # Imports inside functions: `mailsync validate` runs in pre-commit hooks and imports this
-# module only, so what the other commands need is imported when they run.
+# module only, so what the other commands need is imported when they run; the loader
+# too, which `mailsync status` (and `--help`) do not run.
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -101,6 +102,8 @@ def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
     Prints every problem as FILE:LINE:COL: error|warning: PATH: message, then a summary.
     Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable.
     """
+    from mailsync.config.load import load_file
+
     targets = list(files) or [config_path]
     problems: list[Problem] = []
     unreadable = False
@@ -124,7 +127,8 @@ def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
 
 
 def _read_loaded(path: Path, base_dir: Path) -> Loaded | ConfigError:
-    from mailsync.config.load import read_text
+    from mailsync.config.load import load_text
+    from mailsync.config.yamlload import read_text
 
     try:
         return load_text(read_text(path), str(path), base_dir, validate=False)
@@ -155,11 +159,13 @@ def config_or_last_applied(config_path: Path) -> Config:
     """The model of the -c file; when it does not load, the configuration its daemon last
     applied (with one warning naming the file's first error), for the commands that only
     need state_dir and spool_dir; exit 1 with every problem when there is none either."""
+    from mailsync.config.load import load_file
+
     try:
-        loaded: Loaded | ConfigError = load_file(config_path)
+        loaded: Loaded | ConfigError = load_file(config_path, remembered=True)
     except ConfigError as exc:
         loaded = exc
-    if isinstance(loaded, Loaded) and loaded.config is not None:
+    if not isinstance(loaded, ConfigError) and loaded.config is not None:
         return loaded.config
     from mailsync.cli.fallback import first_error, last_applied
 
@@ -251,8 +257,13 @@ def closing(store: Store) -> Iterator[Store]:
 
 
 def _load_or_exit(path: Path) -> Loaded:
+    """The -c file loaded, or exit 1 with every problem. The schema's verdict on an
+    unchanged file is remembered in its state_dir (:mod:`mailsync.config.verdicts`);
+    ``validate`` does not use it: it checks in full, and writes nothing."""
+    from mailsync.config.load import load_file
+
     try:
-        loaded: Loaded | ConfigError = load_file(path)
+        loaded: Loaded | ConfigError = load_file(path, remembered=True)
     except ConfigError as exc:
         loaded = exc
     return _checked(loaded, str(path))
@@ -306,6 +317,8 @@ def _last_applied(new: Loaded, base_dir: Path) -> tuple[Any, str]:
     """The config the daemon last applied; (None, why) when there is none yet. A store
     that is missing, replaced or damaged exits 1: planning from nothing would show every
     line as added."""
+    from mailsync.config.load import load_text
+
     assert new.config is not None
     state_dir = new.config.daemon.state_dir
     with using_store(new.config) as store:

@@ -10,11 +10,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailsync.config import checks, partial, schema
+from mailsync.config import checks, verdicts
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
 from mailsync.config.yamlload import Document, parse
-from mailsync.errors import ConfigError, ConfigInvalid
+from mailsync.config.yamlload import read_text as read_text  # moved there: read by status too
+from mailsync.errors import ConfigInvalid
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,50 @@ class Loaded:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
-def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) -> Loaded:
+def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True,
+              remembered: bool = False) -> Loaded:
     """Parse and check ``text`` (named ``file`` in problems); paths relative to ``base_dir``.
 
     ``validate=False`` skips the schema and the semantic checks (falling back to them when
     the text does not fit the model): for the side of a plan that is only compared with,
     such as the last applied config or ``plan --against``.
+
+    ``remembered=True`` skips the schema when the state_dir the text names remembers that
+    this text passed it (:mod:`mailsync.config.verdicts`), and remembers it there when it
+    passes; the outcome is the same either way (the semantic checks always run).
     """
     doc = parse(text, file)
+    if validate and remembered and not doc.problems and isinstance(doc.data, dict):
+        known = _known_clean(doc, text, base_dir)
+        if known is not None:
+            return known
+    loaded = _load(doc, text, file, base_dir, validate)
+    if validate and remembered and loaded.config is not None:
+        # A model means no error at all: the schema (whose problems are errors) found none.
+        verdicts.remember(loaded.config.daemon.state_dir, verdicts.key(text))
+    return loaded
+
+
+def _known_clean(doc: Document, text: str, base_dir: Path) -> Loaded | None:
+    """The outcome of loading ``doc`` when its state_dir remembers that its text passed
+    the schema: the model and the semantic checks' findings, as a full load gives them."""
+    assert isinstance(doc.data, dict)
+    try:
+        config = build(doc.data, base_dir, source=doc.file)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    if not verdicts.known(config.daemon.state_dir, verdicts.key(text)):
+        return None
+    problems = _place(doc, checks.check(config, doc.data))
+    has_errors = any(p.severity == "error" for p in problems)
+    return Loaded(doc.file, text, None if has_errors else config, tuple(sorted(problems)))
+
+
+def _load(doc: Document, text: str, file: str, base_dir: Path, validate: bool) -> Loaded:
+    # The schema (and jsonschema, ~0.1 s) only when a file is validated in full: not for a
+    # remembered verdict (_known_clean) nor a plan's other side (validate=False).
+    from mailsync.config import schema
+
     if doc.data is None:
         problems = doc.problems or (schema.validate(doc) if validate else [])
         return Loaded(file, text, None, tuple(sorted(problems)))
@@ -80,6 +117,8 @@ def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True) ->
 def _check_fitting_part(doc: Document, base_dir: Path, found: list[Problem]) -> list[Problem]:
     """The semantic problems of the parts of the file that fit the schema (so that one run
     reports a bad enum and, elsewhere, a dangling reference: every problem, with its line)."""
+    from mailsync.config import partial, schema  # only for a file with schema errors
+
     part = partial.fitting(doc.data, schema.errors)
     if part is None:
         return []
@@ -106,26 +145,12 @@ def _place(doc: Document, findings: list[checks.Finding]) -> list[Problem]:
     return out
 
 
-def read_text(path: Path) -> str:
-    """The file's text; ConfigError (naming the file) when it cannot be read."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def load_file(path: Path, *, validate: bool = True) -> Loaded:
-    """Read and check a configuration file; raises ConfigError only when it cannot be read."""
+def load_file(path: Path, *, validate: bool = True, remembered: bool = False) -> Loaded:
+    """Read and check a configuration file; raises ConfigError only when it cannot be read.
+    ``remembered``: see :func:`load_text`."""
     text = read_text(path)
-    return load_text(text, str(path), path.resolve().parent, validate=validate)
+    return load_text(text, str(path), path.resolve().parent, validate=validate,
+                     remembered=remembered)
 
 
 def load_config(path: Path) -> Config:

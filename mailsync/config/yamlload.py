@@ -12,6 +12,7 @@ or a number (``no``, ``1:30``) is noted, so the schema's error can say "use true
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path as FsPath
 from typing import Any
 
 import yaml
@@ -19,6 +20,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailsync.config import yaml12
 from mailsync.config.problems import Path, Problem, format_path
+from mailsync.errors import ConfigError
 
 try:
     # The base loader's resolver tags every scalar as a string without running the
@@ -279,3 +281,19 @@ def parse(text: str, file: str) -> Document:
         builder.error(exc.node, exc.path, exc.message)
         return Document(file, text, None, builder.marks, builder.problems)
     return Document(file, text, data, builder.marks, builder.problems, builder.yaml11)
+
+
+def read_text(path: FsPath) -> str:
+    """The file's text; ConfigError (naming the file) when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
