@@ -19,6 +19,10 @@ from mailsync.config.secrets import Secret
 
 Finding = tuple[Severity, Path, str]
 
+# The keys of an account's own login (its own SMTP server), in the order errors name them.
+LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", *tls.KEYS, "helo_name",
+              "username", "password", "auth", "max_connections", "timeout")
+
 _PLAINTEXT_PORTS = {"smtp": {25, 587}, "imap": {143}, "pop": {110}}
 
 
@@ -187,10 +191,7 @@ def _check(config: Config, data: dict[str, Any],
     for i, acc in enumerate(config.accounts):
         raw = data["accounts"][i]
         path = ("accounts", i)
-        login_keys = [k for k in ("provider", "host", "port", "security", "tls_verify",
-                                  *tls.KEYS, "helo_name", "username", "password", "auth",
-                                  "max_connections", "timeout")
-                      if k in raw]
+        login_keys = [k for k in LOGIN_KEYS if k in raw]
         if acc.server is not None and login_keys:
             yield ("error", path + (login_keys[0],),
                    f"{login_keys[0]} conflicts with server: an account sends through a declared "

@@ -9,12 +9,10 @@ from typing import Any
 
 import yaml
 
+from mailsync.config.checks import LOGIN_KEYS as _LOGIN_KEYS
+from mailsync.config.tls import KEYS as _TLS_KEYS
 from mailsync.demo.sink import HOST
 
-_TLS_KEYS = ("tls_ca_file", "tls_ca_only", "tls_client_cert", "tls_client_key",
-             "tls_min_version")
-_LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", *_TLS_KEYS, "helo_name",
-               "username", "password", "auth", "max_connections", "timeout")
 SINK_SERVER = "demo-sink"
 INBOX_SERVER = "catchall"
 
