@@ -56,21 +56,29 @@ def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         f.write(data)
 
 
-def write_atomically(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = FILE_MODE, *,
+                     durable: bool = True) -> None:
     """Replace ``path`` with ``data`` all at once (temp file, fsync, rename, fsync of the
-    directory): a crash leaves the old content or the new one, never a part."""
+    directory): a crash leaves the old content or the new one, never a part.
+
+    ``durable=False`` skips both fsyncs, for a file a reader can do without: a crash may
+    then leave it empty or torn (the reader must ignore that), never with another name's
+    content or mode."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     fd = create_file(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

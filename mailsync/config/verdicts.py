@@ -37,7 +37,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from mailsync import __version__
-from mailsync.files import FILE_MODE, create_file
+from mailsync.files import write_atomically
 
 FILE_NAME = "config-verdicts.json"
 KIND = "mailsync config verdicts"
@@ -129,16 +129,7 @@ def remember(state_dir: Path, text_key: str) -> None:
     keys = [text_key, *(k for k in keys if k != text_key)][:KEEP]
     body = json.dumps({"kind": KIND, "fingerprint": fingerprint(), "schema_clean": keys},
                       indent=1).encode("utf-8")
-    target = path(state_dir)
-    tmp = target.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        fd = create_file(tmp, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        # A crash may leave the old file, the new one or (no fsync) an empty one: an
-        # empty or torn file is ignored, so this needs no fsync.
-        os.rename(tmp, target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    # A crash may leave the old file, the new one or (no fsync) an empty one: an empty or
+    # torn file is ignored, so this needs no fsync.
+    with contextlib.suppress(OSError):
+        write_atomically(path(state_dir), body, durable=False)
