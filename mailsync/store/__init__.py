@@ -12,15 +12,8 @@ the ``WHERE`` of the parts' listings is :func:`where` (:mod:`mailsync.store.sql`
 from __future__ import annotations
 
 from mailsync.store.sql import where
-from mailsync.store.sqlite import (
-    AppliedConfig,
-    Store,
-    db_path,
-    existed,
-    integrity,
-    read_only,
-    store_error,
-)
+from mailsync.store.sqlite import AppliedConfig, Store
+from mailsync.store.sqlitefile import db_path, existed, integrity, read_only, store_error
 
 __all__ = ["AppliedConfig", "Store", "db_path", "existed", "integrity", "read_only",
            "store_error", "where"]

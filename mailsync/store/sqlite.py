@@ -23,17 +23,9 @@ from mailsync import files
 from mailsync.errors import StoreUnavailable
 from mailsync.store import sqlitefile
 from mailsync.store.health import CommitHealth, classify, free_bytes
-from mailsync.store.sqlitefile import (
-    BUSY_TIMEOUT_MS,
-    db_path,
-    existed,
-    integrity,
-    read_only,
-    store_error,
-)
+from mailsync.store.sqlitefile import BUSY_TIMEOUT_MS
 
-__all__ = ["AppliedConfig", "Store", "db_path", "existed", "integrity", "read_only",
-           "store_error"]
+__all__ = ["AppliedConfig", "Store"]
 
 # Below this much free space a quiet daemon truncates its WAL to 0 (see Store.checkpoint).
 TRUNCATE_BELOW = 1024 * 1024 * 1024
