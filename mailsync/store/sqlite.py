@@ -18,12 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailsync import files
 from mailsync.errors import StoreUnavailable
 from mailsync.store import sqlitefile
 from mailsync.store.health import CommitHealth, classify, free_bytes
 from mailsync.store.sqlitefile import BUSY_TIMEOUT_MS
+
+if TYPE_CHECKING:
+    from mailsync.config.tree import StoreBackend
 
 __all__ = ["AppliedConfig", "Store"]
 
@@ -194,9 +198,18 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True, new_store: bool = False,
-             check: bool = False, readonly: bool = False, migrate: bool = True) -> Store:
-        """Open (and migrate) the store in ``state_dir``; StoreError if impossible (see
-        :func:`mailsync.store.sqlitefile.open_store`)."""
+             check: bool = False, readonly: bool = False, migrate: bool = True,
+             backend: StoreBackend | None = None) -> Store:
+        """Open (and migrate) the store of ``state_dir``; StoreError if impossible (see
+        :func:`mailsync.store.sqlitefile.open_store`). ``backend`` (the configuration's
+        ``daemon.store``): a PostgreSQL one opens :mod:`mailsync.store.postgres`'s store
+        instead (``check`` is SQLite's quick_check, not done there); None or SQLite's,
+        the file in state_dir."""
+        if backend is not None and backend.kind == "postgresql":
+            from mailsync.store import postgres
+
+            return postgres.open_store(state_dir, backend, create=create, new_store=new_store,
+                                       readonly=readonly, migrate=migrate)
         return sqlitefile.open_store(cls, state_dir, create=create, new_store=new_store,
                                      check=check, readonly=readonly, migrate=migrate)
 
