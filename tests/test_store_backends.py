@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from mailsync.activities.rules import NewActivity
-from mailsync.activities.store import ActivityStore, Filters as ActivityFilters, insert
+from mailsync.activities.store import ActivityStore, insert
+from mailsync.activities.store import Filters as ActivityFilters
 from mailsync.config.secrets import Secret
 from mailsync.config.tree import StoreBackend
 from mailsync.errors import StoreError, StoreLost, StoreOutdated, StoreUnavailable

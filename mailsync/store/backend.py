@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 INSTALL_HINT = "pip install 'mailsync[postgresql]' (psycopg 3 and psycopg_pool)"
 
-_KEYWORD = re.compile(r"""(?P<key>password|passfile|sslpassword)\s*=\s*(?P<value>'(?:[^'\\]|\\.)*'|\S+)""",
-                      re.IGNORECASE)
+_KEYWORD = re.compile(r"(?P<key>password|passfile|sslpassword)\s*=\s*"
+                      r"(?P<value>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(?P<head>postgres(?:ql)?://[^:/@\s]*:)(?P<password>[^@\s]*)@",
                            re.IGNORECASE)
 

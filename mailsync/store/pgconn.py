@@ -68,7 +68,7 @@ def sqlite_error(exc: BaseException, dsn: str | None) -> sqlite3.Error:
         name = name or "SQLITE_IOERR"
     else:
         error = PgDatabaseError(text)
-    error.sqlite_errorname = name or f"PG_{state}"  # type: ignore[attr-defined]
+    error.sqlite_errorname = name or f"PG_{state}"
     return error
 
 

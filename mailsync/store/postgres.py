@@ -236,7 +236,8 @@ def _migrate(conn: psycopg.Connection[Any], label: str) -> None:
     try:
         with conn.transaction():
             conn.execute(pgschema.BOOTSTRAP)
-        version = int(conn.execute("SELECT version FROM mailsync_schema").fetchone()[0])
+        row = conn.execute("SELECT version FROM mailsync_schema").fetchone()
+        version = int(row[0]) if row else 0
         latest = pgschema.count()
         if version > latest:
             raise StoreError(f"{label}: store schema version {version} is newer than this "
@@ -255,7 +256,6 @@ def _pool(dsn: str, size: int, label: str, *,
           readonly: bool) -> ConnectionPool[psycopg.Connection[Any]]:
     """The process's pool: at least one connection, at most ``size``; each durable
     (``synchronous_commit = on``), read only for a reader, with numerics as int/float."""
-    import psycopg
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool, PoolTimeout
 
