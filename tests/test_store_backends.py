@@ -313,3 +313,15 @@ def test_sqlite_users_do_not_import_psycopg(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).parent.parent)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_where_clause_filters_a_real_table_of_either_backend(store):
+    from mailsync.store import where
+
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE t (status TEXT, n INTEGER, user TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                         [("a", 1, "x"), ("b", 2, "y"), ("c", 3, "x"), ("a", 4, "x")])
+    clause, args = where(("status IN", ("a", "b")), ("n >=", 2), ("user =", "x"))
+    rows = store.conn.execute(f"SELECT n FROM t {clause} ORDER BY n", args).fetchall()
+    assert [tuple(r) for r in rows] == [(4,)]
