@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mailsync.config import oauth2, tls
+from mailsync.config.backends import missing_driver
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
 from mailsync.config.problems import Path, Severity
@@ -87,8 +88,6 @@ def _store_checks(config: Config) -> Iterator[Finding]:
     if store.dsn is not None and store.dsn.kind == "plain":
         yield ("warning", path, "plain-text DSN in the config (it may hold a password): use "
                "{env: NAME}, {file: PATH} or {credential: NAME}")
-    from mailsync.store.backend import missing_driver
-
     missing = missing_driver()
     if missing is not None:
         yield ("warning", ("daemon", "store", "postgresql"), missing)

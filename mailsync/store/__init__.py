@@ -18,13 +18,27 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailsync.store import sqlitefile
+from mailsync.store import sqlite, sqlitefile
 from mailsync.store.sql import where
 from mailsync.store.sqlite import AppliedConfig, Store
 from mailsync.store.sqlitefile import db_path, integrity, store_error
 
 if TYPE_CHECKING:
     from mailsync.config.tree import StoreBackend
+
+
+def _open_postgresql(state_dir: Path, backend: StoreBackend, *, create: bool,
+                     new_store: bool, readonly: bool, migrate: bool) -> Store:
+    """The PostgreSQL store (:func:`mailsync.store.postgres.open_store`)."""
+    # Imported only when a configuration names PostgreSQL: psycopg is an optional extra,
+    # and SQLite users and one-shot commands never pay for loading it.
+    from mailsync.store import postgres
+
+    return postgres.open_store(state_dir, backend, create=create, new_store=new_store,
+                               readonly=readonly, migrate=migrate)
+
+
+sqlite.OPENERS["postgresql"] = _open_postgresql
 
 
 def existed(state_dir: Path, backend: StoreBackend | None = None) -> bool:

@@ -1,7 +1,7 @@
 """Which backend a configuration's store uses, and what is safe to say about a DSN.
 
-Kept apart from :mod:`mailsync.store.postgres` so that the checks (`mailsync validate`)
-and the error texts need neither psycopg nor a connection: :func:`missing_driver` only
+Kept apart from :mod:`mailsync.store.postgres` so that the error texts need neither
+psycopg nor a connection: :func:`missing_driver` (:mod:`mailsync.config.backends`) only
 looks for the package, :func:`scrub` takes a DSN's password (and the DSN itself) out of
 any text before it reaches a log, an exception or the terminal, and :func:`describe`
 names a database by host and name only.
@@ -9,27 +9,17 @@ names a database by host and name only.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from urllib.parse import unquote, urlsplit
 
-INSTALL_HINT = "pip install 'mailsync[postgresql]' (psycopg 3 and psycopg_pool)"
+from mailsync.config.backends import INSTALL_HINT, missing_driver
+
+__all__ = ["INSTALL_HINT", "describe", "missing_driver", "passwords", "scrub"]
 
 _KEYWORD = re.compile(r"(?P<key>password|passfile|sslpassword)\s*=\s*"
                       r"(?P<value>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(?P<head>postgres(?:ql)?://[^:/@\s]*:)(?P<password>[^@\s]*)@",
                            re.IGNORECASE)
-
-
-def missing_driver() -> str | None:
-    """Why the PostgreSQL store cannot be used here (psycopg or psycopg_pool is not
-    installed), or None. Finds the packages without importing them."""
-    absent = [name for name in ("psycopg", "psycopg_pool")
-              if importlib.util.find_spec(name) is None]
-    if not absent:
-        return None
-    return (f"daemon.store names postgresql, but {' and '.join(absent)} "
-            f"{'is' if len(absent) == 1 else 'are'} not installed: {INSTALL_HINT}")
 
 
 def passwords(dsn: str) -> list[str]:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+# Imports inside functions: psycopg loads only when a PostgreSQL store is used (it is an
+# optional extra); TYPE_CHECKING imports give its types to mypy.
+
 # How long a statement waits for a connection of the pool (the server down: an outage).
 CONNECT_WAIT = 5.0
 

@@ -25,6 +25,9 @@ from mailsync.store.backend import describe, missing_driver, scrub
 from mailsync.store.migrations import MIGRATIONS
 from mailsync.store.pgsql import ID_TABLES
 
+# Imports inside functions: the PostgreSQL store (and so psycopg) loads only when a copy
+# runs, after the driver was found.
+
 # Parents before children (foreign keys); every other table follows in name order.
 _ORDER = ("applied_config", "messages", "contents", "recipients", "events", "activities")
 _SKIP = ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
@@ -79,12 +82,12 @@ def copy(source: Path, dsn: str, progress: Callable[[str, int], None] | None = N
     src = _open_source(source)
     try:
         tables = _tables(src)
-        from mailsync.store.postgres import _connect, _migrate
+        from mailsync.store.postgres import connect, migrate_schema
 
         label = describe(dsn)
-        conn = _connect(dsn)
+        conn = connect(dsn)
         try:
-            _migrate(conn, label)
+            migrate_schema(conn, label)
             conn.execute("SELECT pg_advisory_lock(%s)", (pgschema.MIGRATION_LOCK,))
             try:
                 with conn.transaction():

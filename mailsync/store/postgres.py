@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mailsync import files
-from mailsync.errors import SecretError, StoreError, StoreOutdated
+from mailsync.errors import SecretError, StoreError, StoreOutdated, StoreUnavailable
 from mailsync.store import identity, pgschema
 from mailsync.store.backend import INSTALL_HINT, describe, missing_driver, scrub
 from mailsync.store.health import CommitHealth
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
     from mailsync.config.tree import StoreBackend
+
+# Imports inside functions: psycopg and psycopg_pool, an optional extra, load only when a
+# PostgreSQL store is opened (TYPE_CHECKING imports give their types to mypy).
 
 log = logging.getLogger("mailsync.store")
 
@@ -82,8 +85,6 @@ class PgStore(Store):
     def probe(self) -> bool:
         """A real commit (the schema version, rewritten unchanged): whether the database
         can commit now, for a store that is failing."""
-        from mailsync.errors import StoreUnavailable
-
         try:
             with self.transaction() as conn:
                 conn.execute("UPDATE mailsync_schema SET version = version")
@@ -112,9 +113,9 @@ class PgStore(Store):
 
     def migrate(self) -> None:
         """Apply the migrations this store has not had yet (under the advisory lock)."""
-        conn = _connect(self._dsn)
+        conn = connect(self._dsn)
         try:
-            _migrate(conn, str(self.path))
+            migrate_schema(conn, str(self.path))
         finally:
             conn.close()
 
@@ -147,7 +148,7 @@ def open_store(state_dir: Path, backend: StoreBackend, *, create: bool = True,
     if create and not readonly:
         files.make_dir(state_dir)
     recorded = identity.read_recorded(state_dir)
-    conn = _connect(dsn)
+    conn = connect(dsn)
     try:
         version = _version(conn)
         if version is None and (readonly or not create):
@@ -160,7 +161,7 @@ def open_store(state_dir: Path, backend: StoreBackend, *, create: bool = True,
             _refuse_other_version(label, version or 0, fresh=version in (None, 0) and
                                   not readonly)
         if not readonly and version != pgschema.count():
-            _migrate(conn, label)
+            migrate_schema(conn, label)
         held = identity.held_by(cast(sqlite3.Connection, conn), Path(label))
         identity.check(Path(label), state_dir, recorded, held,
                        write=create and not readonly, new_store=new_store)
@@ -188,7 +189,7 @@ def _watch_logs(dsn: str) -> None:
     _SCRUB.dsns.add(dsn)
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
+def connect(dsn: str) -> psycopg.Connection[Any]:
     """One connection (autocommit) for opening and migrating; StoreError, scrubbed, when
     the server cannot be reached or the DSN is not one."""
     try:
@@ -228,7 +229,7 @@ def _refuse_other_version(label: str, version: int, *, fresh: bool) -> None:
             "`mailsync run` upgrades the store, other commands never do", version, latest)
 
 
-def _migrate(conn: psycopg.Connection[Any], label: str) -> None:
+def migrate_schema(conn: psycopg.Connection[Any], label: str) -> None:
     """Bootstrap the version table and apply the missing migrations, one transaction
     each, holding the advisory lock: a second node starting meanwhile waits, then finds
     them applied."""
