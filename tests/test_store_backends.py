@@ -104,7 +104,8 @@ def test_enqueue_claim_and_deliver_then_history_lists_and_shows_it(store):
     assert queue.prune(10_000.0, 1.0) == 1  # the failed-then-queued one is not finished
 
 
-def test_ids_continue_after_explicit_ones(store):
+def test_ids_continue_after_explicit_ones(store, backend):
+    assert store.dialect == ("sqlite" if backend is None else "postgresql")
     queue = OutboundStore(store)
     signed = queue.ingest([_new("a.json"), _new("b.json")], 1.0, sign=lambda mid: "s")
     plain = queue.ingest([_new("c.json"), RejectedMessage("d.json", "x", "bad", "no")], 2.0)

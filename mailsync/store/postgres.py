@@ -67,6 +67,8 @@ _SCRUB = _Scrub()
 class PgStore(Store):
     """The daemon's state in a PostgreSQL database (see the module doc)."""
 
+    dialect = "postgresql"
+
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], dsn: str, label: str,
                  *, writer: bool = True) -> None:
         # Not Store.__init__: no file, no writer lock (PostgreSQL's own locks serialise).

@@ -60,6 +60,10 @@ class AppliedConfig:
 class Store:
     """The daemon's state in one SQLite file (WAL, synchronous=NORMAL)."""
 
+    # Which SQL the store runs ("sqlite" or "postgresql"): for the few statements that
+    # must differ (a claim with FOR UPDATE SKIP LOCKED exists only on PostgreSQL).
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection, path: Path, *, writer: bool = True) -> None:
         self.conn = conn
         self.path = path
