@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 # The real SMTP server (`smtp_server`) and OAuth2 authorization server (`oauth2_server`)
 # fixtures are shared by every test module.
-pytest_plugins = ["tests.oauth2server", "tests.smtpserver"]  # this order: one imports the other
+# The real PostgreSQL (`postgres`, and `pg_dsn`: a fresh database per test) too.
+pytest_plugins = ["tests.oauth2server", "tests.smtpserver",  # this order: one imports the other
+                  "tests.postgres"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

@@ -697,8 +697,17 @@ def test_the_walk_finds_the_example_keys():
     assert "#/$defs/activity_type/properties/delay: from" not in unused
 
 
+# daemon.store takes one backend: the example (which `make demo` runs, with no database
+# server) takes SQLite's and shows the PostgreSQL form in a comment.
+_ONLY_IN_A_COMMENT = [
+    "#/$defs/daemon/properties/store/properties/postgresql: dsn",
+    "#/$defs/daemon/properties/store/properties/postgresql: pool_size",
+    "#/$defs/daemon/properties/store: postgresql",
+]
+
+
 def test_example_uses_every_property_of_the_schema():
-    assert _unused_in_example() == []
+    assert _unused_in_example() == _ONLY_IN_A_COMMENT
 
 
 

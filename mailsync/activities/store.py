@@ -252,7 +252,9 @@ class ActivityStore:
         """Open and overdue activities by type (types with none left out)."""
         with self.store.lock:
             rows = self.store.conn.execute(
-                "SELECT type, COUNT(*), SUM(deadline < ?) FROM activities"
+                # CASE, not SUM(deadline < ?): PostgreSQL sums no booleans.
+                "SELECT type, COUNT(*), SUM(CASE WHEN deadline < ? THEN 1 ELSE 0 END)"
+                " FROM activities"
                 " WHERE state = 'open' GROUP BY type", (today.isoformat(),)).fetchall()
         return {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
 

@@ -186,10 +186,11 @@ def open_store_or_exit(config: Config, *, create: bool = True, new_store: bool =
     other command refuses it, naming the daemon that runs on it if one answers."""
     from mailsync.store import Store, read_only
 
-    state_dir = config.daemon.state_dir
+    state_dir, backend = config.daemon.state_dir, config.daemon.store
     try:
         return Store.open(state_dir, create=create, new_store=new_store, check=check,
-                          readonly=not create and read_only(state_dir), migrate=migrate)
+                          readonly=not create and read_only(state_dir, backend),
+                          migrate=migrate, backend=backend)
     except StoreOutdated as exc:
         click.echo(f"{prefix}: {outdated_text(exc, state_dir)}", err=True)
         raise Exit(1) from None
@@ -232,7 +233,7 @@ def using_store(config: Config, *, create: bool = False) -> Iterator[Store | Non
     or damaged exits 1 with one line saying why."""
     from mailsync.store import existed
 
-    if not create and not existed(config.daemon.state_dir):
+    if not create and not existed(config.daemon.state_dir, config.daemon.store):
         yield None
         return
     with closing(open_store_or_exit(config, create=create)) as store:

@@ -1,4 +1,5 @@
-"""``mailsync store check``: SQLite's integrity_check of the store (docs/store.md)."""
+"""``mailsync store check`` (SQLite's integrity_check, docs/store.md) and ``store copy`` (an
+SQLite store into PostgreSQL, docs/postgresql.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mailsync.errors import StoreError
 
 @main.group("store")
 def store_group() -> None:
-    """Look after the SQLite store in state_dir (docs/store.md)."""
+    """Look after the store: check an SQLite one, copy one into PostgreSQL."""
 
 
 @store_group.command("check")
@@ -44,3 +45,31 @@ def check(config_path: Path, db: Path | None) -> None:
     click.echo(f"error: the store {path} is damaged ({len(problems)} problem(s) above); "
                "see docs/store.md for recovery", err=True)
     raise Exit(1)
+
+
+@store_group.command("copy")
+@click.option("--from", "source", required=True, metavar="sqlite:PATH",
+              help="The SQLite store file to copy (read only; stop the daemon first).")
+@click.option("--to", "target", required=True, metavar="postgresql:DSN",
+              help="The PostgreSQL database: postgresql:env:NAME (the DSN in $NAME; keeps "
+                   "the password out of the process list), postgresql:DSN or a "
+                   "postgresql:// URI. It must be empty.")
+def copy_command(source: str, target: str) -> None:
+    """Copy every table of an SQLite store into an empty PostgreSQL database, verify the
+    rows per table, and commit (all or nothing). Refuses a non-empty target (exit 1).
+    See docs/postgresql.md."""
+    from mailsync.store.pgcopy import copy, parse_source, parse_target
+
+    try:
+        path, dsn = parse_source(source), parse_target(target)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+    try:
+        done = copy(path, dsn, lambda table, rows: click.echo(f"{table}: {rows:,} rows"))
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+    total = sum(done.tables.values())
+    click.echo(f"ok: {total:,} rows in {len(done.tables)} tables copied to {done.target} "
+               "and counted on both sides")

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mailsync.config import oauth2, tls
+from mailsync.config.backends import missing_driver
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
 from mailsync.config.problems import Path, Severity
@@ -77,6 +78,21 @@ def _secret_warnings(path: Path, secret: Secret | None, provider: str | None) ->
                    "App passwords), not the account password")
 
 
+def _store_checks(config: Config) -> Iterator[Finding]:
+    """daemon.store: a plain-text DSN (it may hold a password), and a PostgreSQL store on
+    a machine without psycopg (the daemon would refuse to start)."""
+    store = config.daemon.store
+    if store.kind != "postgresql":
+        return
+    path: Path = ("daemon", "store", "postgresql", "dsn")
+    if store.dsn is not None and store.dsn.kind == "plain":
+        yield ("warning", path, "plain-text DSN in the config (it may hold a password): use "
+               "{env: NAME}, {file: PATH} or {credential: NAME}")
+    missing = missing_driver()
+    if missing is not None:
+        yield ("warning", ("daemon", "store", "postgresql"), missing)
+
+
 def _tls_warning(path: Path, tls_verify: bool, security: str | None) -> Iterator[Finding]:
     if not tls_verify and security != "none":
         yield ("warning", path + ("tls_verify",),
@@ -135,6 +151,7 @@ def _check(config: Config, data: dict[str, Any],
                                               for t in config.activity_types), "activity type")
 
     yield from tls.daemon(data.get("daemon") or {}, config.daemon.tls)
+    yield from _store_checks(config)
     retry = config.daemon.retry
     if retry.first > retry.max:
         yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")

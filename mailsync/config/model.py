@@ -27,6 +27,7 @@ from mailsync.config.tree import (
     IncomingType,
     OutgoingServer,
     Retry,
+    StoreBackend,
     Tls,
     TlsVersion,
     UnixUser,
@@ -39,7 +40,8 @@ if TYPE_CHECKING:   # the type of a server's auth.oauth2, held by the tree (conf
 
 __all__ = [
     "Account", "ActivityRule", "ActivityType", "AliasDomain", "Binding", "Config", "Daemon",
-    "Delay", "IncomingServer", "IncomingType", "OutgoingServer", "Retry", "Tls", "TlsVersion",
+    "Delay", "IncomingServer", "IncomingType", "OutgoingServer", "Retry", "StoreBackend", "Tls",
+    "TlsVersion",
     "UnixUser", "filter_match", "build",
 ]
 
@@ -65,6 +67,16 @@ def _auth(d: dict[str, Any], protocol: Protocol, base: Path) -> OAuth2 | None:
     if not auth:
         return None
     return oauth2.build(auth["oauth2"], protocol, lambda value: _secret(value, base))
+
+
+def _store(value: dict[str, Any] | None, base: Path) -> StoreBackend:
+    """``daemon.store``: absent or ``{sqlite: {}}`` is SQLite in state_dir;
+    ``{postgresql: {dsn: SECRET, pool_size: N}}`` a PostgreSQL database."""
+    pg = (value or {}).get("postgresql")
+    if pg is None:
+        return StoreBackend()
+    return StoreBackend("postgresql", _secret(pg["dsn"], base),
+                        pg.get("pool_size", StoreBackend.pool_size))
 
 
 def _dur(value: str | None, default: timedelta) -> timedelta:
@@ -200,6 +212,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         auto_reload=dd.get("auto_reload", True),
         helo_name=dd.get("helo_name"),
         tls=_tls({}, dd, base_dir),
+        store=_store(dd.get("store"), base_dir),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),

@@ -45,6 +45,21 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class StoreBackend:
+    """Where the store lives (``daemon.store``): SQLite in state_dir (the default), or a
+    PostgreSQL database shared by several nodes, reached through ``dsn`` (a secret
+    reference: a DSN may hold a password)."""
+
+    kind: Literal["sqlite", "postgresql"] = "sqlite"
+    dsn: Secret | None = None
+    pool_size: int = 4  # PostgreSQL: the most connections one process opens
+
+    def describe(self) -> str:
+        """What the store is, for messages; never the DSN itself."""
+        return "SQLite in state_dir" if self.kind == "sqlite" else "PostgreSQL"
+
+
+@dataclass(frozen=True)
 class Daemon:
     """Settings of the daemon process."""
 
@@ -58,6 +73,7 @@ class Daemon:
     auto_reload: bool = True
     helo_name: str | None = None  # None: this machine's FQDN (netio.helo_name)
     tls: Tls = Tls()  # the defaults of the servers' TLS keys (already filled in there)
+    store: StoreBackend = StoreBackend()  # daemon.store: SQLite in state_dir by default
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,9 @@ class Reloader:
             why = (f"daemon.state_dir changed ({old.daemon.state_dir} → "
                    f"{new.daemon.state_dir}): the store cannot move while running; restart")
             return ReloadOutcome("refused", why, [why])
+        if new.daemon.store != old.daemon.store:
+            why = "daemon.store changed: the store cannot move while running; restart"
+            return ReloadOutcome("refused", why, [why])
         plan = diff(old, new)
         # What can fail comes first, so a refusal leaves everything as it was.
         if "metrics_listen" in daemon_changes(plan):

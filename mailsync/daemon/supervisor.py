@@ -124,7 +124,8 @@ class Daemon:
         self._lock_fd = lock_state_dir(state_dir)
         # Refused when state_dir/store-id records a store that is missing or replaced, or
         # when the tables read at start are damaged (StoreLost, StoreDamaged).
-        self.store = store = Store.open(state_dir, new_store=self.new_store, check=True)
+        self.store = store = Store.open(state_dir, new_store=self.new_store, check=True,
+                                        backend=config.daemon.store)
         store.on_outage = self._store_outage
         self.health.watch(store=store)
         runtime = Runtime(self.config_path, loaded, store, load_key(state_dir), self.metrics)

@@ -98,7 +98,8 @@ def _child(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     _die_with_parent()
     _child_signals()
     try:
-        store = Store.open(config.daemon.state_dir, create=False)  # the parent made it
+        store = Store.open(config.daemon.state_dir, create=False,  # the parent made it
+                           backend=config.daemon.store)
         metrics = Metrics()
         try:
             ingester = Ingester(config, OutboundStore(store), metrics,
@@ -147,7 +148,8 @@ def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     ``("config", config)`` reconfigures its ingester for the next passes."""
     _die_with_parent()
     _child_signals()
-    store = Store.open(config.daemon.state_dir, create=False)  # the daemon made it
+    store = Store.open(config.daemon.state_dir, create=False,  # the daemon made it
+                       backend=config.daemon.store)
     metrics = Metrics()
     outbound = OutboundStore(store)
 

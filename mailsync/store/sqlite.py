@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from mailsync import files
 from mailsync.errors import StoreUnavailable
@@ -25,7 +26,22 @@ from mailsync.store import sqlitefile
 from mailsync.store.health import CommitHealth, classify, free_bytes
 from mailsync.store.sqlitefile import BUSY_TIMEOUT_MS
 
+if TYPE_CHECKING:
+    from mailsync.config.tree import StoreBackend
+
 __all__ = ["AppliedConfig", "Store"]
+
+class Opener(Protocol):
+    """Opens the store of another backend than SQLite (see :data:`OPENERS`)."""
+
+    def __call__(self, state_dir: Path, backend: StoreBackend, *, create: bool,
+                 new_store: bool, readonly: bool, migrate: bool) -> Store: ...
+
+
+# The other backends' openers, by ``daemon.store`` kind. Filled by the package
+# (mailsync/store/__init__.py), which knows every backend: this module, which the
+# PostgreSQL store subclasses, does not import it.
+OPENERS: dict[str, Opener] = {}
 
 # Below this much free space a quiet daemon truncates its WAL to 0 (see Store.checkpoint).
 TRUNCATE_BELOW = 1024 * 1024 * 1024
@@ -43,6 +59,10 @@ class AppliedConfig:
 
 class Store:
     """The daemon's state in one SQLite file (WAL, synchronous=NORMAL)."""
+
+    # Which SQL the store runs ("sqlite" or "postgresql"): for the few statements that
+    # must differ (a claim with FOR UPDATE SKIP LOCKED exists only on PostgreSQL).
+    dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, path: Path, *, writer: bool = True) -> None:
         self.conn = conn
@@ -194,9 +214,18 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True, new_store: bool = False,
-             check: bool = False, readonly: bool = False, migrate: bool = True) -> Store:
-        """Open (and migrate) the store in ``state_dir``; StoreError if impossible (see
-        :func:`mailsync.store.sqlitefile.open_store`)."""
+             check: bool = False, readonly: bool = False, migrate: bool = True,
+             backend: StoreBackend | None = None) -> Store:
+        """Open (and migrate) the store of ``state_dir``; StoreError if impossible (see
+        :func:`mailsync.store.sqlitefile.open_store`). ``backend`` (the configuration's
+        ``daemon.store``): another backend's is opened by its opener in :data:`OPENERS`
+        (PostgreSQL's, registered by the package: :mod:`mailsync.store.postgres`; ``check``
+        is SQLite's quick_check, not done there); None or SQLite's, the file in
+        state_dir."""
+        if backend is not None and backend.kind != "sqlite":
+            return OPENERS[backend.kind](state_dir, backend, create=create,
+                                         new_store=new_store, readonly=readonly,
+                                         migrate=migrate)
         return sqlitefile.open_store(cls, state_dir, create=create, new_store=new_store,
                                      check=check, readonly=readonly, migrate=migrate)
 

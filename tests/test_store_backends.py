@@ -1,0 +1,328 @@
+"""What the parts keep in the store, through the store interface, on both backends.
+
+The ``store`` fixture is an open Store on a real SQLite file in tmp_path and on a real
+PostgreSQL database (tests/postgres.py): every test here runs on both. The parts' own
+SQL (written once, in SQLite's dialect) runs unchanged on each: enqueue, claims,
+attempts and deliveries, the history listing and its detail, fetch state and fetched
+messages with their unique key, activities, and the applied configuration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from mailsync.activities.rules import NewActivity
+from mailsync.activities.store import ActivityStore, insert
+from mailsync.activities.store import Filters as ActivityFilters
+from mailsync.config.secrets import Secret
+from mailsync.config.tree import StoreBackend
+from mailsync.errors import StoreError, StoreLost, StoreOutdated, StoreUnavailable
+from mailsync.inbound import records
+from mailsync.inbound.message import Summary
+from mailsync.inbound.refused import StoreRefused
+from mailsync.inbound.source import Cursor
+from mailsync.outbound import history
+from mailsync.outbound.enqueue import NewMessage, RejectedMessage
+from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.types import Delivery, RecipientResult
+from mailsync.store import Store, pgschema
+from mailsync.store.migrations import MIGRATIONS
+from tests.postgres import PASSWORD
+
+
+def _backend(dsn: str) -> StoreBackend:
+    return StoreBackend("postgresql", Secret("plain", dsn))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path) -> StoreBackend | None:
+    """None (SQLite in state_dir) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return _backend(request.getfixturevalue("pg_dsn"))
+
+
+@pytest.fixture
+def store(backend, tmp_path):
+    opened = Store.open(tmp_path / "state", backend=backend)
+    yield opened
+    opened.close()
+
+
+def _new(source: str, *, key: str | None = None, to: tuple[str, ...] = ("a@example.com",),
+         raw: bytes = b"Subject: hi\r\n\r\nbody\r\n") -> NewMessage:
+    return NewMessage(source, "sha-" + source, "alice", "sales", "sales@example.com",
+                      f"<{source}@example.com>", "hi 100% sure?", raw, to, key)
+
+
+def test_enqueue_claim_and_deliver_then_history_lists_and_shows_it(store):
+    queue = OutboundStore(store)
+    done = queue.ingest([_new("one.json", to=("a@example.com", "b@example.com")),
+                         _new("two.json", key="k-1"), _new("three.json", key="k-1"),
+                         RejectedMessage("bad.json", "sha-bad", "oversize", "too big",
+                                         b"x" * 10, "alice", "sales", "big")], 100.0,
+                        sign=lambda mid: f"sig{mid}")
+    assert sorted(done.queued) == ["one.json", "two.json"]
+    assert done.duplicates == {"three.json": done.queued["two.json"]}
+    assert list(done.rejected) == ["bad.json"]
+    again = queue.ingest([_new("one.json")], 101.0)  # the same file after a crash: taken
+    assert again.taken == {"one.json": done.queued["one.json"]}
+
+    claimed = queue.claim_due(200.0, 10)
+    assert [c.id for c in claimed] == sorted(done.queued.values())
+    first = claimed[0]
+    assert first.recipients == ("a@example.com", "b@example.com")
+    assert first.raw == b"Subject: hi\r\n\r\nbody\r\n" and first.verp == f"sig{first.id}"
+    assert queue.claim_due(200.0, 10) == []  # claimed: sending, not due again
+    queue.record_delivery(first.id, Delivery("main", (
+        RecipientResult("a@example.com", "sent", 250, "ok"),
+        RecipientResult("b@example.com", "deferred", 451, "later"))), "deferred", 201.0,
+        next_attempt_at=500.0, error="451 later", duration=0.5)
+    queue.record_failure(claimed[1].id, "failed", "550 no", 202.0, server="main", code=550)
+    assert queue.counts()["deferred"] == 1 and queue.counts()["failed"] == 1
+    assert queue.queue_counts()["deferred"] == 1
+    assert queue.next_due() == 500.0 and queue.oldest_pending() == 100.0
+    assert queue.transition(claimed[1].id, "queued", ("failed",), 203.0, "retry") == "failed"
+
+    rows = history.list_messages(queue, history.Filters(limit=10))
+    assert [r["id"] for r in rows] == sorted(
+        [*done.queued.values(), *done.rejected.values()], reverse=True)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[first.id]["status"] == "deferred"
+    assert by_id[first.id]["user"] == "alice" and by_id[first.id]["subject"] == "hi 100% sure?"
+    assert history.count_messages(queue, history.Filters(user="alice", limit=1)) == 3
+    detail = history.show(queue, first.id)
+    assert detail is not None and detail["raw"] == b"Subject: hi\r\n\r\nbody\r\n"
+    statuses = [e["status"] for e in detail["events"]]
+    assert statuses[0] == "queued" and "deferred" in statuses
+    assert history.show(queue, 10_000) is None
+    assert queue.prune(10_000.0, 1.0) == 1  # the failed-then-queued one is not finished
+
+
+def test_ids_continue_after_explicit_ones(store, backend):
+    assert store.dialect == ("sqlite" if backend is None else "postgresql")
+    queue = OutboundStore(store)
+    signed = queue.ingest([_new("a.json"), _new("b.json")], 1.0, sign=lambda mid: "s")
+    plain = queue.ingest([_new("c.json"), RejectedMessage("d.json", "x", "bad", "no")], 2.0)
+    ids = [*signed.queued.values(), *plain.queued.values(), *plain.rejected.values()]
+    assert ids == [1, 2, 3, 4]
+
+
+def test_fetch_state_and_fetched_messages_keep_their_unique_key(store):
+    with store.transaction() as conn:
+        records.save_cursor(conn, "inbox", "INBOX", Cursor(7, 42, 1, 3), 10.0)
+        fid = records.insert_fetched(conn, "inbox", "INBOX", "7/42",
+                                     Summary("<m@x>", "a@x", "b@x", "s", "d", 1.5, 3),
+                                     b"abc", 10.0)
+        assert records.insert_skipped(conn, "inbox", "INBOX",
+                                      records.Skipped("7/43", "too_large", 99), 10.0)
+        assert not records.insert_skipped(conn, "inbox", "INBOX",
+                                          records.Skipped("7/43", "too_large", 99), 10.0)
+    assert records.load_cursor(store, "inbox", "INBOX") == Cursor(7, 42, 1, 3)
+    with store.transaction() as conn:
+        records.save_cursor(conn, "inbox", "INBOX", Cursor(7, 50, 2, 0), 11.0)
+    assert records.load_cursor(store, "inbox", "INBOX") == Cursor(7, 50, 2, 0)
+    assert records.uidvalidity_changes(store, "inbox") == 2
+    assert records.list_skipped(store, "inbox") == [("INBOX", "7/43", "too_large", 99)]
+    shown = records.show_fetched(store, fid)
+    assert shown is not None and shown["raw"] == b"abc" and shown["source_key"] == "7/42"
+    assert [r["id"] for r in records.list_fetched(store, records.InboxFilters())] == [fid]
+
+    with pytest.raises(sqlite3.IntegrityError) as caught, store.transaction() as conn:
+        records.insert_fetched(conn, "inbox", "INBOX", "7/44",
+                               Summary(None, None, None, None, None, None, 1), b"n", 12.0)
+        records.insert_fetched(conn, "inbox", "INBOX", "7/42",
+                               Summary(None, None, None, None, None, None, 1), b"x", 12.0)
+    assert StoreRefused.of(caught.value, "7/42").kind == "duplicate"
+    assert not store.conn.in_transaction
+    assert [r["id"] for r in records.list_fetched(store, records.InboxFilters())] == [fid]
+
+
+def test_activities_and_the_applied_config(store):
+    with store.transaction() as conn:
+        first = insert(conn, NewActivity("call", "alice", date(2030, 1, 2), "ring"), 5.0)
+        second = insert(conn, NewActivity("call", "bob", date(2020, 1, 2),
+                                          previous_id=first), 6.0)
+    activities = ActivityStore(store)
+    assert activities.get(first).summary == "ring"
+    assert [a.id for a in activities.find(ActivityFilters(user="bob"))] == [second]
+    assert [a.id for a in activities.following(first)] == [second]
+    assert activities.counts(date(2025, 1, 1)) == {"call": (2, 1)}
+
+    assert store.last_applied_config() is None
+    store.record_applied_config("version: 1\n", "abc", "test")
+    store.record_applied_config("version: 1 # 2\n", "def", "reload")
+    applied = store.last_applied_config()
+    assert applied is not None and (applied.sha256, applied.source) == ("def", "reload")
+
+
+def test_a_store_reopens_with_its_rows_and_its_identity(backend, tmp_path):
+    store = Store.open(tmp_path / "state", backend=backend)
+    OutboundStore(store).ingest([_new("a.json")], 1.0)
+    store.close()
+    again = Store.open(tmp_path / "state", backend=backend, create=False, migrate=False)
+    try:
+        assert OutboundStore(again).counts()["queued"] == 1
+    finally:
+        again.close()
+    # Another state_dir records another store: this one is refused there.
+    other = tmp_path / "other"
+    Store.open(other).close()
+    if backend is not None:
+        with pytest.raises(StoreLost, match="was replaced"):
+            Store.open(other, backend=backend)
+
+
+# -- PostgreSQL only -------------------------------------------------------------------
+
+
+def test_an_empty_database_with_a_recorded_store_is_refused_as_missing(pg_dsn, tmp_path):
+    Store.open(tmp_path / "state", backend=_backend(pg_dsn)).close()
+    with pytest.raises(StoreLost, match="is missing"):
+        Store.open(tmp_path / "state", backend=_backend(_other_database(pg_dsn)))
+
+
+def _other_database(dsn: str) -> str:
+    from tests.postgres import _SHARED
+
+    name = _SHARED[0].create_database()
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def test_migrations_run_once_when_nodes_start_together(pg_dsn, tmp_path):
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            Store.open(tmp_path / f"node{i}", backend=_backend(pg_dsn)).close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ids = {(tmp_path / f"node{i}" / "store-id").read_text() for i in range(4)}
+    assert len(ids) == 1  # one store, one id, every node records it
+
+
+def test_an_older_schema_is_migrated_only_by_run_and_a_newer_refused_by_all(
+        pg_dsn, tmp_path, monkeypatch):
+    older = MIGRATIONS[:len(MIGRATIONS) - 1]
+    with monkeypatch.context() as m:
+        m.setattr(pgschema, "MIGRATIONS", older)
+        m.setattr(pgschema, "count", lambda: len(older))
+        Store.open(tmp_path / "state", backend=_backend(pg_dsn)).close()
+    with pytest.raises(StoreOutdated, match="upgrade the daemons first"):
+        Store.open(tmp_path / "state", backend=_backend(pg_dsn), migrate=False)
+    Store.open(tmp_path / "state", backend=_backend(pg_dsn)).close()  # `run`: migrates
+    Store.open(tmp_path / "state", backend=_backend(pg_dsn), migrate=False).close()
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE mailsync_schema SET version = version + 1")
+    for migrate in (True, False):
+        with pytest.raises(StoreError, match="newer than this mailsync"):
+            Store.open(tmp_path / "state", backend=_backend(pg_dsn), migrate=migrate)
+
+
+def test_the_read_only_view_cannot_write(pg_dsn, tmp_path):
+    Store.open(tmp_path / "state", backend=_backend(pg_dsn)).close()
+    reader = Store.open(tmp_path / "state", backend=_backend(pg_dsn), create=False,
+                        readonly=True)
+    try:
+        assert OutboundStore(reader).counts()["queued"] == 0
+        with pytest.raises(StoreUnavailable, match="read-only transaction") as caught:
+            OutboundStore(reader).ingest([_new("a.json")], 1.0)
+        assert caught.value.kind == "readonly"  # as SQLite's read-only view says
+    finally:
+        reader.close()
+
+
+def test_the_dsn_and_its_password_never_show(pg_dsn, tmp_path, caplog):
+    wrong = pg_dsn.replace(PASSWORD, "wrong-" + PASSWORD)
+    with pytest.raises(StoreError) as caught:
+        Store.open(tmp_path / "state", backend=_backend(wrong))
+    assert "password authentication failed" in str(caught.value)
+    bad = f"host=127.0.0.1 password={PASSWORD} dbname"  # not a DSN: psycopg quotes it
+    with pytest.raises(StoreError) as caught2:
+        Store.open(tmp_path / "state", backend=_backend(bad))
+    store = Store.open(tmp_path / "state", backend=_backend(pg_dsn))
+    try:
+        texts = [str(caught.value), str(caught2.value), repr(store), str(store.path),
+                 repr(store.conn), caplog.text]
+    finally:
+        store.close()
+    for text in texts:
+        assert PASSWORD not in text and "wrong-" not in text
+    assert str(store.path).startswith("postgresql:t")
+
+
+def test_a_database_that_goes_down_defers_commits_and_recovers(tmp_path):
+    from tests.postgres import Postgres, need_postgres
+
+    server = Postgres(need_postgres()).start()
+    try:
+        store = Store.open(tmp_path / "state", backend=_backend(server.dsn()))
+        outages: list[bool] = []
+        store.on_outage = lambda started, error: outages.append(started)
+        queue = OutboundStore(store)
+        queue.ingest([_new("a.json")], 1.0)
+        server.stop()
+        with pytest.raises(StoreUnavailable) as caught:
+            queue.ingest([_new("b.json")], 2.0)
+        assert caught.value.kind == "io" and PASSWORD not in str(caught.value)
+        assert store.health.failing and outages == [True]
+        assert not store.conn.in_transaction
+        assert not store.probe()
+        ok, why = store.writable(1.0)
+        assert not ok and "cannot commit" in why
+        server.restart()
+        assert store.probe() and outages == [True, False]
+        queue.ingest([_new("b.json")], 3.0)
+        assert queue.counts()["queued"] == 2  # nothing lost, nothing twice
+        store.close()
+    finally:
+        server.cleanup()
+
+
+def test_without_psycopg_the_error_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("psycopg") else real(name, *a))
+    with pytest.raises(StoreError, match=r"pip install 'mailsync\[postgresql\]'"):
+        Store.open(tmp_path / "state", backend=_backend("host=127.0.0.1"))
+    assert not (tmp_path / "state" / "mailsync.db").exists()
+
+
+def test_sqlite_users_do_not_import_psycopg(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from mailsync.store import Store; "
+            f"Store.open(__import__('pathlib').Path({str(tmp_path / 's')!r})).close(); "
+            "print(sorted(m for m in sys.modules if m.startswith('psycopg')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).parent.parent)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_where_clause_filters_a_real_table_of_either_backend(store):
+    from mailsync.store import where
+
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE t (status TEXT, n INTEGER, user TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                         [("a", 1, "x"), ("b", 2, "y"), ("c", 3, "x"), ("a", 4, "x")])
+    clause, args = where(("status IN", ("a", "b")), ("n >=", 2), ("user =", "x"))
+    rows = store.conn.execute(f"SELECT n FROM t {clause} ORDER BY n", args).fetchall()
+    assert [tuple(r) for r in rows] == [(4,)]
