@@ -89,6 +89,7 @@ def idle(runtime: Runtime) -> bool:
 
 def _ingest_and_send(runtime: Runtime) -> PassResult:
     """Ingest the spool (prepared in a child process) while sending each committed batch."""
+    # Here, not above: a pass with nothing to take or send does not import them.
     from mailsync.outbound.deliver import Deliverer
     from mailsync.outbound.pickup import Pickup
 

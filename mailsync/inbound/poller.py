@@ -280,6 +280,7 @@ class Poller:
             return
         parsed = []
         if batch.messages:
+            # Imported by the first message (see the imports above).
             from mailsync.inbound.bounces import classify, record_bounce
             from mailsync.inbound.message import parse_headers, summarize
         for m in unique_messages(self.server.name, batch.messages):

@@ -44,6 +44,7 @@ def __getattr__(name: str) -> Any:
     """``parse``, imported on first use (then a plain attribute): the email package it
     needs costs ~5 ms that ``run --once`` with an empty spool does not pay (#19)."""
     if name == "parse":
+        # On first use: see the docstring.
         from mailsync.outbound.spoolparse import parse
 
         globals()["parse"] = parse
@@ -103,7 +104,7 @@ def _attachment_doc(item: Attachment | Path) -> dict[str, str]:
 
 def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
     # Time first so that names sort oldest first; pid and randomness make them unique.
-    from mailsync.outbound.spoolparse import parse
+    from mailsync.outbound.spoolparse import parse  # on first use (see __getattr__)
 
     name = f"{time.time_ns():019d}.{os.getpid()}.{secrets.token_hex(6)}{suffix}"
     checked = parse(name, data, max_size=sys.maxsize)
