@@ -2,26 +2,42 @@
 
 Each command runs as its own process, as cron or an application runs it, on a file whose
 schema verdict is remembered: none imports jsonschema (or the other heavy libraries it
-does not use); `status` does not even run the loader (it needs only the YAML).
+does not use); `status` does not even run the loader (it needs only the YAML). A poll that
+finds nothing reads no message (no email package, no activities); `run --once` with
+nothing to take or send forks no pickup child and starts no thread.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 HEAVY = {"jsonschema", "authlib", "requests", "aiosmtpd", "watchdog"}
 # Not for the commands that neither send nor poll nor serve metrics.
 NETWORK = {"prometheus_client", "imapclient", "smtplib"}
 
+# The command as `python -m mailsync` runs it; at exit, what it imported, the forks it made,
+# the threads it started and the collector's state.
 WRAPPER = """\
-import atexit, json, runpy, sys
+import atexit, gc, json, os, runpy, sys, threading
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+forks, threads = [], []
+os.register_at_fork(before=lambda: forks.append(1))
+_start = threading.Thread.start
+def start(self, *args, **kwargs):
+    threads.append(self.name)
+    return _start(self, *args, **kwargs)
+threading.Thread.start = start
+atexit.register(lambda: open(out, "w").write(json.dumps({
+    "modules": sorted(sys.modules), "forks": len(forks), "threads": threads,
+    "frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()})))
 sys.argv[0] = "mailsync"
 runpy.run_module("mailsync", run_name="__main__")
 """
@@ -45,11 +61,18 @@ incoming_servers: [{{name: local, type: local, path: {tmp_path}/md}}]
     return path
 
 
-def imported(tmp_path: Path, *args: str, stdin: str = "") -> set[str]:
+def process(tmp_path: Path, *args: str, stdin: str = "") -> dict[str, Any]:
+    """What the command did as a process (see WRAPPER), and its output."""
     out = tmp_path / "modules.json"
-    subprocess.run([sys.executable, "-c", WRAPPER, str(out), *args], input=stdin,
-                   capture_output=True, text=True, timeout=60, check=False)
-    names = set(json.loads(out.read_text()))
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, str(out), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+    facts: dict[str, Any] = json.loads(out.read_text())
+    facts["output"] = proc.stdout + proc.stderr
+    return facts
+
+
+def imported(tmp_path: Path, *args: str, stdin: str = "") -> set[str]:
+    names = set(process(tmp_path, *args, stdin=stdin)["modules"])
     return names | {m.split(".")[0] for m in names}
 
 
@@ -88,3 +111,86 @@ def test_validate_still_imports_only_the_config_side(tmp_path, cfg):
         m for m in modules if m.startswith(("mailsync.cli", "mailsync.config", "mailsync.auth",
                                             "mailsync.errors", "mailsync.files"))}
     assert {"mailsync.store", "mailsync.outbound", "mailsync.inbound"} & modules == set()
+
+
+# Reading a fetched message, scheduling its activity, counting for /metrics: not for a poll
+# that finds nothing.
+MESSAGE_READING = {"email", "prometheus_client", "mailsync.activities.store",
+                   "mailsync.activities.rules", "mailsync.inbound.bounces",
+                   "mailsync.inbound.message", "mailsync.outbound.spoolparse"}
+SENDING = {"multiprocessing", "mailsync.outbound.pickup", "mailsync.outbound.ingest",
+           "mailsync.outbound.deliver", "mailsync.outbound.smtp"}
+
+
+@pytest.mark.parametrize("name", ["inbox poll", "run --once"])
+def test_a_poll_that_finds_nothing_reads_no_message(tmp_path, cfg, name):
+    args, _ = COMMANDS[name]
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # the verdict remembered
+    facts = process(tmp_path, *args, "-c", str(cfg))
+    assert "local: 0 fetched" in facts["output"]
+    modules = set(facts["modules"]) | {m.split(".")[0] for m in facts["modules"]}
+    assert modules & MESSAGE_READING == set()
+
+
+def test_run_once_with_nothing_to_do_forks_no_child_and_starts_no_thread(tmp_path, cfg):
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))
+    facts = process(tmp_path, "run", "--once", "-c", str(cfg))
+    assert "spool: 0 queued" in facts["output"] and "local: 0 fetched" in facts["output"]
+    assert facts["forks"] == 0 and facts["threads"] == []
+    assert set(facts["modules"]) & SENDING == set()
+
+
+def test_run_once_with_a_spool_file_still_forks_the_pickup_and_sends(tmp_path, cfg):
+    sent = process(tmp_path, "send", "--user", "app", "--to", "a@example.org", "--subject",
+                   "s", "-c", str(cfg), stdin="hi\n")
+    assert "spool/new/" in sent["output"]
+    facts = process(tmp_path, "run", "--once", "-c", str(cfg))
+    # The relay's port 9 is closed: queued, then deferred, by the child and the sender.
+    assert "1 queued" in facts["output"] and "1 deferred" in facts["output"]
+    assert facts["forks"] == 1 and "mailsync-deliver" in facts["threads"]
+
+
+def test_the_spool_module_imports_its_parser_on_first_use():
+    code = ("import sys; from mailsync.outbound import spool; "
+            "print('mailsync.outbound.spoolparse' in sys.modules, 'email' in sys.modules); "
+            "from mailsync.outbound.spool import parse; "
+            "print(parse is spool.parse, parse('a.json', b'{}', max_size=9).reason)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split("\n")
+    assert out[:2] == ["False False", "True unparseable"]
+
+
+def test_unserved_metrics_count_nothing_and_import_no_prometheus():
+    code = ("import sys; from mailsync.telemetry.metrics import Metrics\n"
+            "m = Metrics(served=False)\n"
+            "m.messages_sent.labels('a', 's').inc(); m.send_duration.labels('s').observe(1)\n"
+            "m.server_up.labels('s', 'outgoing').set(1); print(m.messages_rejected.collect())\n"
+            "print('prometheus_client' in sys.modules)\n"
+            "try:\n    m.registry\nexcept AttributeError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split("\n")
+    assert out[:3] == ["[]", "False", "these metrics are not served: they have no registry"]
+
+
+def test_the_process_freezes_its_objects_at_exit_and_a_test_runner_keeps_its_collector(
+        tmp_path, cfg):
+    facts = process(tmp_path, "status", "-c", str(cfg))
+    assert "not running" in facts["output"]
+    assert facts["frozen"] > 1000  # the interpreter's last collection has nothing to do
+    from mailsync.cli import main
+
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert CliRunner().invoke(main, ["status", "-c", str(cfg)]).exit_code == 1
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
+
+
+def test_the_daemon_collects_garbage_as_python_sets_it():
+    from mailsync.cli.root import STARTUP_GC_THRESHOLD, long_running
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(STARTUP_GC_THRESHOLD, *before[1:])
+        long_running()
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)

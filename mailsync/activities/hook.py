@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from mailsync.activities.store import schedule_for_fetched
 from mailsync.config.model import Config, IncomingServer
 
 
@@ -28,4 +27,8 @@ class ActivityHook:
 
     def __call__(self, conn: sqlite3.Connection, server: IncomingServer, fetched_id: int,
                  subject: str, now: float) -> None:
+        # Imported by the first message fetched: a poll that finds nothing does not pay
+        # for the activities' code (#19).
+        from mailsync.activities.store import schedule_for_fetched
+
         schedule_for_fetched(conn, self._config, server, fetched_id, subject, now)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mailsync.cli.root import Exit, main
+from mailsync.cli.root import Exit, long_running, main
 
 # Imports inside functions: the demo's driver needs aiosmtpd (an extra), whose absence
 # the command reports instead of failing at `mailsync --help`.
@@ -37,4 +37,5 @@ def demo(workdir: Path, once: bool) -> None:
                    "(or install mailsync with its demo extra: pip install 'mailsync[demo]')",
                    err=True)
         raise Exit(1) from None
+    long_running()  # it runs until Ctrl-C
     raise Exit(run_demo(workdir, once))

@@ -150,7 +150,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     if not config.incoming_servers:
         click.echo("(no incoming servers)")
         return
-    metrics = Metrics()
+    metrics = Metrics(served=False)  # no /metrics: nothing to count
     metrics.prime(config)
     with using_store(config, create=True) as store:
         assert store is not None

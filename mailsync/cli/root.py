@@ -5,6 +5,7 @@ Exit 0 ok, 1 failure, 2 usage.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -44,6 +45,18 @@ format_option = click.option(
 )
 
 
+# The collector while a command starts: its imports make tens of thousands of objects, none
+# of them garbage, and the default threshold (700) has it traverse them again and again
+# (~6 ms of a `run --once`). A long-running command puts the default back (long_running).
+STARTUP_GC_THRESHOLD = 50_000
+_GC_THRESHOLD = gc.get_threshold()
+
+
+def long_running() -> None:
+    """The collector as Python sets it, for a command that runs on (the daemon)."""
+    gc.set_threshold(*_GC_THRESHOLD)
+
+
 class Exit(click.exceptions.Exit):
     """Leave with an exit code after printing."""
 
@@ -69,6 +82,20 @@ class LazyGroup(click.Group):
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
     }
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The process's entry (the console script, ``python -m mailsync``; CliRunner calls
+        :meth:`main`, so a test process keeps its collector as it is).
+
+        The collector runs rarely while the command starts (:data:`STARTUP_GC_THRESHOLD`)
+        and not at all at exit: everything is frozen when the command returns, so the
+        interpreter's last collection does not traverse every object the command made
+        (~18 ms of a `run --once`; the memory is the system's again a moment later)."""
+        gc.set_threshold(STARTUP_GC_THRESHOLD, *_GC_THRESHOLD[1:])
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            gc.freeze()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))

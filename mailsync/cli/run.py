@@ -11,6 +11,7 @@ from mailsync.cli.root import (
     _load_or_exit,
     closing,
     config_option,
+    long_running,
     main,
     open_store_or_exit,
     verp_key_or_exit,
@@ -36,10 +37,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
     it serves /metrics and /healthz on daemon.metrics_listen. It refuses to start on a
     store that is missing, replaced (see --new-store) or damaged (docs/store.md).
     """
-    from mailsync.daemon.once import run_pass
-    from mailsync.daemon.runtime import Runtime
     from mailsync.telemetry import logs
-    from mailsync.telemetry.metrics import Metrics
 
     loaded = _load_or_exit(config_path)
     config = loaded.config
@@ -48,18 +46,18 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
     if not once:
         from mailsync.daemon.supervisor import run as run_daemon
 
+        long_running()
         raise Exit(run_daemon(config_path, loaded, new_store=new_store))
+    from mailsync.daemon.once import run_pass
+    from mailsync.daemon.runtime import Runtime
+    from mailsync.telemetry.metrics import Metrics
+
     store = open_store_or_exit(config, new_store=new_store, check=True,
                                prefix="cannot start", migrate=True)
     with closing(store):
-        runtime = Runtime(config_path, loaded, store, verp_key_or_exit(config), Metrics())
+        runtime = Runtime(config_path, loaded, store, verp_key_or_exit(config),
+                          Metrics(served=False))  # no /metrics: nothing to count
         done = run_pass(runtime)  # the daemon's start, then one pass of each part
-    ingested, sent = done.ingested, done.sent
-    click.echo(
-        f"spool: {ingested.queued} queued, {ingested.rejected} rejected, "
-        f"{ingested.duplicates} duplicate{'' if ingested.duplicates == 1 else 's'}"
-        + (f", {ingested.taken} already taken" if ingested.taken else "") + "; "
-        f"send: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed, "
-        f"{sent.held} held; {done.connections} SMTP connections")
+    click.echo(done.summary())
     for result in done.polls:
         click.echo(f"inbox: {printable(result.describe())}")

@@ -5,18 +5,29 @@ recovery, pruning, the applied configuration recorded, the metrics primed), then
 of each part: the spool taken by a one-pass pickup child (forked before this process
 starts any thread) while a sender thread sends each committed batch, then each incoming
 server polled once with the same ``on_message`` hook as the daemon's pollers.
+
+A pass with nothing to take or send (no spool file in ``new/``, no message due) forks no
+child and starts no thread: it does in this process what the child's pass would have done
+(the ``new/`` directories made, the claims of files no longer there forgotten), and the
+sending and ingesting code is not even imported. A cron ``run --once`` that only polls
+its mailboxes pays for the polls alone (#19).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailsync.daemon.runtime import Runtime
 from mailsync.inbound.poller import PollResult, poll_all_once
-from mailsync.outbound.deliver import Deliverer, DeliverStats
-from mailsync.outbound.ingest import IngestStats
-from mailsync.outbound.pickup import Pickup
+from mailsync.outbound import spool
+
+if TYPE_CHECKING:
+    from mailsync.outbound.deliver import DeliverStats
+    from mailsync.outbound.ingest import IngestStats
 
 # A one-shot run waits at most this long for a full disk to record an outcome.
 RECORD_PATIENCE = 30.0
@@ -24,47 +35,83 @@ RECORD_PATIENCE = 30.0
 
 @dataclass
 class PassResult:
-    """What the pass did: the spool taken, the messages sent, each mailbox's poll."""
+    """What the pass did: the spool taken, the messages sent, each mailbox's poll.
 
-    ingested: IngestStats
-    sent: DeliverStats
+    ``ingested`` and ``sent`` are None when the pass had nothing to take and nothing due
+    (then neither part ran: 0 of everything)."""
+
+    ingested: IngestStats | None
+    sent: DeliverStats | None
     connections: int  # SMTP connections opened
     polls: list[PollResult]
+
+    def summary(self) -> str:
+        """The line ``run --once`` prints: the spool's counts, then the sender's."""
+        queued, rejected, duplicates, taken = (0, 0, 0, 0) if self.ingested is None else (
+            self.ingested.queued, self.ingested.rejected, self.ingested.duplicates,
+            self.ingested.taken)
+        sent, deferred, failed, held = (0, 0, 0, 0) if self.sent is None else (
+            self.sent.sent, self.sent.deferred, self.sent.failed, self.sent.held)
+        return (f"spool: {queued} queued, {rejected} rejected, "
+                f"{duplicates} duplicate{'' if duplicates == 1 else 's'}"
+                + (f", {taken} already taken" if taken else "") + "; "
+                f"send: {sent} sent, {deferred} deferred, {failed} failed, "
+                f"{held} held; {self.connections} SMTP connections")
 
 
 def run_pass(runtime: Runtime) -> PassResult:
     """Start as the daemon does, take the spool while sending, then poll each mailbox."""
     runtime.prepare()
     config = runtime.config
-    deliverer = Deliverer(config, runtime.outbound, runtime.metrics, verp_key=runtime.verp_key,
-                          record_patience=RECORD_PATIENCE, tokens=runtime.tokens)
+    result = PassResult(None, None, 0, []) if idle(runtime) else _ingest_and_send(runtime)
+    if config.incoming_servers:
+        result.polls = list(poll_all_once(config, runtime.store, runtime.metrics,
+                                          verp_key=runtime.verp_key, on_message=runtime.hook,
+                                          tokens=runtime.tokens).values())
+    return result
+
+
+def idle(runtime: Runtime) -> bool:
+    """Whether the pass has nothing to take (no spool file waiting in ``new/``) and nothing
+    to send (no message due now); when so, what the pickup child's pass would have done
+    besides is done here: ``tmp/``, ``new/`` and ``rejected/`` made, and the claims of
+    files no longer in ``new/`` forgotten (a read when there is none)."""
+    spool_dir = runtime.config.daemon.spool_dir
+    spool.ensure_dirs(spool_dir)
+    if spool.scan(spool_dir):
+        return False
+    due = runtime.outbound.next_due()
+    if due is not None and due <= time.time():
+        return False
+    runtime.outbound.sweep_claims(lambda: set(os.listdir(spool_dir / "new")))
+    return True
+
+
+def _ingest_and_send(runtime: Runtime) -> PassResult:
+    """Ingest the spool (prepared in a child process) while sending each committed batch."""
+    # Here, not above: a pass with nothing to take or send does not import them.
+    from mailsync.outbound.deliver import Deliverer
+    from mailsync.outbound.pickup import Pickup
+
+    deliverer = Deliverer(runtime.config, runtime.outbound, runtime.metrics,
+                          verp_key=runtime.verp_key, record_patience=RECORD_PATIENCE,
+                          tokens=runtime.tokens)
     try:
-        ingested, sent = _ingest_and_send(runtime, deliverer)
+        pickup = Pickup(runtime.config, runtime.verp_key)  # forked before any thread
+        done = threading.Event()
+        result: dict[str, DeliverStats] = {}
+
+        def send() -> None:
+            result["sent"] = deliverer.run_once(until=done)
+
+        sender = threading.Thread(target=send, name="mailsync-deliver")
+        sender.start()
+        try:
+            ingested = pickup.wait(runtime.metrics, on_commit=deliverer.wake)
+        finally:
+            done.set()
+            deliverer.wake()
+            sender.join()
     finally:
         deliverer.close()
-    polls: list[PollResult] = []
-    if config.incoming_servers:
-        polls = list(poll_all_once(config, runtime.store, runtime.metrics,
-                                   verp_key=runtime.verp_key, on_message=runtime.hook,
-                                   tokens=runtime.tokens).values())
-    return PassResult(ingested, sent, deliverer.connections_opened, polls)
-
-
-def _ingest_and_send(runtime: Runtime, deliverer: Deliverer) -> tuple[IngestStats, DeliverStats]:
-    """Ingest the spool (prepared in a child process) while sending each committed batch."""
-    pickup = Pickup(runtime.config, runtime.verp_key)  # forked before any thread
-    done = threading.Event()
-    result: dict[str, DeliverStats] = {}
-
-    def send() -> None:
-        result["sent"] = deliverer.run_once(until=done)
-
-    sender = threading.Thread(target=send, name="mailsync-deliver")
-    sender.start()
-    try:
-        ingested = pickup.wait(runtime.metrics, on_commit=deliverer.wake)
-    finally:
-        done.set()
-        deliverer.wake()
-        sender.join()
-    return ingested, result["sent"]
+    return PassResult(ingested, result["sent"], deliverer.connections_opened, [])

@@ -32,20 +32,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError, StoreError
 from mailsync.inbound import records
 from mailsync.inbound.adapters import check_incoming, make_source
-from mailsync.inbound.bounces import Verdict, classify, record_bounce
 from mailsync.inbound.maildir import MaildirWriter
-from mailsync.inbound.message import parse_headers, summarize
 from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
-from mailsync.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mailsync.inbound.bounces import Verdict
+    from mailsync.telemetry.metrics import Metrics
+
+# The reading of fetched messages (headers, bounces: the email package) is imported by the
+# first batch that holds one: a poll that finds nothing new does not pay for it (#19).
 
 log = logging.getLogger("mailsync.inbound")
 
@@ -274,6 +279,10 @@ class Poller:
         if not batch.messages and batch.cursor is None and not batch.skipped:
             return
         parsed = []
+        if batch.messages:
+            # Imported by the first message (see the imports above).
+            from mailsync.inbound.bounces import classify, record_bounce
+            from mailsync.inbound.message import parse_headers, summarize
         for m in unique_messages(self.server.name, batch.messages):
             fields = parse_headers(m.raw)
             parsed.append((m, summarize(m.raw, fields),

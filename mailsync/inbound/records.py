@@ -9,12 +9,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailsync.config.units import iso
-from mailsync.inbound.message import Summary
 from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store, where
+
+if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
+    from mailsync.inbound.message import Summary
 
 _CHUNK = 500  # keys per IN (...) query
 _CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed

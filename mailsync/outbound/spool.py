@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailsync import files
-from mailsync.outbound.spoolparse import parse
 from mailsync.outbound.types import Rejection
+
+if TYPE_CHECKING:
+    from mailsync.outbound.spoolparse import parse
 
 __all__ = ["SUFFIXES", "Attachment", "drop", "drop_eml", "ensure_dirs", "parse", "reject",
            "remove", "scan"]
@@ -36,6 +38,18 @@ SUFFIXES = (".eml", ".json")
 log = logging.getLogger("mailsync.spool")
 
 _NAME_TIME = re.compile(r"(\d{19})\.")                # names made by _spool()
+
+
+def __getattr__(name: str) -> Any:
+    """``parse``, imported on first use (then a plain attribute): the email package it
+    needs costs ~5 ms that ``run --once`` with an empty spool does not pay (#19)."""
+    if name == "parse":
+        # On first use: see the docstring.
+        from mailsync.outbound.spoolparse import parse
+
+        globals()["parse"] = parse
+        return parse
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ def _attachment_doc(item: Attachment | Path) -> dict[str, str]:
 
 def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
     # Time first so that names sort oldest first; pid and randomness make them unique.
+    from mailsync.outbound.spoolparse import parse  # on first use (see __getattr__)
+
     name = f"{time.time_ns():019d}.{os.getpid()}.{secrets.token_hex(6)}{suffix}"
     checked = parse(name, data, max_size=sys.maxsize)
     if isinstance(checked, Rejection):
