@@ -68,6 +68,7 @@ class LazyGroup(click.Group):
         "store": "mailsync.cli.store",
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
+        "admin": "mailsync.cli.admin",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -27,18 +27,41 @@ PROBLEMS = ("bounced", "failed")
 
 @dataclass(frozen=True)
 class Filters:
-    """Listing filters; None means any."""
+    """Listing filters; None means any. ``search`` matches a recipient's address (the
+    whole address, any case), a Message-ID (with or without its ``<>``) or a part of the
+    subject (any case); ``before`` is the keyset of the next page: ids below it."""
 
     status: tuple[str, ...] = ()
     account: str | None = None
     user: str | None = None
     since: float | None = None
     limit: int = 100
+    server: str | None = None
+    search: str | None = None
+    before: int | None = None
 
 
 def _where(f: Filters) -> tuple[str, list[Any]]:
-    return where(("m.status IN", f.status), ("m.account =", f.account or None),
-                 ("m.user =", f.user or None), ("m.created_at >=", f.since))
+    clause, args = where(("m.status IN", f.status), ("m.account =", f.account or None),
+                         ("m.user =", f.user or None), ("m.created_at >=", f.since),
+                         ("m.server =", f.server or None), ("m.id <", f.before))
+    extra: list[str] = []
+    if f.since is not None:
+        # The same rows, as a range of ids (the messages_created index finds where it
+        # starts): a page stops there instead of reading the older history to its end.
+        extra.append("m.id >= (SELECT MIN(id) FROM messages WHERE created_at >= ?)")
+        args.append(f.since)
+    if f.search:
+        term = f.search.strip()
+        like = "%" + term.lower().replace("\\", "\\\\").replace("%", "\\%").replace(
+            "_", "\\_") + "%"
+        extra.append("(lower(m.subject) LIKE ? ESCAPE '\\' OR m.message_id IN (?, ?)"
+                     " OR m.id IN (SELECT message FROM recipients WHERE lower(address) = ?))")
+        args.extend((like, term, f"<{term.strip('<>')}>", term.lower()))
+    if extra:
+        clause = f"{clause} AND {' AND '.join(extra)}" if clause else \
+            f"WHERE {' AND '.join(extra)}"
+    return clause, args
 
 
 def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
