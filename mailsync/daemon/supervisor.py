@@ -158,9 +158,9 @@ class Daemon:
         self._watch.start(config, loaded.sha256)
         self._control = ControlServer(socket_path(state_dir), self._handle)
         self._locator = Locator(self.config_path, self._control.path)
-        endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self._admin = AdminConsole(runtime, self.deliverer.wake)
         self._admin.start(config)
+        endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self.reloader = Reloader(
             runtime, Parts(always=[self._deliver, self._spool, self._mailboxes,
                                    Series(self.metrics, config), self._admin],
