@@ -36,6 +36,9 @@ log = logging.getLogger("mailsync.web")
 
 LOGIN_COOKIE = "mailsync_login"   # the login form's nonce, for its CSRF token
 STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"/static/admin.css": "text/css; charset=utf-8",
+                "/static/favicon.svg": "image/svg+xml",
+                "/favicon.ico": "image/svg+xml"}   # asked for by browsers, whatever a page says
 _MESSAGE = re.compile(r"^/messages/([0-9]{1,18})(?:/(html|raw|parts/[0-9]{1,4}|retry|hold|"
                       r"release|delete))?$")
 
@@ -134,8 +137,9 @@ class App:
 
     def handle(self, request: Request) -> Response:
         path, method = request.path, request.method
-        if path == "/static/admin.css" and method == "GET":
-            return Response(200, (STATIC / "admin.css").read_bytes(), "text/css; charset=utf-8",
+        if path in STATIC_FILES and method == "GET":
+            name = "favicon.svg" if path == "/favicon.ico" else path.rsplit("/", 1)[1]
+            return Response(200, (STATIC / name).read_bytes(), STATIC_FILES[path],
                             cache="max-age=3600")
         if path == "/login":
             return self.login(request)

@@ -79,14 +79,15 @@ class Request:
         return self._form
 
     def same_origin(self) -> bool:
-        """Whether a POST comes from the console's own pages, as far as the browser says
-        (``Sec-Fetch-Site``, ``Origin``); a client that sends neither is let through to
-        the CSRF token check."""
+        """Whether a POST comes from the console's own pages, as far as the browser says:
+        ``Sec-Fetch-Site`` where it sends one, else ``Origin`` (``null`` under the
+        console's ``Referrer-Policy: no-referrer``); a client that sends neither is let
+        through to the CSRF token check."""
         site = self.header("Sec-Fetch-Site")
-        if site is not None and site not in ("same-origin", "none"):
-            return False
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = self.header("Origin")
-        if origin is None:
+        if origin is None or origin == "null":
             return True
         host = self.header("Host") or ""
         return origin.split("://", 1)[-1] == host
