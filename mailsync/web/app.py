@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -290,7 +291,5 @@ def _safe_next(value: str | None) -> str:
 
 
 def _next_path(request: Request) -> str:
-    from urllib.parse import quote  # only for this redirect
-
     query = request.environ.get("QUERY_STRING") or ""
     return quote(request.path + (f"?{query}" if query else ""), safe="")

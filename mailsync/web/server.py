@@ -17,7 +17,7 @@ import ssl
 import threading
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from mailsync.telemetry.exporter import parse_listen
 
@@ -29,10 +29,28 @@ _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
          b"Connection: close\r\nRetry-After: 1\r\n\r\nbusy: try again\r\n")
 
 
+class _Responder(ServerHandler):
+    server_software = "mailsync"  # not wsgiref's "WSGIServer/0.2 CPython/3.11.x"
+
+
 class _Handler(WSGIRequestHandler):
     timeout = TIMEOUT
     server_version = "mailsync"
     sys_version = ""
+
+    def handle(self) -> None:
+        """wsgiref's, with the ``Server`` header naming no Python version."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        handler = _Responder(self.rfile, self.wfile,  # type: ignore[arg-type]
+                             self.get_stderr(), self.get_environ(),
+                             multithread=True)
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("admin %s %s", self.address_string(), format % args)
