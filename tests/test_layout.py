@@ -42,6 +42,7 @@ LAYERS: list[set[str]] = [
     {"outbound"},
     {"inbound"},
     {"activities"},
+    {"web"},                              # the admin console, which the daemon serves
     {"daemon"},
     {"demo"},
     {"cli"},

@@ -17,6 +17,7 @@ from mailsync.cli.root import (
     using_store,
 )
 from mailsync.config.model import Config
+from mailsync.outbound.actions import ACTIONS, act
 from mailsync.outbound.queue import OutboundStore
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
@@ -49,17 +50,8 @@ def queue_list(config_path: Path, fmt: str, wide: bool) -> None:
                        "next_attempt_at", "error"), fmt, wide)
 
 
-_ACTIONS = {
-    # command: (new status, allowed from, what it says)
-    "retry": ("queued", ("deferred", "failed"), "queued for an immediate retry"),
-    "hold": ("held", ("queued", "deferred"), "held by an operator"),
-    "release": ("queued", ("held",), "released by an operator"),
-    "delete": ("failed", ("queued", "deferred", "held"), "deleted from the queue by an operator"),
-}
-
-
 def _queue_action(name: str) -> None:
-    new, allowed, what = _ACTIONS[name]
+    new, allowed, what = ACTIONS[name].new, ACTIONS[name].allowed, ACTIONS[name].what
 
     @queue.command(name, help=f"Message ID: {what} (from {', '.join(allowed)}).")
     @click.argument("message_id", type=int)
@@ -71,8 +63,7 @@ def _queue_action(name: str) -> None:
             try:
                 if store is None:
                     raise KeyError(message_id)
-                old = OutboundStore(store).transition(message_id, new, allowed, time.time(),
-                                                      what)
+                old = act(OutboundStore(store), name, message_id, time.time())
             except KeyError:
                 click.echo(f"error: no message {message_id}", err=True)
                 raise Exit(1) from None
@@ -97,5 +88,5 @@ def _wake_daemon(config: Config) -> None:
             request(path, "wake", timeout=2.0)
 
 
-for _name in _ACTIONS:
+for _name in ACTIONS:
     _queue_action(_name)

@@ -81,6 +81,7 @@ class LazyGroup(click.Group):
         "store": "mailsync.cli.store",
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
+        "admin": "mailsync.cli.admin",
     }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

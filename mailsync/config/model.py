@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailsync.config import oauth2
+from mailsync.config import admin, oauth2
 from mailsync.config.presets import Protocol, resolve_endpoint
 from mailsync.config.secrets import Secret, from_config
 from mailsync.config.tree import (
@@ -200,6 +200,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         state_dir=_path(base_dir, dd.get("state_dir", "./var/state")),
         spool_dir=_path(base_dir, dd.get("spool_dir", "./var/spool")),
         metrics_listen=dd.get("metrics_listen", "127.0.0.1:9877"),
+        admin_listen=dd.get("admin_listen"),
         log_format=dd.get("log_format", "text"),
         retry=Retry(
             _dur(retry.get("first"), Retry.first),
@@ -229,6 +230,8 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
                                for d in data.get("incoming_servers", ())),
         accounts=tuple(_account(d, base_dir, dd) for d in data.get("accounts", ())),
         activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
+        admin=admin.build(data.get("admin"), lambda v: _path(base_dir, v),
+                          lambda v: _secret(v, base_dir)),
         version=data.get("version", 1),
         source=source,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from mailsync.auth.settings import OAuth2
+from mailsync.config.admin import Admin
 from mailsync.config.presets import Security
 from mailsync.config.secrets import Secret
 
@@ -66,6 +67,7 @@ class Daemon:
     state_dir: Path
     spool_dir: Path
     metrics_listen: str = "127.0.0.1:9877"
+    admin_listen: str | None = None  # the admin console (config/admin.py); None: off
     log_format: Literal["text", "json"] = "text"
     retry: Retry = Retry()
     max_message_size: int = 25 << 20
@@ -222,6 +224,7 @@ class Config:
     incoming_servers: tuple[IncomingServer, ...] = ()
     accounts: tuple[Account, ...] = ()
     activity_types: tuple[ActivityType, ...] = ()
+    admin: Admin | None = None  # the admin console's users and access (config/admin.py)
     version: int = 1
     source: str = field(default="", compare=False)
 

@@ -35,6 +35,7 @@ from typing import Any
 from mailsync.activities.store import ActivityCollector
 from mailsync.config.load import Loaded
 from mailsync.config.model import Config
+from mailsync.daemon.admin import AdminConsole
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.health import Health, stuck_after
@@ -102,6 +103,7 @@ class Daemon:
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
         self._locator: Locator | None = None
+        self._admin: AdminConsole | None = None  # daemon.admin_listen's console
 
     @property
     def loaded(self) -> Loaded:
@@ -157,10 +159,12 @@ class Daemon:
         self._watch.start(config, loaded.sha256)
         self._control = ControlServer(socket_path(state_dir), self._handle)
         self._locator = Locator(self.config_path, self._control.path)
+        self._admin = AdminConsole(runtime, self.deliverer.wake)
+        self._admin.start(config)
         endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self.reloader = Reloader(
             runtime, Parts(always=[self._deliver, self._spool, self._mailboxes,
-                                   Series(self.metrics, config)],
+                                   Series(self.metrics, config), self._admin],
                            by_setting={"spool_dir": self._watch, "metrics_listen": endpoint,
                                        "log_format": LogFormat()}),
             watch=self._watch, endpoint=endpoint, notifier=self.notifier,
@@ -367,6 +371,8 @@ class Daemon:
             deliverer.close()
         if self._watch is not None:
             self._watch.join(2.0)
+        if self._admin is not None:
+            self._admin.close()
         if self._endpoint is not None:
             self._endpoint.close()
         store: Store | None = getattr(self, "store", None)

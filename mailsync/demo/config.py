@@ -32,6 +32,8 @@ def demo_config(example: dict[str, Any], *, sink_port: int, metrics_port: int) -
                    "metrics_listen": f"{HOST}:{metrics_port}", "log_format": "text"})
     for key in _TLS_KEYS:  # the sink speaks plain SMTP; the example's CA files do not exist
         daemon.pop(key, None)
+    daemon.pop("admin_listen", None)  # no admin console: its port and hash files are not the demo's
+    cfg.pop("admin", None)
     alias = cfg.get("alias_domain") or {"domain": "example.com"}
     alias.setdefault("bounce", "bounce")
     cfg["alias_domain"] = alias

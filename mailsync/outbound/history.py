@@ -27,18 +27,54 @@ PROBLEMS = ("bounced", "failed")
 
 @dataclass(frozen=True)
 class Filters:
-    """Listing filters; None means any."""
+    """Listing filters; None means any. ``search`` matches a recipient's address (the
+    whole address, any case), a Message-ID (with or without its ``<>``) or a part of the
+    subject (any case); ``before`` is the keyset of the next page: ids below it."""
 
     status: tuple[str, ...] = ()
     account: str | None = None
     user: str | None = None
     since: float | None = None
     limit: int = 100
+    server: str | None = None
+    search: str | None = None
+    before: int | None = None
 
 
 def _where(f: Filters) -> tuple[str, list[Any]]:
-    return where(("m.status IN", f.status), ("m.account =", f.account or None),
-                 ("m.user =", f.user or None), ("m.created_at >=", f.since))
+    clause, args = where(("m.status IN", f.status), ("m.account =", f.account or None),
+                         ("m.user =", f.user or None), ("m.created_at >=", f.since),
+                         ("m.server =", f.server or None), ("m.id <", f.before))
+    extra: list[str] = []
+    if f.since is not None:
+        # The same rows, as a range of ids that the messages_created index finds (id + 0:
+        # not the id order, which would read the history from its start): a page then
+        # stops there instead of reading the older history to its end.
+        extra.append("m.id >= (SELECT MIN(id + 0) FROM messages WHERE created_at >= ?)")
+        args.append(f.since)
+    if f.search:
+        extra.append(_search(f.search.strip(), args))
+    if extra:
+        clause = f"{clause} AND {' AND '.join(extra)}" if clause else \
+            f"WHERE {' AND '.join(extra)}"
+    return clause, args
+
+
+def _search(term: str, args: list[Any]) -> str:
+    """The condition of a search (its arguments appended to ``args``), each through an
+    index of migration 10: an address (a term with ``@``) is a recipient's, in any case,
+    or a Message-ID, with or without its ``<>``; any other text is a part of the subject,
+    ASCII letters in any case (``%`` and ``_`` are characters, not wildcards)."""
+    if "@" in term:
+        args.extend((term, f"<{term.strip('<>')}>", term.lower()))
+        return ("(m.message_id IN (?, ?) OR m.id IN (SELECT message FROM recipients"
+                " WHERE lower(address) = ?))")
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    args.append(f"%{escaped}%")
+    # The subjects alone (their index), not the whole rows, are read for the match; SQLite's
+    # LIKE ignores the case of ASCII letters by itself (lower() here would cost 3 times
+    # as much: 40 ms instead of 15 on 200,000 messages).
+    return "m.id IN (SELECT id FROM messages WHERE subject LIKE ? ESCAPE '\\')"
 
 
 def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:

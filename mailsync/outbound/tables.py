@@ -1,6 +1,6 @@
 """Store migration of the outbound side: the queue, the send history and its events.
 
-Applied by store/migrations.py as migrations 2, 5, 7 and 8. Statements are separated by
+Applied by store/migrations.py as migrations 2, 5, 7, 9 and 10. Statements are separated by
 ';' (no ';' inside literals). The content lives apart from the message row so that status
 updates rewrite small rows (many to a page), not pages of message bytes; attempts are the
 events that name a server.
@@ -96,4 +96,13 @@ ALTER TABLE messages ADD COLUMN verp TEXT
 # own code and reply). Failover tries are events of their own (status ``failed_over``).
 ATTEMPT_RECIPIENTS_MIGRATION = """
 ALTER TABLE events ADD COLUMN recipients TEXT
+"""
+
+# 10: the admin console's searches (outbound/history.py: Filters.search) through indexes,
+# not a scan of the whole history: a recipient's address in any case, and the subjects
+# apart from the rows (a substring match reads this index only). A Message-ID has its
+# index already (messages_message_id, migration 3: bounces are matched by it).
+SEARCH_MIGRATION = """
+CREATE INDEX messages_subject ON messages (subject);
+CREATE INDEX recipients_address ON recipients (lower(address))
 """

@@ -49,4 +49,6 @@ MIGRATIONS: list[str] = [
     inbound_tables.SKIPPED_MIGRATION,
     # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
     outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
+    # 10: indexes of the admin console's searches (mailsync/outbound/tables.py).
+    outbound_tables.SEARCH_MIGRATION,
 ]

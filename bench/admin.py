@@ -1,0 +1,162 @@
+"""Latency of the admin console's pages on a large store: History and Message, over HTTP.
+
+Builds a store of ``-n`` messages (default 200,000: mostly sent, some deferred, failed,
+held and bounced, one or two recipients each, five accounts, ten users, three servers,
+content kept) with the store's own migrations, serves the console on 127.0.0.1 as the
+daemon does (its read-only connections, its threaded listener), logs in, and times each
+page ``-r`` times (default 50) as a browser asks for it: the first History page, a
+filtered one (a rare status; an account and a server), a search (a recipient's address;
+a word of the subject; a Message-ID), a deep keyset page (older than the 1,000th
+message), a page since an hour ago, and a Message page. One JSON line per page (p50,
+p95, max in ms), then a summary line. Target (issue #17): p95 <= 100 ms per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mailsync.config.load import load_text  # noqa: E402
+from mailsync.outbound.queue import OutboundStore  # noqa: E402
+from mailsync.store import Store  # noqa: E402
+from mailsync.web.console import serve  # noqa: E402
+from mailsync.web.passwords import hash_password  # noqa: E402
+from tests.web_helpers import Client  # noqa: E402
+
+ACCOUNTS = ("sales", "support", "billing", "alerts", "newsletter")
+USERS = tuple(f"user{i}" for i in range(10))
+SERVERS = ("relay-a", "relay-b", "relay-c")
+STATUSES = (("sent", 0.90), ("deferred", 0.04), ("failed", 0.03), ("held", 0.01),
+            ("bounced", 0.02))
+WORDS = ("invoice", "quote", "order", "reminder", "welcome", "report", "alert", "update")
+
+
+def _config(base: Path) -> str:
+    (base / "olga.hash").write_text(hash_password("bench-password-1"))
+    servers = "".join(f"  - {{name: {s}, host: 127.0.0.1, port: 9, security: none}}\n"
+                      for s in SERVERS)
+    accounts = "".join(f"  - {{name: {a}, email: {a}@example.com, server: relay-a, "
+                       f"granted_to: [{', '.join(USERS)}]}}\n" for a in ACCOUNTS)
+    return (f"version: 1\ndaemon: {{state_dir: ./state, spool_dir: ./spool, "
+            f"admin_listen: 127.0.0.1:9878}}\nusers: [{', '.join(USERS)}]\n"
+            f"outgoing_servers:\n{servers}accounts:\n{accounts}"
+            "admin:\n  users:\n    - {name: olga, password_hash: {file: olga.hash}, "
+            "role: operator}\n")
+
+
+def fill(store: Store, n: int, seed: int = 7) -> None:
+    """``n`` messages with their recipients, events and content, in batches."""
+    rng = random.Random(seed)
+    now = time.time()
+    statuses, weights = zip(*STATUSES, strict=True)
+    batch = 5000
+    for start in range(1, n + 1, batch):
+        msgs, rcpts, events, contents = [], [], [], []
+        for mid in range(start, min(n, start + batch - 1) + 1):
+            created = now - (n - mid) * 30.0  # one every 30 s: 200,000 is ~70 days
+            status = rng.choices(statuses, weights)[0]
+            account = rng.choice(ACCOUNTS)
+            subject = f"{rng.choice(WORDS).title()} {mid} for customer {rng.randrange(5000)}"
+            msg_id = f"<{mid}.{rng.getrandbits(40):x}@example.com>"
+            error = "550 5.1.1 No such user" if status in ("failed", "bounced") else None
+            msgs.append((mid, created, created + 5, status, rng.choice(USERS), account,
+                         rng.choice(SERVERS), f"{account}@example.com", msg_id, subject,
+                         900, 1, error))
+            for k in range(rng.choice((1, 1, 1, 2))):
+                rstatus = "bounced" if status == "sent" and k == 1 and rng.random() < 0.2 \
+                    else status
+                rcpts.append((mid, f"c{rng.randrange(50_000)}.{k}@example.org", rstatus,
+                              250 if rstatus == "sent" else 550, "2.0.0 OK", created + 5))
+            events.append((mid, created, "queued", "from spool", None))
+            events.append((mid, created + 5, status, error, rng.choice(SERVERS)))
+            contents.append((mid, f"Subject: {subject}\r\nMessage-ID: {msg_id}\r\n"
+                                  f"\r\nHello.\r\n".encode()))
+        with store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO messages (id, created_at, updated_at, status, user, account,"
+                " server, from_address, message_id, subject, size, attempts, last_error)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", msgs)
+            conn.executemany("INSERT OR IGNORE INTO recipients VALUES (?,?,?,?,?,?)", rcpts)
+            conn.executemany("INSERT INTO events (message, at, status, detail, server)"
+                             " VALUES (?,?,?,?,?)", events)
+            conn.executemany("INSERT INTO contents VALUES (?,?)", contents)
+
+
+def _time(client: Client, path: str, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        reply = client.get(path)
+        out.append((time.perf_counter() - t) * 1000)
+        assert reply.status == 200, (path, reply.status, reply.text[:300])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=200_000, help="messages in the store")
+    parser.add_argument("-r", "--rounds", type=int, default=50, help="requests per page")
+    parser.add_argument("--dir", type=Path, help="work here (default: a temporary dir)")
+    args = parser.parse_args()
+    base = args.dir or Path(tempfile.mkdtemp(prefix="bench-admin-"))
+    base.mkdir(parents=True, exist_ok=True)
+    text = _config(base)
+    loaded = load_text(text, str(base / "config.yaml"), base)
+    config = loaded.config
+    assert config is not None, [p.render() for p in loaded.problems]
+    store = Store.open(config.daemon.state_dir)
+    t = time.perf_counter()
+    if store.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] < args.n:
+        fill(store, args.n)
+    built = time.perf_counter() - t
+    outbound = OutboundStore(store)
+    sample = outbound.query("SELECT m.id, m.message_id, r.address FROM messages m JOIN"
+                            " recipients r ON r.message = m.id WHERE m.id = ?",
+                            (args.n // 2,))[0]
+    console = serve(config, lambda: config, outbound, lambda: None, listen="127.0.0.1:0")
+    client = Client(console.listener.host, console.listener.port)
+    page = client.get("/login")
+    assert client.post("/login", {"csrf": page.csrf(), "name": "olga",
+                                  "password": "bench-password-1"}).status == 303
+    pages = {
+        "history first page": "/history",
+        "history status=failed": "/history?status=failed",
+        "history account+server": "/history?account=billing&server=relay-c",
+        "history since=1h": "/history?since=1h",
+        "search recipient": f"/history?q={sample['address'].replace('@', '%40')}",
+        "search subject word": "/history?q=reminder+1234",
+        "search Message-ID": "/history?q=" + sample["message_id"].strip("<>").replace(
+            "@", "%40"),
+        "history deep keyset page": f"/history?before={args.n - 1000}",
+        "history deep status=held": f"/history?status=held&before={args.n // 10}",
+        "message page": f"/messages/{sample['id']}",
+    }
+    summary: dict[str, float] = {}
+    try:
+        for name, path in pages.items():
+            times = sorted(_time(client, path, args.rounds))
+            p95 = times[max(0, int(len(times) * 0.95) - 1)]
+            summary[name] = round(p95, 1)
+            print(json.dumps({"page": name, "path": path, "messages": args.n,
+                              "rounds": args.rounds,
+                              "p50_ms": round(statistics.median(times), 1),
+                              "p95_ms": round(p95, 1), "max_ms": round(times[-1], 1)}),
+                  flush=True)
+    finally:
+        console.close()
+        store.close()
+    print(json.dumps({"summary": "p95 ms per page", "messages": args.n,
+                      "store_built_s": round(built, 1), "worst_p95_ms": max(summary.values()),
+                      "target_p95_ms": 100, **summary}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

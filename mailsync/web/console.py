@@ -1,0 +1,57 @@
+"""The admin console put together: its key, sessions, store readers, application and
+listener, from the configuration in force (:func:`serve`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mailsync.config.admin import Admin
+from mailsync.config.model import Config
+from mailsync.outbound.queue import OutboundStore
+from mailsync.web.app import App, Readers
+from mailsync.web.server import Listener, tls_context
+from mailsync.web.sessions import Sessions, load_key
+
+
+class Console:
+    """A running console: :attr:`app` served by :attr:`listener`; :meth:`close` stops it."""
+
+    def __init__(self, app: App, readers: Readers, listener: Listener) -> None:
+        self.app = app
+        self.readers = readers
+        self.listener = listener
+
+    @property
+    def url(self) -> str:
+        return self.listener.url
+
+    def close(self) -> None:
+        self.listener.close()
+        self.readers.close()
+
+
+def serve(config: Config, current: Callable[[], Config], writes: OutboundStore,
+          wake: Callable[[], None], listen: str | None = None) -> Console:
+    """Serve the console of ``config`` on ``listen`` (default ``daemon.admin_listen``).
+    ``current`` is the configuration in force at each request (users and roles change
+    with a reload), ``writes`` the daemon's store, ``wake`` wakes its senders.
+
+    Raises OSError when the address cannot be bound or the TLS files used, ConfigError
+    for an unusable ``admin.session_key``.
+    """
+    address = listen or config.daemon.admin_listen
+    assert address is not None
+    admin = config.admin or Admin()
+    key = load_key(config.daemon.state_dir, admin.session_key)
+    sessions = Sessions(key, admin.session_lifetime.total_seconds())
+    tls = None
+    if admin.tls_cert_file is not None and admin.tls_key_file is not None:
+        tls = tls_context(admin.tls_cert_file, admin.tls_key_file)
+    readers = Readers(config.daemon.state_dir)
+    app = App(current, readers, writes, sessions, wake=wake)
+    try:
+        listener = Listener(address, app, tls)
+    except BaseException:
+        readers.close()
+        raise
+    return Console(app, readers, listener)

@@ -1,0 +1,151 @@
+"""Requests and responses of the admin console over WSGI, and the headers every
+response carries.
+
+Every response gets :data:`SECURITY_HEADERS` (a strict Content-Security-Policy: no
+script at all, styles and images from the console only, forms posting to it only, no
+framing), and pages ``Cache-Control: no-store``. A message's HTML part is the one
+response with another policy (:data:`MAIL_HTML_POLICY`): nothing may load, no script
+runs, and only the console may frame it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+               "frame-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+# Mail HTML: inline styles only (they can load nothing: every fetch directive is 'none'),
+# sandboxed (no script, no form, no navigation of the console), framed by it alone.
+MAIL_HTML_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'; "
+                    "base-uri 'none'; form-action 'none'; sandbox")
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+MAX_FORM = 64 * 1024
+REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+StartResponse = Callable[..., Any]
+
+
+class Request:
+    """One request: method, path, query, form, cookies, the client's address."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        raw_path = str(environ.get("PATH_INFO", "/"))
+        # WSGI gives the path as latin-1 of its bytes: back to UTF-8 text.
+        self.path = raw_path.encode("latin-1").decode("utf-8", "replace") or "/"
+        self.query = {k: v[-1] for k, v in
+                      parse_qs(str(environ.get("QUERY_STRING", ""))).items()}
+        self.address = str(environ.get("REMOTE_ADDR", ""))
+        self.cookies: dict[str, str] = {}
+        try:
+            jar: SimpleCookie = SimpleCookie(str(environ.get("HTTP_COOKIE", "")))
+            self.cookies = {k: m.value for k, m in jar.items()}
+        except CookieError:
+            pass
+        self._form: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return None if value is None else str(value)
+
+    @property
+    def form(self) -> dict[str, str]:
+        """The urlencoded body of a POST (at most :data:`MAX_FORM` bytes; ValueError
+        past that)."""
+        if self._form is None:
+            try:
+                length = int(self.environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > MAX_FORM:
+                raise ValueError(f"a form of {length} bytes (at most {MAX_FORM})")
+            body = self.environ["wsgi.input"].read(length) if length > 0 else b""
+            self._form = {k: v[-1] for k, v in
+                          parse_qs(body.decode("utf-8", "replace")).items()}
+        return self._form
+
+    def same_origin(self) -> bool:
+        """Whether a POST comes from the console's own pages, as far as the browser says:
+        ``Sec-Fetch-Site`` where it sends one, else ``Origin`` (``null`` under the
+        console's ``Referrer-Policy: no-referrer``); a client that sends neither is let
+        through to the CSRF token check."""
+        site = self.header("Sec-Fetch-Site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = self.header("Origin")
+        if origin is None or origin == "null":
+            return True
+        host = self.header("Host") or ""
+        return origin.split("://", 1)[-1] == host
+
+
+@dataclass
+class Response:
+    """What to send: status, headers, body."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    policy: str = PAGE_POLICY
+    cache: str = "no-store"
+    framing: str = "DENY"
+
+    def send(self, start_response: StartResponse, *, hsts: bool) -> Iterable[bytes]:
+        headers = [("Content-Type", self.content_type),
+                   ("Content-Length", str(len(self.body))),
+                   ("Content-Security-Policy", self.policy),
+                   ("Cache-Control", self.cache),
+                   *((k, self.framing if k == "X-Frame-Options" else v)
+                     for k, v in SECURITY_HEADERS),
+                   *self.headers]
+        if hsts:
+            headers.append(("Strict-Transport-Security", "max-age=31536000"))
+        start_response(f"{self.status} {REASONS.get(self.status, 'Error')}", headers)
+        return [self.body]
+
+
+def redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """A 303 to a path of the console."""
+    return Response(303, b"", "text/plain; charset=utf-8",
+                    [("Location", location), *(headers or [])])
+
+
+def text(status: int, message: str) -> Response:
+    return Response(status, f"{message}\n".encode(), "text/plain; charset=utf-8")
+
+
+def download(data: bytes, filename: str) -> Response:
+    """A file to save, never to show: ``application/octet-stream`` as an attachment
+    (a mail's HTML attachment cannot run in the console's origin)."""
+    safe = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_"
+                   for c in filename) or "attachment"
+    disposition = f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename)}"
+    return Response(200, data, "application/octet-stream",
+                    [("Content-Disposition", disposition)], policy="default-src 'none'; "
+                    "sandbox")
+
+
+def cookie(name: str, value: str, *, secure: bool, max_age: int | None = None,
+           path: str = "/") -> tuple[str, str]:
+    """A ``Set-Cookie`` header: HttpOnly, SameSite=Strict, Secure when served over TLS."""
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
+    if secure:
+        parts.append("Secure")
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    return "Set-Cookie", "; ".join(parts)

@@ -1,0 +1,170 @@
+"""The console's pages: the History listing, one Message, and the operators' actions.
+
+History is a keyset-paginated listing (``before=ID``: the page of the messages older
+than ID, newest first), filtered and searched by :class:`~mailsync.outbound.history.
+Filters`, the read side ``mailsync history`` uses. A message's HTML part is served apart
+(``/messages/ID/html``) for a sandboxed iframe; its attachments and raw ``.eml`` only as
+downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mailsync.config.units import parse_duration
+from mailsync.outbound import history as h
+from mailsync.outbound.actions import ACTIONS, act
+from mailsync.outbound.queue import STATUSES
+from mailsync.web import mail
+from mailsync.web.http import MAIL_HTML_POLICY, Request, Response, download, redirect
+
+if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports this module)
+    from mailsync.web.app import App, Visitor
+
+log = logging.getLogger("mailsync.web")
+
+PAGE_SIZE = 50
+ACTION_NAMES = tuple(ACTIONS)
+FILTERS = ("status", "account", "user", "server", "since", "q")
+
+
+def parse_since(value: str, now: float) -> float:
+    """``2h``, ``7d`` (that long ago) or an ISO date/time (UTC unless it says); ValueError
+    naming the value and what is allowed."""
+    value = value.strip()
+    try:
+        return now - parse_duration(value).total_seconds()
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"since {value!r} is neither a duration nor a date (allowed: 30m, "
+                         "2h, 7d, or an ISO date such as 2026-03-01 or 2026-03-01T14:00)"
+                         ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], str | None]:
+    """The listing's filters from the query, the values to show in the form, and what is
+    wrong with them (None: nothing)."""
+    shown = {k: request.query.get(k, "").strip() for k in FILTERS}
+    error = None
+    status: tuple[str, ...] = ()
+    if shown["status"]:
+        if shown["status"] in STATUSES:
+            status = (shown["status"],)
+        else:
+            error = f"status {shown['status']!r} is not a status (allowed: " \
+                    f"{', '.join(STATUSES)})"
+    since = None
+    if shown["since"]:
+        try:
+            since = parse_since(shown["since"], now)
+        except ValueError as exc:
+            error = str(exc)
+    before = None
+    if request.query.get("before", "").isdigit():
+        before = int(request.query["before"])
+    filters = h.Filters(status=status, account=shown["account"] or None,
+                        user=shown["user"] or None, since=since, limit=PAGE_SIZE + 1,
+                        server=shown["server"] or None, search=shown["q"][:200] or None,
+                        before=before)
+    return filters, shown, error
+
+
+def _chips(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The status chips of a row: its status, then its recipients' problems the status
+    hides (``sent`` and ``1 bounced``): (css class, text)."""
+    chips = [(row["status"], row["status"])]
+    counts = row.get("recipient_statuses") or {}
+    for problem in h.PROBLEMS:
+        if counts.get(problem) and row["status"] != problem:
+            chips.append((problem, f"{counts[problem]} {problem}"))
+    return chips
+
+
+def history(app: App, request: Request, visitor: Visitor) -> Response:
+    """The History page: filters, search, a page of messages, the link to older ones."""
+    config = app.config()
+    filters, shown, error = _filters(request, time.time())
+    rows: list[dict[str, Any]] = []
+    if error is None:
+        with app.reads() as store:
+            rows = h.list_messages(store, filters)
+    older = None
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        older = rows[-1]["id"]
+    keep = {k: v for k, v in shown.items() if v}
+    servers = sorted(config.sending_servers())
+    return app.page(400 if error else 200, "history.html", visitor, title="History",
+                    rows=[{**r, "chips": _chips(r), "created": _short(r["created_at"])}
+                          for r in rows],
+                    shown=shown, error=error, older=older, keep=keep,
+                    newest=filters.before is not None, statuses=STATUSES,
+                    accounts=[a.name for a in config.accounts], users=list(config.users),
+                    servers=servers)
+
+
+def _short(iso: str | None) -> str:
+    """``2026-03-01 14:02:33`` of an ISO time (the listing's column)."""
+    return (iso or "")[:19].replace("T", " ")
+
+
+def message(app: App, request: Request, visitor: Visitor, mid: int, what: str) -> Response:
+    """A message: the page, or (``what``) its HTML part, raw ``.eml`` or an attachment."""
+    with app.reads() as store:
+        found = h.show(store, mid)
+    if found is None:
+        return app.page(404, "error.html", visitor, title="Not found",
+                        message=f"No message {mid}.")
+    raw: bytes | None = found.get("raw")
+    if what == "raw":
+        if raw is None:
+            return app.page(404, "error.html", visitor, title="Not found",
+                            message=f"Message {mid}'s content was pruned or not kept.")
+        return download(raw, f"message-{mid}.eml")
+    parts = mail.parts(raw) if raw is not None else None
+    if what == "html":
+        if parts is None or parts.html is None:
+            return app.page(404, "error.html", visitor, title="Not found",
+                            message=f"Message {mid} has no HTML part.")
+        return Response(200, parts.html.encode("utf-8"), "text/html; charset=utf-8",
+                        policy=MAIL_HTML_POLICY, framing="SAMEORIGIN")
+    if what.startswith("parts/"):
+        one = mail.attachment(raw, int(what[6:])) if raw is not None else None
+        if one is None:
+            return app.page(404, "error.html", visitor, title="Not found",
+                            message=f"Message {mid} has no attachment {what[6:]}.")
+        return download(one[1], one[0])
+    actions = [name for name, a in ACTIONS.items() if found["status"] in a.allowed]
+    return app.page(200, "message.html", visitor, title=f"Message {mid}", m=found,
+                    chips=_chips(found), parts=parts, actions=actions,
+                    done=request.query.get("done") if request.query.get("done")
+                    in ACTION_NAMES else None, short=_short)
+
+
+def action(app: App, visitor: Visitor, mid: int, name: str) -> Response:
+    """An operator's retry, hold, release or delete: the same transition as ``mailsync
+    queue NAME ID``, recorded in the message's history with the operator's name."""
+    try:
+        old = act(app.writes, name, mid, time.time(), by=visitor.user.name)
+    except KeyError:
+        return app.page(404, "error.html", visitor, title="Not found",
+                        message=f"No message {mid}.")
+    except ValueError as exc:
+        allowed = ", ".join(ACTIONS[name].allowed)
+        return app.page(409, "error.html", visitor, title="Not possible",
+                        message=f"Message {mid} is {exc}; {name} applies to {allowed} "
+                        "messages.")
+    log.info("admin console: %s %s message %d (%s -> %s)", visitor.user.name, name, mid,
+             old, ACTIONS[name].new)
+    if ACTIONS[name].new == "queued":
+        app.wake()
+    return redirect(f"/messages/{mid}?done={name}")
