@@ -23,7 +23,6 @@ import io
 import os
 import socket
 import ssl
-import struct
 import threading
 import time
 from datetime import UTC, datetime
@@ -271,16 +270,9 @@ class Deadline:
     ``settimeout`` releases the GIL, and calling it before every read and write cost
     the sender threads more than the reads themselves. A command may so overrun its
     deadline by up to ``slack``.
-
-    :meth:`in_kernel` moves a plain TCP socket's bound into the kernel (``SO_RCVTIMEO``,
-    ``SO_SNDTIMEO``) and leaves the socket blocking for Python: a socket with a Python
-    timeout polls before every read and write, a second system call and a second GIL
-    hand-off per operation; a blocking one makes one call, which the kernel ends once
-    the time set runs out (each bounded read or write then keeps to the deadline the
-    same way, within ``slack``).
     """
 
-    __slots__ = ("timeout", "rate", "what", "budget", "slack", "_at", "_expired", "_kernel")
+    __slots__ = ("timeout", "rate", "what", "budget", "slack", "_at", "_expired")
 
     def __init__(self, timeout: float, *, rate: float = 0.0) -> None:
         self.timeout = timeout
@@ -290,21 +282,6 @@ class Deadline:
         self.budget = timeout
         self._at: float | None = None
         self._expired = False
-        self._kernel: float | None = None  # in_kernel: the time the kernel bound is set to
-
-    def in_kernel(self, sock: socket.socket) -> None:
-        """From now on bound ``sock`` (plain TCP, not TLS) in the kernel: see the class."""
-        sock.settimeout(None)
-        self._kernel = 0.0
-        self._set_kernel(sock, self.timeout)
-
-    def _set_kernel(self, sock: socket.socket, seconds: float) -> None:
-        # A zero timeval means no limit at all: never less than a millisecond.
-        micros = max(1000, int(seconds * 1_000_000))
-        value = struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-        self._kernel = seconds
 
     def start(self, what: str, budget: float | None = None) -> None:
         """Begin the budget of command ``what`` (named in the error): from now on."""
@@ -331,10 +308,7 @@ class Deadline:
         """Keep ``sock``'s next operation within the time left (None: stopped, the
         socket's timeout unchanged); DeadlineExceeded once none is left."""
         left = self.remaining()
-        if left is not None and self._kernel is not None:
-            if abs(self._kernel - left) > self.slack:
-                self._set_kernel(sock, left)
-        elif left is not None:
+        if left is not None:
             current = sock.gettimeout()  # the stored value: no system call
             # Too long would overrun the deadline; too short (left from an earlier
             # command's end) would time out a command that still has time.
@@ -356,30 +330,11 @@ class Deadline:
 
     def sendall(self, sock: socket.socket, data: bytes) -> None:
         """``sock.sendall(data)`` within the time left (sendall's timeout is a total)."""
-        if self._kernel is not None:
-            self._send_bounded(sock, data)
-            return
         self.bound(sock)
         try:
             sock.sendall(data)
         except TimeoutError:
             raise self.exceeded(sending=True) from None
-
-    def _send_bounded(self, sock: socket.socket, data: bytes) -> None:
-        """sendall in the kernel-bound mode: each send kept to the time left."""
-        view = memoryview(data)
-        while view:
-            try:
-                self.bound(sock)
-            except DeadlineExceeded:
-                raise self.exceeded(sending=True) from None
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:  # the kernel's bound ran out with nothing sent
-                if self._at is None:
-                    raise TimeoutError("timed out") from None
-                continue  # bound() raises once no time is left
-            view = view[sent:]
 
 
 class DeadlineReader(socket.SocketIO):
@@ -406,8 +361,8 @@ class DeadlineReader(socket.SocketIO):
                 raise deadline.exceeded() from None
             if n is not None:
                 break
-            # None: a kernel bound (Deadline.in_kernel) ran out; bound() raises once the
-            # deadline did.
+            # None: a kernel bound (smtpwire.KernelDeadline) ran out; bound() raises once
+            # the deadline did.
             if left is None:
                 raise TimeoutError("timed out")
         if n:

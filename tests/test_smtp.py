@@ -451,13 +451,13 @@ def test_line_endings_and_dot_stuffing_fast_paths_match_the_regular_expressions(
     string of up to 7 of the characters that matter."""
     import itertools
 
-    from mailsync.outbound.smtp import _DOT, _EOL, _crlf, _stuffed
+    from mailsync.outbound.smtpwire import _DOT, _EOL, crlf, stuffed
 
     for size in range(8):
         for chars in itertools.product((b"a", b"\r", b"\n", b"."), repeat=size):
             data = b"".join(chars)
-            assert _crlf(data) == _EOL.sub(b"\r\n", data), data
-            assert _stuffed(data) == _DOT.sub(b"..", data), data
+            assert crlf(data) == _EOL.sub(b"\r\n", data), data
+            assert stuffed(data) == _DOT.sub(b"..", data), data
 
 
 def test_a_message_with_bare_line_ends_and_leading_dots_arrives_stuffed_and_crlf(smtp_server):

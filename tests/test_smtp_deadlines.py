@@ -171,11 +171,12 @@ def test_a_peer_that_stops_reading_times_out_the_send_in_the_kernel_bound_mode()
     buffers are full) ends at the deadline: a total for the whole data, not per send."""
     import socket
 
-    from mailsync.netio import Deadline, DeadlineExceeded
+    from mailsync.netio import DeadlineExceeded
+    from mailsync.outbound.smtpwire import KernelDeadline
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        deadline = Deadline(0.5)
+        deadline = KernelDeadline(0.5)
         deadline.in_kernel(ours)
         deadline.start("message content")
         started = time.monotonic()

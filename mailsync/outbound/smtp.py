@@ -38,30 +38,14 @@ from mailsync.outbound.smtpwire import (
     WIRE_ERRORS,
     Bounded,
     BoundedSSL,
+    crlf,
     describe,
     reply_text,
+    stuffed,
     translate,
 )
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
 
-_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
-_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
-
-
-def _crlf(data: bytes) -> bytes:
-    """``data`` with every line ending CRLF. Composed messages already are: three counts
-    (C loops) tell so without the regex's copy (~4% of the sender's CPU at 3,000/s)."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
-        return data
-    return _EOL.sub(b"\r\n", data)
-
-
-def _stuffed(data: bytes) -> bytes:
-    """``data`` dot-stuffed: a line starting with ``.`` gets another one in front."""
-    if data.startswith(b".") or b"\n." in data:
-        return _DOT.sub(b"..", data)
-    return data
 _BAD_ADDRESS = re.compile(r"[\r\n<> ]")
 
 
@@ -276,7 +260,7 @@ class SmtpSession:
         self, mail_from: str, recipients: list[str], data: bytes
     ) -> list[RecipientResult]:
         smtp = self._smtp
-        data = _crlf(data)
+        data = crlf(data)
         options: list[str] = []
         if not _ascii(mail_from, *recipients):
             if not smtp.has_extn("smtputf8"):
@@ -359,7 +343,7 @@ class SmtpSession:
             data_reply = smtp.getreply()
         code, reply = data_reply
         if code == 354:
-            body = _stuffed(data)
+            body = stuffed(data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
             # Sent and answered within timeout plus the content's time at MIN_RATE.
