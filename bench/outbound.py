@@ -8,6 +8,12 @@ with `max_connections: 4`. Prints one JSON line per run and a summary line with 
 messages/s end to end (process start to exit), CPU per message (mailsync and its pickup
 child), SMTP connections opened, peak RSS.
 
+Each run also sends the same N messages with raw smtplib in the same round (right after
+mailsync's run, to the same sink): 4 threads, each with one persistent ``smtplib.SMTP``
+connection sending its share, no queue and no store. That is the ceiling of Python's SMTP
+client on this machine at that moment; ``raw_smtplib_per_s`` and ``ratio_to_raw``
+(mailsync's rate over it) are printed in each run's line and as medians in the summary.
+
 With ``--daemon``, the same burst goes through a running daemon instead (`mailsync run`,
 idle and healthy before the clock starts): the N files are dropped while it runs, and
 the clock stops when `/metrics` counts N sent. That is the rate applications see when
@@ -27,10 +33,12 @@ import os
 import re
 import resource
 import shutil
+import smtplib
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +119,45 @@ def drop_messages(spool: Path, n: int) -> None:
     ensure_dirs(spool)
     for i in range(n):
         drop_eml(spool, message(i))
+
+
+RAW_THREADS = 4
+
+
+def raw_smtplib(n: int, port: int, threads: int = RAW_THREADS) -> float:
+    """Messages/s of raw smtplib sending the same ``n`` messages to the sink: ``threads``
+    threads, each with one persistent connection sending its share (the clock includes
+    connecting); no queue, no store: the ceiling mailsync's sender is compared with."""
+    shares = [range(t, n, threads) for t in range(threads)]
+    errors: list[BaseException] = []
+
+    def send(share: range) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                for i in share:
+                    smtp.sendmail("notifications@example.com", [f"user{i}@example.org"],
+                                  message(i))
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=send, args=(share,)) for share in shares]
+    start = time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"raw smtplib failed: {errors[0]!r}")
+    return round(n / elapsed, 1)
+
+
+def with_raw(result: dict[str, object], n: int, port: int) -> dict[str, object]:
+    """``result`` with the raw smtplib rate of the same round and mailsync's ratio to it."""
+    raw = raw_smtplib(n, port)
+    result["raw_smtplib_per_s"] = raw
+    result["ratio_to_raw"] = round(float(result["messages_per_s"]) / raw, 3)  # type: ignore[arg-type]
+    return result
 
 
 def one_run(n: int, port: int) -> dict[str, object]:
@@ -203,14 +250,17 @@ def main() -> None:
     results = []
     with sink(port) as sink_name:
         for _ in range(args.runs):
-            r = run(args.n, port)
+            r = with_raw(run(args.n, port), args.n, port)
             r["sink"] = sink_name
             print(json.dumps(r), flush=True)
             results.append(r)
     rate = statistics.median(float(r["messages_per_s"]) for r in results)  # type: ignore[arg-type]
+    raw = statistics.median(float(r["raw_smtplib_per_s"]) for r in results)  # type: ignore[arg-type]
+    ratio = statistics.median(float(r["ratio_to_raw"]) for r in results)  # type: ignore[arg-type]
     if args.daemon:
         print(json.dumps({"bench": "outbound_daemon", "summary": True, "runs": len(results),
-                          "median_messages_per_s": rate, "sink": results[0]["sink"],
+                          "median_messages_per_s": rate, "median_raw_smtplib_per_s": raw,
+                          "median_ratio_to_raw": ratio, "sink": results[0]["sink"],
                           "filesystem": results[0]["filesystem"]}), flush=True)
         return
     conns = statistics.median(int(r["smtp_connections"]) for r in results)  # type: ignore[call-overload]
@@ -218,6 +268,7 @@ def main() -> None:
     cpu = statistics.median(float(r["cpu_ms_per_message"]) for r in results)  # type: ignore[arg-type]
     print(json.dumps({"bench": "outbound", "summary": True, "runs": len(results),
                       "median_messages_per_s": rate, "median_cpu_ms_per_message": cpu,
+                      "median_raw_smtplib_per_s": raw, "median_ratio_to_raw": ratio,
                       "median_smtp_connections": conns,
                       "max_peak_rss_mb": rss, "sink": results[0]["sink"],
                       "filesystem": results[0]["filesystem"],

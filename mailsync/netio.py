@@ -351,13 +351,20 @@ class DeadlineReader(socket.SocketIO):
 
     def readinto(self, b: Any) -> int | None:
         deadline = self._deadline
-        left = deadline.bound(self._socket)
-        try:
-            n = super().readinto(b)
-        except TimeoutError:
+        while True:
+            left = deadline.bound(self._socket)
+            try:
+                n = super().readinto(b)
+            except TimeoutError:
+                if left is None:
+                    raise
+                raise deadline.exceeded() from None
+            if n is not None:
+                break
+            # None: a kernel bound (smtpwire.KernelDeadline) ran out; bound() raises once
+            # the deadline did.
             if left is None:
-                raise
-            raise deadline.exceeded() from None
+                raise TimeoutError("timed out")
         if n:
             deadline.received(n)
         return n

@@ -443,3 +443,29 @@ def test_pool_waits_then_times_out_and_closes_lent_sessions_on_release(smtp_serv
     assert session.broken and pool.open_count == 0
     with pytest.raises(ConnectError):
         pool.acquire()
+
+
+def test_line_endings_and_dot_stuffing_fast_paths_match_the_regular_expressions():
+    """The checks that skip the regex copies (a composed message is CRLF already and
+    rarely has a line starting with a dot) give what the expressions give, for every
+    string of up to 7 of the characters that matter."""
+    import itertools
+
+    from mailsync.outbound.smtpwire import _DOT, _EOL, crlf, stuffed
+
+    for size in range(8):
+        for chars in itertools.product((b"a", b"\r", b"\n", b"."), repeat=size):
+            data = b"".join(chars)
+            assert crlf(data) == _EOL.sub(b"\r\n", data), data
+            assert stuffed(data) == _DOT.sub(b"..", data), data
+
+
+def test_a_message_with_bare_line_ends_and_leading_dots_arrives_stuffed_and_crlf(smtp_server):
+    server = smtp_server()
+    data = b"Subject: dots\n\n.one\r..two\r\nthree\n.\n"
+    with open_session(OutgoingServer(name="s", host="127.0.0.1", port=server.port,
+                                     security="none"), None) as session:
+        delivery = session.send("a@example.com", ["b@example.org"], data)
+    assert [r.status for r in delivery.recipients] == ["sent"]
+    (received,) = server.wait_for(1)
+    assert received.data.replace(b"\r\n", b"\n").endswith(b".one\n..two\nthree\n.\n")

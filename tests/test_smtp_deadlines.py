@@ -113,3 +113,75 @@ def test_a_dripping_server_defers_its_mail_and_frees_its_slot_while_other_mail_f
     # One slot on the slow server: the second message is tried once the first one's
     # attempt gave up (one deadline each), not after a whole dripped reply (~6 s each).
     assert took < 4.5, f"run --once took {took:.1f}s"
+
+
+def _silent_at(step: str) -> slowpeers.Handler:
+    """An SMTP server (PIPELINING) that stops answering at ``step`` (``mail``: the
+    pipelined MAIL, RCPT and DATA go unanswered)."""
+
+    def handle(conn, reader):
+        conn.sendall(b"220 silent ESMTP\r\n")
+        while line := reader.readline(4096):
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-silent\r\n250 PIPELINING\r\n")
+            elif verb == b"MAIL" and step == "mail":
+                time.sleep(30)
+                return
+            else:
+                conn.sendall(b"250 ok\r\n")
+
+    return handle
+
+
+def test_a_plain_text_session_keeps_its_deadlines_in_the_kernel(smtp_server):
+    """A plain TCP session's socket is blocking for Python (one system call per read or
+    write, no poll before each) while the kernel bounds each read and write by the time
+    left (SO_RCVTIMEO, SO_SNDTIMEO); the session still sends."""
+    import socket
+    import struct
+
+    server = smtp_server()
+    with open_session(_server(server.port, timeout=7.0), None) as session:
+        sock = session._smtp.sock
+        assert sock.gettimeout() is None
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            seconds, micros = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option,
+                                                                  16))
+            assert 6.5 <= seconds + micros / 1e6 <= 7.0
+        delivery = session.send("app@example.com", ["a@example.org"], MESSAGE)
+    assert [r.status for r in delivery.recipients] == ["sent"]
+    assert len(server.wait_for(1)) == 1
+
+
+def test_a_silent_server_times_out_at_the_deadline_in_the_kernel_bound_mode():
+    with slowpeers.serve(_silent_at("mail")) as port, \
+            open_session(_server(port), None) as session:
+        started = time.monotonic()
+        with pytest.raises(ConnectError) as caught:
+            session.send("app@example.com", ["a@example.org"], MESSAGE)
+        took = time.monotonic() - started
+    assert caught.value.kind == "timeout"
+    assert str(caught.value) == f"slow (127.0.0.1:{port}): MAIL: no complete reply within 1s"
+    assert 0.9 < took < 2.5, f"the attempt took {took:.1f}s"
+
+
+def test_a_peer_that_stops_reading_times_out_the_send_in_the_kernel_bound_mode():
+    """Bounded in the kernel, a write that cannot go on (the peer reads nothing, the
+    buffers are full) ends at the deadline: a total for the whole data, not per send."""
+    import socket
+
+    from mailsync.netio import DeadlineExceeded
+    from mailsync.outbound.smtpwire import KernelDeadline
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        deadline = KernelDeadline(0.5)
+        deadline.in_kernel(ours)
+        deadline.start("message content")
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as caught:
+            deadline.sendall(ours, b"x" * (64 << 20))
+        took = time.monotonic() - started
+    assert str(caught.value) == "message content: could not be sent within 0.5s"
+    assert 0.45 < took < 1.5, f"the send took {took:.1f}s"

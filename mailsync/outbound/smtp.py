@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -37,14 +38,14 @@ from mailsync.outbound.smtpwire import (
     WIRE_ERRORS,
     Bounded,
     BoundedSSL,
+    crlf,
     describe,
     reply_text,
+    stuffed,
     translate,
 )
 from mailsync.outbound.types import Delivery, RecipientResult, RecipientStatus
 
-_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
-_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 _BAD_ADDRESS = re.compile(r"[\r\n<> ]")
 
 
@@ -99,6 +100,8 @@ def open_session(
                 guard.fail(error)
         else:
             guard("auth", _login, smtp, server.username, password)
+    if type(smtp.sock) is socket.socket:  # plain TCP: its deadlines kept by the kernel
+        guard("connect", smtp.deadline.in_kernel, smtp.sock)
     session = SmtpSession(smtp, server)
     session.mechanism = mechanism
     used = mechanism or getattr(smtp, "mechanism_used", None)
@@ -257,7 +260,7 @@ class SmtpSession:
         self, mail_from: str, recipients: list[str], data: bytes
     ) -> list[RecipientResult]:
         smtp = self._smtp
-        data = _EOL.sub(b"\r\n", data)
+        data = crlf(data)
         options: list[str] = []
         if not _ascii(mail_from, *recipients):
             if not smtp.has_extn("smtputf8"):
@@ -340,7 +343,7 @@ class SmtpSession:
             data_reply = smtp.getreply()
         code, reply = data_reply
         if code == 354:
-            body = _DOT.sub(b"..", data)
+            body = stuffed(data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
             # Sent and answered within timeout plus the content's time at MIN_RATE.
