@@ -9,7 +9,8 @@ drop was timed with. Single messages are dropped into the idle daemon one at a t
 ``--reloads`` times, and the time until `mailsync_config_reloads_total` counts it is
 taken from /metrics. Prints one JSON line per run and a summary line with medians.
 
-Targets (issue #5): p50 ≤ 20 ms, p99 ≤ 100 ms; reload ≤ 1 s.
+Targets: drop → accepted p50 ≤ 10 ms on the idle daemon (issue #19; #5 asked ≤ 20 ms),
+p99 ≤ 100 ms; reload ≤ 1 s. The summary's ``ok`` says whether the medians meet them.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def one_run(n: int, reloads: int, gap: float, sink: Sink, port: int) -> dict[str
         if code != 0:
             raise SystemExit(f"the daemon exited {code}: {(root / 'daemon.log').read_text()}")
         return {"bench": "latency", "drops": n, "p50_ms": round(pct(latencies, 50), 2),
-                "p90_ms": round(pct(latencies, 90), 2), "p99_ms": round(pct(latencies, 99), 2),
+                "p90_ms": round(pct(latencies, 90), 2), "p95_ms": round(pct(latencies, 95), 2),
+                "p99_ms": round(pct(latencies, 99), 2),
                 "max_ms": round(max(latencies), 2), "reloads": reloads,
                 "reload_median_ms": round(statistics.median(reload_ms), 1),
                 "reload_max_ms": round(max(reload_ms), 1), "filesystem": fs,
@@ -196,10 +198,13 @@ def main() -> None:
             results.append(r)
     finally:
         controller.stop()
-    summary = {"bench": "latency", "summary": f"median of {len(results)} runs"}
-    for key in ("p50_ms", "p99_ms", "reload_median_ms", "reload_max_ms"):
-        summary[key] = statistics.median(float(r[key]) for r in results)  # type: ignore[arg-type]
-    summary["targets"] = "p50 <= 20 ms, p99 <= 100 ms, reload <= 1000 ms"
+    medians = {key: statistics.median(float(r[key]) for r in results)  # type: ignore[arg-type]
+               for key in ("p50_ms", "p95_ms", "p99_ms", "reload_median_ms", "reload_max_ms")}
+    summary: dict[str, object] = {"bench": "latency",
+                                  "summary": f"median of {len(results)} runs", **medians}
+    summary["targets"] = "p50 <= 10 ms, p99 <= 100 ms, reload <= 1000 ms"
+    summary["ok"] = (medians["p50_ms"] <= 10 and medians["p99_ms"] <= 100
+                     and medians["reload_median_ms"] <= 1000)
     print(json.dumps(summary), flush=True)
 
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,9 +57,10 @@ def wait_until(check: Callable[[], object], timeout: float = 10.0, what: str = "
 class DaemonProcess:
     """``mailsync run -c CONFIG`` in a subprocess, its log in ``log_path``."""
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
         self.config = config
-        self.log_path = config.parent / "daemon.log"
+        self.log_path = log_path or config.parent / "daemon.log"
         text = config.read_text()
         port = text.split("metrics_listen: 127.0.0.1:", 1)[1].split()[0]
         self.url = f"http://127.0.0.1:{port}"
@@ -134,7 +136,7 @@ def daemons_fixture() -> Iterator[Callable[..., DaemonProcess]]:
     is returned; those still running are killed at teardown."""
     started: list[DaemonProcess] = []
 
-    def start(config: Path, **kwargs: dict[str, str]) -> DaemonProcess:
+    def start(config: Path, **kwargs: Any) -> DaemonProcess:
         d = DaemonProcess(config, **kwargs)
         started.append(d)
         d.wait_healthy()

@@ -42,8 +42,11 @@ def _odd_entries(tmp_path: Path, spool: Path) -> Path:
     secret.write_bytes(SECRET)
     os.chmod(secret, 0o600)
     (new / ODD[1]).symlink_to(secret)
-    (new / ODD[2]).mkdir()
-    (new / ODD[2] / "inside.eml").write_bytes(b"x")
+    # Made in tmp/ and renamed into new/ whole: a running daemon takes new/'s entries
+    # within a millisecond, and may move an empty directory before it has its file.
+    (spool / "tmp" / ODD[2]).mkdir()
+    (spool / "tmp" / ODD[2] / "inside.eml").write_bytes(b"x")
+    os.rename(spool / "tmp" / ODD[2], new / ODD[2])
     return secret
 
 

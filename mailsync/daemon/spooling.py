@@ -3,9 +3,10 @@
 - :class:`Intake` takes spool files into the store: through the long-lived pickup child
   (forked before any thread, so that parsing and composing do not take the GIL from the
   senders), or in this process when there is none or it died.
-- :class:`SpoolLoop` runs an intake pass when watchdog (inotify) reports a file in
-  ``spool/new/`` and every ``RESCAN`` seconds (the safety net and the source of truth: a
-  missed event delays a message, it never loses one).
+- :class:`SpoolLoop` runs an intake pass when inotify reports a file in ``spool/new/``
+  (its :class:`~mailsync.daemon.wakeup.Doorbell`) and every ``RESCAN`` seconds (the
+  safety net and the source of truth: a missed event delays a message, it never loses
+  one).
 - :class:`DeliverLoop` keeps one :class:`~mailsync.outbound.deliver.Deliverer` pass
   running for the daemon's life, woken by each spool commit.
 
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from mailsync.config.model import Config
+from mailsync.daemon.wakeup import Doorbell
 from mailsync.errors import MailsyncError, StoreUnavailable
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
@@ -77,7 +79,7 @@ class SpoolLoop:
     intake: Intake
 
     def __init__(self, store: Store, stopping: threading.Event, deliverer: Deliverer) -> None:
-        self.wake = threading.Event()  # a file arrived, or the store commits again
+        self.wake = Doorbell()  # a file arrived, or the store commits again
         self._store = store
         self._stopping = stopping
         self._deliverer = deliverer

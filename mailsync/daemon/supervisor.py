@@ -11,8 +11,8 @@ stops them; each part is a module of its own:
   passes) and ``mailsync-deliver`` with its workers (one deliverer pass that lives as
   long as the daemon, with one connection pool per outgoing server).
 - :mod:`~mailsync.daemon.mailboxes`: a ``mailsync-poll-NAME`` thread per incoming server.
-- :mod:`~mailsync.daemon.watch`: watchdog's observer (the config file's directory,
-  ``spool/new/``).
+- :mod:`~mailsync.daemon.watch`: watchdog's observer on the config file's directory,
+  and the spool thread's inotify watch on ``spool/new/``.
 - :mod:`~mailsync.daemon.health`: ``/healthz`` and the systemd watchdog's verdict.
 - :mod:`~mailsync.daemon.reload`: load → validate → plan → apply, one
   ``part.reconfigure(new)`` after another; the metrics endpoint it may move.
@@ -363,8 +363,10 @@ class Daemon:
             if sender.is_alive():
                 log.error("messages still being sent after %gs; exiting anyway (they are "
                           "queued again at the next start)", STOP_TIMEOUT)
-        if self._spool is not None and self._spool.thread.ident is not None:
-            self._spool.thread.join(5.0)
+        if self._spool is not None:
+            if self._spool.thread.ident is not None:
+                self._spool.thread.join(5.0)
+            self._spool.wake.close()
         if self._mailboxes is not None:
             self._mailboxes.join(5.0)
         if deliverer is not None:

@@ -1,22 +1,23 @@
 """Watching the config file and the spool: watchdog's observer (inotify) on the config
-file's directory and on ``spool/new/``, and the periodic stat of the file (the safety net
-for a missed event or a config on a network mount).
+file's directory, the periodic stat of the file (the safety net for a missed event or a
+config on a network mount), and the spool thread's :class:`Doorbell` on ``spool/new/``.
 
 :class:`Watch` notes when the file changed (the supervisor reloads it after a short
-debounce) and wakes the spool thread when a file arrives in ``new/``.
+debounce); the kernel wakes the spool thread when a file arrives in ``new/`` (an inotify
+watch of the doorbell's own, not watchdog's: no Python code runs per spool file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mailsync.config.model import Config
+from mailsync.daemon.wakeup import Doorbell
 
 RESCAN = 5.0  # the config file's periodic check (seconds)
 DEBOUNCE = 0.1  # editors write, rename and chmod in a burst: wait for quiet
@@ -24,10 +25,10 @@ DEBOUNCE = 0.1  # editors write, rename and chmod in a burst: wait for quiet
 
 class Watch:
     """The config file's state and the observer; ``poke`` wakes the supervisor (any
-    thread), ``spool_wake`` the spool thread."""
+    thread); ``spool_wake`` is rung by the kernel when a file arrives in ``new/``."""
 
     def __init__(self, config_path: Path, poke: Callable[[], None],
-                 spool_wake: threading.Event) -> None:
+                 spool_wake: Doorbell) -> None:
         self.config_path = config_path
         self.changed_at: float | None = None  # an event seen, not yet acted on (monotonic)
         self.file_stat: tuple[int, int, int] | None = None  # when last acted on
@@ -35,8 +36,6 @@ class Watch:
         self._poke = poke
         self._spool_wake = spool_wake
         self._observer: Any = None
-        self._spool_watch: Any = None
-        self._spool_events: Any = None
         self._spool_dir: Path | None = None
         self._next_stat = time.monotonic() + RESCAN
 
@@ -66,17 +65,10 @@ class Watch:
                     watch.changed_at = time.monotonic()
                     watch._poke()
 
-        class SpoolEvents(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("created", "moved", "closed"):
-                    watch._spool_wake.set()
-
-        self._spool_events = SpoolEvents()
+        self._spool_dir = config.daemon.spool_dir
+        self._spool_wake.watch(self._spool_dir / "new")
         observer = Observer()
         observer.schedule(ConfigEvents(), str(config_dir), recursive=False)
-        self._spool_dir = config.daemon.spool_dir
-        self._spool_watch = observer.schedule(
-            self._spool_events, str(self._spool_dir / "new"), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -90,9 +82,7 @@ class Watch:
         spool_dir = config.daemon.spool_dir
         if self._observer is None or spool_dir == self._spool_dir:
             return
-        self._observer.unschedule(self._spool_watch)
-        self._spool_watch = self._observer.schedule(
-            self._spool_events, str(spool_dir / "new"), recursive=False)
+        self._spool_wake.watch(spool_dir / "new")
         self._spool_dir = spool_dir
 
     def debounced(self, now: float) -> str | None:
