@@ -104,6 +104,17 @@ def test_enqueue_claim_and_deliver_then_history_lists_and_shows_it(store):
     assert queue.prune(10_000.0, 1.0) == 1  # the failed-then-queued one is not finished
 
 
+def test_a_subject_search_ignores_case_on_either_backend(store):
+    queue = OutboundStore(store)
+    raw = b"Subject: x\r\n\r\nbody\r\n"
+    done = queue.ingest([NewMessage("a.json", "sha-a", "alice", "sales", "sales@example.com",
+                                    "<a@example.com>", "Invoice 42 for ACME", raw,
+                                    ("a@example.com",), None)], 100.0)
+    rows = history.list_messages(queue, history.Filters(search="invoice 42 for acme"))
+    assert [r["id"] for r in rows] == [done.queued["a.json"]]
+    assert history.list_messages(queue, history.Filters(search="invoice 43")) == []
+
+
 def test_ids_continue_after_explicit_ones(store, backend):
     assert store.dialect == ("sqlite" if backend is None else "postgresql")
     queue = OutboundStore(store)
