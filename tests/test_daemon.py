@@ -25,7 +25,7 @@ from tests.daemon_helpers import (
     wait_until,
 )
 from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture, message  # noqa: F401
-from tests.outbound_helpers import history, run, server_yaml
+from tests.outbound_helpers import history, run, run_once, server_yaml
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
 
 RUN_TIMEOUT = 30
@@ -467,11 +467,17 @@ def test_sigterm_while_the_backlog_is_being_taken_stops_the_pickup_child(tmp_pat
     time.sleep(0.2)
     assert _processes_naming(str(config)) == []
     assert "Traceback" not in d.log and "ERROR" not in d.log
-    # Whatever was not taken is still in the spool, and what was is queued: none lost.
+    # Whatever was not taken is still in the spool, and what was is queued. The child is
+    # stopped mid-pass: files of its last committed batch may still be in new/ (queued
+    # and not yet removed); the next pass knows them (spool_claims) and queues them once.
     left = len(list((tmp_path / "spool" / "new").iterdir()))
     statuses = _statuses(config)
-    assert sum(statuses.values()) + left == 3000
     assert set(statuses) <= {"queued", "deferred"}
+    assert 3000 <= sum(statuses.values()) + left <= 3000 + 1000  # at most one batch in both
+    run_once(config)  # takes the rest (the relay is down: all deferred)
+    assert list((tmp_path / "spool" / "new").iterdir()) == []
+    subjects = [row["subject"] for row in history(config, "--limit", "10000")]
+    assert sorted(subjects) == sorted(f"backlog {i}" for i in range(3000))  # none lost, none twice
 
 
 def _children(pid: int) -> list[int]:
