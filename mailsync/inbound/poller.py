@@ -7,6 +7,12 @@ With ``deliver_to``, the batch is written to the Maildir before the commit, unde
 that make a rewrite after a crash a no-op. So a crash at any point neither loses a
 message nor stores it twice.
 
+With a ``lease`` (several nodes on one store: mailsync/daemon/leases.py), a batch is
+fetched only while the lease is valid by this node's clock, and stored only if it
+still holds in the database, checked in the batch's own transaction: a node that lost
+its lease stores nothing (:class:`LeaseLost`), and the node that took it over goes on
+from the fetch state committed last.
+
 A long-running daemon keeps one Poller per server in its own thread::
 
     while not stop.is_set():
@@ -32,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
@@ -57,6 +63,22 @@ log = logging.getLogger("mailsync.inbound")
 OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None]
 """Called inside the storing transaction for each new message of a server with an
 ``activity`` rule: (connection, server, fetched id, subject, now)."""
+
+
+
+class Lease(Protocol):
+    """This node's hold on polling one server (mailsync.daemon.leases.MailboxLease)."""
+
+    def valid(self) -> bool:
+        """Whether this node may poll the server now (its own clock)."""
+
+    def fence(self, conn: sqlite3.Connection) -> bool:
+        """In a batch's transaction: whether the lease still holds in the database."""
+
+
+class LeaseLost(MailsyncError):
+    """The lease of the server was lost while polling: the batch was not stored."""
+
 
 BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
 BACKOFF_MAX = 300.0  # ...doubling up to the larger of this and its poll_interval
@@ -140,8 +162,9 @@ class Poller:
                  clock: Callable[[], float] = time.time,
                  source: Source | None = None,
                  context: ssl.SSLContext | None = None,
-                 tokens: TokenCache | None = None) -> None:
+                 tokens: TokenCache | None = None, lease: Lease | None = None) -> None:
         self.config = config
+        self.lease = lease
         self.server = server
         self.store = store
         self.metrics = metrics
@@ -181,6 +204,12 @@ class Poller:
         except (ConnectError, SecretError) as exc:
             self._failed(result, exc)
             reached = False
+        except LeaseLost as exc:  # not a failure: another node polls the server now
+            result.error, result.kind = str(exc), "lease_lost"
+            log.warning("%s", exc)
+            self.source.close()
+            result.duration = time.monotonic() - started
+            return result
         except (StoreError, sqlite3.Error) as exc:
             self._failed(result, StoreRefused.of(exc))
             reached = None
@@ -268,6 +297,9 @@ class Poller:
         if self.writer is not None:
             self.writer.begin_poll()
         for batch in self.source.batches(cursor, self.known):
+            if self.lease is not None and not self.lease.valid():
+                raise LeaseLost(f"{self.server.name}: the lease of this mailbox ran out while "
+                                "polling: what was fetched is left for the node that takes it")
             if batch.cursor is not None and batch.cursor.changes > changes:
                 result.uidvalidity_changed = True
             self._commit(batch, result)
@@ -295,6 +327,10 @@ class Poller:
         skipped: list[Skipped] = []
         now = self.clock()
         with self.store.transaction() as conn:
+            if self.lease is not None and not self.lease.fence(conn):
+                raise LeaseLost(f"{self.server.name}: another node holds the lease of this "
+                                "mailbox now: the batch fetched is not stored (that node "
+                                "fetches it)")
             skipped = [s for s in batch.skipped
                        if records.insert_skipped(conn, name, folder, s, now)]
             for message, summary, verdict in parsed:
@@ -377,5 +413,6 @@ def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
     return results
 
 
-__all__ = ["OnMessage", "PollResult", "Poller", "StoreRefused", "check_incoming", "describe",
-           "make_source", "poll_all_once", "retry_delay", "unique_messages"]
+__all__ = ["Lease", "LeaseLost", "OnMessage", "PollResult", "Poller", "StoreRefused",
+           "check_incoming", "describe", "make_source", "poll_all_once", "retry_delay",
+           "unique_messages"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from mailsync.activities import tables as activity_tables
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
+from mailsync.store import leases
 
 MIGRATIONS: list[str] = [
     # 1: the last applied configuration, for `mailsync plan`.
@@ -49,4 +50,8 @@ MIGRATIONS: list[str] = [
     inbound_tables.SKIPPED_MIGRATION,
     # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
     outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
+    # 12: leases on work one node of a shared store does at a time: polling an incoming
+    # server, the retention pruning (mailsync/store/leases.py). (Numbered 12: 10 and 11
+    # are the ones merged before it.)
+    leases.MIGRATION,
 ]
