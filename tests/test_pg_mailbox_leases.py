@@ -6,7 +6,9 @@ The two-daemon failover is tests/test_pg_mailbox_leases_e2e.py.
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,7 @@ from mailsync.store import Store
 from mailsync.store import leases as sql
 from mailsync.store.leases import SINGLETON, LeaseState, Timing
 from mailsync.telemetry.metrics import Metrics
+from tests.daemon_helpers import wait_until
 from tests.dovecot import (  # noqa: F401
     dovecot_fixture,
     incoming_yaml,
@@ -238,3 +241,49 @@ def test_mailbox_lease_defaults_to_30s_and_a_too_short_one_is_refused(tmp_path, 
     cfg.write_text(cfg.read_text().replace("mailbox_lease: 1s", "mailbox_lease: soon"))
     refused = run(["validate", "-c", str(cfg)])
     assert refused.exit_code == 1 and "mailbox_lease" in refused.output
+
+
+# -- a thread in IMAP IDLE ------------------------------------------------------------------
+def test_a_mailbox_in_idle_stops_when_its_lease_runs_out_and_goes_on_once_held_again(
+        tmp_path, mailbox, pg_dsn, monkeypatch):
+    from mailsync.daemon.mailboxes import Mailbox
+
+    monkeypatch.setenv("MAILSYNC_DSN", pg_dsn)
+    _, loaded = _config(tmp_path, mailbox, lease="30s", store_yaml=(
+        "  store: {postgresql: {dsn: {env: MAILSYNC_DSN}}}\n"))
+    config = loaded.config
+    store = Store.open(config.daemon.state_dir, backend=config.daemon.store)
+    now = [1000.0]
+    keeper = LeaseKeeper(store, config, Metrics(), holder="n:1", clock=lambda: now[0])
+    keeper.tick()
+    poller = Poller(config, config.incoming_servers[0], store, Metrics(),
+                    verp_key=load_key(config.daemon.state_dir), lease=keeper.lease("support"))
+    stop = threading.Event()
+    box = Mailbox(poller, stop, on_failure=print, lease=keeper.lease("support"))
+
+    def stored():
+        return store.conn.execute("SELECT count(*) FROM fetched").fetchone()[0]
+
+    def sessions():  # this process's established connections to Dovecot's IMAP port
+        port = f":{mailbox.dovecot.port('imap'):04X}"
+        lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
+        return sum(1 for line in lines
+                   if line.split()[2].endswith(port) and line.split()[3] == "01")
+
+    try:
+        mailbox.append(message(0))
+        wait_until(lambda: stored() == 1, 10, "the first message stored")
+        time.sleep(0.5)  # in IDLE now (Dovecot offers it)
+        assert sessions() == 1
+        now[0] += 22.0  # no renewal for 0.9 x 30 s - 30 s / 6: this node stops
+        wait_until(lambda: sessions() == 0, 3, "IDLE ends and the session is closed")
+        mailbox.append(message(1))
+        time.sleep(1.5)
+        assert stored() == 1  # IDLE would have reported it: the node no longer polls
+        keeper.tick()  # renewed (the row was still this node's): polling goes on
+        wait_until(lambda: stored() == 2, 10, "the second message once held again")
+    finally:
+        stop.set()
+        box.thread.join(10)
+        keeper.stop()
+        store.close()
