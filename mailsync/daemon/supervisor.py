@@ -134,8 +134,7 @@ class Daemon:
         store.on_outage = self._store_outage
         self.health.watch(store=store)
         runtime = Runtime(self.config_path, loaded, store, load_key(state_dir), self.metrics)
-        # As `run --once` does; on a shared store the node holding the singleton lease
-        # prunes (see _supervise), not every node at its start.
+        # As `run --once` does; on a shared store the singleton's holder prunes (_supervise)
         runtime.prepare(prune=store.dialect != "postgresql")
         self.runtime = runtime
         set_reload_metrics(self.metrics, loaded, ok=True, count=False)

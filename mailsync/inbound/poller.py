@@ -7,11 +7,8 @@ With ``deliver_to``, the batch is written to the Maildir before the commit, unde
 that make a rewrite after a crash a no-op. So a crash at any point neither loses a
 message nor stores it twice.
 
-With a ``lease`` (several nodes on one store: mailsync/daemon/leases.py), a batch is
-fetched only while the lease is valid by this node's clock, and stored only if it
-still holds in the database, checked in the batch's own transaction: a node that lost
-its lease stores nothing (:class:`LeaseLost`), and the node that took it over goes on
-from the fetch state committed last.
+With a ``lease`` (several nodes: mailsync/inbound/leases.py), a node that lost it
+stores nothing (:class:`LeaseLost`): the lease is checked in each batch's transaction.
 
 A long-running daemon keeps one Poller per server in its own thread::
 
@@ -38,13 +35,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError, StoreError
 from mailsync.inbound import records
 from mailsync.inbound.adapters import check_incoming, make_source
+from mailsync.inbound.leases import Lease, LeaseLost
 from mailsync.inbound.maildir import MaildirWriter
 from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
@@ -64,20 +62,6 @@ OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None
 """Called inside the storing transaction for each new message of a server with an
 ``activity`` rule: (connection, server, fetched id, subject, now)."""
 
-
-
-class Lease(Protocol):
-    """This node's hold on polling one server (mailsync.daemon.leases.MailboxLease)."""
-
-    def valid(self) -> bool:
-        """Whether this node may poll the server now (its own clock)."""
-
-    def fence(self, conn: sqlite3.Connection) -> bool:
-        """In a batch's transaction: whether the lease still holds in the database."""
-
-
-class LeaseLost(MailsyncError):
-    """The lease of the server was lost while polling: the batch was not stored."""
 
 
 BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
@@ -208,7 +192,6 @@ class Poller:
             result.error, result.kind = str(exc), "lease_lost"
             log.warning("%s", exc)
             self.source.close()
-            result.duration = time.monotonic() - started
             return result
         except (StoreError, sqlite3.Error) as exc:
             self._failed(result, StoreRefused.of(exc))
@@ -329,8 +312,7 @@ class Poller:
         with self.store.transaction() as conn:
             if self.lease is not None and not self.lease.fence(conn):
                 raise LeaseLost(f"{self.server.name}: another node holds the lease of this "
-                                "mailbox now: the batch fetched is not stored (that node "
-                                "fetches it)")
+                                "mailbox now: the batch is not stored (that node fetches it)")
             skipped = [s for s in batch.skipped
                        if records.insert_skipped(conn, name, folder, s, now)]
             for message, summary, verdict in parsed:
