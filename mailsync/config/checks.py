@@ -93,6 +93,18 @@ def _store_checks(config: Config) -> Iterator[Finding]:
         yield ("warning", ("daemon", "store", "postgresql"), missing)
 
 
+MIN_MAILBOX_LEASE = 3  # seconds: renewed every third of it, asked for every tenth
+
+
+def _lease_checks(config: Config) -> Iterator[Finding]:
+    """daemon.mailbox_lease: long enough to be renewed in time (mailsync/store/leases.py)."""
+    seconds = config.daemon.mailbox_lease.total_seconds()
+    if seconds < MIN_MAILBOX_LEASE:
+        yield ("error", ("daemon", "mailbox_lease"),
+               f"mailbox_lease {seconds:g}s is too short: at least {MIN_MAILBOX_LEASE}s (a "
+               "node renews its leases every third of it; 30s by default)")
+
+
 def _tls_warning(path: Path, tls_verify: bool, security: str | None) -> Iterator[Finding]:
     if not tls_verify and security != "none":
         yield ("warning", path + ("tls_verify",),
@@ -153,6 +165,7 @@ def _check(config: Config, data: dict[str, Any],
     yield from tls.daemon(data.get("daemon") or {}, config.daemon.tls)
     yield from _store_checks(config)
     yield from admin.check(config, data)
+    yield from _lease_checks(config)
     retry = config.daemon.retry
     if retry.first > retry.max:
         yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")

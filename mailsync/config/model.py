@@ -214,6 +214,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         helo_name=dd.get("helo_name"),
         tls=_tls({}, dd, base_dir),
         store=_store(dd.get("store"), base_dir),
+        mailbox_lease=_dur(dd.get("mailbox_lease"), timedelta(seconds=30)),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),

@@ -76,6 +76,9 @@ class Daemon:
     helo_name: str | None = None  # None: this machine's FQDN (netio.helo_name)
     tls: Tls = Tls()  # the defaults of the servers' TLS keys (already filled in there)
     store: StoreBackend = StoreBackend()  # daemon.store: SQLite in state_dir by default
+    # Several nodes on one PostgreSQL store: how long a node's hold on an incoming server
+    # (and on the singleton work) lasts without renewal (mailsync/store/leases.py).
+    mailbox_lease: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)

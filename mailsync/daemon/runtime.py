@@ -22,10 +22,10 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.load import Loaded
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import MailsyncError
-from mailsync.inbound.poller import Poller
+from mailsync.inbound.poller import Lease, Poller
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey
-from mailsync.store import Store
+from mailsync.store import Store, leases
 from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.daemon")
@@ -71,15 +71,17 @@ class Runtime:
                                  observer=metrics.oauth2_observer)
         self.hook = ActivityHook(self.config)  # fetched mail -> its rule's activity
 
-    def prepare(self) -> None:
-        """The start: requeue what was being sent, prune the history, record the applied
-        configuration, prime the metrics."""
+    def prepare(self, *, prune: bool = True) -> None:
+        """The start: requeue what was being sent, prune the history (unless ``prune`` is
+        False: the daemon on a shared store prunes once it holds the singleton lease),
+        record the applied configuration, prime the metrics."""
         config = self.config
         now = time.time()
         requeued = self.outbound.recover(now)
         if requeued:
             log.info("%d messages interrupted while sending were queued again", requeued)
-        self.outbound.prune(now, config.daemon.history_retention.total_seconds())
+        if prune:
+            self.prune_once(now)
         self.record_applied(self.loaded)
         self.metrics.prime(config)
 
@@ -97,6 +99,25 @@ class Runtime:
             self.store.record_applied_config(loaded.text, loaded.sha256,
                                              str(self.config_path.resolve()))
 
+    def prune_once(self, now: float) -> None:
+        """Prune at the start of a run: on a shared (PostgreSQL) store only while this
+        process holds the singleton lease, taken for the pruning and given back (a node
+        that holds it goes on holding it: this run skips the pruning)."""
+        retention = self.config.daemon.history_retention.total_seconds()
+        if self.store.dialect != "postgresql":
+            self.outbound.prune(now, retention)
+            return
+        holder = f"{leases.holder_name()}:once"
+        term = self.config.daemon.mailbox_lease.total_seconds()
+        with self.store.transaction() as conn:
+            if not leases.take(conn, self.store.dialect, leases.SINGLETON, holder, term):
+                return
+        try:
+            self.outbound.prune(now, retention)
+        finally:
+            with self.store.transaction() as conn:
+                leases.release(conn, [leases.SINGLETON], holder)
+
     def prune(self) -> None:
         """Drop the content of the messages older than the history retention."""
         pruned = self.outbound.prune(time.time(),
@@ -104,7 +125,8 @@ class Runtime:
         if pruned:
             log.info("history retention: dropped the content of %d old messages", pruned)
 
-    def poller(self, config: Config, server: IncomingServer) -> Poller:
-        """A poller of ``server`` under ``config``, with the shared key, tokens and hook."""
+    def poller(self, config: Config, server: IncomingServer, lease: Lease) -> Poller:
+        """A poller of ``server`` under ``config``, with the shared key, tokens and hook,
+        polling while ``lease`` holds."""
         return Poller(config, server, self.store, self.metrics, verp_key=self.verp_key,
-                      on_message=self.hook, tokens=self.tokens)
+                      on_message=self.hook, tokens=self.tokens, lease=lease)

@@ -11,6 +11,8 @@ stops them; each part is a module of its own:
   passes) and ``mailsync-deliver`` with its workers (one deliverer pass that lives as
   long as the daemon, with one connection pool per outgoing server).
 - :mod:`~mailsync.daemon.mailboxes`: a ``mailsync-poll-NAME`` thread per incoming server.
+- :mod:`~mailsync.daemon.leases`: on a shared store, the leases of the mailboxes this
+  node polls and of the singleton work (the retention pruning), ``mailsync-leases``.
 - :mod:`~mailsync.daemon.watch`: watchdog's observer on the config file's directory,
   and the spool thread's inotify watch on ``spool/new/``.
 - :mod:`~mailsync.daemon.health`: ``/healthz`` and the systemd watchdog's verdict.
@@ -39,6 +41,7 @@ from mailsync.daemon.admin import AdminConsole
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.health import Health, stuck_after
+from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
 from mailsync.daemon.reload import (
     Endpoint,
@@ -61,6 +64,7 @@ from mailsync.outbound.deliver import Deliverer
 from mailsync.outbound.pickup import PickupService
 from mailsync.outbound.verp import load_key
 from mailsync.store import Store, db_path, store_error
+from mailsync.store.leases import SINGLETON
 from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.daemon")
@@ -99,6 +103,7 @@ class Daemon:
         self._spool: SpoolLoop | None = None
         self._deliver: DeliverLoop | None = None
         self._mailboxes: Mailboxes | None = None
+        self._leases: LeaseKeeper | None = None
         self._watch: Watch | None = None
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
@@ -131,7 +136,8 @@ class Daemon:
         store.on_outage = self._store_outage
         self.health.watch(store=store)
         runtime = Runtime(self.config_path, loaded, store, load_key(state_dir), self.metrics)
-        runtime.prepare()  # as `run --once` does
+        # As `run --once` does; on a shared store the singleton's holder prunes (_supervise)
+        runtime.prepare(prune=store.dialect != "postgresql")
         self.runtime = runtime
         set_reload_metrics(self.metrics, loaded, ok=True, count=False)
 
@@ -153,7 +159,9 @@ class Daemon:
         self.health.watch(spool_loop=self._spool, deliver_loop=self._deliver)
         self._deliver.thread.start()
         self._spool.start(intake)
-        self._mailboxes = Mailboxes(runtime.poller, self.health.thread_failed)
+        self._leases = LeaseKeeper(store, config, self.metrics)
+        self._leases.start()
+        self._mailboxes = Mailboxes(runtime.poller, self.health.thread_failed, self._leases)
         self._mailboxes.start(config)
         self._watch = Watch(self.config_path, self._wakeup.poke, self._spool.wake)
         self._watch.start(config, loaded.sha256)
@@ -220,7 +228,8 @@ class Daemon:
         now = time.monotonic()
         next_ping = now
         next_idle_close = now + IDLE_CLOSE_EVERY
-        next_prune = now + PRUNE_EVERY
+        # On a shared store: at once when this node first holds the singleton lease.
+        next_prune = now + (PRUNE_EVERY if self.store.dialect != "postgresql" else 0.0)
         next_status = now + STATUS_EVERY
         next_store_check = now + STORE_PROBE_EVERY
         seen_hups = 0
@@ -256,7 +265,7 @@ class Daemon:
             if now >= next_store_check:
                 next_store_check = now + STORE_PROBE_EVERY
                 self._guarded("checking the store", self._check_store)
-            if now >= next_prune:
+            if now >= next_prune and self._holds(SINGLETON):
                 next_prune = now + PRUNE_EVERY
                 self._guarded("pruning the history", self.runtime.prune)
             if now >= next_status:
@@ -266,6 +275,10 @@ class Daemon:
             if watch.changed_at is not None:
                 timeout = min(timeout, DEBOUNCE)
             wakeup.sleep(timeout)
+
+    def _holds(self, lease: str) -> bool:
+        """Whether this node holds ``lease`` (always on SQLite: one node)."""
+        return self._leases is None or self._leases.holds(lease)
 
     @staticmethod
     def _guarded(what: str, task: Callable[[], object]) -> None:
@@ -369,6 +382,8 @@ class Daemon:
             self._spool.wake.close()
         if self._mailboxes is not None:
             self._mailboxes.join(5.0)
+        if self._leases is not None:  # after the pollers: other nodes take over at once
+            self._leases.stop()
         if deliverer is not None:
             deliverer.close()
         if self._watch is not None:

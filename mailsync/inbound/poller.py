@@ -7,6 +7,9 @@ With ``deliver_to``, the batch is written to the Maildir before the commit, unde
 that make a rewrite after a crash a no-op. So a crash at any point neither loses a
 message nor stores it twice.
 
+With a ``lease`` (several nodes: mailsync/inbound/leases.py), a node that lost it
+stores nothing (:class:`LeaseLost`): the lease is checked in each batch's transaction.
+
 A long-running daemon keeps one Poller per server in its own thread::
 
     while not stop.is_set():
@@ -39,6 +42,7 @@ from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ConnectError, MailsyncError, SecretError, StoreError
 from mailsync.inbound import records
 from mailsync.inbound.adapters import check_incoming, make_source
+from mailsync.inbound.leases import Lease, LeaseLost
 from mailsync.inbound.maildir import MaildirWriter
 from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
@@ -57,6 +61,8 @@ log = logging.getLogger("mailsync.inbound")
 OnMessage = Callable[[sqlite3.Connection, IncomingServer, int, str, float], None]
 """Called inside the storing transaction for each new message of a server with an
 ``activity`` rule: (connection, server, fetched id, subject, now)."""
+
+
 
 BACKOFF_FIRST = 1.0  # seconds before the first probe of a mailbox whose poll failed...
 BACKOFF_MAX = 300.0  # ...doubling up to the larger of this and its poll_interval
@@ -140,8 +146,9 @@ class Poller:
                  clock: Callable[[], float] = time.time,
                  source: Source | None = None,
                  context: ssl.SSLContext | None = None,
-                 tokens: TokenCache | None = None) -> None:
+                 tokens: TokenCache | None = None, lease: Lease | None = None) -> None:
         self.config = config
+        self.lease = lease
         self.server = server
         self.store = store
         self.metrics = metrics
@@ -181,6 +188,11 @@ class Poller:
         except (ConnectError, SecretError) as exc:
             self._failed(result, exc)
             reached = False
+        except LeaseLost as exc:  # not a failure: another node polls the server now
+            result.error, result.kind = str(exc), "lease_lost"
+            log.warning("%s", exc)
+            self.source.close()
+            return result
         except (StoreError, sqlite3.Error) as exc:
             self._failed(result, StoreRefused.of(exc))
             reached = None
@@ -268,6 +280,9 @@ class Poller:
         if self.writer is not None:
             self.writer.begin_poll()
         for batch in self.source.batches(cursor, self.known):
+            if self.lease is not None and not self.lease.valid():
+                raise LeaseLost(f"{self.server.name}: the lease of this mailbox ran out while "
+                                "polling: what was fetched is left for the node that takes it")
             if batch.cursor is not None and batch.cursor.changes > changes:
                 result.uidvalidity_changed = True
             self._commit(batch, result)
@@ -295,6 +310,9 @@ class Poller:
         skipped: list[Skipped] = []
         now = self.clock()
         with self.store.transaction() as conn:
+            if self.lease is not None and not self.lease.fence(conn):
+                raise LeaseLost(f"{self.server.name}: another node holds the lease of this "
+                                "mailbox now: the batch is not stored (that node fetches it)")
             skipped = [s for s in batch.skipped
                        if records.insert_skipped(conn, name, folder, s, now)]
             for message, summary, verdict in parsed:
@@ -377,5 +395,6 @@ def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
     return results
 
 
-__all__ = ["OnMessage", "PollResult", "Poller", "StoreRefused", "check_incoming", "describe",
-           "make_source", "poll_all_once", "retry_delay", "unique_messages"]
+__all__ = ["Lease", "LeaseLost", "OnMessage", "PollResult", "Poller", "StoreRefused",
+           "check_incoming", "describe", "make_source", "poll_all_once", "retry_delay",
+           "unique_messages"]

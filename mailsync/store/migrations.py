@@ -11,6 +11,7 @@ from __future__ import annotations
 from mailsync.activities import tables as activity_tables
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
+from mailsync.store import leases
 
 MIGRATIONS: list[str] = [
     # 1: the last applied configuration, for `mailsync plan`.
@@ -51,4 +52,7 @@ MIGRATIONS: list[str] = [
     outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
     # 10: indexes of the admin console's searches (mailsync/outbound/tables.py).
     outbound_tables.SEARCH_MIGRATION,
+    # 11: leases on work one node of a shared store does at a time: polling an incoming
+    # server, the retention pruning (mailsync/store/leases.py).
+    leases.MIGRATION,
 ]

@@ -140,6 +140,11 @@ class Metrics:
         self.mailbox_last_success = gauge(
             "mailsync_mailbox_last_poll_success_timestamp_seconds",
             "Time of the last successful poll.", ["server"], registry=r)
+        self.mailbox_lease_held = gauge(
+            "mailsync_mailbox_lease_held",
+            "1 when this node holds the lease of the incoming server (it alone polls it: "
+            "always with SQLite; one node of those sharing a PostgreSQL store).", ["server"],
+            registry=r)
         self.config_last_reload_successful = gauge(
             "mailsync_config_last_reload_successful", "1 when the last reload was applied.",
             registry=r)
@@ -197,6 +202,7 @@ class Metrics:
             self.mailbox_poll_interval.labels(inc.name).set(inc.poll_interval.total_seconds())
             self.server_up.labels(inc.name, "incoming")
             self.mailbox_fetched.labels(inc.name)
+            self.mailbox_lease_held.labels(inc.name)
             for result in ("success", "failure"):
                 self.mailbox_polls.labels(inc.name, result)
             for reason in BOUNCE_REFUSED:
