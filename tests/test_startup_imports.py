@@ -194,3 +194,19 @@ def test_the_daemon_collects_garbage_as_python_sets_it():
         assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+# TLS and the IMAP and POP3 libraries are for the servers that speak them: a Maildir poll,
+# `send`, `history` and `status` need none (the Maildir writer's syncfs looks ctypes up
+# at its first delivery).
+WIRE = {"ssl", "_ssl", "imaplib", "poplib", "ctypes", "mailsync.netio",
+        "mailsync.inbound.wireerrors"}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_command_without_a_network_server_to_poll_imports_no_tls(tmp_path, cfg, name):
+    args, stdin = COMMANDS[name]
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # the verdict remembered
+    facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
+    assert "Traceback" not in facts["output"]
+    assert set(facts["modules"]) & WIRE == set()

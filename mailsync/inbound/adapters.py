@@ -7,12 +7,15 @@ a new protocol's adapter is chosen here.
 
 from __future__ import annotations
 
-import ssl
+from typing import TYPE_CHECKING
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import IncomingServer
 from mailsync.inbound.maildir import LocalSource
 from mailsync.inbound.source import Source
+
+if TYPE_CHECKING:
+    import ssl  # annotations only: a Maildir poll imports no TLS
 
 
 def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None,
