@@ -210,3 +210,12 @@ def test_a_command_without_a_network_server_to_poll_imports_no_tls(tmp_path, cfg
     facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
     assert "Traceback" not in facts["output"]
     assert set(facts["modules"]) & WIRE == set()
+
+
+@pytest.mark.parametrize("name", ["inbox poll", "run --once", "send", "history"])
+def test_a_command_on_a_remembered_file_does_not_parse_it_again(tmp_path, cfg, name):
+    args, stdin = COMMANDS[name]
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # verdict and parsed form remembered
+    facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
+    assert "Traceback" not in facts["output"]
+    assert {"yaml", "mailsync.config.yamlload"} & set(facts["modules"]) == set()
