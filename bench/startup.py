@@ -18,8 +18,10 @@ remember the file's schema verdict (state_dir/config-verdicts.json), as any earl
 on the machine would have. Bytecode: the children run without PYTHONDONTWRITEBYTECODE,
 their cache in the scratch directory (PYTHONPYCACHEPREFIX), as an installed package
 has its .pyc; ``--no-bytecode`` runs them as the environment says. ``--source DIR`` runs
-the mailsync found in DIR (another checkout, e.g. a worktree of an older commit) for a
-before/after comparison.
+the mailsync found in DIR (another checkout, e.g. a worktree of an older commit);
+``--against DIR`` also runs the one found in DIR, interleaved in the same rounds (each
+on state and a daemon of its own), and prints each command's ratio: a before/after
+comparison on a busy machine.
 
 Prints one JSON line per command (every sample, the median, in ms) and a summary line.
 State and spool go on a loop-mounted journaled ext4 image when this runs as root and
@@ -50,6 +52,7 @@ version: 1
 daemon:
   state_dir: {root}/{name}/state
   spool_dir: {root}/{name}/spool
+  metrics_listen: 127.0.0.1:{metrics_port}
 alias_domain: {{domain: example.com, bounce: bounce, catchall: catchall}}
 users: [app]
 outgoing_servers:
@@ -65,12 +68,13 @@ accounts:
 incoming_servers:
   - name: local
     type: local
-    path: {root}/maildir
+    path: {maildir}
 {imap}"""
 
 
 def closed_port() -> int:
-    """A loopback port nobody listens on (the relay: run --once has nothing to send)."""
+    """A loopback port nobody listens on now (the relay's: run --once has nothing to
+    send; the daemon's /metrics)."""
     import socket
 
     with socket.socket() as s:
@@ -95,7 +99,7 @@ def imap_mailbox(root: Path) -> Iterator[tuple[str, str | None, str]]:
         port = dovecot.port("imap")
         (root / "mbsync").mkdir()
         rc = (f"IMAPAccount a\nHost 127.0.0.1\nPort {port}\nUser {mailbox.user}\n"
-              f"Pass {mailbox.password}\nTLSType None\nAuthMechs LOGIN\n\n"
+              f"Pass {mailbox.password}\nSSLType None\nAuthMechs LOGIN\n\n"
               "IMAPStore remote\nAccount a\n\n"
               f"MaildirStore local\nPath {root}/mbsync/\nInbox {root}/mbsync/INBOX\n\n"
               "Channel c\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\n"
@@ -133,22 +137,68 @@ sys.path.insert(0, {source!r})
 sys.argv[0] = "mailsync"
 runpy.run_module("mailsync", run_name="__main__", alter_sys=True)
 """
-SOURCE: Path | None = None
 
 
-def mailsync(*args: str) -> list[str]:
-    if SOURCE is not None:
-        return [sys.executable, "-c", BOOT.format(source=str(SOURCE)), *args]
+def mailsync(source: Path | None, *args: str) -> list[str]:
+    if source is not None:
+        return [sys.executable, "-c", BOOT.format(source=str(source)), *args]
     return [sys.executable, "-m", "mailsync", *args]
 
 
-def wait_running(cfg: Path, env: dict[str, str], daemon: subprocess.Popen[bytes]) -> None:
+def wait_running(cmd: list[str], env: dict[str, str],
+                 daemon: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
-    while subprocess.run(mailsync("status", "-c", str(cfg)), env=env,
-                         capture_output=True, check=False).returncode != 0:
+    while subprocess.run(cmd, env=env, capture_output=True, check=False).returncode != 0:
         if daemon.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the daemon did not start")
+            raise SystemExit(f"the daemon did not start: {log.read_text()[-2000:]}")
         time.sleep(0.1)
+
+
+Commands = dict[str, tuple[list[str], bytes]]
+
+
+def prepare(root: Path, source: Path | None, imap: str, env: dict[str, str],
+            stack: contextlib.ExitStack) -> Commands:
+    """The measured mailsync commands of one mailsync (``source``), on state of its own
+    under ``root`` (two versions would take each other's remembered verdicts for foreign
+    ones) and a daemon of its own for ``status``."""
+    port = closed_port()
+    cfgs = {}
+    for name in ("once", "send", "history", "daemon"):
+        (root / name / "state").mkdir(parents=True, mode=0o750)
+        cfgs[name] = root / name / "config.yaml"
+        # metrics_listen: the daemon's own port (another one may hold the default).
+        cfgs[name].write_text(CONFIG.format(root=root, name=name, closed_port=port,
+                                            metrics_port=closed_port(),
+                                            maildir=root.parent / "maildir",
+                                            imap=imap if name == "once" else ""))
+    # 25 messages in history (deferred: the relay's port is closed).
+    for i in range(25):
+        timed(mailsync(source, "send", "-c", str(cfgs["history"]), "--user", "app", "--to",
+                       f"user{i}@example.org", "--subject", f"message {i}"), env, b"hi\n")
+    timed(mailsync(source, "run", "--once", "-c", str(cfgs["history"])), env)
+    log = stack.enter_context(open(root / "daemon.log", "wb"))  # noqa: SIM115 - the stack closes it
+    daemon = subprocess.Popen(mailsync(source, "run", "-c", str(cfgs["daemon"])), env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(daemon.wait, 30)
+    stack.callback(daemon.terminate)
+    status = mailsync(source, "status", "-c", str(cfgs["daemon"]))
+    wait_running(status, env, daemon, root / "daemon.log")
+    once = str(cfgs["once"])
+    commands: Commands = {
+        "inbox poll --server local": (mailsync(source, "inbox", "poll", "--server", "local",
+                                               "-c", once), b""),
+        "run --once": (mailsync(source, "run", "--once", "-c", once), b""),
+        "send": (mailsync(source, "send", "-c", str(cfgs["send"]), "--user", "app", "--to",
+                          "a@example.org", "--subject", "hello"), b"Hello.\n"),
+        "history --limit 20": (mailsync(source, "history", "--limit", "20", "-c",
+                                        str(cfgs["history"])), b""),
+        "status": (status, b""),
+    }
+    if imap:
+        commands["inbox poll --server imap"] = (
+            mailsync(source, "inbox", "poll", "--server", "imap", "-c", once), b"")
+    return commands
 
 
 def main() -> None:
@@ -159,49 +209,23 @@ def main() -> None:
     parser.add_argument("--no-bytecode", action="store_true",
                         help="leave PYTHONDONTWRITEBYTECODE as the environment has it")
     parser.add_argument("--source", type=Path, help="run the mailsync package found here")
+    parser.add_argument("--against", type=Path,
+                        help="also run the mailsync found here, in the same rounds "
+                             "(its commands named '... [against]'), with the ratio")
     args = parser.parse_args()
-    global SOURCE
-    SOURCE = args.source.resolve() if args.source else None
+    source = args.source.resolve() if args.source else None
+    against = args.against.resolve() if args.against else None
     with workdir() as (root, fs), contextlib.ExitStack() as stack:
         imap, mbsyncrc, imap_note = ("", None, "skipped (--no-imap)") if args.no_imap \
             else stack.enter_context(imap_mailbox(root))
         for sub in ("new", "cur", "tmp"):
             (root / "maildir" / sub).mkdir(parents=True, exist_ok=True)
         env = child_env(root, not args.no_bytecode)
-        port = closed_port()
-        cfgs = {}
-        for name in ("once", "send", "history", "daemon"):
-            (root / name / "state").mkdir(parents=True, mode=0o750)
-            cfgs[name] = root / name / "config.yaml"
-            cfgs[name].write_text(CONFIG.format(root=root, name=name, closed_port=port,
-                                                imap=imap if name == "once" else ""))
-        # 25 messages in history (deferred: the relay's port is closed).
-        for i in range(25):
-            timed(mailsync("send", "-c", str(cfgs["history"]), "--user", "app", "--to",
-                           f"user{i}@example.org", "--subject", f"message {i}"), env, b"hi\n")
-        timed(mailsync("run", "--once", "-c", str(cfgs["history"])), env)
-        log = stack.enter_context(open(root / "daemon.log", "wb"))
-        daemon = subprocess.Popen(mailsync("run", "-c", str(cfgs["daemon"])), env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
-        stack.callback(daemon.wait, 30)
-        stack.callback(daemon.terminate)
-        wait_running(cfgs["daemon"], env, daemon)
-
-        once = str(cfgs["once"])
-        commands: dict[str, tuple[list[str], bytes]] = {
-            "python -c pass": ([sys.executable, "-c", "pass"], b""),
-            "inbox poll --server local": (mailsync("inbox", "poll", "--server", "local",
-                                                   "-c", once), b""),
-            "run --once": (mailsync("run", "--once", "-c", once), b""),
-            "send": (mailsync("send", "-c", str(cfgs["send"]), "--user", "app", "--to",
-                              "a@example.org", "--subject", "hello"), b"Hello.\n"),
-            "history --limit 20": (mailsync("history", "--limit", "20", "-c",
-                                            str(cfgs["history"])), b""),
-            "status": (mailsync("status", "-c", str(cfgs["daemon"])), b""),
-        }
-        if imap:
-            commands["inbox poll --server imap"] = (
-                mailsync("inbox", "poll", "--server", "imap", "-c", once), b"")
+        commands: Commands = {"python -c pass": ([sys.executable, "-c", "pass"], b"")}
+        commands.update(prepare(root / "a", source, imap, env, stack))
+        if against is not None:
+            commands.update({f"{name} [against]": cmd for name, cmd in
+                             prepare(root / "b", against, imap, env, stack).items()})
         mbsync = shutil.which("mbsync")
         if mbsync and mbsyncrc:
             (root / "mbsyncrc").write_text(mbsyncrc)
@@ -218,8 +242,11 @@ def main() -> None:
                     samples[name].append(elapsed)
         medians = {name: round(statistics.median(s), 1) for name, s in samples.items()}
         for name, s in samples.items():
+            ratio = {}
+            if f"{name} [against]" in medians:
+                ratio = {"vs_against": round(medians[name] / medians[f"{name} [against]"], 3)}
             print(json.dumps({"bench": "startup", "command": name, "median_ms": medians[name],
-                              "runs_ms": [round(x, 1) for x in s],
+                              "runs_ms": [round(x, 1) for x in s], **ratio,
                               **({"mailbox": imap_note} if "imap" in name else {})}),
                   flush=True)
         if not mbsync:
@@ -229,7 +256,8 @@ def main() -> None:
         elif not mbsyncrc:
             print(json.dumps({"bench": "startup", "command": "mbsync",
                               "note": f"no IMAP mailbox ({imap_note})"}), flush=True)
-        measured = {n: m for n, m in medians.items() if n not in ("python -c pass", "mbsync")}
+        measured = {n: m for n, m in medians.items()
+                    if n not in ("python -c pass", "mbsync") and not n.endswith("[against]")}
         print(json.dumps({
             "bench": "startup", "summary": True, "runs": args.runs, "medians_ms": medians,
             "target_ms": TARGET_MS,
@@ -238,6 +266,7 @@ def main() -> None:
             "bytecode": "as the environment says" if args.no_bytecode
             else "cached (PYTHONPYCACHEPREFIX in the scratch directory)",
             "source": str(args.source or "the installed mailsync"),
+            **({"against": str(args.against)} if args.against else {}),
             "imap_mailbox": imap_note, "filesystem": fs}), flush=True)
 
 

@@ -194,3 +194,51 @@ def test_the_daemon_collects_garbage_as_python_sets_it():
         assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*before)
+
+
+# TLS and the IMAP and POP3 libraries are for the servers that speak them: a Maildir poll,
+# `send`, `history` and `status` need none (the Maildir writer's syncfs looks ctypes up
+# at its first delivery).
+WIRE = {"ssl", "_ssl", "imaplib", "poplib", "ctypes", "mailsync.netio",
+        "mailsync.inbound.wireerrors"}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_command_without_a_network_server_to_poll_imports_no_tls(tmp_path, cfg, name):
+    args, stdin = COMMANDS[name]
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # the verdict remembered
+    facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
+    assert "Traceback" not in facts["output"]
+    assert set(facts["modules"]) & WIRE == set()
+
+
+@pytest.mark.parametrize("name", ["inbox poll", "run --once", "send", "history"])
+def test_a_command_on_a_remembered_file_does_not_parse_it_again(tmp_path, cfg, name):
+    args, stdin = COMMANDS[name]
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # verdict and parsed form remembered
+    facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
+    assert "Traceback" not in facts["output"]
+    assert {"yaml", "mailsync.config.yamlload"} & set(facts["modules"]) == set()
+
+
+def test_an_imap_poll_imports_imapclient_without_importlib_metadata(tmp_path, cfg):
+    text = cfg.read_text().replace(
+        "incoming_servers: [", "incoming_servers: [{name: im, type: imap, host: 127.0.0.1, "
+        "port: 9, security: none, username: u, password: {env: NO_SUCH_VAR}}, ")
+    cfg.write_text(text)
+    facts = process(tmp_path, "inbox", "poll", "--server", "im", "-c", str(cfg))
+    assert "im: " in facts["output"]  # polled (and failed: nothing listens on port 9)
+    assert "imapclient" in facts["modules"] and "importlib.metadata" not in facts["modules"]
+
+
+def test_imapclient_keeps_its_version_without_importlib_metadata():
+    code = ("import sys\nfrom mailsync.inbound import imapclientversion\n"
+            "imapclientversion.prepare()\nimport imapclient\n"
+            "print('importlib.metadata' in sys.modules)\n"
+            "from importlib import metadata\n"
+            "print(imapclient.__version__ == metadata.version('imapclient'))\n"
+            "print(imapclient.version_info == (*map(int, imapclient.__version__.split('.')),"
+            " 'final'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["False", "True", "True"]

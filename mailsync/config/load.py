@@ -10,11 +10,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailsync.config import checks, verdicts
+from mailsync.config import checks, parsed, verdicts
+from mailsync.config.document import Document
+from mailsync.config.document import read_text as read_text  # moved there: read by status too
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
-from mailsync.config.yamlload import Document, parse
-from mailsync.config.yamlload import read_text as read_text  # moved there: read by status too
 from mailsync.errors import ConfigInvalid
 
 
@@ -49,34 +49,46 @@ def load_text(text: str, file: str, base_dir: Path, *, validate: bool = True,
     such as the last applied config or ``plan --against``.
 
     ``remembered=True`` skips the schema when the state_dir the text names remembers that
-    this text passed it (:mod:`mailsync.config.verdicts`), and remembers it there when it
-    passes; the outcome is the same either way (the semantic checks always run).
+    this text passed it (:mod:`mailsync.config.verdicts`), and the parse when it remembers
+    what this text parses to (:mod:`mailsync.config.parsed`), and remembers both there
+    when it passes; the outcome is the same either way (the semantic checks always run).
     """
-    doc = parse(text, file)
-    if validate and remembered and not doc.problems and isinstance(doc.data, dict):
-        known = _known_clean(doc, text, base_dir)
+    text_key = verdicts.key(text) if validate and remembered else ""
+    doc = parsed.recall(text, file, base_dir, text_key) if text_key else None
+    fresh = doc is None
+    if doc is None:
+        # PyYAML (~10 ms to import) only for a text whose parsed form is not remembered.
+        from mailsync.config.yamlload import parse
+
+        doc = parse(text, file)
+    if text_key and not doc.problems and isinstance(doc.data, dict):
+        known = _known_clean(doc, text_key, base_dir)
         if known is not None:
+            if fresh and known.config is not None:
+                parsed.remember(known.config.daemon.state_dir, text_key, doc)
             return known
     loaded = _load(doc, text, file, base_dir, validate)
-    if validate and remembered and loaded.config is not None:
+    if text_key and loaded.config is not None:
         # A model means no error at all: the schema (whose problems are errors) found none.
-        verdicts.remember(loaded.config.daemon.state_dir, verdicts.key(text))
+        verdicts.remember(loaded.config.daemon.state_dir, text_key)
+        parsed.remember(loaded.config.daemon.state_dir, text_key, doc)
     return loaded
 
 
-def _known_clean(doc: Document, text: str, base_dir: Path) -> Loaded | None:
-    """The outcome of loading ``doc`` when its state_dir remembers that its text passed
-    the schema: the model and the semantic checks' findings, as a full load gives them."""
+def _known_clean(doc: Document, text_key: str, base_dir: Path) -> Loaded | None:
+    """The outcome of loading ``doc`` when its state_dir remembers that its text (of
+    ``text_key``) passed the schema: the model and the semantic checks' findings, as a
+    full load gives them."""
     assert isinstance(doc.data, dict)
     try:
         config = build(doc.data, base_dir, source=doc.file)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
-    if not verdicts.known(config.daemon.state_dir, verdicts.key(text)):
+    if not verdicts.known(config.daemon.state_dir, text_key):
         return None
     problems = _place(doc, checks.check(config, doc.data))
     has_errors = any(p.severity == "error" for p in problems)
-    return Loaded(doc.file, text, None if has_errors else config, tuple(sorted(problems)))
+    return Loaded(doc.file, doc.text, None if has_errors else config, tuple(sorted(problems)))
 
 
 def _load(doc: Document, text: str, file: str, base_dir: Path, validate: bool) -> Loaded:

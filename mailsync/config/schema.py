@@ -15,8 +15,8 @@ from importlib import resources
 from typing import Any
 
 from mailsync.config import listen
+from mailsync.config.document import Document
 from mailsync.config.problems import Path, Problem, format_path
-from mailsync.config.yamlload import Document
 
 _TYPE_NAMES = {
     "string": "a string",

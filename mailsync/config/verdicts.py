@@ -53,7 +53,8 @@ def key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _stat_of(file: str | None) -> list[int]:
+def file_stamp(file: str | None) -> list[int]:
+    """The size and mtime of a file ([] when there is none): part of a fingerprint."""
     if file is None:
         return []
     try:
@@ -77,8 +78,8 @@ def fingerprint() -> dict[str, object]:
     except (ImportError, ValueError):
         spec = None
     return {"version": __version__, "schema": schema_sha,
-            "validator": _stat_of(str(package / "config" / "schema.py")),
-            "jsonschema": _stat_of(spec.origin if spec is not None else None)}
+            "validator": file_stamp(str(package / "config" / "schema.py")),
+            "jsonschema": file_stamp(spec.origin if spec is not None else None)}
 
 
 def _trusted(st: os.stat_result, state_dir: Path) -> bool:

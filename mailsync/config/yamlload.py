@@ -11,16 +11,15 @@ or a number (``no``, ``1:30``) is noted, so the schema's error can say "use true
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path as FsPath
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailsync.config import yaml12
+from mailsync.config.document import Document, Marks
+from mailsync.config.document import read_text as read_text  # moved there: no PyYAML
 from mailsync.config.problems import Path, Problem, format_path
-from mailsync.errors import ConfigError
 
 try:
     # The base loader's resolver tags every scalar as a string without running the
@@ -38,42 +37,6 @@ _LOOK = frozenset(_IMPLICIT) | yaml12.YAML11_FIRST
 _STR = "tag:yaml.org,2002:str"
 _MERGE = yaml12.MERGE
 _SIMPLE_TAGS = {yaml12.INT, yaml12.FLOAT, yaml12.BOOL, yaml12.NULL}
-
-
-@dataclass
-class Marks:
-    """1-based (line, column) of values and of mapping keys, by path."""
-
-    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
-
-    def value(self, path: Path) -> tuple[int, int]:
-        """Position of the value at ``path``, or of its nearest ancestor that has one."""
-        while path not in self.values and path:
-            path = path[:-1]
-        return self.values.get(path, (1, 1))
-
-    def key(self, path: Path) -> tuple[int, int]:
-        """Position of the key naming ``path`` (falls back to its value)."""
-        if path in self.keys:
-            return self.keys[path]
-        return self.value(path)
-
-
-@dataclass
-class Document:
-    """A parsed YAML file: its data, positions, and the problems met while reading it.
-
-    ``yaml11`` maps the path of each plain string that YAML 1.1 would have read as another
-    type to that reading: ``("boolean", False)`` for ``keep_on_server: no``.
-    """
-
-    file: str
-    text: str
-    data: Any
-    marks: Marks
-    problems: list[Problem]
-    yaml11: dict[Path, tuple[str, Any]] = field(default_factory=dict)
 
 
 MAX_DEPTH = 64            # nesting deeper than any real config; Python recursion is safe
@@ -281,19 +244,3 @@ def parse(text: str, file: str) -> Document:
         builder.error(exc.node, exc.path, exc.message)
         return Document(file, text, None, builder.marks, builder.problems)
     return Document(file, text, data, builder.marks, builder.problems, builder.yaml11)
-
-
-def read_text(path: FsPath) -> str:
-    """The file's text; ConfigError (naming the file) when it cannot be read."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None

@@ -7,12 +7,16 @@ a new protocol's adapter is chosen here.
 
 from __future__ import annotations
 
-import ssl
+from typing import TYPE_CHECKING
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import IncomingServer
+from mailsync.inbound import imapclientversion
 from mailsync.inbound.maildir import LocalSource
 from mailsync.inbound.source import Source
+
+if TYPE_CHECKING:
+    import ssl  # annotations only: a Maildir poll imports no TLS
 
 
 def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None,
@@ -26,6 +30,8 @@ def make_source(server: IncomingServer, *, context: ssl.SSLContext | None = None
     source = None
     if server.auth is not None and tokens is not None:
         source = tokens.source(server.name, server.auth)
+    if server.type in ("imap", "pop"):
+        imapclientversion.prepare()  # imapclient without importlib.metadata (~7 ms)
     if server.type == "imap":
         # Only when an IMAP server is polled: a one-shot `inbox poll` or `run --once`
         # without one need not import imapclient (~13 ms of start-up).

@@ -40,7 +40,6 @@ from mailsync.inbound.message import message_id_of
 from mailsync.inbound.source import (
     BATCH,
     BATCH_BYTES,
-    WIRE_ERRORS,
     Batch,
     Cursor,
     Incoming,
@@ -48,9 +47,8 @@ from mailsync.inbound.source import (
     Skipped,
     by_bytes,
     describe,
-    server_text,
-    translate,
 )
+from mailsync.inbound.wireerrors import WIRE_ERRORS, server_text, translate
 
 log = logging.getLogger("mailsync.inbound.imap")
 

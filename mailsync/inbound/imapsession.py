@@ -21,7 +21,7 @@ from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError, WireGuard
 from mailsync.inbound import oauth2
 from mailsync.inbound.imapwire import Client
-from mailsync.inbound.source import WIRE_ERRORS, translate
+from mailsync.inbound.wireerrors import WIRE_ERRORS, translate
 from mailsync.netio import connection_note, tls_context
 
 

@@ -19,7 +19,7 @@ from mailsync.auth.grants import AccessToken
 from mailsync.auth.tokens import TokenSource, session_token
 from mailsync.config.model import IncomingServer
 from mailsync.errors import ConnectError
-from mailsync.inbound.source import server_text
+from mailsync.inbound.wireerrors import server_text
 
 
 def access_token(source: TokenSource | None, where: str) -> AccessToken:

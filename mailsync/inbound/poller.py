@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,8 @@ from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 
 if TYPE_CHECKING:
+    import ssl
+
     from mailsync.inbound.bounces import Verdict
     from mailsync.telemetry.metrics import Metrics
 

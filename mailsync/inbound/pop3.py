@@ -27,7 +27,6 @@ from mailsync.inbound import oauth2, wire
 from mailsync.inbound.source import (
     BATCH,
     BATCH_BYTES,
-    WIRE_ERRORS,
     Batch,
     Cursor,
     Incoming,
@@ -35,8 +34,8 @@ from mailsync.inbound.source import (
     Skipped,
     by_bytes,
     describe,
-    translate,
 )
+from mailsync.inbound.wireerrors import WIRE_ERRORS, translate
 from mailsync.netio import connection_note, tls_context
 
 log = logging.getLogger("mailsync.inbound.pop3")

@@ -8,29 +8,22 @@ The poller commits each batch together with the advanced cursor, and only then c
 committed is recognised on the next poll (by cursor, UIDL or file name) and acknowledged
 then; what was not is fetched again.
 
-Errors: adapters translate their library's errors into
-:class:`mailsync.errors.ConnectError` here, with the same wording as SMTP
-(``support (imap.example.com:993): connection refused``).
+Errors: the IMAP and POP3 adapters translate their library's errors into
+:class:`mailsync.errors.ConnectError` with :mod:`mailsync.inbound.wireerrors` (apart
+from here, so that a Maildir poll imports neither imaplib, poplib nor TLS).
 """
 
 from __future__ import annotations
 
-import imaplib
-import poplib
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mailsync.config.model import IncomingServer
-from mailsync.errors import ConnectError
-from mailsync.netio import GMAIL_HINT, DeadlineExceeded, fallback_error, network_error
 
 BATCH = 500  # messages fetched per round trip and committed per transaction, at most...
 BATCH_BYTES = 32 << 20  # ...and at most this many bytes (one message larger than it alone)
-_BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
-_TIMING = re.compile(r"\s*\([0-9.]+(?: \+ [0-9.]+)* secs\)")
 K = TypeVar("K")
 
 
@@ -161,56 +154,3 @@ def describe(server: IncomingServer) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{server.name} ({host}:{server.port})"
-
-
-# Errors a socket, TLS, IMAP or POP3 conversation can raise; everything else is a bug.
-WIRE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, UnicodeError, imaplib.IMAP4.error, poplib.error_proto)
-
-
-def translate(exc: BaseException, server: IncomingServer, phase: str) -> ConnectError:
-    """Turn a socket/TLS/imaplib/poplib error into a ConnectError naming server and reason.
-
-    phase: ``connect``, ``starttls``, ``auth``, ``folder`` or ``fetch``.
-    """
-    where = describe(server)
-    if isinstance(exc.__context__, DeadlineExceeded):
-        exc = exc.__context__  # imaplib words a write past its deadline as a socket error
-    common = network_error(exc, where, server.timeout.total_seconds(),
-                           connecting=phase == "connect", transferring=phase == "fetch")
-    if common is not None:
-        return common
-    if isinstance(exc, imaplib.IMAP4.abort | EOFError | ConnectionError):
-        return ConnectError(f"{where}: the server closed the connection", "closed")
-    if isinstance(exc, UnicodeError):
-        return ConnectError(f"{where}: {_noun(phase)} needs ASCII only, and the value "
-                            "given is not", "auth" if phase == "auth" else "protocol")
-    if isinstance(exc, imaplib.IMAP4.error | poplib.error_proto):
-        reply = server_text(exc)
-        if phase == "auth":
-            message = (f"{where}: authentication failed for user {server.username!r}: "
-                       f"{reply}")
-            if server.provider == "gmail":
-                message += f". {GMAIL_HINT}"
-            return ConnectError(message, "auth")
-        kind = {"starttls": "starttls", "folder": "folder"}.get(phase, "protocol")
-        return ConnectError(f"{where}: unexpected reply during {_noun(phase)}: {reply}", kind)
-    return fallback_error(exc, where, connecting=phase == "connect")
-
-
-def server_text(exc: BaseException) -> str:
-    """The server's words in an imaplib/poplib error, as one line of text.
-
-    Library wrappers are unwrapped (``b'...'`` reprs of replies) and Dovecot's command
-    timings, e.g. ``(0.001 + 0.000 secs).``, dropped.
-    """
-    text = " ".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
-                    for a in exc.args) or type(exc).__name__
-    text = _BYTES_REPR.sub(r"\2", text)
-    text = _TIMING.sub("", text)
-    return " ".join(text.split())
-
-
-def _noun(phase: str) -> str:
-    return {"connect": "the greeting", "starttls": "STARTTLS", "auth": "login",
-            "folder": "folder selection", "fetch": "fetching"}.get(phase, phase)

@@ -6,7 +6,7 @@ included) must be complete within the server's ``timeout``, plus one second for 
 :data:`~mailsync.netio.MIN_RATE` bytes (64 KiB) it brings: a big FETCH or RETR that keeps
 coming at that rate is never cut, a dripped answer is cut after ``timeout``. A command
 past its deadline raises :class:`~mailsync.netio.DeadlineExceeded`, a TimeoutError that
-``inbound.source.translate`` words as ``EXAMINE: no complete reply within 30s``
+``inbound.wireerrors.translate`` words as ``EXAMINE: no complete reply within 30s``
 (kind ``timeout``).
 
 How: imaplib and poplib read through ``self.file`` (``sock.makefile("rb")``, assigned
