@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from mailsync.outbound import spool
 if TYPE_CHECKING:
     from mailsync.config.model import Config
     from mailsync.daemon.spooling import DeliverLoop, SpoolLoop
+    from mailsync.outbound.queue import OutboundStore
     from mailsync.store import Store
 
 log = logging.getLogger("mailsync.daemon")
@@ -146,3 +148,33 @@ class Health:
             log.warning("progress again: %s no longer", self._stalled_why.split(" has ")[0])
         self._stalled_why = why
         return why
+
+
+def check_store(store: Store, quiet: float) -> None:
+    """A store that cannot commit is probed with a real commit (the outage ends once one
+    passes and the disk has room); one quiet for ``quiet`` seconds gets its WAL
+    checkpointed (and truncated on a tight disk: Store.checkpoint)."""
+    if store.health.failing:
+        store.probe()
+    elif time.monotonic() - store.last_commit >= quiet:
+        store.checkpoint()
+
+
+def status_line(config: Config, sha256: str, store: Store | None,
+                outbound: OutboundStore | None) -> str:
+    """The daemon's one-line state: `mailsync status`, sd_notify's STATUS, the start log."""
+    servers = (f"{len(config.sending_servers())} outgoing, "
+               f"{len(config.incoming_servers)} incoming servers")
+    sha = f"config {sha256[:12]}"
+    ok, why = store.health.state() if store is not None else (True, "")
+    if not ok:
+        return f"{servers}; {why}; {sha}"
+    if outbound is None:
+        return f"{servers}; {sha}"
+    try:
+        counts = outbound.counts()
+    except (sqlite3.Error, MailsyncError) as exc:
+        return f"{servers}; queue unreadable ({exc}); {sha}"
+    waiting = counts["queued"] + counts["deferred"] + counts["sending"]
+    return (f"{servers}; {waiting} waiting, {counts['held']} held, {counts['sent']} sent, "
+            f"{counts['failed']} failed; {sha}")

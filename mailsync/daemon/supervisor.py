@@ -40,7 +40,7 @@ from mailsync.config.model import Config
 from mailsync.daemon.admin import AdminConsole
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
-from mailsync.daemon.health import Health, stuck_after
+from mailsync.daemon.health import Health, check_store, status_line, stuck_after
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
 from mailsync.daemon.reload import (
@@ -290,14 +290,7 @@ class Daemon:
             log.exception("%s failed; trying again later", what)
 
     def _check_store(self) -> None:
-        """A store that cannot commit is probed with a real commit (the outage ends once
-        one passes and the disk has room); a quiet one gets its WAL checkpointed (and
-        truncated on a tight disk: Store.checkpoint)."""
-        store = self.store
-        if store.health.failing:
-            store.probe()
-        elif time.monotonic() - store.last_commit >= CHECKPOINT_QUIET:
-            store.checkpoint()
+        check_store(self.store, CHECKPOINT_QUIET)
 
     def _store_outage(self, started: bool, error: str) -> None:
         """The store stopped or started committing again (any thread, store lock held)."""
@@ -314,20 +307,9 @@ class Daemon:
             deliverer.wake()
 
     def _summary(self) -> str:
-        config = self.config
-        servers = (f"{len(config.sending_servers())} outgoing, "
-                   f"{len(config.incoming_servers)} incoming servers")
-        sha = f"config {self.loaded.sha256[:12]}"
-        ok, why = self.store.health.state() if hasattr(self, "store") else (True, "")
-        if not ok:
-            return f"{servers}; {why}; {sha}"
-        try:
-            counts = self.runtime.outbound.counts()
-        except (sqlite3.Error, MailsyncError) as exc:
-            return f"{servers}; queue unreadable ({exc}); {sha}"
-        waiting = counts["queued"] + counts["deferred"] + counts["sending"]
-        return (f"{servers}; {waiting} waiting, {counts['held']} held, {counts['sent']} sent, "
-                f"{counts['failed']} failed; {sha}")
+        store: Store | None = getattr(self, "store", None)
+        return status_line(self.config, self.loaded.sha256, store,
+                           self.runtime.outbound if store is not None else None)
 
     def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control-socket command (runs in the socket's thread)."""

@@ -10,14 +10,9 @@ message nor stores it twice.
 With a ``lease`` (several nodes: mailsync/inbound/leases.py), a node that lost it
 stores nothing (:class:`LeaseLost`): the lease is checked in each batch's transaction.
 
-A long-running daemon keeps one Poller per server in its own thread::
-
-    while not stop.is_set():
-        poller.poll_once()
-        poller.wait_for_news(server.poll_interval.total_seconds(), stop)
-
-``wait_for_news`` returns as soon as an IMAP server with IDLE reports new mail, and
-otherwise sleeps the poll interval (or until ``stop`` is set).
+A long-running daemon keeps one Poller per server in its own thread, calling
+``poll_once()`` then ``wait_for_news(poll_interval, stop)`` (which returns as soon as an
+IMAP server with IDLE reports new mail) until ``stop`` is set.
 
 A server that cannot be reached is marked down once (one WARNING), then probed after
 :func:`retry_delay` (1 s, 2 s, 4 s, ... up to the larger of ``poll_interval`` and 5
