@@ -280,19 +280,25 @@ class SmtpSession:
         smtp.command_encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(f" {o}" for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
+        data_reply: tuple[int, bytes] | None = None
         if smtp.has_extn("pipelining"):
             # RFC 2920: MAIL, every RCPT and DATA in one write, then read their replies:
             # two round trips per message instead of three plus one per recipient.
-            # Each reply has its own deadline, named after its command.
+            # Each reply has its own deadline, named after its command. A 421 ends the
+            # replies (the server closes the channel): the rest are never read.
             smtp.expect("MAIL")
             smtp.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
             mail_reply = smtp.getreply()
             rcpt_replies = []
-            for _ in recipients:
-                smtp.expect("RCPT")
-                rcpt_replies.append(smtp.getreply())
-            smtp.expect("DATA")
-            data_reply: tuple[int, bytes] | None = smtp.getreply()
+            if mail_reply[0] != 421:
+                for _ in recipients:
+                    smtp.expect("RCPT")
+                    rcpt_replies.append(smtp.getreply())
+                    if rcpt_replies[-1][0] == 421:
+                        break
+                else:
+                    smtp.expect("DATA")
+                    data_reply = smtp.getreply()
         else:
             smtp.putcmd(mail_cmd)
             mail_reply = smtp.getreply()
@@ -303,7 +309,6 @@ class SmtpSession:
                     rcpt_replies.append(smtp.getreply())
                     if rcpt_replies[-1][0] == 421:
                         break
-            data_reply = None
         return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply)
 
     def _outcome(self, recipients: list[str], data: bytes, mail_reply: tuple[int, bytes],

@@ -142,6 +142,14 @@ class Bounded(smtplib.SMTP):
         self.deadline.start("greeting")
         return super().connect(host, port, source_address)
 
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        """smtplib's socket, with TCP_NODELAY: every write is a whole command (or
+        pipelined group, or the whole content) that a read follows, so Nagle's wait for
+        an ACK could only delay one (the last segment of a content)."""
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock  # type: ignore[no-any-return]
+
     def putcmd(self, cmd: str, args: str = "") -> None:
         verb = cmd.partition(" ")[0].upper()
         self.deadline.start(verb if verb in _VERBS else self.deadline.what)
