@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -265,3 +266,18 @@ def test_pipelined_421_at_mail_defers_every_recipient_with_its_reply(raw_server)
         ("deferred", 421, "4.7.0 Too busy, bye")] * 3
     assert session.broken
     session.close()
+
+
+def test_a_failing_before_content_hook_sends_no_content_and_breaks_the_session(smtp_server):
+    server: SmtpServer = smtp_server(pipelining=True)
+
+    def refuse() -> None:
+        raise RuntimeError("the previous outcome could not be recorded")
+
+    with connect(server) as session:
+        with pytest.raises(RuntimeError, match="previous outcome"):
+            session.send("app@example.com", RCPTS[:1], MESSAGE, refuse)
+        assert session.broken
+    assert server.commands[:3] == ["MAIL", "RCPT", "DATA"]
+    time.sleep(0.2)  # the server had its chance to take a message: it has none
+    assert server.messages == []

@@ -30,7 +30,7 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
-from mailsync.outbound.outcomes import Outcomes
+from mailsync.outbound.outcomes import Outcomes, Pending
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.pools import Held, Pools
 from mailsync.outbound.queue import OutboundStore, Outgoing
@@ -113,7 +113,7 @@ class Deliverer:
                                   rng=self.rng, halt=self._halt,
                                   record_patience=record_patience)
         # The outcome writers, bound once: a message costs no more calls than before.
-        self._record = self._outcomes.record
+        self._record_later = self._outcomes.record_later
         self._connect_failed = self._outcomes.connect_failed
         self._durably = self._outcomes.durably
         self._stats_lock = threading.Lock()
@@ -294,33 +294,53 @@ class Deliverer:
             if chunk is None:
                 break
             held = Held()
+            # The previous message's outcome, handed to the group commit: its commit is
+            # waited for before this message's content goes (at most one accepted message
+            # unrecorded per session, as before), and overlaps this message's envelope.
+            previous: Pending | None = None
             try:
                 for message in chunk:
                     if self._halt.is_set():
                         skipped.append(message.id)
                         self._progressed()
                         continue
+                    result: str | Pending | None
                     try:
-                        outcome = self.send(message, held)
+                        result = self._try(message, held, previous)
                     except StoreUnavailable as exc:
                         # Halted while the store could not record the outcome: the message
                         # stays `sending`, queued again (and sent again) at the next start.
                         log.error("message %d: its outcome is not recorded: %s", message.id,
                                   exc)
-                        self._progressed()
-                        continue
+                        result = None
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
-                        outcome = self._outcomes.defer_unexpected(
+                        result = self._outcomes.defer_unexpected(
                             message, self._view.config.daemon.retry)
+                    self._settle(previous, counts)
+                    previous = result if isinstance(result, Pending) else None
+                    if isinstance(result, str):
+                        counts[result] = counts.get(result, 0) + 1
                     self._progressed()
-                    counts[outcome] = counts.get(outcome, 0) + 1
             finally:
+                self._settle(previous, counts)
                 held.release()
         with self._stats_lock:
             for outcome, count in counts.items():
                 setattr(stats, outcome, getattr(stats, outcome) + count)
             stats.skipped.extend(skipped)
+
+    @staticmethod
+    def _settle(pending: Pending | None, counts: dict[str, int]) -> None:
+        """Wait for a handed-over outcome's commit and count it."""
+        if pending is None:
+            return
+        try:
+            status = pending.settle()
+        except StoreUnavailable as exc:
+            log.error("message %d: its outcome is not recorded: %s", pending.message.id, exc)
+            return
+        counts[status] = counts.get(status, 0) + 1
 
     # -- one message -------------------------------------------------------------------
     def send(self, message: Outgoing, held: Held | None = None) -> str:
@@ -331,6 +351,12 @@ class Deliverer:
                 return self.send(message, held)
             finally:
                 held.release()
+        result = self._try(message, held, None)
+        return result.settle() if isinstance(result, Pending) else result
+
+    def _try(self, message: Outgoing, held: Held, previous: Pending | None) -> str | Pending:
+        """:meth:`send`'s try; a transaction's outcome comes back handed to the group
+        commit (:class:`Pending`), settling ``previous`` before the content goes."""
         view = self._view  # one configuration for the whole try, even across a reload
         config = view.config
         now = self.clock()
@@ -369,7 +395,7 @@ class Deliverer:
                 log.debug("message %d: %s", message.id, exc)
                 continue
             return self._transact(config, message, account, server, session, mail_from,
-                                  tries)
+                                  tries, previous)
         status = self._connect_failed(config, message, account, servers[-1],
                                       "; ".join(e for _, e in tries), tries[:-1], tries[-1][1],
                                       count_attempt=attempted)
@@ -380,10 +406,11 @@ class Deliverer:
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
-                  tries: list[tuple[str, str]]) -> str:
+                  tries: list[tuple[str, str]], previous: Pending | None) -> str | Pending:
         start = time.perf_counter()
         try:
-            delivery = session.send(mail_from, message.recipients, message.raw)
+            delivery = session.send(mail_from, message.recipients, message.raw,
+                                    previous.settle if previous is not None else None)
         except ConnectError as exc:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
@@ -391,4 +418,4 @@ class Deliverer:
             return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(config, message, account, delivery, duration, tries)
+        return self._record_later(config, message, account, delivery, duration, tries)

@@ -27,7 +27,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from mailsync.auth import sasl
@@ -195,8 +195,13 @@ class SmtpSession:
     ) -> None:
         self.close()
 
-    def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> Delivery:
+    def send(self, mail_from: str, recipients: Sequence[str], data: bytes,
+             before_content: Callable[[], object] | None = None) -> Delivery:
         """Send ``data`` to ``recipients`` in one transaction; every recipient's reply kept.
+
+        ``before_content`` is called once DATA is accepted, right before the content is
+        sent (the deliverer waits there for its previous message's outcome to commit); if
+        it raises, the session is broken without sending the content and the error goes on.
 
         Replies never raise: 4xx defers and 5xx fails, per recipient. A lost connection
         or a timeout raises ConnectError(kind="closed"/"timeout") and marks the session
@@ -210,7 +215,7 @@ class SmtpSession:
         # self._guard's wall written out: this runs once per message, and the guard's
         # call would be one more per message on the sending path.
         try:
-            results = self._transaction(mail_from, list(recipients), data)
+            results = self._transaction(mail_from, list(recipients), data, before_content)
         except WIRE_ERRORS as exc:
             error = translate(exc, self._server, "transaction")
         else:
@@ -256,9 +261,8 @@ class SmtpSession:
 
     # -- internals ------------------------------------------------------------------
 
-    def _transaction(
-        self, mail_from: str, recipients: list[str], data: bytes
-    ) -> list[RecipientResult]:
+    def _transaction(self, mail_from: str, recipients: list[str], data: bytes,
+                     before_content: Callable[[], object] | None) -> list[RecipientResult]:
         smtp = self._smtp
         data = crlf(data)
         options: list[str] = []
@@ -309,11 +313,13 @@ class SmtpSession:
                     rcpt_replies.append(smtp.getreply())
                     if rcpt_replies[-1][0] == 421:
                         break
-        return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply)
+        return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply,
+                             before_content)
 
     def _outcome(self, recipients: list[str], data: bytes, mail_reply: tuple[int, bytes],
                  rcpt_replies: list[tuple[int, bytes]],
-                 data_reply: tuple[int, bytes] | None) -> list[RecipientResult]:
+                 data_reply: tuple[int, bytes] | None,
+                 before_content: Callable[[], object] | None) -> list[RecipientResult]:
         """Per-recipient results from the replies; sends the content if anyone accepted."""
         smtp = self._smtp
         code, reply = mail_reply
@@ -348,6 +354,12 @@ class SmtpSession:
             data_reply = smtp.getreply()
         code, reply = data_reply
         if code == 354:
+            if before_content is not None:
+                try:
+                    before_content()
+                except BaseException:
+                    self._break()  # no content: the server drops the transaction
+                    raise
             body = stuffed(data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
