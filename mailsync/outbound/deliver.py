@@ -24,15 +24,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
-from mailsync.outbound.outcomes import Outcomes, Pending
+from mailsync.outbound.outcomes import Outcomes, Pending, settle
 from mailsync.outbound.pool import ConnectionPool
-from mailsync.outbound.pools import Held, Pools
+from mailsync.outbound.pools import Held, Pools, labels
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.verp import VerpKey, verp_sender
@@ -54,10 +53,6 @@ class DeliverStats:
     failed: int = 0
     held: int = 0
     skipped: list[int] = field(default_factory=list)  # claimed, not tried (halted)
-
-
-def _labels(metric: Any, *values: str) -> Any:
-    return metric.labels(*values)
 
 
 def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession:
@@ -106,7 +101,7 @@ class Deliverer:
         self._work_ready = threading.Event()
         self._halt = threading.Event()
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
-        self._series = functools.lru_cache(maxsize=4096)(_labels)
+        self._series = functools.lru_cache(maxsize=4096)(labels)
         self._pools = Pools(store, metrics, connect=self._connect, series=self._series,
                             clock=clock, wake=self.wake)
         self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock,
@@ -294,9 +289,8 @@ class Deliverer:
             if chunk is None:
                 break
             held = Held()
-            # The previous message's outcome, handed to the group commit: its commit is
-            # waited for before this message's content goes (at most one accepted message
-            # unrecorded per session, as before), and overlaps this message's envelope.
+            # The previous outcome, handed to the group commit: its commit overlaps this
+            # message's envelope, and is waited for before this message's content goes.
             previous: Pending | None = None
             try:
                 for message in chunk:
@@ -307,40 +301,25 @@ class Deliverer:
                     result: str | Pending | None
                     try:
                         result = self._try(message, held, previous)
-                    except StoreUnavailable as exc:
-                        # Halted while the store could not record the outcome: the message
-                        # stays `sending`, queued again (and sent again) at the next start.
-                        log.error("message %d: its outcome is not recorded: %s", message.id,
-                                  exc)
+                    except StoreUnavailable as exc:  # halted: stays `sending`, sent again
+                        log.error("message %d: its outcome is not recorded: %s", message.id, exc)
                         result = None
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
                         result = self._outcomes.defer_unexpected(
                             message, self._view.config.daemon.retry)
-                    self._settle(previous, counts)
+                    settle(previous, counts)
                     previous = result if isinstance(result, Pending) else None
                     if isinstance(result, str):
                         counts[result] = counts.get(result, 0) + 1
                     self._progressed()
             finally:
-                self._settle(previous, counts)
+                settle(previous, counts)
                 held.release()
         with self._stats_lock:
             for outcome, count in counts.items():
                 setattr(stats, outcome, getattr(stats, outcome) + count)
             stats.skipped.extend(skipped)
-
-    @staticmethod
-    def _settle(pending: Pending | None, counts: dict[str, int]) -> None:
-        """Wait for a handed-over outcome's commit and count it."""
-        if pending is None:
-            return
-        try:
-            status = pending.settle()
-        except StoreUnavailable as exc:
-            log.error("message %d: its outcome is not recorded: %s", pending.message.id, exc)
-            return
-        counts[status] = counts.get(status, 0) + 1
 
     # -- one message -------------------------------------------------------------------
     def send(self, message: Outgoing, held: Held | None = None) -> str:
@@ -355,8 +334,7 @@ class Deliverer:
         return result.settle() if isinstance(result, Pending) else result
 
     def _try(self, message: Outgoing, held: Held, previous: Pending | None) -> str | Pending:
-        """:meth:`send`'s try; a transaction's outcome comes back handed to the group
-        commit (:class:`Pending`), settling ``previous`` before the content goes."""
+        """:meth:`send`'s try; a transaction's outcome comes back as a :class:`Pending`."""
         view = self._view  # one configuration for the whole try, even across a reload
         config = view.config
         now = self.clock()

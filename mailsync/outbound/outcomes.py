@@ -215,3 +215,16 @@ class Pending:
         self._done()
         self._settled = self.status
         return self.status
+
+
+def settle(pending: Pending | None, counts: dict[str, int]) -> None:
+    """A worker's wait for its handed-over outcome's commit: counted by its status, or
+    logged when the store did not take it (the message stays `sending`)."""
+    if pending is None:
+        return
+    try:
+        status = pending.settle()
+    except StoreUnavailable as exc:
+        log.error("message %d: its outcome is not recorded: %s", pending.message.id, exc)
+        return
+    counts[status] = counts.get(status, 0) + 1

@@ -284,35 +284,7 @@ class SmtpSession:
         smtp.command_encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(f" {o}" for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
-        data_reply: tuple[int, bytes] | None = None
-        if smtp.has_extn("pipelining"):
-            # RFC 2920: MAIL, every RCPT and DATA in one write, then read their replies:
-            # two round trips per message instead of three plus one per recipient.
-            # Each reply has its own deadline, named after its command. A 421 ends the
-            # replies (the server closes the channel): the rest are never read.
-            smtp.expect("MAIL")
-            smtp.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
-            mail_reply = smtp.getreply()
-            rcpt_replies = []
-            if mail_reply[0] != 421:
-                for _ in recipients:
-                    smtp.expect("RCPT")
-                    rcpt_replies.append(smtp.getreply())
-                    if rcpt_replies[-1][0] == 421:
-                        break
-                else:
-                    smtp.expect("DATA")
-                    data_reply = smtp.getreply()
-        else:
-            smtp.putcmd(mail_cmd)
-            mail_reply = smtp.getreply()
-            rcpt_replies = []
-            if _ok(mail_reply[0]):
-                for cmd in rcpt_cmds:
-                    smtp.putcmd(cmd)
-                    rcpt_replies.append(smtp.getreply())
-                    if rcpt_replies[-1][0] == 421:
-                        break
+        mail_reply, rcpt_replies, data_reply = smtp.envelope(mail_cmd, rcpt_cmds)
         return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply,
                              before_content)
 

@@ -174,6 +174,41 @@ class Bounded(smtplib.SMTP):
             self.close()
             raise smtplib.SMTPServerDisconnected("Server not connected") from None
 
+    def envelope(self, mail_cmd: str, rcpt_cmds: list[str]
+                 ) -> tuple[tuple[int, bytes], list[tuple[int, bytes]], tuple[int, bytes] | None]:
+        """Send MAIL and the RCPTs; returns the replies to MAIL, to each RCPT sent (none
+        after a refused MAIL in lock-step; none after a 421, the server closing the
+        channel) and to DATA when it went pipelined (else None: the caller sends it).
+
+        With PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one write, then their
+        replies: one round trip instead of two plus one per recipient. Each reply has its
+        own deadline, named after its command. Without it, each command waits for the
+        previous reply.
+        """
+        rcpt_replies: list[tuple[int, bytes]] = []
+        if self.has_extn("pipelining"):
+            self.expect("MAIL")
+            self.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
+            mail_reply = self.getreply()
+            if mail_reply[0] == 421:
+                return mail_reply, rcpt_replies, None
+            for _ in rcpt_cmds:
+                self.expect("RCPT")
+                rcpt_replies.append(self.getreply())
+                if rcpt_replies[-1][0] == 421:
+                    return mail_reply, rcpt_replies, None
+            self.expect("DATA")
+            return mail_reply, rcpt_replies, self.getreply()
+        self.putcmd(mail_cmd)
+        mail_reply = self.getreply()
+        if 200 <= mail_reply[0] < 300:
+            for cmd in rcpt_cmds:
+                self.putcmd(cmd)
+                rcpt_replies.append(self.getreply())
+                if rcpt_replies[-1][0] == 421:
+                    break
+        return mail_reply, rcpt_replies, None
+
     def getreply(self) -> tuple[int, bytes]:
         resp: list[bytes] = []
         if self.file is None:
