@@ -106,6 +106,8 @@ class _Handler:
         with self.owner._lock:
             self.owner.helo_names.append(hostname)
         session.host_name = hostname  # aiosmtpd leaves this to an EHLO hook
+        if self.owner.pipelining:  # aiosmtpd reads commands in turn: pipelined ones too
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -249,6 +251,7 @@ class SmtpServer:
     check; this catches a client that keeps a session past its token.
     tls_setup: called with the server's TLS context before it listens (TLS versions, a
     client certificate required...). ``helo_names`` records every EHLO name received.
+    pipelining: offer PIPELINING (RFC 2920) in the EHLO reply (aiosmtpd does not).
 
     Records (read them from the test thread): ``messages`` (:class:`Received`),
     ``connections`` (TCP connections accepted), ``logins`` / ``failed_logins`` (user
@@ -273,7 +276,9 @@ class SmtpServer:
         expired_token_reply: str | None = None,
         max_sessions: int | None = None,
         tls_setup: Callable[[ssl.SSLContext], None] | None = None,
+        pipelining: bool = False,
     ) -> None:
+        self.pipelining = pipelining
         self.tls = tls
         self.auth = dict(auth) if auth is not None else None
         self.offer_starttls = offer_starttls

@@ -24,15 +24,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
-from mailsync.outbound.outcomes import Outcomes
+from mailsync.outbound.outcomes import Outcomes, Pending, settle
 from mailsync.outbound.pool import ConnectionPool
-from mailsync.outbound.pools import Held, Pools
+from mailsync.outbound.pools import Held, Pools, labels
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.verp import VerpKey, verp_sender
@@ -54,10 +53,6 @@ class DeliverStats:
     failed: int = 0
     held: int = 0
     skipped: list[int] = field(default_factory=list)  # claimed, not tried (halted)
-
-
-def _labels(metric: Any, *values: str) -> Any:
-    return metric.labels(*values)
 
 
 def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession:
@@ -106,14 +101,14 @@ class Deliverer:
         self._work_ready = threading.Event()
         self._halt = threading.Event()
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
-        self._series = functools.lru_cache(maxsize=4096)(_labels)
+        self._series = functools.lru_cache(maxsize=4096)(labels)
         self._pools = Pools(store, metrics, connect=self._connect, series=self._series,
                             clock=clock, wake=self.wake)
         self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock,
                                   rng=self.rng, halt=self._halt,
                                   record_patience=record_patience)
         # The outcome writers, bound once: a message costs no more calls than before.
-        self._record = self._outcomes.record
+        self._record_later = self._outcomes.record_later
         self._connect_failed = self._outcomes.connect_failed
         self._durably = self._outcomes.durably
         self._stats_lock = threading.Lock()
@@ -294,28 +289,32 @@ class Deliverer:
             if chunk is None:
                 break
             held = Held()
+            # The previous outcome, handed to the group commit: its commit overlaps this
+            # message's envelope, and is waited for before this message's content goes.
+            previous: Pending | None = None
             try:
                 for message in chunk:
                     if self._halt.is_set():
                         skipped.append(message.id)
                         self._progressed()
                         continue
+                    result: str | Pending | None
                     try:
-                        outcome = self.send(message, held)
-                    except StoreUnavailable as exc:
-                        # Halted while the store could not record the outcome: the message
-                        # stays `sending`, queued again (and sent again) at the next start.
-                        log.error("message %d: its outcome is not recorded: %s", message.id,
-                                  exc)
-                        self._progressed()
-                        continue
+                        result = self._try(message, held, previous)
+                    except StoreUnavailable as exc:  # halted: stays `sending`, sent again
+                        log.error("message %d: its outcome is not recorded: %s", message.id, exc)
+                        result = None
                     except Exception:  # noqa: BLE001 - one message must not stop the others
                         log.exception("message %d: unexpected error while sending", message.id)
-                        outcome = self._outcomes.defer_unexpected(
+                        result = self._outcomes.defer_unexpected(
                             message, self._view.config.daemon.retry)
+                    settle(previous, counts)
+                    previous = result if isinstance(result, Pending) else None
+                    if isinstance(result, str):
+                        counts[result] = counts.get(result, 0) + 1
                     self._progressed()
-                    counts[outcome] = counts.get(outcome, 0) + 1
             finally:
+                settle(previous, counts)
                 held.release()
         with self._stats_lock:
             for outcome, count in counts.items():
@@ -331,6 +330,11 @@ class Deliverer:
                 return self.send(message, held)
             finally:
                 held.release()
+        result = self._try(message, held, None)
+        return result.settle() if isinstance(result, Pending) else result
+
+    def _try(self, message: Outgoing, held: Held, previous: Pending | None) -> str | Pending:
+        """:meth:`send`'s try; a transaction's outcome comes back as a :class:`Pending`."""
         view = self._view  # one configuration for the whole try, even across a reload
         config = view.config
         now = self.clock()
@@ -369,7 +373,7 @@ class Deliverer:
                 log.debug("message %d: %s", message.id, exc)
                 continue
             return self._transact(config, message, account, server, session, mail_from,
-                                  tries)
+                                  tries, previous)
         status = self._connect_failed(config, message, account, servers[-1],
                                       "; ".join(e for _, e in tries), tries[:-1], tries[-1][1],
                                       count_attempt=attempted)
@@ -380,10 +384,11 @@ class Deliverer:
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
-                  tries: list[tuple[str, str]]) -> str:
+                  tries: list[tuple[str, str]], previous: Pending | None) -> str | Pending:
         start = time.perf_counter()
         try:
-            delivery = session.send(mail_from, message.recipients, message.raw)
+            delivery = session.send(mail_from, message.recipients, message.raw,
+                                    previous.settle if previous is not None else None)
         except ConnectError as exc:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)
@@ -391,4 +396,4 @@ class Deliverer:
             return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(config, message, account, delivery, duration, tries)
+        return self._record_later(config, message, account, delivery, duration, tries)

@@ -15,8 +15,11 @@ class GroupCommit:
     own write is committed, but one COMMIT serves everyone who arrived meanwhile.
 
     The first waiting caller becomes the leader and commits the whole group; the others
-    wait for it. A group that fails is retried write by write, so one bad write does not
-    fail the others, and each caller gets its own write's exception.
+    wait for it. :meth:`submit` and :meth:`wait` split a write's hand-off from the wait for
+    its commit: a sender hands its outcome over and goes on with the next message's
+    envelope meanwhile, so commits group more writes. A group that fails is retried write
+    by write, so one bad write does not fail the others, and each caller gets its own
+    write's exception.
     """
 
     def __init__(self, store: Store) -> None:
@@ -29,10 +32,21 @@ class GroupCommit:
         self._errors: dict[int, BaseException] = {}
 
     def run(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        """Commit ``write`` (with whatever else is pending); returns once it is committed."""
+        self.wait(self.submit(write))
+
+    def submit(self, write: Callable[[sqlite3.Connection], None]) -> int:
+        """Hand ``write`` to the next group without waiting; returns its ticket, which
+        must be given to :meth:`wait` (the write is committed by whoever waits first)."""
         with self._cv:
             self._issued += 1
-            ticket = self._issued
-            self._pending.append((ticket, write))
+            self._pending.append((self._issued, write))
+            return self._issued
+
+    def wait(self, ticket: int) -> None:
+        """Return once the write of ``ticket`` is committed (leading the group commit if
+        no one does); raises that write's own exception if it failed."""
+        with self._cv:
             while self._done < ticket:
                 if self._leading:
                     self._cv.wait()

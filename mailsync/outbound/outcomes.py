@@ -45,7 +45,32 @@ class Outcomes:
         self.record_patience = record_patience
 
     def record(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
+               delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
+        """Record a transaction's outcome; returns the message's new status once committed."""
+        status, fields, done = self._decide(config, message, account, delivery, duration,
+                                            tries)
+        self.durably(lambda: self.store.record_delivery(message.id, **fields))
+        done()
+        return status
+
+    def record_later(self, config: Config, message: Outgoing, account: Account,
+                     delivery: Delivery, duration: float,
+                     tries: list[tuple[str, str]]) -> Pending:
+        """:meth:`record` handed to the group commit without waiting for it: the sender
+        goes on with its next message's envelope meanwhile, and settles the returned
+        :class:`Pending` before that message's content (the crash bound stays at one
+        accepted message unrecorded per session)."""
+        status, fields, done = self._decide(config, message, account, delivery, duration,
+                                            tries)
+        wait = self.store.submit_delivery(message.id, **fields)
+        return Pending(self, message, status, config.daemon.retry, wait,
+                       lambda: self.store.record_delivery(message.id, **fields), done)
+
+    def _decide(self, config: Config, message: Outgoing, account: Account,
+                delivery: Delivery, duration: float, tries: list[tuple[str, str]]
+                ) -> tuple[str, dict[str, Any], Callable[[], None]]:
+        """The outcome's status, record_delivery's arguments (but the message id), and what
+        follows the commit (metrics, log line)."""
         now = self.clock()
         cfg_retry = config.daemon.retry
         server = delivery.server
@@ -69,21 +94,22 @@ class Outcomes:
         problems = [f"{r.address}: {r.code or ''} {r.reply}".strip()
                     for r in delivery.recipients if r.status != "sent"]
         error = "; ".join(problems) or None
-        recorded = delivery
-        self.durably(lambda: self.store.record_delivery(
-            message.id, recorded, status, now, next_attempt_at=next_at, error=error,
-            duration=duration, tries=tries))
-        self._series(self.metrics.send_attempts, server, status).inc()
-        if status == "sent":
-            self._series(self.metrics.messages_sent, account.name, server).inc()
-        elif status == "deferred":
-            self._series(self.metrics.messages_deferred, server).inc()
-            log.info("message %d deferred: %s", message.id, error)
-        else:
-            self._series(self.metrics.messages_failed,
-                account.name, "expired" if expired else "permanent").inc()
-            log.warning("message %d failed: %s", message.id, error)
-        return status
+        fields = {"delivery": delivery, "status": status, "now": now,
+                  "next_attempt_at": next_at, "error": error, "duration": duration,
+                  "tries": tries}
+
+        def done() -> None:
+            self._series(self.metrics.send_attempts, server, status).inc()
+            if status == "sent":
+                self._series(self.metrics.messages_sent, account.name, server).inc()
+            elif status == "deferred":
+                self._series(self.metrics.messages_deferred, server).inc()
+                log.info("message %d deferred: %s", message.id, error)
+            else:
+                self._series(self.metrics.messages_failed,
+                             account.name, "expired" if expired else "permanent").inc()
+                log.warning("message %d failed: %s", message.id, error)
+        return status, fields, done
 
     def connect_failed(self, config: Config, message: Outgoing, account: Account,
                         server: OutgoingServer, error: str,
@@ -141,3 +167,64 @@ class Outcomes:
                     raise
                 self._halt.wait(delay)
                 delay = min(delay * 2, 2.0)
+
+
+
+class Pending:
+    """An outcome handed to the group commit (:meth:`Outcomes.record_later`), not yet
+    known to be committed. :meth:`settle` waits for its commit: a commit the store refused
+    is written again as :meth:`Outcomes.durably` does; an error of mailsync's own defers
+    the message (logged), as a worker does with one while sending."""
+
+    __slots__ = ("_outcomes", "message", "status", "_retry", "_wait", "_write", "_done",
+                 "_settled", "_lost")
+
+    def __init__(self, outcomes: Outcomes, message: Outgoing, status: str, cfg_retry: Retry,
+                 wait: Callable[[], None], write: Callable[[], None],
+                 done: Callable[[], None]) -> None:
+        self._outcomes = outcomes
+        self.message = message
+        self.status = status
+        self._retry = cfg_retry
+        self._wait = wait
+        self._write = write
+        self._done = done
+        self._settled: str | None = None
+        self._lost: StoreUnavailable | None = None
+
+    def settle(self) -> str:
+        """The message's status once its outcome is committed (waited for once; later
+        calls return at once). Raises StoreUnavailable, every time, when the store did
+        not take it (halted, or out of patience): the message stays `sending`."""
+        if self._lost is not None:
+            raise self._lost
+        if self._settled is not None:
+            return self._settled
+        try:
+            try:
+                self._wait()
+            except StoreUnavailable:
+                self._outcomes.durably(self._write)
+        except StoreUnavailable as exc:
+            self._lost = exc
+            raise
+        except Exception:  # noqa: BLE001 - as a worker's unexpected error while sending
+            log.exception("message %d: unexpected error while recording", self.message.id)
+            self._settled = self._outcomes.defer_unexpected(self.message, self._retry)
+            return self._settled
+        self._done()
+        self._settled = self.status
+        return self.status
+
+
+def settle(pending: Pending | None, counts: dict[str, int]) -> None:
+    """A worker's wait for its handed-over outcome's commit: counted by its status, or
+    logged when the store did not take it (the message stays `sending`)."""
+    if pending is None:
+        return
+    try:
+        status = pending.settle()
+    except StoreUnavailable as exc:
+        log.error("message %d: its outcome is not recorded: %s", pending.message.id, exc)
+        return
+    counts[status] = counts.get(status, 0) + 1

@@ -9,9 +9,10 @@ senders' outcomes share commits through :mod:`mailsync.outbound.groupcommit`.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,24 @@ class OutboundStore(SpoolIntake):
         Returns once it is committed (group commit: concurrent senders share one
         transaction), so a sender never has more than one accepted message unrecorded.
         """
+        self._group.run(self._delivery_write(mid, delivery, status, now,
+                                             next_attempt_at, error, duration, tries))
+
+    def submit_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
+                        next_attempt_at: float | None, error: str | None,
+                        duration: float, tries: Sequence[tuple[str, str]] = ()
+                        ) -> Callable[[], None]:
+        """:meth:`record_delivery` handed to the group commit without waiting: returns
+        the wait for its commit (which raises as record_delivery would), to be called
+        before the sender's next message can be accepted by a server."""
+        ticket = self._group.submit(self._delivery_write(
+            mid, delivery, status, now, next_attempt_at, error, duration, tries))
+        return functools.partial(self._group.wait, ticket)
+
+    def _delivery_write(self, mid: int, delivery: Delivery, status: str, now: float,
+                        next_attempt_at: float | None, error: str | None,
+                        duration: float, tries: Sequence[tuple[str, str]]
+                        ) -> Callable[[sqlite3.Connection], None]:
         worst = next((r for r in delivery.recipients if r.status != "sent"), None)
         first = worst or (delivery.recipients[0] if delivery.recipients else None)
         each = json.dumps([[r.address, r.status, r.code, r.reply]
@@ -175,7 +194,7 @@ class OutboundStore(SpoolIntake):
                 (mid, now, status, error, delivery.server, first.code if first else None,
                  first.reply if first else None, duration, each))
 
-        self._group.run(write)
+        return write
 
     def record_failure(self, mid: int, status: str, error: str, now: float, *,
                        server: str | None = None, next_attempt_at: float | None = None,

@@ -27,7 +27,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from mailsync.auth import sasl
@@ -195,8 +195,13 @@ class SmtpSession:
     ) -> None:
         self.close()
 
-    def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> Delivery:
+    def send(self, mail_from: str, recipients: Sequence[str], data: bytes,
+             before_content: Callable[[], object] | None = None) -> Delivery:
         """Send ``data`` to ``recipients`` in one transaction; every recipient's reply kept.
+
+        ``before_content`` is called once DATA is accepted, right before the content is
+        sent (the deliverer waits there for its previous message's outcome to commit); if
+        it raises, the session is broken without sending the content and the error goes on.
 
         Replies never raise: 4xx defers and 5xx fails, per recipient. A lost connection
         or a timeout raises ConnectError(kind="closed"/"timeout") and marks the session
@@ -210,7 +215,7 @@ class SmtpSession:
         # self._guard's wall written out: this runs once per message, and the guard's
         # call would be one more per message on the sending path.
         try:
-            results = self._transaction(mail_from, list(recipients), data)
+            results = self._transaction(mail_from, list(recipients), data, before_content)
         except WIRE_ERRORS as exc:
             error = translate(exc, self._server, "transaction")
         else:
@@ -256,9 +261,8 @@ class SmtpSession:
 
     # -- internals ------------------------------------------------------------------
 
-    def _transaction(
-        self, mail_from: str, recipients: list[str], data: bytes
-    ) -> list[RecipientResult]:
+    def _transaction(self, mail_from: str, recipients: list[str], data: bytes,
+                     before_content: Callable[[], object] | None) -> list[RecipientResult]:
         smtp = self._smtp
         data = crlf(data)
         options: list[str] = []
@@ -280,35 +284,14 @@ class SmtpSession:
         smtp.command_encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         mail_cmd = f"MAIL FROM:<{mail_from}>" + "".join(f" {o}" for o in options)
         rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
-        if smtp.has_extn("pipelining"):
-            # RFC 2920: MAIL, every RCPT and DATA in one write, then read their replies:
-            # two round trips per message instead of three plus one per recipient.
-            # Each reply has its own deadline, named after its command.
-            smtp.expect("MAIL")
-            smtp.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
-            mail_reply = smtp.getreply()
-            rcpt_replies = []
-            for _ in recipients:
-                smtp.expect("RCPT")
-                rcpt_replies.append(smtp.getreply())
-            smtp.expect("DATA")
-            data_reply: tuple[int, bytes] | None = smtp.getreply()
-        else:
-            smtp.putcmd(mail_cmd)
-            mail_reply = smtp.getreply()
-            rcpt_replies = []
-            if _ok(mail_reply[0]):
-                for cmd in rcpt_cmds:
-                    smtp.putcmd(cmd)
-                    rcpt_replies.append(smtp.getreply())
-                    if rcpt_replies[-1][0] == 421:
-                        break
-            data_reply = None
-        return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply)
+        mail_reply, rcpt_replies, data_reply = smtp.envelope(mail_cmd, rcpt_cmds)
+        return self._outcome(recipients, data, mail_reply, rcpt_replies, data_reply,
+                             before_content)
 
     def _outcome(self, recipients: list[str], data: bytes, mail_reply: tuple[int, bytes],
                  rcpt_replies: list[tuple[int, bytes]],
-                 data_reply: tuple[int, bytes] | None) -> list[RecipientResult]:
+                 data_reply: tuple[int, bytes] | None,
+                 before_content: Callable[[], object] | None) -> list[RecipientResult]:
         """Per-recipient results from the replies; sends the content if anyone accepted."""
         smtp = self._smtp
         code, reply = mail_reply
@@ -343,6 +326,12 @@ class SmtpSession:
             data_reply = smtp.getreply()
         code, reply = data_reply
         if code == 354:
+            if before_content is not None:
+                try:
+                    before_content()
+                except BaseException:
+                    self._break()  # no content: the server drops the transaction
+                    raise
             body = stuffed(data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"

@@ -142,6 +142,14 @@ class Bounded(smtplib.SMTP):
         self.deadline.start("greeting")
         return super().connect(host, port, source_address)
 
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        """smtplib's socket, with TCP_NODELAY: every write is a whole command (or
+        pipelined group, or the whole content) that a read follows, so Nagle's wait for
+        an ACK could only delay one (the last segment of a content)."""
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock  # type: ignore[no-any-return]
+
     def putcmd(self, cmd: str, args: str = "") -> None:
         verb = cmd.partition(" ")[0].upper()
         self.deadline.start(verb if verb in _VERBS else self.deadline.what)
@@ -165,6 +173,41 @@ class Bounded(smtplib.SMTP):
         except OSError:
             self.close()
             raise smtplib.SMTPServerDisconnected("Server not connected") from None
+
+    def envelope(self, mail_cmd: str, rcpt_cmds: list[str]
+                 ) -> tuple[tuple[int, bytes], list[tuple[int, bytes]], tuple[int, bytes] | None]:
+        """Send MAIL and the RCPTs; returns the replies to MAIL, to each RCPT sent (none
+        after a refused MAIL in lock-step; none after a 421, the server closing the
+        channel) and to DATA when it went pipelined (else None: the caller sends it).
+
+        With PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one write, then their
+        replies: one round trip instead of two plus one per recipient. Each reply has its
+        own deadline, named after its command. Without it, each command waits for the
+        previous reply.
+        """
+        rcpt_replies: list[tuple[int, bytes]] = []
+        if self.has_extn("pipelining"):
+            self.expect("MAIL")
+            self.send("".join(f"{c}\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")))
+            mail_reply = self.getreply()
+            if mail_reply[0] == 421:
+                return mail_reply, rcpt_replies, None
+            for _ in rcpt_cmds:
+                self.expect("RCPT")
+                rcpt_replies.append(self.getreply())
+                if rcpt_replies[-1][0] == 421:
+                    return mail_reply, rcpt_replies, None
+            self.expect("DATA")
+            return mail_reply, rcpt_replies, self.getreply()
+        self.putcmd(mail_cmd)
+        mail_reply = self.getreply()
+        if 200 <= mail_reply[0] < 300:
+            for cmd in rcpt_cmds:
+                self.putcmd(cmd)
+                rcpt_replies.append(self.getreply())
+                if rcpt_replies[-1][0] == 421:
+                    break
+        return mail_reply, rcpt_replies, None
 
     def getreply(self) -> tuple[int, bytes]:
         resp: list[bytes] = []
