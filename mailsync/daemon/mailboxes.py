@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from mailsync.config.model import Config, IncomingServer
-from mailsync.inbound.poller import Poller, retry_delay
+from mailsync.inbound.poller import Poller, PollResult, retry_delay
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -32,6 +33,8 @@ class Mailbox:
         self.stop = stop
         self._on_failure = on_failure
         self._previous = previous
+        # The last poll's result and its end (wall clock): the admin console's Servers page.
+        self.last: tuple[PollResult, float] | None = None
         self.thread = threading.Thread(target=self._run,
                                        name=f"mailsync-poll-{self.server.name}", daemon=True)
         self.thread.start()
@@ -45,6 +48,7 @@ class Mailbox:
         try:
             while not self.stop.is_set():
                 result = self.poller.poll_once()
+                self.last = (result, time.time())
                 if self.stop.is_set():
                     break
                 if result.ok:
