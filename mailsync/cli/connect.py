@@ -54,12 +54,12 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
             continue
         ok, line = test_outgoing(servers[name], tokens)
         failed += not ok
-        click.echo(printable(f"{name}: {line}"))
+        click.echo(f"{printable(name)}: {line}")  # the line is printable already
     for name in names or tuple(incoming):
         if name not in incoming:
             continue
         ok, line = test_incoming(incoming[name], tokens)
         failed += not ok
-        click.echo(printable(f"{name} (incoming): {line}"))
+        click.echo(f"{printable(name)} (incoming): {line}")
     if failed:
         raise Exit(1)
