@@ -138,6 +138,9 @@ def main() -> None:
         "history deep keyset page": f"/history?before={args.n - 1000}",
         "history deep status=held": f"/history?status=held&before={args.n // 10}",
         "message page": f"/messages/{sample['id']}",
+        "queue first page": "/queue",
+        "queue status=deferred": "/queue?status=deferred",
+        "queue deep keyset page": f"/queue?after={args.n // 2}",
     }
     summary: dict[str, float] = {}
     try:

@@ -5,6 +5,7 @@ checks of the `admin` section."""
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import ssl
 import time
@@ -192,3 +193,37 @@ def test_a_console_without_users_or_a_user_twice_is_an_error():
     assert any("admin user 'olga' is declared twice" in e for e in _errors(twice))
     bad_role = BASE % ("127.0.0.1:9878", "    - {name: x, password_hash: {env: H}, role: boss}\n")
     assert any("boss" in e and "operator" in e for e in _errors(bad_role))
+
+
+def test_the_daemon_hands_its_servers_and_reloads_to_the_console(tmp_path, smtp_server, daemons):
+    srv = smtp_server()
+    port = free_port()
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / "maildir" / sub).mkdir(parents=True)
+    cfg = tmp_path / "config.yaml"
+    text = _daemon_config(tmp_path, srv.port, port).replace(
+        "accounts:\n", "incoming_servers:\n  - name: drop\n    type: local\n"
+        "    path: ./maildir\n    poll_interval: 1s\naccounts:\n", 1)
+    cfg.write_text(text)
+    d = daemons(cfg)
+    ensure_dirs(tmp_path / "spool")
+    drop(tmp_path / "spool", user="alice", to=["ok@example.org"], subject="Hi", text="x\n")
+    wait_until(lambda: history(cfg) and history(cfg)[0]["status"] == "sent", 20, "sent")
+    c = Client("127.0.0.1", port)
+    assert c.login("olga").status == 303
+
+    def servers() -> str:
+        return c.get("/servers").text
+
+    page = str(wait_until(lambda: 'id="in-drop"' in (p := servers()) and "chip-up" in
+                          p.split('id="in-drop"')[1] and p, 10, "the poll shown"))
+    assert re.search(r'<tr id="out-main">.*?chip-up">up</span>', page, re.S)
+    assert re.search(r'<tr id="in-drop">.*?chip-up">up</span>.*?drop: 0 fetched', page, re.S)
+    tested = c.form_post("/servers", "/servers/test", {"server": "main", "side": "outgoing"})
+    assert "main: OK" in tested.text
+    assert "No reload since the daemon started" in c.get("/config").text
+    cfg.write_text(text.replace("poll_interval: 1s", "poll_interval: [1s]"))
+    page = str(wait_until(lambda: "reload-result\">refused" in (p := c.get("/config").text)
+                          and p, 15, "the refused reload shown"))
+    assert "poll_interval" in page and "The file does not load" in page
+    assert d.stop() == 0

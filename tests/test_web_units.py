@@ -59,3 +59,20 @@ def test_since_takes_a_duration_or_a_date():
 ])
 def test_a_login_sends_back_to_the_console_only(value, expected):
     assert _safe_next(value) == expected
+
+
+def test_the_configuration_is_shown_with_every_secret_redacted():
+    from mailsync.web.settings import redacted, secret_keys
+
+    assert {"password", "password_hash", "session_key", "client_secret", "refresh_token",
+            "service_account_key", "dsn", "tls_client_cert", "tls_client_key"} <= secret_keys()
+    text = ("version: 1  # CANARY-COMMENT\n"
+            "daemon:\n  store: {postgresql: {dsn: 'postgresql://u:CANARY-DSN@db/mail'}}\n"
+            "outgoing_servers:\n  - {name: a, host: h, password: {env: RELAY_PW},\n"
+            "     tls_client_key: {file: /k.pem}}\n"
+            "admin: {session_key: {credential: console-key}}\n")
+    shown = redacted(text)
+    assert "CANARY" not in shown
+    assert "dsn: (redacted)" in shown and "env: RELAY_PW" in shown
+    assert "file: /k.pem" in shown and "credential: console-key" in shown
+    assert "host: h" in shown

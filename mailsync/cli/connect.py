@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -13,7 +12,6 @@ from mailsync.cli.root import (
     config_or_last_applied,
     main,
 )
-from mailsync.errors import ConnectError, SecretError
 from mailsync.printable import printable
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
@@ -21,18 +19,6 @@ from mailsync.printable import printable
 
 # A file with a typo must not stop these while the daemon runs on its last good config.
 _config = config_or_last_applied
-
-
-def _login_note(session: Any) -> str:
-    """What was negotiated: `` (STARTTLS, TLSv1.3, certificate valid until 2027-03-01,
-    AUTH PLAIN)``, an OAuth2 login with its token's life (``XOAUTH2, token valid until
-    14:32``)."""
-    from mailsync.auth.sasl import login_note
-
-    parts = [session.negotiated] if session.negotiated else []
-    if session.expires_at is not None:
-        parts.append(login_note(session.mechanism, session.expires_at))
-    return f" ({', '.join(parts)})" if parts else ""
 
 
 @main.command("test")
@@ -45,7 +31,7 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
     and a check that the folder (IMAP) or the Maildir (local) exists.
     """
     from mailsync.auth.tokens import TokenCache
-    from mailsync.outbound.login import connect
+    from mailsync.inbound.connection import test_incoming, test_outgoing
 
     config = _config(config_path)
     tokens = TokenCache(state_dir=config.daemon.state_dir)
@@ -66,26 +52,14 @@ def test_cmd(names: tuple[str, ...], config_path: Path) -> None:
     for name in names or tuple(servers):
         if name not in servers:
             continue
-        server = servers[name]
-        try:
-            session = connect(server, tokens)
-            session.close()
-        except (ConnectError, SecretError) as exc:
-            failed += 1
-            click.echo(printable(f"{name}: Connection Error: {exc}"))
-            continue
-        click.echo(printable(f"{name}: OK{_login_note(session)}"))
+        ok, line = test_outgoing(servers[name], tokens)
+        failed += not ok
+        click.echo(f"{printable(name)}: {line}")  # the line is printable already
     for name in names or tuple(incoming):
         if name not in incoming:
             continue
-        from mailsync.inbound.poller import check_incoming
-
-        try:
-            note = check_incoming(incoming[name], tokens=tokens)
-        except (ConnectError, SecretError) as exc:
-            failed += 1
-            click.echo(printable(f"{name} (incoming): Connection Error: {exc}"))
-            continue
-        click.echo(printable(f"{name} (incoming): OK" + (f" ({note})" if note else "")))
+        ok, line = test_incoming(incoming[name], tokens)
+        failed += not ok
+        click.echo(f"{printable(name)} (incoming): {line}")
     if failed:
         raise Exit(1)

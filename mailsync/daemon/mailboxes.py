@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from mailsync.config.model import Config, IncomingServer
 from mailsync.daemon.leases import LeaseKeeper, MailboxLease
-from mailsync.inbound.poller import Poller, retry_delay
+from mailsync.inbound.poller import Poller, PollResult, retry_delay
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -62,6 +62,8 @@ class Mailbox:
         self.stop = stop
         self._on_failure = on_failure
         self._previous = previous
+        # The last poll's result and its end (wall clock): the admin console's Servers page.
+        self.last: tuple[PollResult, float] | None = None
         self.thread = threading.Thread(target=self._run,
                                        name=f"mailsync-poll-{self.server.name}", daemon=True)
         self.thread.start()
@@ -81,6 +83,7 @@ class Mailbox:
                     lease.wait_held(self.stop)
                     continue
                 result = self.poller.poll_once()
+                self.last = (result, time.time())
                 if self.stop.is_set():
                     break
                 if result.kind == "lease_lost":

@@ -37,7 +37,7 @@ from typing import Any
 from mailsync.activities.store import ActivityCollector
 from mailsync.config.load import Loaded
 from mailsync.config.model import Config
-from mailsync.daemon.admin import AdminConsole
+from mailsync.daemon.admin import AdminConsole, daemon_status
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.health import Health, check_store, status_line, stuck_after
@@ -167,7 +167,9 @@ class Daemon:
         self._watch.start(config, loaded.sha256)
         self._control = ControlServer(socket_path(state_dir), self._handle)
         self._locator = Locator(self.config_path, self._control.path)
-        self._admin = AdminConsole(runtime, self.deliverer.wake)
+        self._admin = AdminConsole(runtime, self.deliverer.wake, lambda: daemon_status(
+            self.deliverer.pools, self._mailboxes, getattr(self, "reloader", None),
+            self.config_path))
         self._admin.start(config)
         endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self.reloader = Reloader(

@@ -130,6 +130,13 @@ class ConnectionPool:
         """Whether the server is down (acquire fails without connecting)."""
         return self._down is not None
 
+    @property
+    def outage(self) -> tuple[str, float] | None:
+        """Why the server is down and since when (on the pool's clock); None when it is
+        not down. Read-only, for the admin console's Servers page."""
+        down = self._down
+        return None if down is None else (down.reason, down.since)
+
     def acquire(self, timeout: float | None = None) -> SmtpSession:
         """Lend a session: an idle one (NOOP-checked if idle long), a new one, or wait.
 

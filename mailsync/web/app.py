@@ -4,7 +4,11 @@ Every page needs a session (else a redirect to ``/login``); every POST needs a s
 (else 403), a CSRF token of that session (else 403) and a request of the console's own
 origin, and an operator's action the role ``operator`` (else 403). The user and role are
 read from the configuration in force at each request: a user removed or demoted by a
-reload loses the access at once. The pages themselves are :mod:`mailsync.web.pages`.
+reload loses the access at once. The pages themselves are :mod:`mailsync.web.pages`
+(History, Message), :mod:`~mailsync.web.queue`, :mod:`~mailsync.web.inbox`,
+:mod:`~mailsync.web.activities`, :mod:`~mailsync.web.servers` and
+:mod:`~mailsync.web.settings` (Configuration): :data:`PAGES` and :data:`POSTS` route to
+them.
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from mailsync.auth.tokens import TokenCache
 from mailsync.config.admin import AdminUser
 from mailsync.config.model import Config
 from mailsync.errors import MailsyncError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store
-from mailsync.web import pages, passwords
+from mailsync.web import activities, inbox, pages, passwords, queue, servers, settings
 from mailsync.web.http import Request, Response, StartResponse, cookie, redirect, text
 from mailsync.web.sessions import Session, Sessions
+from mailsync.web.status import DaemonStatus, no_status
 from mailsync.web.throttle import Throttle
 
 log = logging.getLogger("mailsync.web")
@@ -40,6 +46,13 @@ STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"/static/admin.css": "text/css; charset=utf-8",
                 "/static/favicon.svg": "image/svg+xml",
                 "/favicon.ico": "image/svg+xml"}   # asked for by browsers, whatever a page says
+Page = Callable[["App", Request, "Visitor"], Response]
+PAGES: dict[str, Page] = {"/history": pages.history, "/queue": queue.page,
+                          "/inbox": inbox.page, "/activities": activities.page,
+                          "/servers": servers.page, "/config": settings.page}
+# The operators' forms that are not a message's button (those: _MESSAGE).
+POSTS: dict[str, Page] = {"/queue": queue.bulk, "/activities/done": activities.done,
+                          "/servers/test": servers.test}
 _MESSAGE = re.compile(r"^/messages/([0-9]{1,18})(?:/(html|raw|parts/[0-9]{1,4}|retry|hold|"
                       r"release|delete))?$")
 
@@ -89,19 +102,26 @@ class Readers:
 class App:
     """The console as a WSGI callable. ``config`` is the configuration in force,
     ``reads`` lends a read-only store, ``writes`` is the daemon's (for the operators'
-    actions), ``wake`` tells the senders a message is due now."""
+    actions), ``wake`` tells the senders a message is due now, ``status`` is what the
+    daemon knows of its servers and reloads, ``tokens`` the OAuth2 token cache the
+    connection tests log in with."""
 
     def __init__(self, config: Callable[[], Config],
                  reads: Callable[[], AbstractContextManager[OutboundStore]],
                  writes: OutboundStore, sessions: Sessions, *,
                  wake: Callable[[], None] = lambda: None,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None,
+                 status: Callable[[], DaemonStatus] = no_status,
+                 tokens: TokenCache | None = None) -> None:
         self.config = config
         self.reads = reads
         self.writes = writes
         self.sessions = sessions
         self.wake = wake
         self.throttle = throttle or Throttle()
+        self.status = status
+        self.tokens = tokens or TokenCache(state_dir=config().daemon.state_dir)
+        self.test_limit = servers.TEST_LIMIT
         self.templates = Environment(loader=PackageLoader("mailsync.web", "templates"),
                                      autoescape=select_autoescape(default=True),
                                      undefined=StrictUndefined, trim_blocks=True,
@@ -159,21 +179,28 @@ class App:
                                               max_age=0)])
         if path == "/" and method == "GET":
             return redirect("/history")
-        if path == "/history" and method == "GET":
-            return pages.history(self, request, visitor)
+        if method == "GET" and path in PAGES:
+            return PAGES[path](self, request, visitor)
+        if method == "POST" and path in POSTS:
+            if not visitor.operator:
+                return self._forbidden(visitor, path.strip("/").replace("/", " "))
+            return POSTS[path](self, request, visitor)
         found = _MESSAGE.match(path)
         if found is not None:
             mid, what = int(found.group(1)), found.group(2) or ""
             if method == "POST" and what in pages.ACTION_NAMES:
                 if not visitor.operator:
-                    return self.page(403, "error.html", visitor, title="Forbidden",
-                                     message=f"{what} needs the operator role; "
-                                     f"{visitor.user.name} is a {visitor.user.role}.")
+                    return self._forbidden(visitor, what)
                 return pages.action(self, visitor, mid, what)
             if method == "GET" and what not in pages.ACTION_NAMES:
                 return pages.message(self, request, visitor, mid, what)
         return self.page(404, "error.html", visitor, title="Not found",
                          message=f"Nothing at {path}.")
+
+    def _forbidden(self, visitor: Visitor, what: str) -> Response:
+        return self.page(403, "error.html", visitor, title="Forbidden",
+                         message=f"{what} needs the operator role; "
+                         f"{visitor.user.name} is a {visitor.user.role}.")
 
     def _refuse_post(self, request: Request, visitor: Visitor | None) -> Response | None:
         if visitor is None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mailsync.auth.tokens import TokenCache
 from mailsync.config.admin import Admin
 from mailsync.config.model import Config
 from mailsync.outbound.queue import OutboundStore
 from mailsync.web.app import App, Readers
 from mailsync.web.server import Listener, tls_context
-from mailsync.web.sessions import Sessions, load_key
+from mailsync.web.sessions import REVOKED_FILE, Sessions, load_key
+from mailsync.web.status import DaemonStatus, no_status
 
 
 class Console:
@@ -31,10 +33,14 @@ class Console:
 
 
 def serve(config: Config, current: Callable[[], Config], writes: OutboundStore,
-          wake: Callable[[], None], listen: str | None = None) -> Console:
+          wake: Callable[[], None], listen: str | None = None, *,
+          status: Callable[[], DaemonStatus] = no_status,
+          tokens: TokenCache | None = None) -> Console:
     """Serve the console of ``config`` on ``listen`` (default ``daemon.admin_listen``).
     ``current`` is the configuration in force at each request (users and roles change
-    with a reload), ``writes`` the daemon's store, ``wake`` wakes its senders.
+    with a reload), ``writes`` the daemon's store, ``wake`` wakes its senders,
+    ``status`` says what the daemon knows of its servers and reloads, ``tokens`` is its
+    OAuth2 token cache (the connection tests share it).
 
     Raises OSError when the address cannot be bound or the TLS files used, ConfigError
     for an unusable ``admin.session_key``.
@@ -43,12 +49,13 @@ def serve(config: Config, current: Callable[[], Config], writes: OutboundStore,
     assert address is not None
     admin = config.admin or Admin()
     key = load_key(config.daemon.state_dir, admin.session_key)
-    sessions = Sessions(key, admin.session_lifetime.total_seconds())
+    sessions = Sessions(key, admin.session_lifetime.total_seconds(),
+                        revoked_file=config.daemon.state_dir / REVOKED_FILE)
     tls = None
     if admin.tls_cert_file is not None and admin.tls_key_file is not None:
         tls = tls_context(admin.tls_cert_file, admin.tls_key_file)
     readers = Readers(config.daemon.state_dir)
-    app = App(current, readers, writes, sessions, wake=wake)
+    app = App(current, readers, writes, sessions, wake=wake, status=status, tokens=tokens)
     try:
         listener = Listener(address, app, tls)
     except BaseException:

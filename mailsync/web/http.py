@@ -57,6 +57,7 @@ class Request:
         except CookieError:
             pass
         self._form: dict[str, str] | None = None
+        self._lists: dict[str, list[str]] = {}
 
     def header(self, name: str) -> str | None:
         value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
@@ -74,9 +75,14 @@ class Request:
             if length > MAX_FORM:
                 raise ValueError(f"a form of {length} bytes (at most {MAX_FORM})")
             body = self.environ["wsgi.input"].read(length) if length > 0 else b""
-            self._form = {k: v[-1] for k, v in
-                          parse_qs(body.decode("utf-8", "replace")).items()}
+            self._lists = parse_qs(body.decode("utf-8", "replace"))
+            self._form = {k: v[-1] for k, v in self._lists.items()}
         return self._form
+
+    def form_list(self, name: str) -> list[str]:
+        """Every value of a form field sent several times (a selection's checkboxes)."""
+        _ = self.form
+        return list(self._lists.get(name, ()))
 
     def same_origin(self) -> bool:
         """Whether a POST comes from the console's own pages, as far as the browser says:

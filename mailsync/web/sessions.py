@@ -2,11 +2,14 @@
 
 A session is a cookie holding ``{user, session id, expiry, password fingerprint}``,
 signed with HMAC-SHA256; nothing about it is kept on the server but the ids of sessions
-logged out before their expiry (:meth:`Sessions.revoke`, in memory). The fingerprint is
-an HMAC of the user's password hash, so that a changed password ends the user's other
-sessions; the role is never in the cookie, but read from the configuration in force at
-each request. A form's CSRF token is an HMAC of the session id (of a login nonce, on the
-login form): a page of another site can neither read nor make one.
+logged out before their expiry (:meth:`Sessions.revoke`), in memory and in
+``state_dir/admin-revoked-sessions`` (one ``id expiry`` line each, 0600, rewritten without
+the expired ones at each start): a cookie logged out stays logged out after a restart.
+The fingerprint is an HMAC of the user's password hash, so that a changed password ends
+the user's other sessions; the role is never in the cookie, but read from the
+configuration in force at each request. A form's CSRF token is an HMAC of the session id
+(of a login nonce, on the login form): a page of another site can neither read nor make
+one.
 
 The key (:func:`load_key`): ``admin.session_key`` when set, else
 ``state_dir/admin-session.key``, 32 random bytes made at the first start (0600) and
@@ -30,12 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailsync import files
 from mailsync.config.secrets import Secret
 from mailsync.errors import ConfigError
 
 log = logging.getLogger("mailsync.web")
 
 KEY_FILE = "admin-session.key"
+REVOKED_FILE = "admin-revoked-sessions"
 KEY_MODE = 0o600
 MIN_KEY = 32
 
@@ -96,12 +101,16 @@ class Sessions:
     """Makes and checks session cookies and CSRF tokens with one key."""
 
     def __init__(self, key: bytes, lifetime: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 revoked_file: Path | None = None) -> None:
         self._key = key
         self.lifetime = lifetime
         self._clock = clock
         self._revoked: dict[str, float] = {}  # sid -> expiry
         self._lock = threading.Lock()
+        self._revoked_file = revoked_file
+        if revoked_file is not None:
+            self._revoked = load_revoked(revoked_file, clock())
 
     def __repr__(self) -> str:
         return f"Sessions(lifetime={self.lifetime:g}s, key=***)"
@@ -145,12 +154,14 @@ class Sessions:
         return session
 
     def revoke(self, session: Session) -> None:
-        """Log ``session`` out: its cookie is refused from now on (until a restart, when
-        it may come back until its expiry, if the key is kept)."""
+        """Log ``session`` out: its cookie is refused from now on, also after a restart
+        (the id is appended to the revoked file, and synced, before this returns)."""
         now = self._clock()
         with self._lock:
             self._revoked = {s: e for s, e in self._revoked.items() if e > now}
             self._revoked[session.sid] = session.expires
+            if self._revoked_file is not None:
+                _append_revoked(self._revoked_file, session.sid, session.expires)
 
     def csrf(self, sid: str) -> str:
         """The CSRF token of the forms of session ``sid`` (or of a login nonce)."""
@@ -160,3 +171,36 @@ class Sessions:
         return bool(token) and hmac.compare_digest(str(token), self.csrf(sid))
 
 
+
+
+def load_revoked(path: Path, now: float) -> dict[str, float]:
+    """The sessions logged out and not yet expired that ``path`` records (sid -> expiry);
+    the file is rewritten without the expired ones (0600). A line that does not parse
+    (a write cut short by a crash) is skipped."""
+    try:
+        text = path.read_text("ascii", "replace")
+    except FileNotFoundError:
+        return {}
+    revoked: dict[str, float] = {}
+    for line in text.splitlines():
+        sid, _, expiry = line.partition(" ")
+        try:
+            when = float(expiry)
+        except ValueError:
+            continue
+        if sid and when > now:
+            revoked[sid] = when
+    kept = "".join(f"{sid} {int(when)}\n" for sid, when in revoked.items())
+    if kept != text:
+        files.write_atomically(path, kept.encode("ascii"), KEY_MODE)
+    return revoked
+
+
+def _append_revoked(path: Path, sid: str, expires: float) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, KEY_MODE)
+    try:
+        os.fchmod(fd, KEY_MODE)  # whatever the umask
+        os.write(fd, f"{sid} {int(expires)}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,75 @@
+"""The Inbox page: the messages fetched from each incoming server (a tab per server),
+newest first, and the bounces linked to the message they bounced.
+
+A bounce's record says which outbound message it bounced (``fetched.bounce_of``, set by
+the poller when a DSN's signed VERP address, envelope id or returned Message-ID names a
+message this daemon sent): the row links there. Keyset-paginated (``before=ID``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mailsync.config.units import iso
+from mailsync.web.http import Request, Response
+
+if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports this module)
+    from mailsync.web.app import App, Visitor
+
+PAGE_SIZE = 50
+
+
+def fetched(store: Any, server: str | None, bounces: bool, before: int | None,
+            limit: int) -> list[dict[str, Any]]:
+    """Fetched messages of ``server`` (any: None), bounces only when ``bounces``, with
+    ids below ``before``, newest first; each bounce with the subject and status of the
+    message it bounced."""
+    where: list[str] = []
+    args: list[Any] = []
+    if server is not None:
+        where.append("f.server = ?")
+        args.append(server)
+    if bounces:
+        where.append("f.bounce_of IS NOT NULL")
+    if before is not None:
+        where.append("f.id < ?")
+        args.append(before)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = store.query(
+        "SELECT f.id, f.server, f.folder, f.fetched_at, f.message_id, f.from_address,"
+        " f.to_address, f.subject, f.size, f.bounce_of, m.subject AS bounced_subject,"
+        " m.status AS bounced_status"
+        f" FROM fetched f LEFT JOIN messages m ON m.id = f.bounce_of {clause}"
+        " ORDER BY f.id DESC LIMIT ?", (*args, limit))
+    return [{"id": r["id"], "server": r["server"], "folder": r["folder"] or "",
+             "fetched": (iso(r["fetched_at"]) or "")[:19].replace("T", " "),
+             "from": r["from_address"], "to": r["to_address"], "subject": r["subject"],
+             "size": r["size"], "bounce_of": r["bounce_of"],
+             "bounced_subject": r["bounced_subject"], "bounced_status": r["bounced_status"]}
+            for r in rows]
+
+
+def page(app: App, request: Request, visitor: Visitor) -> Response:
+    """The Inbox page (``server=NAME``, ``bounces=1``, ``before=ID``)."""
+    servers = [s.name for s in app.config().incoming_servers]
+    server = request.query.get("server", "").strip() or None
+    error = None
+    if server is not None and server not in servers:
+        error = (f"server {server!r} is not an incoming server (allowed: "
+                 f"{', '.join(servers) or 'none declared'})")
+    bounces = request.query.get("bounces") == "1"
+    before_text = request.query.get("before", "")
+    before = int(before_text) if before_text.isdigit() and len(before_text) <= 18 else None
+    rows: list[dict[str, Any]] = []
+    if error is None:
+        with app.reads() as store:
+            rows = fetched(store, server, bounces, before, PAGE_SIZE + 1)
+    older = None
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        older = rows[-1]["id"]
+    keep = {k: v for k, v in (("server", server or ""), ("bounces", "1" if bounces else ""))
+            if v}
+    return app.page(400 if error else 200, "inbox.html", visitor, title="Inbox", rows=rows,
+                    servers=servers, server=server, bounces=bounces, error=error,
+                    older=older, keep=keep, newest=before is not None)
