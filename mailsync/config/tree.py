@@ -74,6 +74,8 @@ class Daemon:
     helo_name: str | None = None  # None: this machine's FQDN (netio.helo_name)
     tls: Tls = Tls()  # the defaults of the servers' TLS keys (already filled in there)
     store: StoreBackend = StoreBackend()  # daemon.store: SQLite in state_dir by default
+    node: str = "mailsync"  # daemon.node: this node's name (default: the host name)
+    send_lease: timedelta = timedelta(seconds=30)  # a shared store's sending claims
 
 
 @dataclass(frozen=True)

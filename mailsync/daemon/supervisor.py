@@ -39,6 +39,7 @@ from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.health import Health, stuck_after
 from mailsync.daemon.mailboxes import Mailboxes
+from mailsync.daemon.node import NodeHeartbeat, cluster, start_node
 from mailsync.daemon.reload import (
     Endpoint,
     LogFormat,
@@ -102,6 +103,7 @@ class Daemon:
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
         self._locator: Locator | None = None
+        self.node: NodeHeartbeat | None = None  # a shared (PostgreSQL) store only
 
     @property
     def loaded(self) -> Loaded:
@@ -145,6 +147,11 @@ class Daemon:
         self.deliverer = Deliverer(config, runtime.outbound, self.metrics,
                                    verp_key=runtime.verp_key, tokens=runtime.tokens)
         self._deliver = DeliverLoop(self.deliverer, self._stopping)
+        deliverer = self.deliverer
+        self.node = start_node(runtime.outbound, self.metrics,  # before the first claim
+                               lease_seconds=config.daemon.send_lease.total_seconds(),
+                               config_sha256=lambda: self.loaded.sha256,
+                               in_flight=lambda: deliverer.in_hand()[0])
         self._spool = SpoolLoop(store, self._stopping, self.deliverer)
         intake = Intake(config, runtime.outbound, self.metrics, verp_key=runtime.verp_key,
                         on_commit=self._spool.committed, pickup=self._pickup)
@@ -329,7 +336,9 @@ class Daemon:
             return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self._summary(), "pid": os.getpid(),
-                    "config_sha256": self.loaded.sha256, "last_reload": self.reloader.last}
+                    "config_sha256": self.loaded.sha256, "last_reload": self.reloader.last,
+                    **({"node": self.node.name, "nodes": cluster(self.store)}
+                       if self.node is not None else {})}
         return {"ok": False, "error": f"unknown command {command!r} (reload, status, wake)"}
 
     # -- stop -----------------------------------------------------------------------------
@@ -363,6 +372,9 @@ class Daemon:
             self._spool.thread.join(5.0)
         if self._mailboxes is not None:
             self._mailboxes.join(5.0)
+        if self.node is not None:  # after the senders: their claims stay leased until here
+            self.node.stop()
+            self.node.join(5.0)
         if deliverer is not None:
             deliverer.close()
         if self._watch is not None:

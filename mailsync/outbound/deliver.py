@@ -30,6 +30,7 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
+from mailsync.outbound.lease import LeaseLost
 from mailsync.outbound.outcomes import Outcomes
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.pools import Held, Pools
@@ -302,6 +303,9 @@ class Deliverer:
                         continue
                     try:
                         outcome = self.send(message, held)
+                    except LeaseLost:  # not sent: the lease's next renewal gives it back
+                        self._progressed()
+                        continue
                     except StoreUnavailable as exc:
                         # Halted while the store could not record the outcome: the message
                         # stays `sending`, queued again (and sent again) at the next start.
@@ -381,6 +385,8 @@ class Deliverer:
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
                   tries: list[tuple[str, str]]) -> str:
+        if self.store.send_lease and not self.store.send_lease.may_send(message.claimed_at):
+            raise LeaseLost(message.id)  # a shared store: this node's lease lapsed
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)

@@ -49,4 +49,26 @@ MIGRATIONS: list[str] = [
     inbound_tables.SKIPPED_MIGRATION,
     # 9: each recipient's outcome per attempt (mailsync/outbound/tables.py).
     outbound_tables.ATTEMPT_RECIPIENTS_MIGRATION,
+    # 10: RESERVED for the admin console's search indexes (branch web); this placeholder
+    # changes nothing and is replaced by that migration when the branches are merged.
+    "SELECT 1",
+    # 11: the nodes sharing a store (mailsync/store/nodes.py), and which node holds each
+    # message being sent, until when (its lease: epoch seconds of the database's clock on
+    # PostgreSQL; mailsync/outbound/claims.py).
+    """
+    ALTER TABLE messages ADD COLUMN claimed_by TEXT;
+    ALTER TABLE messages ADD COLUMN lease_until REAL;
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        stale_after REAL NOT NULL,
+        version TEXT NOT NULL,
+        config_sha256 TEXT NOT NULL,
+        in_flight INTEGER NOT NULL DEFAULT 0,
+        mailboxes TEXT NOT NULL DEFAULT '[]'
+    )
+    """,
 ]
