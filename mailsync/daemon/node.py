@@ -42,12 +42,14 @@ class NodeHeartbeat:
 
     def __init__(self, outbound: OutboundStore, lease: SendLease, metrics: Metrics, *,
                  config_sha256: Callable[[], str], in_flight: Callable[[], int],
+                 wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.outbound = outbound
         self.lease = lease
         self.metrics = metrics
         self.config_sha256 = config_sha256
         self.in_flight = in_flight
+        self.wake = wake  # the sender: messages came back to the queue
         self.clock = clock
         # The incoming servers this node holds the lease of (filled by the mailbox leases).
         self.held_mailboxes: Callable[[], list[str]] = list
@@ -84,6 +86,8 @@ class NodeHeartbeat:
             if self.lease.renewed(sent_at):
                 break
         taken = self.outbound.reclaim_expired(self.clock())
+        if taken:
+            self.wake()
         for holder, count in sorted(taken.items()):
             log.warning("node %s: the sending lease of node %s ended; %d of its messages "
                         "were given back to the queue", self.name, holder, count)
@@ -125,15 +129,15 @@ class NodeHeartbeat:
 
 
 def start_node(outbound: OutboundStore, metrics: Metrics, *, lease_seconds: float,
-               config_sha256: Callable[[], str],
-               in_flight: Callable[[], int]) -> NodeHeartbeat | None:
+               config_sha256: Callable[[], str], in_flight: Callable[[], int],
+               wake: Callable[[], None]) -> NodeHeartbeat | None:
     """This node's heartbeat, started, on a shared (PostgreSQL) store; None on SQLite."""
     if not outbound.shared:
         return None
     lease = SendLease(lease_seconds)
     outbound.send_lease = lease
     heartbeat = NodeHeartbeat(outbound, lease, metrics, config_sha256=config_sha256,
-                              in_flight=in_flight)
+                              in_flight=in_flight, wake=wake)
     heartbeat.start()
     return heartbeat
 

@@ -101,7 +101,7 @@ def _ingest_and_send(runtime: Runtime) -> PassResult:
     node = start_node(runtime.outbound, runtime.metrics,
                       lease_seconds=runtime.config.daemon.send_lease.total_seconds(),
                       config_sha256=lambda: runtime.loaded.sha256,
-                      in_flight=lambda: deliverer.in_hand()[0])
+                      in_flight=lambda: deliverer.in_hand()[0], wake=deliverer.wake)
     try:
         pickup = Pickup(runtime.config, runtime.verp_key)  # forked before any thread
         done = threading.Event()

@@ -151,7 +151,8 @@ class Daemon:
         self.node = start_node(runtime.outbound, self.metrics,  # before the first claim
                                lease_seconds=config.daemon.send_lease.total_seconds(),
                                config_sha256=lambda: self.loaded.sha256,
-                               in_flight=lambda: deliverer.in_hand()[0])
+                               in_flight=lambda: deliverer.in_hand()[0],
+                               wake=deliverer.wake)
         self._spool = SpoolLoop(store, self._stopping, self.deliverer)
         intake = Intake(config, runtime.outbound, self.metrics, verp_key=runtime.verp_key,
                         on_commit=self._spool.committed, pickup=self._pickup)
