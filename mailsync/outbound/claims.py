@@ -14,6 +14,7 @@ instead of its SQLite statements (SQLite has one node, whose claims need no leas
   or lost the database): any live node runs it with its heartbeat. A dead node's
   messages are then sent by another, at most those it was sending when it died twice.
 - :func:`unclaim` and :func:`recover` give back only this node's own claims.
+- :class:`OwnTransactions` commits each sender's outcome on its own connection.
 
 Statements in SQLite's dialect with PostgreSQL-only parts (``FOR UPDATE``, ``= ANY``,
 ``clock_timestamp()``), run through the store's translating connection.
@@ -22,8 +23,10 @@ Statements in SQLite's dialect with PostgreSQL-only parts (``FOR UPDATE``, ``= A
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from mailsync.store import Store
 
 # The database's clock, in epoch seconds (one clock for every node's leases).
 DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
@@ -117,3 +120,18 @@ def _requeue(conn: sqlite3.Connection, now: float, detail: str, which: str,
     conn.executemany("INSERT INTO events (message, at, status, detail) VALUES (?, ?, ?, ?)",
                      [(mid, now, "queued", detail) for mid in ids])
     return len(ids)
+
+
+class OwnTransactions:
+    """The senders' outcomes on a shared store: each in a transaction of its own, on its
+    thread's connection (:meth:`mailsync.store.postgres.PgStore.transaction`), committed
+    at the same time as the other senders' (PostgreSQL's WAL flush groups concurrent
+    commits), where SQLite's one connection needs :class:`GroupCommit`'s groups. One
+    message's rows a transaction: no lock order to keep with the lease renewals."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def run(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        with self.store.transaction() as conn:
+            write(conn)

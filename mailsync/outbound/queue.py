@@ -61,7 +61,8 @@ class OutboundStore(SpoolIntake):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        self._group = GroupCommit(store)
+        self._group: GroupCommit | claims.OwnTransactions = GroupCommit(store) \
+            if store.dialect != "postgresql" else claims.OwnTransactions(store)
         # On a store several nodes share (PostgreSQL): this node's name and its sending
         # lease (set by its heartbeat, mailsync/daemon/node.py: no claim before the first
         # renewal, nor after a lapse). An SQLite store has one node: no lease.
