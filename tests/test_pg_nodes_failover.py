@@ -65,8 +65,10 @@ def subjects(received) -> Counter[str]:
     return Counter(str(message_from_bytes(m.data)["Subject"]) for m in received)
 
 
-def start(cfg: Path, env: dict[str, str]) -> DaemonProcess:
+def start(cfg: Path, env: dict[str, str], running: list[DaemonProcess]) -> DaemonProcess:
+    """A node's daemon, healthy; in ``running`` (killed by the test's end) at once."""
     daemon = DaemonProcess(cfg, env=env)
+    running.append(daemon)
     daemon.wait_healthy(30)
     return daemon
 
@@ -87,9 +89,10 @@ def test_a_node_killed_mid_burst_its_messages_are_sent_by_the_other(tmp_path, pg
     total = 5000
     for i in range(total):
         drop_eml(cfg_a.parent / "spool" if i % 2 else cfg_b.parent / "spool", message(i))
-    a = start(cfg_a, env)
-    b = start(cfg_b, env)
+    running: list[DaemonProcess] = []
     try:
+        a = start(cfg_a, env, running)
+        start(cfg_b, env, running)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             def queued() -> int:
                 return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
@@ -124,7 +127,7 @@ def test_a_node_killed_mid_burst_its_messages_are_sent_by_the_other(tmp_path, pg
         row = {ln.split()[0]: ln.split() for ln in lines if ln.startswith(("a ", "b "))}
         assert row["a"][1] == "gone" and row["b"][1:3] == ["(this)", "live"]
     finally:
-        stop_all(a, b)
+        stop_all(*running)
 
 
 PROXY = """
@@ -188,7 +191,17 @@ class Proxy:
 def test_a_partitioned_node_stops_sending_when_its_lease_ends(tmp_path, pg_dsn, postgres: Postgres,
                                                              smtp_server):
     sink = smtp_server()
+    running: list[DaemonProcess] = []
     proxy = Proxy(postgres.port)
+    try:
+        _partition(tmp_path, pg_dsn, postgres, sink, proxy, running)
+    finally:
+        stop_all(*running)
+        proxy.close()
+
+
+def _partition(tmp_path: Path, pg_dsn: str, postgres: Postgres, sink, proxy: Proxy,
+               running: list[DaemonProcess]) -> None:
     cut_dsn = pg_dsn.replace(f":{postgres.port}/", f":{proxy.port}/")
     env = {"MAILSYNC_DSN": pg_dsn, "CUT_DSN": cut_dsn + "?connect_timeout=2"}
     cfg_a = node_config(tmp_path, "a", sink.port, "CUT_DSN")  # a reaches it through the proxy
@@ -197,49 +210,44 @@ def test_a_partitioned_node_stops_sending_when_its_lease_ends(tmp_path, pg_dsn, 
     for i in range(total):
         drop_eml(cfg_a.parent / "spool", message(i))
     sink.data_gate = threading.Event()  # DATA held until a has queued its spool
-    a = start(cfg_a, env)
-    b: DaemonProcess | None = None
-    try:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            wait_until(lambda: conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-                       == total, 30, "a queued its spool")
-            sink.data_gate.set()
-            wait_until(lambda: len(sink.messages) >= 100, 20, "a sending")
-            proxy.cut()  # a still holds claims: it was sending
-            cut_at = time.time()
-            b = start(cfg_b, env)
-            try:
-                sink.wait_for(total, timeout=60)
-            except AssertionError:
-                rows = conn.execute("SELECT status, claimed_by, count(*), min(next_attempt_at)"
-                                    " FROM messages GROUP BY 1, 2").fetchall()
-                missing = conn.execute(
-                    "SELECT e.message, e.status, e.detail FROM events e JOIN messages m"
-                    " ON m.id = e.message WHERE m.status <> 'sent' ORDER BY e.id").fetchall()
-                raise AssertionError(f"{rows}\n{missing[-40:]}\n{a.log[-3000:]}\n"
-                                     f"{b.log[-3000:]}") from None
-            first_taken = conn.execute(
-                "SELECT min(at) FROM events WHERE detail LIKE"
-                " '%sending lease of node a ended%'").fetchone()[0]
-            restored_at = time.time()
-            proxy.restore()
-            time.sleep(LEASE * 2)  # a reconnects: it must not send what it had claimed
-            sent = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'"
-                                ).fetchone()[0]
-        assert first_taken is not None and first_taken >= cut_at  # b took a's messages
-        from_a = [m.at for m in sink.messages if m.helo == "a.example.com"]
-        after_cut = [t for t in from_a if t > cut_at]
-        assert all(t < cut_at + LEASE for t in after_cut), (len(after_cut), cut_at)
-        assert all(t < first_taken for t in after_cut)  # a stopped before b took over
-        assert not [t for t in from_a if t > restored_at]  # nothing stale after reconnecting
-        got = subjects(sink.messages)
-        assert set(got) == {f"burst {i}" for i in range(total)}
-        assert sum(n - 1 for n in got.values()) <= SESSIONS
-        assert sent >= total - SESSIONS
-        assert PASSWORD not in a.log
-        drift = DaemonProcess._parse(b.get("/metrics")[1]).get(
-            ("mailsync_cluster_config_drift", ()))
-        assert drift == 1  # a and b run different files
-    finally:
-        stop_all(a, *([b] if b is not None else []))
-        proxy.close()
+    a = start(cfg_a, env, running)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        wait_until(lambda: conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+                   == total, 30, "a queued its spool")
+        sink.data_gate.set()
+        wait_until(lambda: len(sink.messages) >= 100, 20, "a sending")
+        proxy.cut()  # a still holds claims: it was sending
+        cut_at = time.time()
+        b = start(cfg_b, env, running)
+        try:
+            sink.wait_for(total, timeout=60)
+        except AssertionError:
+            rows = conn.execute("SELECT status, claimed_by, count(*), min(next_attempt_at)"
+                                " FROM messages GROUP BY 1, 2").fetchall()
+            missing = conn.execute(
+                "SELECT e.message, e.status, e.detail FROM events e JOIN messages m"
+                " ON m.id = e.message WHERE m.status <> 'sent' ORDER BY e.id").fetchall()
+            raise AssertionError(f"{rows}\n{missing[-40:]}\n{a.log[-3000:]}\n"
+                                 f"{b.log[-3000:]}") from None
+        first_taken = conn.execute(
+            "SELECT min(at) FROM events WHERE detail LIKE"
+            " '%sending lease of node a ended%'").fetchone()[0]
+        restored_at = time.time()
+        proxy.restore()
+        time.sleep(LEASE * 2)  # a reconnects: it must not send what it had claimed
+        sent = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'"
+                            ).fetchone()[0]
+    assert first_taken is not None and first_taken >= cut_at  # b took a's messages
+    from_a = [m.at for m in sink.messages if m.helo == "a.example.com"]
+    after_cut = [t for t in from_a if t > cut_at]
+    assert all(t < cut_at + LEASE for t in after_cut), (len(after_cut), cut_at)
+    assert all(t < first_taken for t in after_cut)  # a stopped before b took over
+    assert not [t for t in from_a if t > restored_at]  # nothing stale after reconnecting
+    got = subjects(sink.messages)
+    assert set(got) == {f"burst {i}" for i in range(total)}
+    assert sum(n - 1 for n in got.values()) <= SESSIONS
+    assert sent >= total - SESSIONS
+    assert PASSWORD not in a.log
+    drift = DaemonProcess._parse(b.get("/metrics")[1]).get(
+        ("mailsync_cluster_config_drift", ()))
+    assert drift == 1  # a and b run different files
