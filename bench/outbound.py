@@ -242,7 +242,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--daemon", action="store_true",
                         help="drop the burst into a running daemon instead of run --once")
+    import pgbench_support  # bench/pgbench_support.py: --store postgresql, --nodes
+
+    pgbench_support.add_arguments(parser)
     args = parser.parse_args()
+    if args.store == "postgresql":
+        return pgbench_support.main(args, one_run=one_run, config=CONFIG, drop=drop_messages,
+                                    sink=sink, free_port=free_port)
     port = free_port()
     if args.daemon:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -93,6 +93,8 @@ class Received:
     auth_user: str | None
     mail_options: tuple[str, ...] = ()
     auth_mechanism: str | None = None  # PLAIN, LOGIN, XOAUTH2 or OAUTHBEARER
+    helo: str | None = None  # the client's EHLO name (which node sent it)
+    at: float = 0.0  # time.time() when the message was accepted
 
 
 class _Handler:
@@ -158,6 +160,8 @@ class _Handler:
                 auth_user=user,
                 mail_options=tuple(envelope.mail_options),
                 auth_mechanism=getattr(server, "login_mechanism", None),
+                helo=session.host_name,
+                at=time.time(),
             )
         )
         return "250 2.0.0 OK queued"

@@ -63,6 +63,29 @@ def status_cmd(config_path: Path, socket_opt: Path | None) -> None:
     if "last_reload" in reply:  # an older daemon does not tell
         for line in last_reload_lines(reply["last_reload"]):
             click.echo(printable(line))
+    if isinstance(reply.get("nodes"), list):  # a shared (PostgreSQL) store
+        click.echo(nodes_table(reply["nodes"], str(reply.get("node"))))
+
+
+def nodes_table(rows: list[dict[str, Any]], this: str) -> str:
+    """The nodes sharing the store: whether each is live, its last heartbeat, version,
+    config hash, messages in flight and mailboxes held; configurations that differ
+    between live nodes are said below the table."""
+    from mailsync.cli.render import table  # only for a daemon on a shared store
+
+    shown = [{"node": f"{r.get('name')}{' (this)' if r.get('name') == this else ''}",
+              "state": "live" if r.get("live") else "gone",
+              "heartbeat": f"{float(r.get('heartbeat_age') or 0):.1f}s ago",
+              "version": r.get("version"), "config": str(r.get("config_sha256"))[:12],
+              "in_flight": r.get("in_flight"),
+              "mailboxes": ", ".join(r.get("mailboxes") or []) or "-"} for r in rows]
+    text = f"nodes ({len(rows)}):\n" + table(shown, ["node", "state", "heartbeat", "version",
+                                                     "config", "in_flight", "mailboxes"])
+    configs = {r.get("config_sha256") for r in rows if r.get("live")}
+    if len(configs) > 1:
+        text += (f"\nwarning: the live nodes run {len(configs)} different configurations "
+                 "(mailsync_cluster_config_drift)")
+    return text
 
 
 def last_reload_lines(last: dict[str, Any] | None) -> list[str]:

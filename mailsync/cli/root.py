@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -350,8 +351,16 @@ def _last_applied(new: Loaded, base_dir: Path) -> tuple[Any, str]:
 
     assert new.config is not None
     state_dir = new.config.daemon.state_dir
+    note = ""
     with using_store(new.config) as store:
         applied = store.last_applied_config() if store is not None else None
+        if store is not None and store.dialect == "postgresql":
+            # Several nodes: the configuration the live ones run (mailsync/store/nodes.py).
+            from mailsync.store.nodes import cluster_applied
+
+            applied, note = cluster_applied(store, time.time())
+    if note:
+        click.echo(f"warning: {note}", err=True)
     if applied is None:
         return None, "(nothing applied yet)"
     loaded = load_text(applied.text, f"{state_dir}/applied config", base_dir, validate=False)

@@ -27,6 +27,9 @@ LOGIN_KEYS = ("provider", "host", "port", "security", "tls_verify", *tls.KEYS, "
 _PLAINTEXT_PORTS = {"smtp": {25, 587}, "imap": {143}, "pop": {110}}
 
 
+MIN_SEND_LEASE = 2  # seconds: daemon.send_lease
+
+
 def _declared(name: str, kind: str, names: Sequence[str]) -> str:
     if not names:
         return f"{name!r} is not a declared {kind} (none are declared)"
@@ -166,6 +169,10 @@ def _check(config: Config, data: dict[str, Any],
     yield from _store_checks(config)
     yield from admin.check(config, data)
     yield from _lease_checks(config)
+    if config.daemon.send_lease.total_seconds() < MIN_SEND_LEASE:
+        yield ("error", ("daemon", "send_lease"),
+               f"send_lease is {int(config.daemon.send_lease.total_seconds())}s; it must be "
+               f"at least {MIN_SEND_LEASE}s (renewed every quarter of it)")
     retry = config.daemon.retry
     if retry.first > retry.max:
         yield ("error", ("daemon", "retry", "first"), "retry.first is longer than retry.max")

@@ -7,6 +7,8 @@ here: ``from mailsync.config.model import Config`` is what the parts import.
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +79,13 @@ def _store(value: dict[str, Any] | None, base: Path) -> StoreBackend:
         return StoreBackend()
     return StoreBackend("postgresql", _secret(pg["dsn"], base),
                         pg.get("pool_size", StoreBackend.pool_size))
+
+
+def default_node() -> str:
+    """``daemon.node`` when the file sets none: $MAILSYNC_NODE, else the host name (its
+    first label), so that each machine of a cluster is one node under one file."""
+    name = os.environ.get("MAILSYNC_NODE") or socket.gethostname().split(".")[0]
+    return name or "mailsync"
 
 
 def _dur(value: str | None, default: timedelta) -> timedelta:
@@ -215,6 +224,8 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         tls=_tls({}, dd, base_dir),
         store=_store(dd.get("store"), base_dir),
         mailbox_lease=_dur(dd.get("mailbox_lease"), timedelta(seconds=30)),
+        node=dd.get("node") or default_node(),
+        send_lease=_dur(dd.get("send_lease"), Daemon.send_lease),
     )
     ad = data.get("alias_domain")
     alias = AliasDomain(ad["domain"], ad.get("catchall"), ad.get("bounce"),

@@ -79,6 +79,8 @@ class Daemon:
     # Several nodes on one PostgreSQL store: how long a node's hold on an incoming server
     # (and on the singleton work) lasts without renewal (mailsync/store/leases.py).
     mailbox_lease: timedelta = timedelta(seconds=30)
+    node: str = "mailsync"  # daemon.node: this node's name (default: the host name)
+    send_lease: timedelta = timedelta(seconds=30)  # a shared store's sending claims
 
 
 @dataclass(frozen=True)

@@ -90,12 +90,18 @@ def idle(runtime: Runtime) -> bool:
 def _ingest_and_send(runtime: Runtime) -> PassResult:
     """Ingest the spool (prepared in a child process) while sending each committed batch."""
     # Here, not above: a pass with nothing to take or send does not import them.
+    from mailsync.daemon.node import start_node
     from mailsync.outbound.deliver import Deliverer
     from mailsync.outbound.pickup import Pickup
 
     deliverer = Deliverer(runtime.config, runtime.outbound, runtime.metrics,
                           verp_key=runtime.verp_key, record_patience=RECORD_PATIENCE,
                           tokens=runtime.tokens)
+    # A shared store: this node's lease, renewed while the pass sends (None on SQLite).
+    node = start_node(runtime.outbound, runtime.metrics,
+                      lease_seconds=runtime.config.daemon.send_lease.total_seconds(),
+                      config_sha256=lambda: runtime.loaded.sha256,
+                      in_flight=lambda: deliverer.in_hand()[0], wake=deliverer.wake)
     try:
         pickup = Pickup(runtime.config, runtime.verp_key)  # forked before any thread
         done = threading.Event()
@@ -114,4 +120,7 @@ def _ingest_and_send(runtime: Runtime) -> PassResult:
             sender.join()
     finally:
         deliverer.close()
+        if node is not None:
+            node.stop()
+            node.join(5.0)
     return PassResult(ingested, result["sent"], deliverer.connections_opened, [])

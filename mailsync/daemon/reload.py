@@ -264,6 +264,9 @@ class Reloader:
         if new.daemon.store != old.daemon.store:
             why = "daemon.store changed: the store cannot move while running; restart"
             return ReloadOutcome("refused", why, [why])
+        if (new.daemon.node, new.daemon.send_lease) != (old.daemon.node, old.daemon.send_lease):
+            why = "daemon.node or daemon.send_lease changed: this node's claims hold them; restart"
+            return ReloadOutcome("refused", why, [why])
         plan = diff(old, new)
         # What can fail comes first, so a refusal leaves everything as it was.
         if "metrics_listen" in daemon_changes(plan):

@@ -65,6 +65,7 @@ class Runtime:
         self.config: Config = loaded.config
         self.store = store
         self.outbound = OutboundStore(store)
+        self.outbound.node = self.config.daemon.node  # its claims' name on a shared store
         self.verp_key = verp_key  # from state_dir, for the senders and every poller
         self.metrics = metrics
         self.tokens = TokenCache(state_dir=self.config.daemon.state_dir,

@@ -43,6 +43,7 @@ from mailsync.daemon.control import ControlServer, Locator, socket_path
 from mailsync.daemon.health import Health, check_store, status_line, stuck_after
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
+from mailsync.daemon.node import NodeHeartbeat, cluster, start_sharing
 from mailsync.daemon.reload import (
     Endpoint,
     LogFormat,
@@ -109,6 +110,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self._locator: Locator | None = None
         self._admin: AdminConsole | None = None  # daemon.admin_listen's console
+        self.node: NodeHeartbeat | None = None  # a shared (PostgreSQL) store only
 
     @property
     def loaded(self) -> Loaded:
@@ -153,14 +155,15 @@ class Daemon:
         self.deliverer = Deliverer(config, runtime.outbound, self.metrics,
                                    verp_key=runtime.verp_key, tokens=runtime.tokens)
         self._deliver = DeliverLoop(self.deliverer, self._stopping)
+        self.node, self._leases = start_sharing(  # before the first claim
+            config, runtime.outbound, self.metrics, config_sha256=lambda: self.loaded.sha256,
+            in_flight=lambda: self.deliverer.in_hand()[0], wake=self.deliverer.wake)
         self._spool = SpoolLoop(store, self._stopping, self.deliverer)
         intake = Intake(config, runtime.outbound, self.metrics, verp_key=runtime.verp_key,
                         on_commit=self._spool.committed, pickup=self._pickup)
         self.health.watch(spool_loop=self._spool, deliver_loop=self._deliver)
         self._deliver.thread.start()
         self._spool.start(intake)
-        self._leases = LeaseKeeper(store, config, self.metrics)
-        self._leases.start()
         self._mailboxes = Mailboxes(runtime.poller, self.health.thread_failed, self._leases)
         self._mailboxes.start(config)
         self._watch = Watch(self.config_path, self._wakeup.poke, self._spool.wake)
@@ -330,7 +333,9 @@ class Daemon:
             return {"ok": True}
         if command == "status":
             return {"ok": True, "status": self._summary(), "pid": os.getpid(),
-                    "config_sha256": self.loaded.sha256, "last_reload": self.reloader.last}
+                    "config_sha256": self.loaded.sha256, "last_reload": self.reloader.last,
+                    **({"node": self.node.name, "nodes": cluster(self.store)}
+                       if self.node is not None else {})}
         return {"ok": False, "error": f"unknown command {command!r} (reload, status, wake)"}
 
     # -- stop -----------------------------------------------------------------------------
@@ -368,6 +373,9 @@ class Daemon:
             self._mailboxes.join(5.0)
         if self._leases is not None:  # after the pollers: other nodes take over at once
             self._leases.stop()
+        if self.node is not None:  # after the senders: their claims stay leased until here
+            self.node.stop()
+            self.node.join(5.0)
         if deliverer is not None:
             deliverer.close()
         if self._watch is not None:

@@ -6,12 +6,11 @@ failure. A connection failure moves to the next eligible server before deferring
 sent status is committed right after the server's acceptance, so a crash can resend at
 most the messages that were in flight.
 
-A server that is down (see :mod:`mailsync.outbound.pool`) is not connected to per
-message: its messages go to the next eligible server or are deferred at once, without
-counting an attempt, and a pass probes it on a backoff; once a probe works, the
-messages deferred meanwhile come due at once. This module is the pass and its workers,
-and a message's try; the pools and probes are :mod:`mailsync.outbound.pools`', the
-recording of each outcome :mod:`mailsync.outbound.outcomes`'.
+A server that is down (:mod:`mailsync.outbound.pool`) is not connected to per message:
+its messages go to the next eligible server or are deferred at once, without counting
+an attempt, and a pass probes it on a backoff (once a probe works, they come due). This
+module is the pass, its workers and a message's try; the pools and probes are
+:mod:`mailsync.outbound.pools`', the recording of each outcome :mod:`~.outcomes`'.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
+from mailsync.outbound.lease import LeaseLost
 from mailsync.outbound.outcomes import Outcomes, Pending, settle
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.pools import Held, Pools, labels
@@ -102,8 +102,8 @@ class Deliverer:
         self._halt = threading.Event()
         # prometheus_client's labels() costs ~20 µs; a message touches four series.
         self._series = functools.lru_cache(maxsize=4096)(labels)
-        self._pools = Pools(store, metrics, connect=self._connect, series=self._series,
-                            clock=clock, wake=self.wake)
+        self._pools = Pools(store, metrics, series=self._series, clock=clock, wake=self.wake,
+                            connect=lambda s: login.connect(s, self.tokens, self.factory))
         self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock,
                                   rng=self.rng, halt=self._halt,
                                   record_patience=record_patience)
@@ -118,15 +118,6 @@ class Deliverer:
         self._claimed = 0
         self._finished = 0
         self.progress_at = time.monotonic()
-
-    @property
-    def record_patience(self) -> float | None:
-        """How long an outcome waits for a store that cannot commit (None: until halted)."""
-        return self._outcomes.record_patience
-
-    @record_patience.setter
-    def record_patience(self, value: float | None) -> None:
-        self._outcomes.record_patience = value
 
     @property
     def config(self) -> Config:
@@ -156,9 +147,6 @@ class Deliverer:
     def pool(self, server: OutgoingServer) -> ConnectionPool:
         """The pool of ``server``, created on first use (one per server name)."""
         return self._pools.get(server, self._view.servers)
-
-    def _connect(self, server: OutgoingServer) -> SmtpSession:
-        return login.connect(server, self.tokens, self.factory)
 
     def close(self) -> None:
         """Close every pooled session (QUIT)."""
@@ -301,6 +289,8 @@ class Deliverer:
                     result: str | Pending | None
                     try:
                         result = self._try(message, held, previous)
+                    except LeaseLost:  # not sent: the lease's next renewal gives it back
+                        result = None
                     except StoreUnavailable as exc:  # halted: stays `sending`, sent again
                         log.error("message %d: its outcome is not recorded: %s", message.id, exc)
                         result = None
@@ -385,10 +375,20 @@ class Deliverer:
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
                   tries: list[tuple[str, str]], previous: Pending | None) -> str | Pending:
+        lease = self.store.send_lease  # a shared store: this node's claims lapse unrenewed
+
+        def before_content() -> None:  # the previous outcome's commit may have taken long
+            if previous is not None:
+                previous.settle()
+            if lease and not lease.may_send(message.claimed_at):
+                raise LeaseLost(message.id)
+
+        if lease and not lease.may_send(message.claimed_at):
+            raise LeaseLost(message.id)
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw,
-                                    previous.settle if previous is not None else None)
+                                    before_content if previous or lease else None)
         except ConnectError as exc:
             # Lost mid-transaction: the server may or may not have the message. Defer.
             # (The session is broken; the holder's release closes it.)

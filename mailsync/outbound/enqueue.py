@@ -86,7 +86,8 @@ class SpoolIntake:
         says so. Anything else is a new message, even under an old name and content.
 
         ``sign`` makes the VERP signature of a new message's id, stored with it: the ids
-        are then given here (the next after the largest), not chosen by SQLite.
+        are then given here (the next after the largest; on PostgreSQL, which several
+        nodes share, the next of the ``messages`` sequence), not chosen by the store.
 
         ``release``: claims of an earlier batch whose files are gone now, released in this
         transaction (as :meth:`release_claims` would, without a commit of their own).
@@ -97,7 +98,13 @@ class SpoolIntake:
                 conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
                                  release)
             next_id = 0
-            if sign is not None:
+            shared: list[int] = []  # PostgreSQL: ids from the sequence, unique across nodes
+            if sign is not None and self.store.dialect == "postgresql":
+                shared = [r[0] for r in conn.execute(
+                    "SELECT nextval('messages_id_seq') FROM generate_series(1, ?)",
+                    (sum(isinstance(i, NewMessage) for i in items),))]
+                shared.reverse()
+            elif sign is not None:
                 next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"
                                        ).fetchone()[0]
             # The batch's claims in one query (a spool name is at most ~250 characters and a
@@ -130,7 +137,7 @@ class SpoolIntake:
                                f" {item.idempotency_key!r}: not queued again")
                         result.duplicates[item.source] = mid
                     elif sign is not None:
-                        mid, next_id = next_id, next_id + 1
+                        mid, next_id = shared.pop() if shared else next_id, next_id + 1
                         self._insert_new(conn, item, now, mid, sign(mid))
                         result.queued[item.source] = mid
                     else:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsync.outbound import claims
 from mailsync.outbound.enqueue import (
     FileId,
     IngestResult,
@@ -25,6 +26,7 @@ from mailsync.outbound.enqueue import (
 )
 from mailsync.outbound.events import event, failed_over
 from mailsync.outbound.groupcommit import GroupCommit
+from mailsync.outbound.lease import SendLease
 from mailsync.outbound.types import Delivery
 from mailsync.store import Store
 
@@ -52,6 +54,7 @@ class Outgoing:
     recipients: tuple[str, ...]
     attempts: int
     verp: str | None = None  # the VERP signature made at queueing (None: make it now)
+    claimed_at: float = 0.0  # by the node's lease clock (a shared store: SendLease)
 
 
 class OutboundStore(SpoolIntake):
@@ -59,10 +62,21 @@ class OutboundStore(SpoolIntake):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        self._group = GroupCommit(store)
+        self._group: GroupCommit | claims.OwnTransactions = GroupCommit(store) \
+            if store.dialect != "postgresql" else claims.OwnTransactions(store)
+        # On a store several nodes share (PostgreSQL): this node's name and its sending
+        # lease (set by its heartbeat, mailsync/daemon/node.py: no claim before the first
+        # renewal, nor after a lapse). An SQLite store has one node: no lease.
+        self.shared = store.dialect == "postgresql"
+        self.node = "mailsync"
+        self.send_lease: SendLease | None = None
 
     def recover(self, now: float) -> int:
-        """After a crash: messages left `sending` go back to `queued`. Returns how many."""
+        """After a crash: messages left `sending` go back to `queued`. Returns how many.
+        On a shared store only this node's own (another node's are still being sent)."""
+        if self.shared:
+            with self.store.transaction() as conn:
+                return claims.recover(conn, self.node, now)
         with self.store.transaction() as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE status = 'sending'")]
             for mid in ids:
@@ -72,7 +86,19 @@ class OutboundStore(SpoolIntake):
         return len(ids)
 
     def claim_due(self, now: float, limit: int) -> list[Outgoing]:
-        """Up to ``limit`` due messages, marked `sending`, oldest first."""
+        """Up to ``limit`` due messages, marked `sending`, oldest first. On a shared
+        store, claimed by this node for its lease, skipping rows another node is claiming
+        (:func:`mailsync.outbound.claims.claim_due`)."""
+        if self.shared:
+            lease = self.send_lease
+            if lease is not None and not lease.may_claim():  # not (yet, or any longer) valid
+                return []
+            claimed_at = lease.clock() if lease else 0.0
+            seconds = lease.lease if lease else claims.DEFAULT_LEASE  # no heartbeat: tests
+            with self.store.transaction() as conn:
+                got, todo = claims.claim_due(conn, self.node, seconds, now, limit)
+            return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(todo[r[0]]), r[5], r[6],
+                             claimed_at) for r in got]
         with self.store.transaction() as conn:
             rows = conn.execute(
                 "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts,"
@@ -96,9 +122,26 @@ class OutboundStore(SpoolIntake):
 
     def unclaim(self, ids: Sequence[int], now: float) -> None:
         """Messages claimed but not tried (the sender stopped) go back to the queue."""
+        if self.shared:
+            with self.store.transaction() as conn:
+                claims.unclaim(conn, self.node, ids, now)
+            return
         with self.store.transaction() as conn:
             conn.executemany("UPDATE messages SET status = 'queued', updated_at = ?"
                              " WHERE id = ? AND status = 'sending'", [(now, i) for i in ids])
+
+    def renew(self, now: float, *, give_back: bool) -> int:
+        """A shared store: extend this node's claims' lease (after a lapse, give them
+        back first: :func:`mailsync.outbound.claims.renew`); how many were given back."""
+        seconds = self.send_lease.lease if self.send_lease else claims.DEFAULT_LEASE
+        with self.store.transaction() as conn:
+            return claims.renew(conn, self.node, seconds, now, give_back=give_back)
+
+    def reclaim_expired(self, now: float) -> dict[str, int]:
+        """A shared store: the claims of nodes whose lease ended back to the queue; how
+        many, by node."""
+        with self.store.transaction() as conn:
+            return claims.reclaim_expired(conn, now)
 
     def make_due(self, ids: Sequence[int], now: float) -> None:
         """Deferred messages come due ``now`` (their server is back up): one transaction."""

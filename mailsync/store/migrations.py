@@ -55,4 +55,23 @@ MIGRATIONS: list[str] = [
     # 11: leases on work one node of a shared store does at a time: polling an incoming
     # server, the retention pruning (mailsync/store/leases.py).
     leases.MIGRATION,
+    # 12: the nodes sharing a store (mailsync/store/nodes.py), and which node holds each
+    # message being sent, until when (its lease: epoch seconds of the database's clock on
+    # PostgreSQL; mailsync/outbound/claims.py).
+    """
+    ALTER TABLE messages ADD COLUMN claimed_by TEXT;
+    ALTER TABLE messages ADD COLUMN lease_until REAL;
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        stale_after REAL NOT NULL,
+        version TEXT NOT NULL,
+        config_sha256 TEXT NOT NULL,
+        in_flight INTEGER NOT NULL DEFAULT 0,
+        mailboxes TEXT NOT NULL DEFAULT '[]'
+    )
+    """,
 ]

@@ -32,6 +32,7 @@ CONFLICT_KEYS: dict[str, tuple[str, ...]] = {
     "fetch_skipped": ("server", "folder", "source_key"),
     "recipients": ("message", "address"),
     "store_meta": ("key",),
+    "nodes": ("name",),
 }
 # Tables whose rows have an integer ``id`` (filled by the store when the INSERT gives none).
 ID_TABLES = frozenset({"applied_config", "messages", "events", "fetched", "activities"})

@@ -3,8 +3,9 @@
 A configuration with ``daemon.store: {postgresql: {dsn: ...}}`` gets a :class:`PgStore`
 from :meth:`mailsync.store.Store.open`. It is a :class:`~mailsync.store.sqlite.Store`
 to its callers: the same ``conn`` (a :class:`~mailsync.store.pgconn.PgConnection`, whose
-SQL is translated from SQLite's), the same ``transaction()`` (inherited: BEGIN ... COMMIT,
-a failed commit counted in ``health`` and raised as StoreUnavailable), ``lock``,
+SQL is translated from SQLite's), the same ``transaction()`` (BEGIN ... COMMIT, a failed
+commit counted in ``health`` and raised as StoreUnavailable; here each thread's on a
+connection of its own, so that they run at once), ``lock``,
 ``health``, ``on_outage``, ``record_applied_config``. What differs is here: connections
 come from a psycopg_pool pool; commits are durable (``synchronous_commit = on`` on every
 connection, whatever the server's default); a read-only store (the readers' view) runs
@@ -18,10 +19,13 @@ configuration names PostgreSQL: an SQLite store and a one-shot command pay nothi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +33,7 @@ from mailsync import files
 from mailsync.errors import SecretError, StoreError, StoreOutdated, StoreUnavailable
 from mailsync.store import identity, pgschema
 from mailsync.store.backend import INSTALL_HINT, describe, missing_driver, scrub
-from mailsync.store.health import CommitHealth
+from mailsync.store.health import CommitHealth, classify
 from mailsync.store.pgconn import CONNECT_WAIT, PgConnection, numeric_loader, sqlite_error
 from mailsync.store.sqlite import Store
 
@@ -83,6 +87,56 @@ class PgStore(Store):
         self.writer = writer
         self._writer = -1
         self._dsn = dsn
+        self._local = threading.local()  # each thread's transaction connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN ... COMMIT), rolled back on error, on a
+        connection of the pool for this thread alone: the transactions of the process's
+        threads (the senders' outcomes, the spool's batches, the heartbeat) run at once,
+        each on its own connection, instead of one after the other under ``lock`` as on
+        SQLite's one connection; PostgreSQL's row locks serialise what must be, and its
+        WAL flush makes concurrent commits share one fsync. A commit that fails is
+        counted in ``health`` and raised as StoreUnavailable, as SQLite's. ``conn``
+        (reads under ``lock``) is another connection: a transaction's writes are seen
+        there once committed."""
+        conn = self._thread_conn()
+        try:
+            try:
+                conn.execute("BEGIN")
+                changes = conn.total_changes
+                try:
+                    yield cast(sqlite3.Connection, conn)
+                except BaseException:
+                    self._rollback_on(conn)
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback_on(conn)
+                kind = classify(exc)
+                if kind is None:
+                    raise
+                if self.health.failed(kind, str(exc)) and self.on_outage is not None:
+                    self.on_outage(True, str(exc))
+                raise StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind) from None
+        finally:
+            conn.close()  # its connection back to the pool until this thread's next one
+        if conn.total_changes != changes:
+            self.last_commit = time.monotonic()
+        if self.health.failing and self.health.committed() and self.on_outage is not None:
+            self.on_outage(False, "")
+
+    def _thread_conn(self) -> PgConnection:
+        conn: PgConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = PgConnection(self.pool, self._dsn)
+        return conn
+
+    @staticmethod
+    def _rollback_on(conn: PgConnection) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def probe(self) -> bool:
         """A real commit (the schema version, rewritten unchanged): whether the database

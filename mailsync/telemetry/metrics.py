@@ -156,6 +156,10 @@ class Metrics:
         self.config_hash = gauge(
             "mailsync_config_hash", "First 52 bits of the SHA-256 of the config in force.",
             registry=r)
+        self.cluster_config_drift = gauge(
+            "mailsync_cluster_config_drift",
+            "Configurations the live nodes sharing this store run, beyond one (0: every "
+            "node runs the same config hash; always 0 with one node).", registry=r)
         self.build_info = info("mailsync_build", "mailsync version.", registry=r)
         self.build_info.info({"version": __version__})
 

@@ -1,0 +1,177 @@
+"""`bench/outbound.py --store postgresql [--nodes N]`: the same burst on a PostgreSQL store.
+
+Starts a PostgreSQL of its own for the benchmark (``initdb`` in a scratch directory, as
+``nobody`` when run as root, on a free loopback port; durable: ``fsync`` on, and mailsync
+sets ``synchronous_commit = on`` on every connection), then, for each run, a fresh
+database and:
+
+- one node: `mailsync run --once` on N spooled messages, as the SQLite bench does;
+- ``--nodes K``: K nodes (each its own state_dir and spool, N/K messages in each, one
+  database), their `run --once` started together; the rate is N over the time until the
+  last one exits.
+
+Each run also runs the SQLite bench of the same size (beside it in the output), so that
+both figures come from the same minutes of a shared machine. Imported by outbound.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import pwd
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from benchfs import workdir  # bench/benchfs.py, beside this script
+
+TARGET_ONE = 1500  # msg/s, one node
+TARGET_SCALE = 1.5  # K nodes together, times one node
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="postgresql: the store in a PostgreSQL started for the bench")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="with --store postgresql: nodes sharing the database")
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[tuple[str, int]]:
+    """A PostgreSQL cluster for the bench; yields (superuser DSN without dbname, port)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    if not found:
+        raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    bindir = Path(found[0]).parent
+    user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    with workdir() as (root, fs):
+        data = root / "pgdata"
+        sockets = Path(tempfile.mkdtemp(prefix="mailsync-bench-pgsock-"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        pw = pwd.getpwnam(user)
+        for path in (root, sockets):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        root.parent.chmod(0o755)  # the scratch dir above the mount: the server's user enters
+
+        def as_user(*args: str) -> None:
+            cmd = list(args)
+            if os.geteuid() == 0:
+                cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                       "--clear-groups", "--", *cmd]
+            subprocess.run(cmd, check=True, capture_output=True, cwd=root)
+
+        as_user(str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                "--auth=trust", "-E", "UTF8", "--locale=C")
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
+                   f"-c unix_socket_directories={sockets} -c max_connections=100 "
+                   "-c shared_buffers=128MB")  # fsync and full_page_writes on: durable
+        as_user(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"),
+                "-o", options, "-w", "start")
+        print(json.dumps({"postgresql": str(bindir.parent.name), "data_filesystem": fs}),
+              flush=True)
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}", port
+        finally:
+            subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                            "--clear-groups", "--", str(bindir / "pg_ctl"), "-D", str(data),
+                            "-m", "fast", "-w", "stop"] if os.geteuid() == 0 else
+                           [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                            "stop"], capture_output=True)
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _database(base: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    return f"{base}/{name}"
+
+
+def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
+           drop: Callable[[Path, int], None]) -> dict[str, object]:
+    """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``."""
+    with workdir() as (root, fs):
+        cfgs = []
+        for k in range(nodes):
+            home = root / f"node{k}"
+            home.mkdir()
+            cfg = home / "config.yaml"
+            cfg.write_text(config.format(root=home, port=port).replace(
+                "daemon:\n", f"daemon:\n  node: node{k}\n  store: {{postgresql: {{dsn: "
+                "{env: MAILSYNC_DSN}, pool_size: 8}}\n", 1))
+            drop(home / "spool", n // nodes + (1 if k < n % nodes else 0))
+            cfgs.append(cfg)
+        env = {**os.environ, "MAILSYNC_DSN": dsn}
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-m", "mailsync", "run", "--once", "-c",
+                                   str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for cfg in cfgs]
+        outs = [p.communicate() for p in procs]
+        elapsed = time.perf_counter() - start
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime - cpu
+        for p, (_, err) in zip(procs, outs, strict=True):
+            if p.returncode != 0:
+                raise SystemExit(f"mailsync failed: {err[-2000:]}")
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            sent = int(conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'"
+                                    ).fetchone()[0])  # type: ignore[index]
+        return {"bench": "outbound", "store": "postgresql", "nodes": nodes, "messages": n,
+                "sent": sent, "seconds": round(elapsed, 3),
+                "messages_per_s": round(sent / elapsed, 1),
+                # CPU of the mailsync processes (the database server's is not counted).
+                "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4), "filesystem": fs}
+
+
+def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, object]],
+         config: str, drop: Callable[[Path, int], None],
+         sink: Callable[[int], contextlib.AbstractContextManager[str]],
+         free_port: Callable[[], int]) -> None:
+    """The PostgreSQL figures (one node and, with --nodes, K nodes), each run beside
+    the SQLite one; medians of the runs."""
+    port = free_port()
+    rows: dict[str, list[float]] = {"sqlite": [], "postgresql_1": []}
+    if args.nodes > 1:
+        rows[f"postgresql_{args.nodes}"] = []
+    with postgres() as (base, _), sink(port) as sink_name:
+        for i in range(args.runs):
+            lite = one_run(args.n, port)
+            rows["sqlite"].append(float(lite["messages_per_s"]))  # type: ignore[arg-type]
+            print(json.dumps({**lite, "store": "sqlite", "sink": sink_name}), flush=True)
+            for k in sorted({1, args.nodes}):
+                r = pg_run(args.n, k, port, _database(base, f"bench_{i}_{k}"), config, drop)
+                r["sink"] = sink_name
+                rows[f"postgresql_{k}"].append(float(r["messages_per_s"]))  # type: ignore[arg-type]
+                print(json.dumps(r), flush=True)
+    medians = {k: statistics.median(v) for k, v in rows.items()}
+    one = medians["postgresql_1"]
+    summary: dict[str, object] = {
+        "bench": "outbound", "summary": True, "runs": args.runs, "messages": args.n,
+        "median_messages_per_s": medians, "targets": {"postgresql_1": TARGET_ONE}}
+    ok = one >= TARGET_ONE
+    if args.nodes > 1:
+        many = medians[f"postgresql_{args.nodes}"]
+        summary["scale"] = round(many / one, 2) if one else 0.0
+        summary["targets"] = {"postgresql_1": TARGET_ONE,  # type: ignore[dict-item]
+                              f"postgresql_{args.nodes}": f"{TARGET_SCALE}x postgresql_1"}
+        ok = ok and many >= TARGET_SCALE * one
+    summary["ok"] = ok
+    print(json.dumps(summary), flush=True)

@@ -1,0 +1,156 @@
+"""Claims of due messages on a store shared by several nodes (PostgreSQL): leased, exact.
+
+:class:`~mailsync.outbound.queue.OutboundStore` calls these on a PostgreSQL store
+instead of its SQLite statements (SQLite has one node, whose claims need no lease):
+
+- :func:`claim_due` takes a batch with ``SELECT ... FOR UPDATE OF m SKIP LOCKED``, so
+  two nodes claiming at once get disjoint batches, never wait for each other and never
+  take the same message; each claimed row says which node holds it (``claimed_by``) and
+  until when (``lease_until``, epoch seconds of the *database's* clock, so that the
+  nodes' own clocks do not matter).
+- :func:`renew` extends the lease of every claim of a node (its heartbeat, every
+  ``lease / 4`` seconds); after a lapse it first gives them back to the queue.
+- :func:`reclaim_expired` gives back the claims whose lease has ended (their node died
+  or lost the database): any live node runs it with its heartbeat. A dead node's
+  messages are then sent by another, at most those it was sending when it died twice.
+- :func:`unclaim` and :func:`recover` give back only this node's own claims.
+- :class:`OwnTransactions` commits each sender's outcome on its own connection.
+
+Statements in SQLite's dialect with PostgreSQL-only parts (``FOR UPDATE``, ``= ANY``,
+``clock_timestamp()``), run through the store's translating connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mailsync.store import Store
+
+# The database's clock, in epoch seconds (one clock for every node's leases).
+DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+RECLAIM_BATCH = 1000
+DEFAULT_LEASE = 30.0  # seconds: a claim by a store without a heartbeat (daemon.send_lease)
+
+
+def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float,
+              limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
+    """Up to ``limit`` due messages claimed by ``node`` for ``lease`` seconds, oldest
+    first (rows as OutboundStore reads them), and each one's pending recipients. Inside
+    the caller's transaction: the rows stay locked until it commits."""
+    rows = conn.execute(
+        "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts, m.verp"
+        " FROM messages m JOIN contents c ON c.message = m.id"
+        " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
+        " ORDER BY m.next_attempt_at, m.id LIMIT ? FOR UPDATE OF m SKIP LOCKED",
+        (now, limit)).fetchall()
+    if not rows:
+        return [], {}
+    ids = [r[0] for r in rows]
+    conn.execute(f"UPDATE messages SET status = 'sending', updated_at = ?, claimed_by = ?,"
+                 f" lease_until = {DB_NOW} + ? WHERE id = ANY(?)", (now, node, lease, ids))
+    pending: dict[int, list[str]] = {i: [] for i in ids}
+    for mid, address in conn.execute(
+            "SELECT message, address FROM recipients WHERE message = ANY(?)"
+            " AND status IN ('queued', 'deferred')", (ids,)):
+        pending[mid].append(address)
+    return rows, pending
+
+
+def renew(conn: sqlite3.Connection, node: str, lease: float, now: float, *,
+          give_back: bool) -> int:
+    """Extend the lease of ``node``'s claims to ``lease`` seconds from now (the
+    database's clock); with ``give_back`` (its lease lapsed: some may have been taken
+    meanwhile, and it will not send what it held) first put them back in the queue.
+    Returns how many were given back."""
+    back = 0
+    if give_back:
+        back = _requeue(conn, now, "queued again: its node's sending lease lapsed",
+                        "claimed_by = ?", (node,))
+    conn.execute(f"UPDATE messages SET lease_until = {DB_NOW} + ?"
+                 " WHERE claimed_by = ? AND status = 'sending'", (lease, node))
+    return back
+
+
+def reclaim_expired(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    """Give back the claims whose lease ended (by the database's clock): how many, by
+    the node that held them."""
+    rows = conn.execute(
+        "SELECT id, claimed_by FROM messages WHERE status = 'sending'"
+        f" AND lease_until < {DB_NOW} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        (RECLAIM_BATCH,)).fetchall()
+    if not rows:
+        return {}
+    by_node: dict[str, int] = {}
+    for _, holder in rows:
+        by_node[str(holder)] = by_node.get(str(holder), 0) + 1
+    ids = [r[0] for r in rows]
+    conn.execute("UPDATE messages SET status = 'queued', updated_at = ?, claimed_by = NULL,"
+                 " lease_until = NULL WHERE id = ANY(?)", (now, ids))
+    conn.executemany("INSERT INTO events (message, at, status, detail) VALUES (?, ?, ?, ?)",
+                     [(mid, now, "queued", f"queued again: the sending lease of node "
+                       f"{holder} ended") for mid, holder in rows])
+    return by_node
+
+
+def unclaim(conn: sqlite3.Connection, node: str, ids: Sequence[int], now: float) -> None:
+    """``node``'s claims of ``ids`` (not tried) back to the queue; another node's claim
+    of the same message (this one's lapsed meanwhile) stays."""
+    conn.execute("UPDATE messages SET status = 'queued', updated_at = ?, claimed_by = NULL,"
+                 " lease_until = NULL WHERE id = ANY(?) AND status = 'sending'"
+                 " AND claimed_by = ?", (now, list(ids), node))
+
+
+def recover(conn: sqlite3.Connection, node: str, now: float) -> int:
+    """At start: the claims left by this node's previous run (and any without a node,
+    from an SQLite store copied in) back to the queue; other nodes' stay theirs."""
+    return _requeue(conn, now, "requeued after an interrupted send",
+                    "(claimed_by = ? OR claimed_by IS NULL)", (node,))
+
+
+def _requeue(conn: sqlite3.Connection, now: float, detail: str, which: str,
+             args: tuple[Any, ...]) -> int:
+    ids = [r[0] for r in conn.execute(
+        f"SELECT id FROM messages WHERE status = 'sending' AND {which} FOR UPDATE", args)]
+    if not ids:
+        return 0
+    conn.execute("UPDATE messages SET status = 'queued', updated_at = ?, claimed_by = NULL,"
+                 " lease_until = NULL WHERE id = ANY(?)", (now, ids))
+    conn.executemany("INSERT INTO events (message, at, status, detail) VALUES (?, ?, ?, ?)",
+                     [(mid, now, "queued", detail) for mid in ids])
+    return len(ids)
+
+
+class OwnTransactions:
+    """The senders' outcomes on a shared store: each in a transaction of its own, on its
+    thread's connection (:meth:`mailsync.store.postgres.PgStore.transaction`), committed
+    at the same time as the other senders' (PostgreSQL's WAL flush groups concurrent
+    commits), where SQLite's one connection needs :class:`GroupCommit`'s groups. One
+    message's rows a transaction: no lock order to keep with the lease renewals."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._issued = 0
+        self._pending: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+    def run(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        with self.store.transaction() as conn:
+            write(conn)
+
+    def submit(self, write: Callable[[sqlite3.Connection], None]) -> int:
+        """GroupCommit's ``submit``: keep ``write`` for :meth:`wait`, which commits it (in
+        the waiting sender's thread: before its next message's content goes)."""
+        with self._lock:
+            self._issued += 1
+            self._pending[self._issued] = write
+            return self._issued
+
+    def wait(self, ticket: int) -> None:
+        """Commit the write of ``ticket`` in a transaction of its own (once)."""
+        with self._lock:
+            write = self._pending.pop(ticket, None)
+        if write is not None:
+            self.run(write)
