@@ -40,6 +40,7 @@ from mailsync.config.model import Config
 from mailsync.daemon.admin import AdminConsole
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
+from mailsync.daemon.deliverability import DeliverabilityCollector
 from mailsync.daemon.health import Health, check_store, status_line, stuck_after
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
@@ -186,6 +187,7 @@ class Daemon:
         registry.register(QueueCollector(lambda: self.runtime.outbound))
         registry.register(StoreCollector(lambda: self.store.health))
         registry.register(ActivityCollector(lambda: self.store, lambda: self.config))
+        registry.register(DeliverabilityCollector(lambda: self.store, lambda: self.config))
         self._endpoint = Endpoint(registry, self.health.check)
         self._endpoint.start(listen)
         return self._endpoint

@@ -34,6 +34,7 @@ from mailsync.outbound.outcomes import Outcomes
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.pools import Held, Pools
 from mailsync.outbound.queue import OutboundStore, Outgoing
+from mailsync.outbound.ratelimit import Gate, Route
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.verp import VerpKey, verp_sender
 from mailsync.telemetry.metrics import Metrics
@@ -116,6 +117,8 @@ class Deliverer:
         self._record = self._outcomes.record
         self._connect_failed = self._outcomes.connect_failed
         self._durably = self._outcomes.durably
+        # Rate limits and the suppression list, applied in each claim's transaction.
+        self.gate = Gate(config, metrics, store.store.dialect)
         self._stats_lock = threading.Lock()
         self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
         # Progress, for the daemon's health: messages this pass handed to its workers,
@@ -146,6 +149,7 @@ class Deliverer:
 
         def swap() -> None:
             self._view = view
+            self.gate.configure(config)
         return self._pools.reconfigure(view.servers, swap)
 
     def close_idle(self) -> int:
@@ -236,7 +240,8 @@ class Deliverer:
                 if self._unclaim_later:
                     self.store.unclaim(self._unclaim_later, now)
                     self._unclaim_later = []
-                batch = self.store.claim_due(now, CLAIM_BATCH)
+                batch = self.store.claim_due(now, CLAIM_BATCH, self.gate.admit)
+                self.gate.committed()
                 # Down servers are probed while the pass lasts (not in its last round).
                 probe = None if finished else self._pools.probe_servers(probes)
                 if batch:
@@ -350,6 +355,7 @@ class Deliverer:
                                                             count_attempt=False))
             log.warning("message %d held: %s", message.id, detail)
             return "held"
+        servers, route = self.gate.servers(message.id, servers)
         mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
             or message.from_address
         tries: list[tuple[str, str]] = []  # (server, why it could not be used)
@@ -369,7 +375,7 @@ class Deliverer:
                 log.debug("message %d: %s", message.id, exc)
                 continue
             return self._transact(config, message, account, server, session, mail_from,
-                                  tries)
+                                  tries, route)
         status = self._connect_failed(config, message, account, servers[-1],
                                       "; ".join(e for _, e in tries), tries[:-1], tries[-1][1],
                                       count_attempt=attempted)
@@ -380,7 +386,7 @@ class Deliverer:
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
-                  tries: list[tuple[str, str]]) -> str:
+                  tries: list[tuple[str, str]], route: Route | None = None) -> str:
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw)
@@ -391,4 +397,5 @@ class Deliverer:
             return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record(config, message, account, delivery, duration, tries)
+        also = self.gate.after_send(message.id, route, delivery, self.clock())
+        return self._record(config, message, account, delivery, duration, tries, also)

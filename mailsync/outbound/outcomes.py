@@ -45,7 +45,10 @@ class Outcomes:
         self.record_patience = record_patience
 
     def record(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
+                delivery: Delivery, duration: float, tries: list[tuple[str, str]],
+                also: Callable[[Any], None] | None = None) -> str:
+        """Record one SMTP transaction's outcome (``also``: more to write with it, see
+        :meth:`OutboundStore.record_delivery`); returns the message's new status."""
         now = self.clock()
         cfg_retry = config.daemon.retry
         server = delivery.server
@@ -72,7 +75,7 @@ class Outcomes:
         recorded = delivery
         self.durably(lambda: self.store.record_delivery(
             message.id, recorded, status, now, next_attempt_at=next_at, error=error,
-            duration=duration, tries=tries))
+            duration=duration, tries=tries, also=also))
         self._series(self.metrics.send_attempts, server, status).inc()
         if status == "sent":
             self._series(self.metrics.messages_sent, account.name, server).inc()

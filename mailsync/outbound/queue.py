@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,9 @@ from mailsync.store import Store
 
 __all__ = ["IN_QUEUE", "PENDING", "STATUSES", "FileId", "GroupCommit", "IngestResult",
            "NewMessage", "OutboundStore", "Outgoing", "RejectedMessage"]
+
+# What the claim asks which of its rows go now (mailsync/outbound/ratelimit.py's Gate).
+Admit = Callable[[sqlite3.Connection, list[Any], float], list[Any]]
 
 # Statuses (docs/design.md §3). `sending` is only ever seen while a daemon is delivering; a crash
 # leaves it behind and recover() turns it back into `queued`.
@@ -70,8 +73,10 @@ class OutboundStore(SpoolIntake):
                 event(conn, mid, now, "queued", "requeued after an interrupted send")
         return len(ids)
 
-    def claim_due(self, now: float, limit: int) -> list[Outgoing]:
-        """Up to ``limit`` due messages, marked `sending`, oldest first."""
+    def claim_due(self, now: float, limit: int, admit: Admit | None = None) -> list[Outgoing]:
+        """Up to ``limit`` due messages, marked `sending`, oldest first. ``admit`` (the
+        deliverer's :class:`mailsync.outbound.ratelimit.Gate`) decides, in the same
+        transaction, which of them go now (suppression list, rate limits)."""
         with self.store.transaction() as conn:
             rows = conn.execute(
                 "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts,"
@@ -79,6 +84,8 @@ class OutboundStore(SpoolIntake):
                 " FROM messages m JOIN contents c ON c.message = m.id"
                 " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
                 " ORDER BY m.next_attempt_at, m.id LIMIT ?", (now, limit)).fetchall()
+            if rows and admit is not None:
+                rows = admit(conn, rows, now)
             if not rows:
                 return []
             ids = [r[0] for r in rows]
@@ -134,7 +141,8 @@ class OutboundStore(SpoolIntake):
 
     def record_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
-                        duration: float, tries: Sequence[tuple[str, str]] = ()) -> None:
+                        duration: float, tries: Sequence[tuple[str, str]] = (),
+                        also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Store one SMTP transaction's outcome: per-recipient replies, status, attempt.
 
         ``tries``: the servers tried before this one in the same attempt and why they
@@ -143,6 +151,8 @@ class OutboundStore(SpoolIntake):
 
         Returns once it is committed (group commit: concurrent senders share one
         transaction), so a sender never has more than one accepted message unrecorded.
+        ``also`` writes more in the same transaction (the rate limits' send time, the
+        suppression of recipients refused at RCPT: mailsync/outbound/ratelimit.py).
         """
         worst = next((r for r in delivery.recipients if r.status != "sent"), None)
         first = worst or (delivery.recipients[0] if delivery.recipients else None)
@@ -174,6 +184,8 @@ class OutboundStore(SpoolIntake):
                 " recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, status, error, delivery.server, first.code if first else None,
                  first.reply if first else None, duration, each))
+            if also is not None:
+                also(conn)
 
         self._group.run(write)
 
@@ -226,7 +238,8 @@ class OutboundStore(SpoolIntake):
                          " WHERE id = ?", (to, now, due, mid))
             if to == "queued":
                 conn.execute("UPDATE recipients SET status = 'queued', updated_at = ?"
-                             " WHERE message = ? AND status IN ('deferred', 'failed')"
+                             " WHERE message = ? AND status IN ('deferred', 'failed',"
+                             " 'suppressed')"
                              " AND (code IS NULL OR code < 500 OR ? = 'failed')",
                              (now, mid, row[0]))
             elif to == "failed":
