@@ -1,6 +1,7 @@
 """The deliverability gauges, read from the store at each scrape:
-``mailsync_rate_limit_waiting{limiter,name}`` (messages deferred by a rate limit, by the
-limiter they wait for: ``limiter`` is ``server`` or ``account``) and
+``mailsync_rate_limit_waiting{server|account}`` (messages deferred by a rate limit, by
+the limiter they wait for: ``{server="main"}`` or ``{account="sales"}``, the other label
+empty, which PromQL reads as absent) and
 ``mailsync_suppression_list_size`` (addresses suppressed now).
 
 Read from the store, not counted in memory, so that they hold after a restart and across
@@ -50,14 +51,14 @@ class DeliverabilityCollector:
     def _families(waiting: dict[str, int] | None, size: int | None) -> list[Metric]:
         gauge = GaugeMetricFamily(
             "mailsync_rate_limit_waiting",
-            "Messages deferred by a rate limit now, by the limiter they wait for (limiter: "
-            "server or account).", labels=["limiter", "name"])
+            "Messages deferred by a rate limit now, by the limiter they wait for: a server's "
+            "(server label) or an account's (account label).", labels=["server", "account"])
         listed = GaugeMetricFamily("mailsync_suppression_list_size",
                                    "Addresses on the suppression list now (not expired).")
         if waiting is not None and size is not None:
             for key, count in sorted(waiting.items()):
                 kind, _, name = key.partition(":")
-                gauge.add_metric([kind, name], count)
+                gauge.add_metric([name, ""] if kind == "server" else ["", name], count)
             listed.add_metric([], size)
         return [gauge, listed]
 
