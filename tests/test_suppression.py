@@ -151,3 +151,38 @@ def test_add_list_remove_and_expiry(tmp_path, smtp_server):
     missing = _lines(cfg, "remove", "nobody@example.org")
     assert missing.exit_code == 1 and "nobody@example.org is not on the suppression list" in \
         missing.output
+
+
+def test_the_claim_counts_each_suppressed_recipient_and_calls_the_hook(tmp_path):
+    from mailsync.outbound.queue import OutboundStore
+    from mailsync.outbound.ratelimit import Gate
+    from mailsync.store import Store
+    from mailsync.telemetry.metrics import Metrics
+    from tests.test_ratelimit import limited, queue_messages
+
+    store = Store.open(tmp_path / "state")
+    try:
+        queue = OutboundStore(store)
+        ids = queue_messages(queue, 2)  # to0@example.org, to1@example.org
+        with store.transaction() as conn:
+            suppression.add(conn, "TO0@example.org", "bounced", "5.1.1", 0.0, None, 7)
+        metrics = Metrics()
+        metrics.prime(limited())
+        gate = Gate(limited(), metrics, store.dialect)
+        calls = []
+        gate.on_suppressed = lambda mid, rcpts: calls.append((mid, rcpts))
+
+        claimed = queue.claim_due(1.0, 200, gate.admit)
+        assert calls == []  # only once the claim has committed
+        gate.committed()
+
+        assert [m.id for m in claimed] == [ids[1]]
+        assert calls == [(ids[0], ("to0@example.org",))]
+        sample = metrics.registry.get_sample_value
+        assert sample("mailsync_suppressed_total", {"reason": "bounced"}) == 1
+        assert sample("mailsync_messages_failed_total",
+                      {"account": "sales", "reason": "suppressed"}) == 1
+        with store.lock:
+            assert suppression.size(store.conn, 1.0) == 1
+    finally:
+        store.close()

@@ -20,6 +20,9 @@ from mailsync.cli.root import Exit, config_option, config_or_last_applied, main,
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 COLUMNS = ("address", "reason", "since", "until", "message", "detail")
 
+# Imports inside the commands: each loads what its command runs and no more (`mailsync
+# --help` imports every command module).
+
 # A file with a typo must not stop these while the daemon runs on its last good config.
 _config = config_or_last_applied
 

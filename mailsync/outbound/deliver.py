@@ -117,8 +117,7 @@ class Deliverer:
         self._record = self._outcomes.record
         self._connect_failed = self._outcomes.connect_failed
         self._durably = self._outcomes.durably
-        # Rate limits and the suppression list, applied in each claim's transaction.
-        self.gate = Gate(config, metrics, store.store.dialect)
+        self.gate = Gate(config, metrics, store.store.dialect)  # rate limits, suppression
         self._stats_lock = threading.Lock()
         self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
         # Progress, for the daemon's health: messages this pass handed to its workers,
