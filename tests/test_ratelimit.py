@@ -239,9 +239,9 @@ def test_an_account_limit_holds_whatever_server_and_a_full_server_fails_over(sto
     assert row["status"] == "deferred" and "account 'sales'" in row["error"]
 
 
-def test_two_nodes_claiming_at_once_share_one_window(backend, tmp_path):
-    if backend is None:
-        pytest.skip("one node on SQLite: its single writer is the whole story")
+def test_two_nodes_claiming_at_once_share_one_window(pg_dsn, tmp_path):
+    # PostgreSQL only: on SQLite there is one node, and its single writer is the whole story.
+    backend = StoreBackend("postgresql", Secret("plain", pg_dsn))
     a = Store.open(tmp_path / "a", backend=backend)
     b = Store.open(tmp_path / "b", backend=backend)
     try:
