@@ -51,7 +51,7 @@ def test_unknown_top_level_key_points_at_the_key(validate):
     assert location == "3:1"
     assert rest.startswith("account: unknown key 'account'; did you mean 'accounts'? ")
     assert ("(allowed: accounts, activity_types, admin, alias_domain, daemon, "
-            "incoming_servers, outgoing_servers, users, version)") in rest
+            "incoming_servers, outgoing_servers, suppression, users, version)") in rest
 
 
 def test_unknown_nested_key_points_at_the_key(validate):

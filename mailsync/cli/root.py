@@ -83,6 +83,7 @@ class LazyGroup(click.Group):
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
         "admin": "mailsync.cli.admin",
+        "suppression": "mailsync.cli.suppression",
     }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsync.config import admin, oauth2
-from mailsync.config.presets import Protocol, resolve_endpoint
+from mailsync.config.presets import Protocol, default_rate_limits, resolve_endpoint
 from mailsync.config.secrets import Secret, from_config
 from mailsync.config.tree import (
     Account,
@@ -28,8 +28,10 @@ from mailsync.config.tree import (
     IncomingServer,
     IncomingType,
     OutgoingServer,
+    RateLimit,
     Retry,
     StoreBackend,
+    Suppression,
     Tls,
     TlsVersion,
     UnixUser,
@@ -42,7 +44,8 @@ if TYPE_CHECKING:   # the type of a server's auth.oauth2, held by the tree (conf
 
 __all__ = [
     "Account", "ActivityRule", "ActivityType", "AliasDomain", "Binding", "Config", "Daemon",
-    "Delay", "IncomingServer", "IncomingType", "OutgoingServer", "Retry", "StoreBackend", "Tls",
+    "Delay", "IncomingServer", "IncomingType", "OutgoingServer", "RateLimit", "Retry",
+    "StoreBackend", "Suppression", "Tls",
     "TlsVersion",
     "UnixUser", "filter_match", "build",
 ]
@@ -92,6 +95,14 @@ def _dur(value: str | None, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
 
+def _rate_limits(value: list[dict[str, Any]] | None,
+                 default: tuple[tuple[int, int], ...]) -> tuple[RateLimit, ...]:
+    """Declared ``rate_limits`` (``[]``: none), else the provider's defaults."""
+    if value is None:
+        return tuple(RateLimit(n, timedelta(seconds=s)) for n, s in default)
+    return tuple(RateLimit(int(r["messages"]), parse_duration(r["per"])) for r in value)
+
+
 def _tls(d: dict[str, Any], dd: dict[str, Any], base: Path) -> Tls:
     """A server's TLS settings: its own keys, else the daemon's defaults (a server's
     ``tls_ca_file`` replaces the daemon's; ``tls_ca_only`` goes with the file it names)."""
@@ -129,6 +140,8 @@ def _outgoing(d: dict[str, Any], name: str, base: Path,
         priority=d.get("priority", 10),
         max_connections=d.get("max_connections", 4),
         timeout=_dur(d.get("timeout"), timedelta(seconds=30)),
+        rate_limits=_rate_limits(d.get("rate_limits"),
+                                 default_rate_limits(d.get("provider"), d.get("username"))),
     )
 
 
@@ -179,6 +192,8 @@ def _account(d: dict[str, Any], base: Path, dd: dict[str, Any] | None = None) ->
         server=d.get("server"),
         own_login=own,
         granted_to=tuple(d.get("granted_to", ())),
+        # With an own login, the account's rate_limits are that login's (built above).
+        rate_limits=() if own is not None else _rate_limits(d.get("rate_limits"), ()),
     )
 
 
@@ -242,6 +257,8 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
                                for d in data.get("incoming_servers", ())),
         accounts=tuple(_account(d, base_dir, dd) for d in data.get("accounts", ())),
         activity_types=tuple(_activity_type(d) for d in data.get("activity_types", ())),
+        suppression=Suppression(_dur((data.get("suppression") or {}).get("expiry"),
+                                     Suppression.expiry)),
         admin=admin.build(data.get("admin"), lambda v: _path(base_dir, v),
                           lambda v: _secret(v, base_dir)),
         version=data.get("version", 1),

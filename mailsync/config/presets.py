@@ -1,4 +1,5 @@
-"""Provider presets: host, port and security for SMTP, IMAP and POP3, in one table.
+"""Provider presets: host, port and security for SMTP, IMAP and POP3, in one table, and
+the sending limits of the providers that publish them (:func:`default_rate_limits`).
 
 Explicit keys in the config override a preset. Port defaults follow ``security``.
 """
@@ -51,6 +52,29 @@ DEFAULT_PORTS: dict[Protocol, dict[Security, int]] = {
 }
 
 IMPLICIT_TLS_PORTS = {465, 993, 995}
+
+# The providers' published sending limits, as (messages, window in seconds): a server
+# (or an account's own login) with this provider gets them unless it declares
+# rate_limits (``[]``: none). Gmail's depend on the kind of account: a consumer address
+# (@gmail.com) may send 500 a day, a Google Workspace one 2,000.
+DAY, MINUTE = 86_400, 60
+GMAIL_CONSUMER = ((500, DAY),)
+GMAIL_WORKSPACE = ((2000, DAY),)
+GMAIL_CONSUMER_DOMAINS = ("gmail.com", "googlemail.com")
+RATE_LIMITS: dict[str, tuple[tuple[int, int], ...]] = {
+    "office365": ((30, MINUTE), (10_000, DAY)),
+}
+
+
+def default_rate_limits(provider: str | None, username: str | None) -> tuple[tuple[int, int], ...]:
+    """The provider's sending limits for the login ``username``, as (messages, seconds);
+    empty for a provider that publishes none (or no provider). Gmail: the consumer limit
+    unless the login is an address of another domain (a Google Workspace account)."""
+    if provider == "gmail":
+        domain = (username or "").rpartition("@")[2].lower()
+        return GMAIL_CONSUMER if not domain or domain in GMAIL_CONSUMER_DOMAINS \
+            else GMAIL_WORKSPACE
+    return RATE_LIMITS.get(provider or "", ())
 
 
 def preset(provider: str | None, protocol: Protocol) -> Endpoint | None:

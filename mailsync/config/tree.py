@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from mailsync.auth.settings import OAuth2
 from mailsync.config.admin import Admin
@@ -30,6 +30,22 @@ class Retry:
     first: timedelta = timedelta(minutes=5)
     max: timedelta = timedelta(hours=1)
     lifetime: timedelta = timedelta(days=5)
+
+
+class RateLimit(NamedTuple):
+    """At most ``messages`` sends in any window of ``per`` (a sliding window, exact:
+    mailsync/outbound/ratelimit.py). A tuple, so that plans show it as ``[30, 1m]``."""
+
+    messages: int
+    per: timedelta
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """The suppression list (mailsync/outbound/suppression.py): how long a hard-bounced
+    recipient stays on it."""
+
+    expiry: timedelta = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,8 @@ class OutgoingServer:
     priority: int = 10
     max_connections: int = 4
     timeout: timedelta = timedelta(seconds=30)
+    # Sends allowed per window: the declared rate_limits, else the provider's defaults.
+    rate_limits: tuple[RateLimit, ...] = ()
 
     def allows(self, address: str) -> bool:
         """Whether ``from_filter`` lets this server send as ``address`` (empty: any)."""
@@ -173,6 +191,9 @@ class Account:
     server: str | None = None
     own_login: OutgoingServer | None = None
     granted_to: tuple[str, ...] = ()
+    # The account's own rate_limits (whatever server sends it); with an own login they
+    # are that login's (own_login.rate_limits) and this is empty.
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +251,7 @@ class Config:
     accounts: tuple[Account, ...] = ()
     activity_types: tuple[ActivityType, ...] = ()
     admin: Admin | None = None  # the admin console's users and access (config/admin.py)
+    suppression: Suppression = Suppression()
     version: int = 1
     source: str = field(default="", compare=False)
 

@@ -40,6 +40,7 @@ from mailsync.config.model import Config
 from mailsync.daemon.admin import AdminConsole, daemon_status
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
 from mailsync.daemon.control import ControlServer, Locator, socket_path
+from mailsync.daemon.deliverability import DeliverabilityCollector
 from mailsync.daemon.health import Health, check_store, status_line, stuck_after
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
@@ -191,6 +192,7 @@ class Daemon:
         registry.register(QueueCollector(lambda: self.runtime.outbound))
         registry.register(StoreCollector(lambda: self.store.health))
         registry.register(ActivityCollector(lambda: self.store, lambda: self.config))
+        registry.register(DeliverabilityCollector(lambda: self.store, lambda: self.config))
         self._endpoint = Endpoint(registry, self.health.check)
         self._endpoint.start(listen)
         return self._endpoint
@@ -270,7 +272,7 @@ class Daemon:
             if now >= next_store_check:
                 next_store_check = now + STORE_PROBE_EVERY
                 self._guarded("checking the store", self._check_store)
-            if now >= next_prune and self._holds(SINGLETON):
+            if now >= next_prune and (self._leases is None or self._leases.holds(SINGLETON)):
                 next_prune = now + PRUNE_EVERY
                 self._guarded("pruning the history", self.runtime.prune)
             if now >= next_status:
@@ -280,10 +282,6 @@ class Daemon:
             if watch.changed_at is not None:
                 timeout = min(timeout, DEBOUNCE)
             wakeup.sleep(timeout)
-
-    def _holds(self, lease: str) -> bool:
-        """Whether this node holds ``lease`` (always on SQLite: one node)."""
-        return self._leases is None or self._leases.holds(lease)
 
     @staticmethod
     def _guarded(what: str, task: Callable[[], object]) -> None:

@@ -38,6 +38,7 @@ from email.utils import getaddresses
 
 from mailsync.config.model import Config
 from mailsync.inbound.message import Headers, first, parse_headers, text
+from mailsync.outbound import suppression
 from mailsync.outbound.verp import VerpAddress, VerpKey, read_verp
 
 _ADDRESSED = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
@@ -320,10 +321,13 @@ def find_message(conn: sqlite3.Connection, bounce: Bounce) -> int | None:
     return None
 
 
-def record_bounce(conn: sqlite3.Connection, bounce: Bounce, now: float) -> BounceOutcome | None:
+def record_bounce(conn: sqlite3.Connection, bounce: Bounce, now: float,
+                  suppress_for: float | None = None) -> BounceOutcome | None:
     """Mark the recipients a bounce names ``bounced`` (with status and diagnostic), the
     message too when none of its recipients is left, and add an event. Runs in the
-    caller's transaction. None when the bounce is not about a message sent from here."""
+    caller's transaction. None when the bounce is not about a message sent from here.
+    ``suppress_for``: the recipients a DSN reports hard-failed (5.x.x) are put on the
+    suppression list for that many seconds (mailsync/outbound/suppression.py)."""
     mid = find_message(conn, bounce)
     if mid is None:
         return None
@@ -339,6 +343,9 @@ def record_bounce(conn: sqlite3.Connection, bounce: Bounce, now: float) -> Bounc
                 address = next(iter(by_address.values()))  # forwarded or rewritten
             if address is not None:
                 marks.append((address, r.smtp_code, r.reply))
+                if suppress_for is not None and suppression.hard(r.status, r.smtp_code):
+                    suppression.add(conn, address, "bounced", r.reply, now,
+                                    now + suppress_for, mid)
         detail = "; ".join(f"{r.address}: {r.reply}" for r in bounce.recipients)
     else:
         reason = f"bounce received: {bounce.subject}" if bounce.subject else "bounce received"

@@ -35,10 +35,12 @@ RECLAIM_BATCH = 1000
 DEFAULT_LEASE = 30.0  # seconds: a claim by a store without a heartbeat (daemon.send_lease)
 
 
-def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float,
-              limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
+def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, limit: int,
+              admit: Callable[[sqlite3.Connection, list[Any], float], list[Any]] | None = None
+              ) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
     """Up to ``limit`` due messages claimed by ``node`` for ``lease`` seconds, oldest
-    first (rows as OutboundStore reads them), and each one's pending recipients. Inside
+    first (rows as OutboundStore reads them), and each one's pending recipients; those
+    ``admit`` lets go now (suppression list, rate limits: it writes the others). Inside
     the caller's transaction: the rows stay locked until it commits."""
     rows = conn.execute(
         "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts, m.verp"
@@ -46,6 +48,8 @@ def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float,
         " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
         " ORDER BY m.next_attempt_at, m.id LIMIT ? FOR UPDATE OF m SKIP LOCKED",
         (now, limit)).fetchall()
+    if rows and admit is not None:
+        rows = admit(conn, rows, now)
     if not rows:
         return [], {}
     ids = [r[0] for r in rows]

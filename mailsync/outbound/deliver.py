@@ -28,11 +28,12 @@ from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
 from mailsync.errors import ConnectError, StoreUnavailable
 from mailsync.outbound import login, routing
-from mailsync.outbound.lease import LeaseLost
+from mailsync.outbound.lease import LeaseLost, still_held
 from mailsync.outbound.outcomes import Outcomes, Pending, settle
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.pools import Held, Pools, labels
 from mailsync.outbound.queue import OutboundStore, Outgoing
+from mailsync.outbound.ratelimit import Gate, Route
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.verp import VerpKey, verp_sender
 from mailsync.telemetry.metrics import Metrics
@@ -62,7 +63,6 @@ def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession
 @dataclass(frozen=True)
 class _View:
     """The configuration a message is sent under, swapped as one object on reload."""
-
     config: Config
     accounts: dict[str, Account]
     servers: dict[str, OutgoingServer]
@@ -75,19 +75,17 @@ class _View:
 class Deliverer:
     """Sends due messages; owns one :class:`ConnectionPool` per outgoing server.
 
-    :meth:`reconfigure` swaps the configuration for the next message and retires only
-    the pools of servers whose settings changed or that left; :meth:`halt` stops a
-    running pass after the messages in flight. ``verp_key`` signs the VERP envelope
-    senders (see :mod:`mailsync.outbound.verp`); it stays the same across reloads.
+    :meth:`reconfigure` swaps the configuration for the next message and retires only the
+    pools of servers whose settings changed or that left; :meth:`halt` stops a running
+    pass after the messages in flight. ``verp_key`` signs the VERP envelope senders
+    (:mod:`mailsync.outbound.verp`), the same across reloads.
     """
 
     def __init__(self, config: Config, store: OutboundStore, metrics: Metrics, *,
-                 verp_key: VerpKey,
-                 factory: SessionFactory = default_factory,
-                 clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None,
-                 record_patience: float | None = None,
-                 tokens: TokenCache | None = None) -> None:
+                 verp_key: VerpKey, factory: SessionFactory = default_factory,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 record_patience: float | None = None, tokens: TokenCache | None = None
+                 ) -> None:
         self._view = _View.of(config)
         # OAuth2 access tokens, one per identity, shared with the pollers of the process.
         self.tokens = tokens if tokens is not None else TokenCache(
@@ -104,13 +102,13 @@ class Deliverer:
         self._series = functools.lru_cache(maxsize=4096)(labels)
         self._pools = Pools(store, metrics, series=self._series, clock=clock, wake=self.wake,
                             connect=lambda s: login.connect(s, self.tokens, self.factory))
-        self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock,
-                                  rng=self.rng, halt=self._halt,
-                                  record_patience=record_patience)
+        self._outcomes = Outcomes(store, metrics, series=self._series, clock=clock, rng=self.rng,
+                                  halt=self._halt, record_patience=record_patience)
         # The outcome writers, bound once: a message costs no more calls than before.
         self._record_later = self._outcomes.record_later
         self._connect_failed = self._outcomes.connect_failed
         self._durably = self._outcomes.durably
+        self.gate = Gate(config, metrics, store.store.dialect)  # rate limits, suppression
         self._stats_lock = threading.Lock()
         self._unclaim_later: list[int] = []  # claimed, not tried, not yet put back
         # Progress, for the daemon's health: messages this pass handed to its workers,
@@ -132,6 +130,7 @@ class Deliverer:
 
         def swap() -> None:
             self._view = view
+            self.gate.configure(config)
         return self._pools.reconfigure(view.servers, swap)
 
     def close_idle(self) -> int:
@@ -219,7 +218,8 @@ class Deliverer:
                 if self._unclaim_later:
                     self.store.unclaim(self._unclaim_later, now)
                     self._unclaim_later = []
-                batch = self.store.claim_due(now, CLAIM_BATCH)
+                batch = self.store.claim_due(now, CLAIM_BATCH, self.gate.admit)
+                self.gate.committed()
                 # Down servers are probed while the pass lasts (not in its last round).
                 probe = None if finished else self._pools.probe_servers(probes)
                 if batch:
@@ -344,6 +344,7 @@ class Deliverer:
                                                             count_attempt=False))
             log.warning("message %d held: %s", message.id, detail)
             return "held"
+        servers, route = self.gate.servers(message.id, servers)
         mail_from = verp_sender(config, self.verp_key, message.id, message.verp) \
             or message.from_address
         tries: list[tuple[str, str]] = []  # (server, why it could not be used)
@@ -363,7 +364,7 @@ class Deliverer:
                 log.debug("message %d: %s", message.id, exc)
                 continue
             return self._transact(config, message, account, server, session, mail_from,
-                                  tries, previous)
+                                  tries, previous, route)
         status = self._connect_failed(config, message, account, servers[-1],
                                       "; ".join(e for _, e in tries), tries[:-1], tries[-1][1],
                                       count_attempt=attempted)
@@ -374,17 +375,16 @@ class Deliverer:
 
     def _transact(self, config: Config, message: Outgoing, account: Account,
                   server: OutgoingServer, session: SmtpSession, mail_from: str,
-                  tries: list[tuple[str, str]], previous: Pending | None) -> str | Pending:
+                  tries: list[tuple[str, str]], previous: Pending | None,
+                  route: Route | None = None) -> str | Pending:
         lease = self.store.send_lease  # a shared store: this node's claims lapse unrenewed
 
         def before_content() -> None:  # the previous outcome's commit may have taken long
             if previous is not None:
                 previous.settle()
-            if lease and not lease.may_send(message.claimed_at):
-                raise LeaseLost(message.id)
+            still_held(lease, message.id, message.claimed_at)
 
-        if lease and not lease.may_send(message.claimed_at):
-            raise LeaseLost(message.id)
+        still_held(lease, message.id, message.claimed_at)
         start = time.perf_counter()
         try:
             delivery = session.send(mail_from, message.recipients, message.raw,
@@ -396,4 +396,5 @@ class Deliverer:
             return self._connect_failed(config, message, account, server, str(exc), tries)
         duration = time.perf_counter() - start
         self._series(self.metrics.send_duration, server.name).observe(duration)
-        return self._record_later(config, message, account, delivery, duration, tries)
+        also = self.gate.after_send(message.id, route, delivery, self.clock())
+        return self._record_later(config, message, account, delivery, duration, tries, also)

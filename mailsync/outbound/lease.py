@@ -93,3 +93,10 @@ class SendLease:
         now = self.clock()
         with self._lock:
             return max(0.0, self._valid_until - self.margin - now)
+
+
+def still_held(lease: SendLease | None, message_id: int, claimed_at: float) -> None:
+    """Raise :class:`LeaseLost` when this node may no longer send ``message_id`` (claimed
+    at ``claimed_at`` by its clock) because its lease lapsed; nothing without a lease."""
+    if lease and not lease.may_send(claimed_at):
+        raise LeaseLost(message_id)

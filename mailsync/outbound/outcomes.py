@@ -45,29 +45,33 @@ class Outcomes:
         self.record_patience = record_patience
 
     def record(self, config: Config, message: Outgoing, account: Account,
-               delivery: Delivery, duration: float, tries: list[tuple[str, str]]) -> str:
-        """Record a transaction's outcome; returns the message's new status once committed."""
+               delivery: Delivery, duration: float, tries: list[tuple[str, str]],
+               also: Callable[[Any], None] | None = None) -> str:
+        """Record a transaction's outcome (``also``: more to write with it, see
+        :meth:`OutboundStore.record_delivery`); returns the message's new status once
+        committed."""
         status, fields, done = self._decide(config, message, account, delivery, duration,
-                                            tries)
+                                            tries, also)
         self.durably(lambda: self.store.record_delivery(message.id, **fields))
         done()
         return status
 
     def record_later(self, config: Config, message: Outgoing, account: Account,
-                     delivery: Delivery, duration: float,
-                     tries: list[tuple[str, str]]) -> Pending:
+                     delivery: Delivery, duration: float, tries: list[tuple[str, str]],
+                     also: Callable[[Any], None] | None = None) -> Pending:
         """:meth:`record` handed to the group commit without waiting for it: the sender
         goes on with its next message's envelope meanwhile, and settles the returned
         :class:`Pending` before that message's content (the crash bound stays at one
         accepted message unrecorded per session)."""
         status, fields, done = self._decide(config, message, account, delivery, duration,
-                                            tries)
+                                            tries, also)
         wait = self.store.submit_delivery(message.id, **fields)
         return Pending(self, message, status, config.daemon.retry, wait,
                        lambda: self.store.record_delivery(message.id, **fields), done)
 
     def _decide(self, config: Config, message: Outgoing, account: Account,
-                delivery: Delivery, duration: float, tries: list[tuple[str, str]]
+                delivery: Delivery, duration: float, tries: list[tuple[str, str]],
+                also: Callable[[Any], None] | None
                 ) -> tuple[str, dict[str, Any], Callable[[], None]]:
         """The outcome's status, record_delivery's arguments (but the message id), and what
         follows the commit (metrics, log line)."""
@@ -96,7 +100,7 @@ class Outcomes:
         error = "; ".join(problems) or None
         fields = {"delivery": delivery, "status": status, "now": now,
                   "next_attempt_at": next_at, "error": error, "duration": duration,
-                  "tries": tries}
+                  "tries": tries, "also": also}
 
         def done() -> None:
             self._series(self.metrics.send_attempts, server, status).inc()

@@ -33,6 +33,9 @@ from mailsync.store import Store
 __all__ = ["IN_QUEUE", "PENDING", "STATUSES", "FileId", "GroupCommit", "IngestResult",
            "NewMessage", "OutboundStore", "Outgoing", "RejectedMessage"]
 
+# What the claim asks which of its rows go now (mailsync/outbound/ratelimit.py's Gate).
+Admit = Callable[[sqlite3.Connection, list[Any], float], list[Any]]
+
 # Statuses (docs/design.md §3). `sending` is only ever seen while a daemon is delivering; a crash
 # leaves it behind and recover() turns it back into `queued`.
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "rejected", "bounced", "held")
@@ -85,8 +88,10 @@ class OutboundStore(SpoolIntake):
                 event(conn, mid, now, "queued", "requeued after an interrupted send")
         return len(ids)
 
-    def claim_due(self, now: float, limit: int) -> list[Outgoing]:
-        """Up to ``limit`` due messages, marked `sending`, oldest first. On a shared
+    def claim_due(self, now: float, limit: int, admit: Admit | None = None) -> list[Outgoing]:
+        """Up to ``limit`` due messages, marked `sending`, oldest first. ``admit`` (the
+        deliverer's :class:`mailsync.outbound.ratelimit.Gate`) decides, in the same
+        transaction, which of them go now (suppression list, rate limits). On a shared
         store, claimed by this node for its lease, skipping rows another node is claiming
         (:func:`mailsync.outbound.claims.claim_due`)."""
         if self.shared:
@@ -96,7 +101,7 @@ class OutboundStore(SpoolIntake):
             claimed_at = lease.clock() if lease else 0.0
             seconds = lease.lease if lease else claims.DEFAULT_LEASE  # no heartbeat: tests
             with self.store.transaction() as conn:
-                got, todo = claims.claim_due(conn, self.node, seconds, now, limit)
+                got, todo = claims.claim_due(conn, self.node, seconds, now, limit, admit)
             return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(todo[r[0]]), r[5], r[6],
                              claimed_at) for r in got]
         with self.store.transaction() as conn:
@@ -106,6 +111,8 @@ class OutboundStore(SpoolIntake):
                 " FROM messages m JOIN contents c ON c.message = m.id"
                 " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
                 " ORDER BY m.next_attempt_at, m.id LIMIT ?", (now, limit)).fetchall()
+            if rows and admit is not None:
+                rows = admit(conn, rows, now)
             if not rows:
                 return []
             ids = [r[0] for r in rows]
@@ -178,7 +185,8 @@ class OutboundStore(SpoolIntake):
 
     def record_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
-                        duration: float, tries: Sequence[tuple[str, str]] = ()) -> None:
+                        duration: float, tries: Sequence[tuple[str, str]] = (),
+                        also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Store one SMTP transaction's outcome: per-recipient replies, status, attempt.
 
         ``tries``: the servers tried before this one in the same attempt and why they
@@ -187,24 +195,28 @@ class OutboundStore(SpoolIntake):
 
         Returns once it is committed (group commit: concurrent senders share one
         transaction), so a sender never has more than one accepted message unrecorded.
+        ``also`` writes more in the same transaction (the rate limits' send time, the
+        suppression of recipients refused at RCPT: mailsync/outbound/ratelimit.py).
         """
         self._group.run(self._delivery_write(mid, delivery, status, now,
-                                             next_attempt_at, error, duration, tries))
+                                             next_attempt_at, error, duration, tries, also))
 
     def submit_delivery(self, mid: int, delivery: Delivery, status: str, now: float, *,
                         next_attempt_at: float | None, error: str | None,
-                        duration: float, tries: Sequence[tuple[str, str]] = ()
+                        duration: float, tries: Sequence[tuple[str, str]] = (),
+                        also: Callable[[sqlite3.Connection], None] | None = None
                         ) -> Callable[[], None]:
         """:meth:`record_delivery` handed to the group commit without waiting: returns
         the wait for its commit (which raises as record_delivery would), to be called
         before the sender's next message can be accepted by a server."""
         ticket = self._group.submit(self._delivery_write(
-            mid, delivery, status, now, next_attempt_at, error, duration, tries))
+            mid, delivery, status, now, next_attempt_at, error, duration, tries, also))
         return functools.partial(self._group.wait, ticket)
 
     def _delivery_write(self, mid: int, delivery: Delivery, status: str, now: float,
                         next_attempt_at: float | None, error: str | None,
-                        duration: float, tries: Sequence[tuple[str, str]]
+                        duration: float, tries: Sequence[tuple[str, str]],
+                        also: Callable[[sqlite3.Connection], None] | None = None
                         ) -> Callable[[sqlite3.Connection], None]:
         worst = next((r for r in delivery.recipients if r.status != "sent"), None)
         first = worst or (delivery.recipients[0] if delivery.recipients else None)
@@ -236,6 +248,8 @@ class OutboundStore(SpoolIntake):
                 " recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, status, error, delivery.server, first.code if first else None,
                  first.reply if first else None, duration, each))
+            if also is not None:
+                also(conn)
 
         return write
 
@@ -288,7 +302,8 @@ class OutboundStore(SpoolIntake):
                          " WHERE id = ?", (to, now, due, mid))
             if to == "queued":
                 conn.execute("UPDATE recipients SET status = 'queued', updated_at = ?"
-                             " WHERE message = ? AND status IN ('deferred', 'failed')"
+                             " WHERE message = ? AND status IN ('deferred', 'failed',"
+                             " 'suppressed')"
                              " AND (code IS NULL OR code < 500 OR ? = 'failed')",
                              (now, mid, row[0]))
             elif to == "failed":

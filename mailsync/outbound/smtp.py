@@ -310,7 +310,8 @@ class SmtpSession:
             if _ok(code):
                 accepted.append(index)
                 continue
-            results[index] = RecipientResult(rcpt, _status(code), code, reply_text(reply))
+            results[index] = RecipientResult(rcpt, _status(code), code, reply_text(reply),
+                                             "RCPT")
             if code == 421:  # the server is closing the channel: defer the rest, no DATA
                 for i in [*accepted, *range(index + 1, len(recipients))]:
                     results[i] = RecipientResult(recipients[i], "deferred", code, reply_text(reply))

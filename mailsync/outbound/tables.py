@@ -106,3 +106,31 @@ SEARCH_MIGRATION = """
 CREATE INDEX messages_subject ON messages (subject);
 CREATE INDEX recipients_address ON recipients (lower(address))
 """
+
+# 13: deliverability (#18). ``rate_sends``: the time of each send per limiter
+# (``server:NAME`` or ``account:NAME``), kept while a window may count it
+# (mailsync/outbound/ratelimit.py); ``rate_limiters``: one row per limiter, the row a
+# claim locks on PostgreSQL so that nodes sharing the store count one window;
+# ``messages.waiting_for``: the limiter a deferred message waits for. ``suppressions``:
+# the recipients not sent to again until ``expires_at`` (NULL: until removed), with why
+# and the message that bounced (mailsync/outbound/suppression.py).
+DELIVERABILITY_MIGRATION = """
+CREATE TABLE rate_sends (
+    limiter TEXT NOT NULL,
+    at REAL NOT NULL,
+    message INTEGER NOT NULL,
+    PRIMARY KEY (limiter, at, message)
+) WITHOUT ROWID;
+CREATE TABLE rate_limiters (
+    limiter TEXT PRIMARY KEY
+);
+ALTER TABLE messages ADD COLUMN waiting_for TEXT;
+CREATE TABLE suppressions (
+    address TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    added_at REAL NOT NULL,
+    expires_at REAL,
+    message INTEGER
+);
+"""

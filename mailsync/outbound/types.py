@@ -67,6 +67,9 @@ class RecipientResult:
     status: RecipientStatus
     code: int | None
     reply: str
+    # The command the reply answered when it is the recipient's own ("RCPT": a refusal
+    # of this address, which may put it on the suppression list); None otherwise.
+    command: str | None = None
 
 
 @dataclass(frozen=True)

@@ -74,4 +74,6 @@ MIGRATIONS: list[str] = [
         mailboxes TEXT NOT NULL DEFAULT '[]'
     )
     """,
+    # 13: rate limits' send times and the suppression list (mailsync/outbound/tables.py).
+    outbound_tables.DELIVERABILITY_MIGRATION,
 ]

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 REJECT_REASONS = ("unparseable", "unknown_user", "impersonation", "ungranted_account",
                   "no_account", "no_recipients", "bad_recipient", "header_injection",
                   "oversize", "unreadable", "not_a_regular_file")
-FAIL_REASONS = ("permanent", "expired")
+FAIL_REASONS = ("permanent", "expired", "suppressed")
+SUPPRESSION_REASONS = ("bounced", "rejected", "manual")  # outbound.suppression.REASONS
 ATTEMPT_RESULTS = ("sent", "deferred", "failed", "connect_error")
 OAUTH2_RESULTS = ("success", "failure")
 BOUNCE_REFUSED = ("unsigned", "bad_signature", "not_a_bounce")  # bounces.Verdict.refused
@@ -92,6 +93,11 @@ class Metrics:
         self.spool_duplicates = counter(
             "mailsync_spool_duplicates",
             "Spool files not queued because their idempotency key was seen before.",
+            registry=r)
+        self.suppressed = counter(
+            "mailsync_suppressed",
+            "Recipients not sent to because they are on the suppression list, by the reason "
+            "of their entry (bounced: a DSN, rejected: a 5xx at RCPT, manual).", ["reason"],
             registry=r)
         self.messages_bounced = counter(
             "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
@@ -180,6 +186,8 @@ class Metrics:
         """Create every series the config makes known, at 0."""
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(reason)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressed.labels(reason)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         for server in config.sending_servers():
