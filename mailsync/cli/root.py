@@ -82,6 +82,7 @@ class LazyGroup(click.Group):
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
         "admin": "mailsync.cli.admin",
+        "dkim": "mailsync.cli.dkim",
     }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
