@@ -58,6 +58,7 @@ from mailsync.daemon.sdnotify import Notifier
 from mailsync.daemon.spooling import DeliverLoop, Intake, SpoolLoop
 from mailsync.daemon.wakeup import Wakeup
 from mailsync.daemon.watch import DEBOUNCE, Watch
+from mailsync.daemon.webhooks import WebhookCollector, WebhookThreads
 from mailsync.errors import MailsyncError
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
@@ -109,6 +110,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self._locator: Locator | None = None
         self._admin: AdminConsole | None = None  # daemon.admin_listen's console
+        self._webhooks: WebhookThreads | None = None  # one thread per webhook
 
     @property
     def loaded(self) -> Loaded:
@@ -158,6 +160,8 @@ class Daemon:
                         on_commit=self._spool.committed, pickup=self._pickup)
         self.health.watch(spool_loop=self._spool, deliver_loop=self._deliver)
         self._deliver.thread.start()
+        self._webhooks = WebhookThreads(store)
+        self._webhooks.start(config)
         self._spool.start(intake)
         self._leases = LeaseKeeper(store, config, self.metrics)
         self._leases.start()
@@ -172,7 +176,7 @@ class Daemon:
         endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self.reloader = Reloader(
             runtime, Parts(always=[self._deliver, self._spool, self._mailboxes,
-                                   Series(self.metrics, config), self._admin],
+                                   Series(self.metrics, config), self._admin, self._webhooks],
                            by_setting={"spool_dir": self._watch, "metrics_listen": endpoint,
                                        "log_format": LogFormat()}),
             watch=self._watch, endpoint=endpoint, notifier=self.notifier,
@@ -186,6 +190,7 @@ class Daemon:
         registry.register(QueueCollector(lambda: self.runtime.outbound))
         registry.register(StoreCollector(lambda: self.store.health))
         registry.register(ActivityCollector(lambda: self.store, lambda: self.config))
+        registry.register(WebhookCollector(lambda: self._webhooks))
         self._endpoint = Endpoint(registry, self.health.check)
         self._endpoint.start(listen)
         return self._endpoint
@@ -368,6 +373,8 @@ class Daemon:
             self._leases.stop()
         if deliverer is not None:
             deliverer.close()
+        if self._webhooks is not None:  # what is not posted yet waits in the outbox
+            self._webhooks.stop()
         if self._watch is not None:
             self._watch.join(2.0)
         if self._admin is not None:

@@ -321,7 +321,7 @@ class Poller:
                 if verdict.refused is not None:
                     refused.append((fid, verdict))
                 if bounce is not None:
-                    outcome = record_bounce(conn, bounce, now)
+                    outcome = record_bounce(conn, bounce, now, self.config.webhooks)
                     if outcome is not None:
                         records.mark_bounce_of(conn, fid, outcome.message)
                         if outcome.recipients:

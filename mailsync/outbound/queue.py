@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsync.config.deliverability import Webhook
 from mailsync.outbound.enqueue import (
     FileId,
     IngestResult,
@@ -25,6 +26,7 @@ from mailsync.outbound.enqueue import (
 from mailsync.outbound.events import event, failed_over
 from mailsync.outbound.groupcommit import GroupCommit
 from mailsync.outbound.types import Delivery
+from mailsync.outbound.webhooks import enqueue, recipients_of
 from mailsync.store import Store
 
 __all__ = ["IN_QUEUE", "PENDING", "STATUSES", "FileId", "GroupCommit", "IngestResult",
@@ -59,6 +61,9 @@ class OutboundStore(SpoolIntake):
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self._group = GroupCommit(store)
+        # The webhooks in force (set by the daemon's runtime): each status change puts its
+        # event in their outbox in its own transaction (outbound/webhooks.py).
+        self.webhooks: tuple[Webhook, ...] = ()
 
     def recover(self, now: float) -> int:
         """After a crash: messages left `sending` go back to `queued`. Returns how many."""
@@ -174,7 +179,12 @@ class OutboundStore(SpoolIntake):
                 " recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, status, error, delivery.server, first.code if first else None,
                  first.reply if first else None, duration, each))
+            if hooks:
+                enqueue(conn, hooks, status, mid, now, status=status, detail=error,
+                        recipients=({"address": r.address, "status": r.status, "code": r.code,
+                                     "reply": r.reply} for r in delivery.recipients))
 
+        hooks = self.webhooks
         self._group.run(write)
 
     def record_failure(self, mid: int, status: str, error: str, now: float, *,
@@ -208,6 +218,9 @@ class OutboundStore(SpoolIntake):
                     (mid, now, status, detail or error, server or "-", code, None))
             else:
                 event(conn, mid, now, status, error)
+            if self.webhooks and any(h.wants(status) for h in self.webhooks):
+                enqueue(conn, self.webhooks, status, mid, now, status=status, detail=error,
+                        recipients=recipients_of(conn, mid))
 
     def transition(self, mid: int, to: str, allowed_from: Sequence[str], now: float,
                    detail: str) -> str:

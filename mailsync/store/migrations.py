@@ -55,4 +55,11 @@ MIGRATIONS: list[str] = [
     # 11: leases on work one node of a shared store does at a time: polling an incoming
     # server, the retention pruning (mailsync/store/leases.py).
     leases.MIGRATION,
+    # 12 and 13 are reserved for migrations being written beside this one (the PostgreSQL
+    # nodes', the rate limits'): these placeholders make the webhooks' number 14 and are
+    # replaced by those migrations when the branches are merged.
+    "SELECT 1",
+    "SELECT 1",
+    # 14: the webhook outbox (mailsync/outbound/tables.py, mailsync/outbound/webhooks.py).
+    outbound_tables.WEBHOOKS_MIGRATION,
 ]
