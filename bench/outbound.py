@@ -14,6 +14,10 @@ connection sending its share, no queue and no store. That is the ceiling of Pyth
 client on this machine at that moment; ``raw_smtplib_per_s`` and ``ratio_to_raw``
 (mailsync's rate over it) are printed in each run's line and as medians in the summary.
 
+With ``--dkim rsa|ed25519``, each round runs `run --once` twice, without then with DKIM
+signing (a key of that type for example.com), and the summary gives the signing cost per
+message: the median of the rounds' CPU ms/message with DKIM minus without.
+
 With ``--daemon``, the same burst goes through a running daemon instead (`mailsync run`,
 idle and healthy before the clock starts): the N files are dropped while it runs, and
 the clock stops when `/metrics` counts N sent. That is the rate applications see when
@@ -160,10 +164,22 @@ def with_raw(result: dict[str, object], n: int, port: int) -> dict[str, object]:
     return result
 
 
-def one_run(n: int, port: int) -> dict[str, object]:
+def dkim_section(root: Path, kind: str) -> str:
+    """A ``dkim`` section signing example.com with a new key of ``kind`` in ``root``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mailsync.config.dkimkeys import generate
+
+    key = root / "dkim.key"
+    key.write_bytes(generate("rsa" if kind == "rsa" else "ed25519")[0])
+    key.chmod(0o600)
+    return f"dkim:\n  - {{domain: example.com, selector: bench, private_key: {{file: {key}}}}}\n"
+
+
+def one_run(n: int, port: int, dkim: str | None = None) -> dict[str, object]:
     with workdir() as (root, fs):
         cfg = root / "config.yaml"
-        cfg.write_text(CONFIG.format(root=root, port=port))
+        cfg.write_text(CONFIG.format(root=root, port=port)
+                       + (dkim_section(root, dkim) if dkim else ""))
         drop_messages(root / "spool", n)
         size = sum(p.stat().st_size for p in (root / "spool" / "new").iterdir()) / n
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -183,7 +199,29 @@ def one_run(n: int, port: int) -> dict[str, object]:
                 # CPU of mailsync and its pickup child: steadier than the rate on a busy host.
                 "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4),
                 "peak_rss_mb": round(max(rss_kb, before) / 1024, 1),
-                "avg_message_bytes": round(size), "filesystem": fs}
+                "avg_message_bytes": round(size), "filesystem": fs, "dkim": dkim}
+
+
+def dkim_rounds(n: int, port: int, runs: int, kind: str) -> None:
+    """Alternating runs without and with DKIM; the signing cost per message."""
+    pairs = []
+    for _ in range(runs):
+        pair = (one_run(n, port), one_run(n, port, kind))
+        for r in pair:
+            print(json.dumps(r), flush=True)
+        pairs.append(pair)
+    without = [float(a["cpu_ms_per_message"]) for a, _ in pairs]  # type: ignore[arg-type]
+    with_ = [float(b["cpu_ms_per_message"]) for _, b in pairs]  # type: ignore[arg-type]
+    print(json.dumps({"bench": "outbound_dkim", "summary": True, "runs": runs, "dkim": kind,
+                      "median_cpu_ms_per_message_without": statistics.median(without),
+                      "median_cpu_ms_per_message_with": statistics.median(with_),
+                      "signing_cpu_ms_per_message": round(statistics.median(
+                          b - a for a, b in zip(without, with_, strict=True)), 4),
+                      "median_messages_per_s_without": statistics.median(
+                          float(a["messages_per_s"]) for a, _ in pairs),  # type: ignore[arg-type]
+                      "median_messages_per_s_with": statistics.median(
+                          float(b["messages_per_s"]) for _, b in pairs)}),  # type: ignore[arg-type]
+          flush=True)
 
 
 def one_daemon_run(n: int, port: int) -> dict[str, object]:
@@ -245,11 +283,17 @@ def main() -> None:
     import pgbench_support  # bench/pgbench_support.py: --store postgresql, --nodes
 
     pgbench_support.add_arguments(parser)
+    parser.add_argument("--dkim", choices=["rsa", "ed25519"],
+                        help="alternate runs without and with DKIM signing; the cost per message")
     args = parser.parse_args()
     if args.store == "postgresql":
         return pgbench_support.main(args, one_run=one_run, config=CONFIG, drop=drop_messages,
                                     sink=sink, free_port=free_port)
     port = free_port()
+    if args.dkim:
+        with sink(port):
+            dkim_rounds(args.n, port, args.runs, args.dkim)
+        return
     if args.daemon:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     run = one_daemon_run if args.daemon else one_run

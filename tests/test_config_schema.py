@@ -50,8 +50,8 @@ def test_unknown_top_level_key_points_at_the_key(validate):
     location, rest = only_problem(validate, "version: 1\nusers: [a]\naccount:\n  - name: x\n")
     assert location == "3:1"
     assert rest.startswith("account: unknown key 'account'; did you mean 'accounts'? ")
-    assert ("(allowed: accounts, activity_types, admin, alias_domain, daemon, "
-            "incoming_servers, outgoing_servers, suppression, users, version)") in rest
+    assert ("(allowed: accounts, activity_types, admin, alias_domain, daemon, dkim, "
+            "incoming_servers, outgoing_servers, suppression, users, version, webhooks)") in rest
 
 
 def test_unknown_nested_key_points_at_the_key(validate):

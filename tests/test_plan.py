@@ -306,8 +306,8 @@ def test_cli_refuses_an_invalid_new_file(runner, files, write_config):
         f"{bad}:16:13: error: accounts[0].server: 'rely' is not a declared outgoing server; "
         "did you mean 'relay'? (declared: backup, relay)",
         f"{bad}:21:1: error: bogus: unknown key 'bogus' (allowed: accounts, activity_types, "
-        "admin, alias_domain, daemon, incoming_servers, outgoing_servers, suppression, users, "
-        "version)",
+        "admin, alias_domain, daemon, dkim, incoming_servers, outgoing_servers, suppression, "
+        "users, version, webhooks)",
         f"{bad}: refused: 2 errors, 2 warnings",
     ]
 

@@ -103,8 +103,8 @@ colour: blue
         "4:15: error: daemon.log_format: 'xml' is not allowed (allowed: text, json)",
         "5:18: error: daemon.retry.first: retry.first is longer than retry.max",
         "6:1: error: colour: unknown key 'colour' (allowed: accounts, activity_types, "
-        "admin, alias_domain, daemon, incoming_servers, outgoing_servers, suppression, users, "
-        "version)",
+        "admin, alias_domain, daemon, dkim, incoming_servers, outgoing_servers, suppression, "
+        "users, version, webhooks)",
     ]
 
 

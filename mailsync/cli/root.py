@@ -83,6 +83,7 @@ class LazyGroup(click.Group):
         "demo": "mailsync.cli.demo",
         "auth": "mailsync.cli.auth",
         "admin": "mailsync.cli.admin",
+        "dkim": "mailsync.cli.dkim",
         "suppression": "mailsync.cli.suppression",
     }
 

@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from mailsync.config import admin, oauth2, tls
+from mailsync.config import admin, deliverability, oauth2, tls
 from mailsync.config.backends import missing_driver
 from mailsync.config.model import Config, OutgoingServer, filter_match
 from mailsync.config.presets import IMPLICIT_TLS_PORTS, PROVIDERS
@@ -168,6 +168,7 @@ def _check(config: Config, data: dict[str, Any],
     yield from tls.daemon(data.get("daemon") or {}, config.daemon.tls)
     yield from _store_checks(config)
     yield from admin.check(config, data)
+    yield from deliverability.check(config, data)
     yield from _lease_checks(config)
     if config.daemon.send_lease.total_seconds() < MIN_SEND_LEASE:
         yield ("error", ("daemon", "send_lease"),

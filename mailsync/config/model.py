@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailsync.config import admin, oauth2
+from mailsync.config import admin, deliverability, oauth2
 from mailsync.config.presets import Protocol, default_rate_limits, resolve_endpoint
 from mailsync.config.secrets import Secret, from_config
 from mailsync.config.tree import (
@@ -261,6 +261,9 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
                                      Suppression.expiry)),
         admin=admin.build(data.get("admin"), lambda v: _path(base_dir, v),
                           lambda v: _secret(v, base_dir)),
+        dkim=deliverability.build_dkim(data.get("dkim"), lambda v: _secret(v, base_dir)),
+        webhooks=deliverability.build_webhooks(data.get("webhooks"),
+                                               lambda v: _secret(v, base_dir)),
         version=data.get("version", 1),
         source=source,
     )

@@ -21,6 +21,9 @@ from mailsync.config.units import format_duration
 
 SECTIONS = ("daemon", "alias_domain", "users", "outgoing_servers", "incoming_servers",
             "accounts", "activity_types")
+# Lists of named objects beside the sections, planned alike (config/deliverability.py):
+# a DKIM entry is named by its TXT record's name, a webhook by its name.
+LISTS = ("dkim", "webhooks")
 SINGLETONS = ("daemon", "alias_domain")
 
 Attrs = dict[str, Any]
@@ -170,7 +173,7 @@ def flatten(config: Config) -> Flat:
     for user in config.users:
         unix_users = config.unix_users(user)
         flat[("users", user)] = {"unix_users": unix_users} if unix_users else {}
-    for section in SECTIONS[3:]:
+    for section in SECTIONS[3:] + LISTS:
         for obj in getattr(config, section):
             flat[(section, obj.name)] = _attrs(obj)
     return flat
@@ -178,7 +181,7 @@ def flatten(config: Config) -> Flat:
 
 def diff_flat(old: Mapping[tuple[str, str], Attrs], new: Mapping[tuple[str, str], Attrs]) -> Plan:
     """The plan between two flattened configs (see :func:`flatten`)."""
-    order = {s: i for i, s in enumerate(SECTIONS)}
+    order = {s: i for i, s in enumerate(SECTIONS + LISTS)}
     actions: list[Action] = []
     keys = list(new) + [k for k in old if k not in new]
     keys.sort(key=lambda k: order.get(k[0], len(order)))  # stable: file order within a section

@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple
 
 from mailsync.auth.settings import OAuth2
 from mailsync.config.admin import Admin
+from mailsync.config.deliverability import DkimKey, Webhook
 from mailsync.config.presets import Security
 from mailsync.config.secrets import Secret
 
@@ -252,6 +253,8 @@ class Config:
     activity_types: tuple[ActivityType, ...] = ()
     admin: Admin | None = None  # the admin console's users and access (config/admin.py)
     suppression: Suppression = Suppression()
+    dkim: tuple[DkimKey, ...] = ()       # signing keys by From domain (deliverability.py)
+    webhooks: tuple[Webhook, ...] = ()   # delivery event endpoints (deliverability.py)
     version: int = 1
     source: str = field(default="", compare=False)
 

@@ -6,9 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from mailsync.activities.store import ActivityCollector
+from mailsync.config.model import Config
+from mailsync.daemon.deliverability import DeliverabilityCollector
+from mailsync.daemon.webhooks import WebhookCollector, WebhookThreads
 from mailsync.outbound.queue import IN_QUEUE, OutboundStore
+from mailsync.store import Store
 from mailsync.store.health import KINDS, CommitHealth
 
 
@@ -81,3 +87,14 @@ class StoreCollector:
                 errors.add_metric([kind], health.errors.get(kind, 0))
             failing.add_metric([], 1 if health.failing else 0)
         return [errors, failing]
+
+
+def register_all(registry: CollectorRegistry, *, outbound: Callable[[], OutboundStore],
+                 store: Callable[[], Store], config: Callable[[], Config],
+                 webhooks: Callable[[], WebhookThreads | None]) -> None:
+    """The daemon's collectors, read from the store at each scrape: the queue, the store's
+    health, the activities, the rate limits and suppression list, the webhooks."""
+    for collector in (QueueCollector(outbound), StoreCollector(lambda: store().health),
+                      ActivityCollector(store, config), DeliverabilityCollector(store, config),
+                      WebhookCollector(webhooks)):
+        registry.register(collector)

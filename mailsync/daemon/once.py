@@ -68,6 +68,11 @@ def run_pass(runtime: Runtime) -> PassResult:
         result.polls = list(poll_all_once(config, runtime.store, runtime.metrics,
                                           verp_key=runtime.verp_key, on_message=runtime.hook,
                                           tokens=runtime.tokens).values())
+    if config.webhooks:
+        # Here, not above: only a configuration with webhooks imports the HTTP client.
+        from mailsync.daemon.webhooks import post_once
+
+        post_once(config, runtime.store)  # what a receiver does not take waits
     return result
 
 

@@ -66,6 +66,7 @@ class Runtime:
         self.store = store
         self.outbound = OutboundStore(store)
         self.outbound.node = self.config.daemon.node  # its claims' name on a shared store
+        self.outbound.webhooks = self.config.webhooks  # their events, with each status change
         self.verp_key = verp_key  # from state_dir, for the senders and every poller
         self.metrics = metrics
         self.tokens = TokenCache(state_dir=self.config.daemon.state_dir,
@@ -92,6 +93,7 @@ class Runtime:
         assert loaded.config is not None
         self.loaded = loaded
         self.config = loaded.config
+        self.outbound.webhooks = loaded.config.webhooks
         self.hook.reconfigure(loaded.config)
 
     def record_applied(self, loaded: Loaded) -> None:

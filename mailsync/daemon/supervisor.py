@@ -34,13 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailsync.activities.store import ActivityCollector
 from mailsync.config.load import Loaded
 from mailsync.config.model import Config
 from mailsync.daemon.admin import AdminConsole, daemon_status
-from mailsync.daemon.collectors import QueueCollector, StoreCollector
+from mailsync.daemon.collectors import register_all
 from mailsync.daemon.control import ControlServer, Locator, socket_path
-from mailsync.daemon.deliverability import DeliverabilityCollector
 from mailsync.daemon.health import Health, check_store, status_line, stuck_after
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.mailboxes import Mailboxes
@@ -60,6 +58,7 @@ from mailsync.daemon.sdnotify import Notifier
 from mailsync.daemon.spooling import DeliverLoop, Intake, SpoolLoop
 from mailsync.daemon.wakeup import Wakeup
 from mailsync.daemon.watch import DEBOUNCE, Watch
+from mailsync.daemon.webhooks import WebhookThreads
 from mailsync.errors import MailsyncError
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
@@ -112,6 +111,7 @@ class Daemon:
         self._locator: Locator | None = None
         self._admin: AdminConsole | None = None  # daemon.admin_listen's console
         self.node: NodeHeartbeat | None = None  # a shared (PostgreSQL) store only
+        self._webhooks: WebhookThreads | None = None  # one thread per webhook
 
     @property
     def loaded(self) -> Loaded:
@@ -164,6 +164,8 @@ class Daemon:
                         on_commit=self._spool.committed, pickup=self._pickup)
         self.health.watch(spool_loop=self._spool, deliver_loop=self._deliver)
         self._deliver.thread.start()
+        self._webhooks = WebhookThreads(store)
+        self._webhooks.start(config)
         self._spool.start(intake)
         self._mailboxes = Mailboxes(runtime.poller, self.health.thread_failed, self._leases)
         self._mailboxes.start(config)
@@ -178,7 +180,7 @@ class Daemon:
         endpoint = self._start_exporter(config.daemon.metrics_listen)  # /healthz: all above runs
         self.reloader = Reloader(
             runtime, Parts(always=[self._deliver, self._spool, self._mailboxes,
-                                   Series(self.metrics, config), self._admin],
+                                   Series(self.metrics, config), self._admin, self._webhooks],
                            by_setting={"spool_dir": self._watch, "metrics_listen": endpoint,
                                        "log_format": LogFormat()}),
             watch=self._watch, endpoint=endpoint, notifier=self.notifier,
@@ -189,10 +191,8 @@ class Daemon:
     def _start_exporter(self, listen: str) -> Endpoint:
         """Serve /metrics (with the store's queue and activity gauges) and /healthz."""
         registry = self.metrics.registry
-        registry.register(QueueCollector(lambda: self.runtime.outbound))
-        registry.register(StoreCollector(lambda: self.store.health))
-        registry.register(ActivityCollector(lambda: self.store, lambda: self.config))
-        registry.register(DeliverabilityCollector(lambda: self.store, lambda: self.config))
+        register_all(registry, outbound=lambda: self.runtime.outbound, store=lambda: self.store,
+                     config=lambda: self.config, webhooks=lambda: self._webhooks)
         self._endpoint = Endpoint(registry, self.health.check)
         self._endpoint.start(listen)
         return self._endpoint
@@ -376,6 +376,8 @@ class Daemon:
             self.node.join(5.0)
         if deliverer is not None:
             deliverer.close()
+        if self._webhooks is not None:  # what is not posted yet waits in the outbox
+            self._webhooks.stop()
         if self._watch is not None:
             self._watch.join(2.0)
         if self._admin is not None:

@@ -34,6 +34,8 @@ def demo_config(example: dict[str, Any], *, sink_port: int, metrics_port: int) -
         daemon.pop(key, None)
     daemon.pop("admin_listen", None)  # no admin console: its port and hash files are not the demo's
     cfg.pop("admin", None)
+    cfg.pop("dkim", None)      # no key files: the example's keys are not the demo's
+    cfg.pop("webhooks", None)  # no receiver: the demo posts events nowhere
     alias = cfg.get("alias_domain") or {"domain": "example.com"}
     alias.setdefault("bounce", "bounce")
     cfg["alias_domain"] = alias

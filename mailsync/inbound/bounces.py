@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
@@ -36,10 +37,12 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
+from mailsync.config.deliverability import Webhook
 from mailsync.config.model import Config
 from mailsync.inbound.message import Headers, first, parse_headers, text
 from mailsync.outbound import suppression
 from mailsync.outbound.verp import VerpAddress, VerpKey, read_verp
+from mailsync.outbound.webhooks import enqueue
 
 _ADDRESSED = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
 _SMTP_CODE = re.compile(r"^\s*smtp\s*;\s*([245][0-9][0-9])\b", re.IGNORECASE)
@@ -322,12 +325,14 @@ def find_message(conn: sqlite3.Connection, bounce: Bounce) -> int | None:
 
 
 def record_bounce(conn: sqlite3.Connection, bounce: Bounce, now: float,
-                  suppress_for: float | None = None) -> BounceOutcome | None:
+                  suppress_for: float | None = None,
+                  webhooks: Sequence[Webhook] = ()) -> BounceOutcome | None:
     """Mark the recipients a bounce names ``bounced`` (with status and diagnostic), the
-    message too when none of its recipients is left, and add an event. Runs in the
-    caller's transaction. None when the bounce is not about a message sent from here.
-    ``suppress_for``: the recipients a DSN reports hard-failed (5.x.x) are put on the
-    suppression list for that many seconds (mailsync/outbound/suppression.py)."""
+    message too when none of its recipients is left, and add an event (and the
+    ``bounced`` event of ``webhooks``). Runs in the caller's transaction. None when the
+    bounce is not about a message sent from here. ``suppress_for``: the recipients a DSN
+    reports hard-failed (5.x.x) are put on the suppression list for that many seconds
+    (mailsync/outbound/suppression.py)."""
     mid = find_message(conn, bounce)
     if mid is None:
         return None
@@ -363,5 +368,10 @@ def record_bounce(conn: sqlite3.Connection, bounce: Bounce, now: float,
                      " WHERE id = ?", (now, detail, mid))
     conn.execute("INSERT INTO events (message, at, status, detail) VALUES (?, ?, 'bounced', ?)",
                  (mid, now, detail))
-    account = conn.execute("SELECT account FROM messages WHERE id = ?", (mid,)).fetchone()[0]
+    account, status = conn.execute("SELECT account, status FROM messages WHERE id = ?",
+                                   (mid,)).fetchone()
+    if marks and webhooks:
+        enqueue(conn, webhooks, "bounced", mid, now, status=status, detail=detail,
+                recipients=({"address": a, "status": "bounced", "code": c, "reply": r}
+                            for a, c, r in marks))
     return BounceOutcome(mid, account, tuple(a for a, _, _ in marks), bounced, detail)

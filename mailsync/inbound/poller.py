@@ -322,7 +322,8 @@ class Poller:
                     refused.append((fid, verdict))
                 if bounce is not None:
                     outcome = record_bounce(conn, bounce, now,
-                                            self.config.suppression.expiry.total_seconds())
+                                            self.config.suppression.expiry.total_seconds(),
+                                            self.config.webhooks)
                     if outcome is not None:
                         records.mark_bounce_of(conn, fid, outcome.message)
                         if outcome.recipients:

@@ -28,6 +28,7 @@ from pathlib import Path
 from mailsync.config.model import Config
 from mailsync.errors import StoreUnavailable
 from mailsync.outbound import compose, routing, spool
+from mailsync.outbound.dkim import Signer
 from mailsync.outbound.identity import Submitters
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
 from mailsync.outbound.types import Rejection
@@ -171,10 +172,10 @@ class Batch:
 
 
 def prepare(config: Config, paths: list[Path], now: float,
-            submitters: Submitters | None = None) -> Batch:
-    """Read, parse, check the owner of, route and compose spool files: no store, no file
-    changes. ``submitters`` (one per pass, for its cache of owners' names) decides who
-    may submit as a user bound to ``unix_users``.
+            submitters: Submitters | None = None, signer: Signer | None = None) -> Batch:
+    """Read, parse, check the owner of, route, compose and DKIM-sign (with ``signer``)
+    spool files: no store, no file changes. ``submitters`` (one per pass, for its cache
+    of owners' names) decides who may submit as a user bound to ``unix_users``.
 
     The CPU-heavy half of ingestion, kept apart from :meth:`Ingester.commit` so that the
     store transaction of a batch holds no file reads.
@@ -220,16 +221,19 @@ def prepare(config: Config, paths: list[Path], now: float,
                 account=parsed.account, subject=parsed.subject, file=file), account))
             continue
         composed = compose.compose(parsed, account, config, now=when)
+        raw = _crlf(composed.data)
+        if signer:  # the final bytes: sending adds no header (outbound/dkim.py)
+            raw = signer.sign(raw, composed.from_address)
         out.append(Prepared(path, NewMessage(
             source=name, sha256=sha, user=parsed.user, account=account.name,
             from_address=composed.from_address, message_id=composed.message_id,
-            subject=composed.subject, raw=_crlf(composed.data), recipients=parsed.recipients,
+            subject=composed.subject, raw=raw, recipients=parsed.recipients,
             idempotency_key=parsed.idempotency_key, file=file)))
     return Batch(now, tuple(out))
 
 
 def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
-                  limit: int | None = None) -> Iterator[Batch]:
+                  limit: int | None = None, signer: Signer | None = None) -> Iterator[Batch]:
     """Every file now in ``new/`` (at most ``limit``), prepared in batches, oldest first."""
     spool.ensure_dirs(config.daemon.spool_dir)
     files = spool.scan(config.daemon.spool_dir)
@@ -240,7 +244,7 @@ def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
     # over a full spool; then large ones, which commit cheaply.
     start, size = 0, 16
     while start < len(files):
-        yield prepare(config, files[start:start + size], clock(), submitters)
+        yield prepare(config, files[start:start + size], clock(), submitters, signer)
         start, size = start + size, min(size * 4, BATCH)
 
 
@@ -270,6 +274,7 @@ class Ingester:
         self._sign = self._verp_key.sign if self._verp_key is not None and alias is not None \
             and alias.bounce else None
         self._swept = False  # stale claims are forgotten before the first pass
+        self._signer: Signer | None = None  # the DKIM keys, read by the next pass
         spool.ensure_dirs(config.daemon.spool_dir)
 
     def run_once(self, limit: int | None = None) -> IngestStats:
@@ -281,8 +286,12 @@ class Ingester:
             swept = self.store.sweep_claims(lambda: set(os.listdir(new)))
             if swept:
                 log.info("forgot %d spool claims of files no longer in %s", swept, new)
+        if self._signer is None and self.config.dkim:
+            # Read once per configuration; an unusable key fails the pass (DkimError),
+            # leaving the files in new/: nothing leaves unsigned meanwhile.
+            self._signer = Signer.load(self.config.dkim)
         try:
-            for batch in prepare_spool(self.config, self.clock, limit):
+            for batch in prepare_spool(self.config, self.clock, limit, self._signer):
                 self.commit(batch, stats)
         finally:
             self.release()

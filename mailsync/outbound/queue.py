@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsync.config.deliverability import Webhook
 from mailsync.outbound import claims
 from mailsync.outbound.enqueue import (
     FileId,
@@ -28,6 +29,7 @@ from mailsync.outbound.events import event, failed_over
 from mailsync.outbound.groupcommit import GroupCommit
 from mailsync.outbound.lease import SendLease
 from mailsync.outbound.types import Delivery
+from mailsync.outbound.webhooks import enqueue, recipients_of
 from mailsync.store import Store
 
 __all__ = ["IN_QUEUE", "PENDING", "STATUSES", "FileId", "GroupCommit", "IngestResult",
@@ -73,6 +75,9 @@ class OutboundStore(SpoolIntake):
         self.shared = store.dialect == "postgresql"
         self.node = "mailsync"
         self.send_lease: SendLease | None = None
+        # The webhooks in force (set by the daemon's runtime): each status change puts its
+        # event in their outbox in its own transaction (outbound/webhooks.py).
+        self.webhooks: tuple[Webhook, ...] = ()
 
     def recover(self, now: float) -> int:
         """After a crash: messages left `sending` go back to `queued`. Returns how many.
@@ -250,7 +255,12 @@ class OutboundStore(SpoolIntake):
                  first.reply if first else None, duration, each))
             if also is not None:
                 also(conn)
+            if hooks:
+                enqueue(conn, hooks, status, mid, now, status=status, detail=error,
+                        recipients=({"address": r.address, "status": r.status, "code": r.code,
+                                     "reply": r.reply} for r in delivery.recipients))
 
+        hooks = self.webhooks
         return write
 
     def record_failure(self, mid: int, status: str, error: str, now: float, *,
@@ -284,6 +294,9 @@ class OutboundStore(SpoolIntake):
                     (mid, now, status, detail or error, server or "-", code, None))
             else:
                 event(conn, mid, now, status, error)
+            if self.webhooks and any(h.wants(status) for h in self.webhooks):
+                enqueue(conn, self.webhooks, status, mid, now, status=status, detail=error,
+                        recipients=recipients_of(conn, mid))
 
     def transition(self, mid: int, to: str, allowed_from: Sequence[str], now: float,
                    detail: str) -> str:

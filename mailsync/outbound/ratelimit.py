@@ -35,6 +35,7 @@ from mailsync.config.units import format_duration
 from mailsync.outbound import routing, suppression
 from mailsync.outbound.events import event
 from mailsync.outbound.types import Delivery
+from mailsync.outbound.webhooks import enqueue
 from mailsync.telemetry.metrics import Metrics
 
 log = logging.getLogger("mailsync.ratelimit")
@@ -161,6 +162,13 @@ class Gate:
         if done:
             self._done = done
             self._of = {r[0]: str(r[2]) for r in rows}
+            if self.config.webhooks:  # their `suppressed` events, in this same transaction
+                for s in done:
+                    enqueue(conn, self.config.webhooks, "suppressed", s.message, now,
+                            status="failed" if s.failed else "sending",
+                            recipients=[{"address": a, "status": "suppressed", "code": None,
+                                         "reply": f"suppressed ({why})"}
+                                        for a, why in s.recipients])
             failed = {s.message for s in done if s.failed}
             rows = [r for r in rows if r[0] not in failed]
         if not self._limited or not rows:

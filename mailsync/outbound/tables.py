@@ -134,3 +134,24 @@ CREATE TABLE suppressions (
     message INTEGER
 );
 """
+
+# Migration 14: the webhook outbox (mailsync/outbound/webhooks.py). One row per event and
+# webhook, written in the transaction of the status change that causes it, deleted once
+# the webhook took it; the body is made from the row and its message when it is posted.
+WEBHOOKS_MIGRATION = """
+CREATE TABLE webhook_outbox (
+    id INTEGER PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    event_id TEXT NOT NULL UNIQUE,
+    event TEXT NOT NULL,
+    message INTEGER NOT NULL,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    recipients TEXT,
+    detail TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (webhook, next_attempt_at)
+"""

@@ -76,4 +76,6 @@ MIGRATIONS: list[str] = [
     """,
     # 13: rate limits' send times and the suppression list (mailsync/outbound/tables.py).
     outbound_tables.DELIVERABILITY_MIGRATION,
+    # 14: the webhook outbox (mailsync/outbound/tables.py, mailsync/outbound/webhooks.py).
+    outbound_tables.WEBHOOKS_MIGRATION,
 ]

@@ -1,0 +1,283 @@
+"""Delivery webhooks: a real HTTP receiver (http.server on 127.0.0.1) checks each request
+with the verification snippet of docs/deliverability.md; it is down for the first part
+of a burst sent by the daemon and still receives every event, and sending is not slowed
+by it; the outbox rows are written with the status change, and only with webhooks."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mailsync.config.deliverability import Webhook
+from mailsync.config.secrets import Secret
+from mailsync.outbound.spool import drop_eml
+from mailsync.outbound.types import Delivery, RecipientResult
+from mailsync.outbound.webhooks import WebhookError, post
+from tests.daemon_helpers import daemon_config, daemons_fixture, free_port, wait_until  # noqa: F401
+from tests.outbound_helpers import open_store, run, run_once, server_yaml, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cret-webhook-key-for-tests"
+
+
+def doc_verify():
+    """The ``verify`` function of docs/deliverability.md, run as the docs show it."""
+    text = (ROOT / "docs" / "deliverability.md").read_text()
+    section = text.split("### Verifying a request", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "docs/deliverability.md", "exec"), namespace)  # noqa: S102
+    return namespace["verify"]
+
+
+class Receiver:
+    """An HTTP server that stores the events whose signature verifies (2xx) and refuses
+    the others (401); ``start()`` may come late: until then the port refuses."""
+
+    def __init__(self, port: int, secret: str = SECRET) -> None:
+        self.port = port
+        self.verify = doc_verify()
+        self.events: list[dict[str, object]] = []
+        self.bad: list[bytes] = []
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = outer.verify(secret, self.headers.get("Mailsync-Signature", ""), body)
+                with outer.lock:
+                    (outer.events.append(json.loads(body)) if ok else outer.bad.append(body))
+                self.send_response(204 if ok else 401)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.handler = Handler
+
+    def start(self) -> Receiver:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def ids(self, event: str = "sent") -> set[int]:
+        with self.lock:
+            return {int(e["message"]) for e in self.events if e["event"] == event}
+
+
+@pytest.fixture(name="receiver")
+def receiver_fixture():
+    made: list[Receiver] = []
+
+    def make(port: int) -> Receiver:
+        r = Receiver(port)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.stop()
+
+
+def hook_yaml(port: int, extra: str = "") -> str:
+    return (f"webhooks:\n  - name: crm\n    url: http://127.0.0.1:{port}/hooks/mail\n"
+            f"    secret: {{env: HOOK_SECRET}}\n    timeout: 2s\n"
+            f"    retry: {{first: 1s, max: 2s}}\n{extra}")
+
+
+def burst(spool: Path, n: int, tag: str) -> None:
+    for i in range(n):
+        drop_eml(spool, (f"X-Mailsync-User: alice\r\nTo: r{i}@example.org\r\n"
+                         f"Subject: {tag} {i}\r\n\r\nHello {i}\r\n"
+                         ).encode())
+
+
+@pytest.mark.slow
+def test_a_receiver_down_for_part_of_a_burst_gets_every_event_and_delays_no_mail(
+        tmp_path, smtp_server, daemons, receiver):
+    srv = smtp_server()
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(daemon_config(tmp_path, server_yaml("main", srv.port, max_connections=4))
+                   + hook_yaml(port))
+    (tmp_path / "spool").mkdir(exist_ok=True)
+    daemon = daemons(cfg, env={"HOOK_SECRET": SECRET})
+    rx = receiver(port)
+
+    # The issue's 30 s of a 500-message burst, scaled down: the receiver is down for the
+    # first 4 s, the webhook backs off from 1 s to at most 2 s.
+    n, down = 500, 4.0
+    start = time.monotonic()
+    burst(tmp_path / "spool", n, "down")
+    srv.wait_for(n, timeout=120)
+    sending_down = time.monotonic() - start
+    assert rx.events == []
+    time.sleep(max(0.0, start + down - time.monotonic()))
+    rx.start()
+    wait_until(lambda: len(rx.ids()) == n, 60, "every sent event received")
+    assert rx.bad == []  # every request's signature verified with the documented snippet
+
+    # The same burst with the receiver up all along: sending took no longer with it down.
+    start = time.monotonic()
+    burst(tmp_path / "spool", n, "up")
+    srv.wait_for(2 * n, timeout=120)
+    sending_up = time.monotonic() - start
+    wait_until(lambda: len(rx.ids()) == 2 * n, 60, "the second burst's events")
+    assert sending_down < 2 * sending_up + 2.0, (sending_down, sending_up)
+
+    events = list(rx.events)
+    assert len({e["id"] for e in events}) == len(events)  # each event's own id
+    first = next(e for e in events if e["event"] == "sent")
+    assert set(first) == {"id", "event", "time", "message", "message_id", "idempotency_key",
+                          "account", "user", "status", "recipients", "detail"}
+    assert first["account"] == "sales" and first["user"] == "alice"
+    assert first["status"] == "sent" and first["message_id"]
+    (rcpt,) = first["recipients"]
+    assert rcpt["status"] == "sent" and rcpt["code"] == 250 and "OK" in rcpt["reply"]
+    assert daemon.metric("mailsync_webhook_deliveries_total", webhook="crm") >= 2 * n
+    assert daemon.metric("mailsync_webhook_failed_attempts_total", webhook="crm") >= 1
+    wait_until(lambda: daemon.metric("mailsync_webhook_outbox_events", webhook="crm") == 0,
+               10, "an empty outbox")
+    assert "webhook crm: event" in daemon.log and "is taking events again" in daemon.log
+    assert SECRET not in daemon.log
+    assert daemon.stop() == 0
+
+
+def test_events_are_written_with_the_status_change_and_only_with_webhooks(tmp_path,
+                                                                          smtp_server):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    for i in range(3):
+        drop_eml(tmp_path / "spool", f"X-Mailsync-User: alice\r\nTo: a{i}@example.org\r\n"
+                 f"Subject: s{i}\r\n\r\nx\r\n".encode())
+    run_once(cfg)  # no webhooks: nothing in the outbox
+    store, outbound = open_store(cfg)
+    try:
+        assert outbound.query("SELECT COUNT(*) AS n FROM webhook_outbox")[0]["n"] == 0
+        hook = Webhook("crm", "http://127.0.0.1:9/x", Secret("env", "HOOK_SECRET"),
+                       events=("sent", "failed"))
+        outbound.webhooks = (hook,)
+        mid = outbound.query("SELECT id FROM messages ORDER BY id LIMIT 1")[0]["id"]
+        outbound.record_delivery(mid, Delivery("main", (RecipientResult(
+            "a0@example.org", "failed", 550, "5.1.1 no such user"),)), "failed", time.time(),
+            next_attempt_at=None, error="a0@example.org: 550 5.1.1 no such user",
+            duration=0.01)
+        outbound.record_failure(mid, "deferred", "later", time.time())  # not wanted
+        rows = outbound.query("SELECT webhook, event, status, recipients FROM webhook_outbox")
+        assert [(r["webhook"], r["event"], r["status"]) for r in rows] == [
+            ("crm", "failed", "failed")]
+        assert json.loads(rows[0]["recipients"]) == [
+            {"address": "a0@example.org", "status": "failed", "code": 550,
+             "reply": "5.1.1 no such user"}]
+    finally:
+        store.close()
+
+
+def test_run_once_posts_what_is_due_and_keeps_what_is_not_taken(tmp_path, smtp_server,
+                                                                receiver, monkeypatch):
+    srv = smtp_server()
+    port = free_port()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    cfg.write_text(cfg.read_text() + hook_yaml(port))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    burst(tmp_path / "spool", 3, "once")
+    run_once(cfg)  # the receiver is down: the events wait
+    store, outbound = open_store(cfg)
+    try:
+        assert outbound.query("SELECT COUNT(*) AS n FROM webhook_outbox")[0]["n"] == 3
+    finally:
+        store.close()
+    rx = receiver(port).start()
+    store, outbound = open_store(cfg)
+    try:  # what the first run's failed attempt deferred comes due after the backoff
+        outbound.store.conn.execute("UPDATE webhook_outbox SET next_attempt_at = 0")
+        outbound.store.conn.commit()
+    finally:
+        store.close()
+    run_once(cfg)
+    assert len(rx.ids()) == 3 and rx.bad == []
+
+
+def test_validate_refuses_plain_http_to_another_host_and_credentials(tmp_path):
+    cfg = write_config(tmp_path, server_yaml("main", 2525))
+    cfg.write_text(cfg.read_text() + "webhooks:\n"
+                   "  - {url: 'http://crm.example.com/h', secret: {env: S}}\n"
+                   "  - {url: 'https://u:p@crm.example.com/h', secret: {env: S}}\n"
+                   "  - {url: 'http://127.0.0.1:8080/h', secret: {env: S}}\n"
+                   "  - {name: b, url: 'http://crm.example.com/h', secret: {env: S},"
+                   " allow_http: true, retry: {first: 1m, max: 10s}}\n")
+    result = run(["validate", "-c", str(cfg), "--format", "json"])
+    text = "\n".join(f"{p['severity']}: {p['path']}: {p['message']}"
+                     for p in json.loads(result.output))
+    assert "error: webhooks[0].url: webhook crm.example.com: plain http to crm.example.com" \
+        in text
+    assert "error: webhooks[1].name: duplicate webhook name 'crm.example.com'" in text
+    assert "error: webhooks[1].url: webhook crm.example.com: the URL holds credentials" in text
+    assert "webhooks[2]" not in text and "webhooks[3].url" not in text
+    assert "error: webhooks[3].retry.first: retry.first (0:01:00) is longer than retry.max" \
+        in text
+    assert "u:p@" not in text
+
+
+def test_a_redirect_is_followed_only_to_the_same_origin(receiver):
+    port, other = free_port(), free_port()
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            target = f"http://127.0.0.1:{other}/x" if self.path == "/away" else "/in"
+            if self.path == "/in":
+                self.send_response(200)
+            else:
+                self.send_response(307)
+                self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook("h", f"http://127.0.0.1:{port}/here", Secret("env", "S"))
+        assert post(hook, b"{}", {}) == 200
+        away = Webhook("h", f"http://127.0.0.1:{port}/away", Secret("env", "S"))
+        with pytest.raises(WebhookError, match="a redirect to another host, scheme or port "
+                                               "is not followed"):
+            post(away, b"{}", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_suppressed_recipient_is_a_suppressed_event_and_never_reaches_the_sink(
+        tmp_path, smtp_server, receiver, monkeypatch):
+    srv = smtp_server()
+    port = free_port()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    cfg.write_text(cfg.read_text() + hook_yaml(port, "    events: [sent, suppressed]\n"))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    rx = receiver(port).start()
+    added = run(["suppression", "add", "r0@example.org", "-c", str(cfg)])
+    assert added.exit_code == 0, added.output
+    burst(tmp_path / "spool", 2, "supp")  # r0 is suppressed, r1 is not
+    run_once(cfg)
+    wait_until(lambda: len(rx.events) == 2, what="both events")
+    by_event = {e["event"]: e for e in rx.events}
+    assert set(by_event) == {"sent", "suppressed"} and rx.bad == []
+    suppressed = by_event["suppressed"]
+    assert [r["address"] for r in suppressed["recipients"]] == ["r0@example.org"]
+    assert suppressed["recipients"][0]["status"] == "suppressed"
+    assert [tuple(r.rcpt_tos) for r in srv.messages] == [("r1@example.org",)]
