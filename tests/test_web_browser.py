@@ -102,9 +102,12 @@ def _login(driver, site: Site, name: str) -> None:
 
 
 def _wait(driver, until) -> None:
+    # An element read while the page it was on is being replaced (after a POST) is stale:
+    # look again at the next poll, as for an element not there yet.
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 10).until(until)
+    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(until)
 
 
 def _shoot(driver, name: str) -> None:
