@@ -258,6 +258,17 @@ class ActivityStore:
                 " WHERE state = 'open' GROUP BY type", (today.isoformat(),)).fetchall()
         return {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
 
+    def counts_by_user(self, today: date) -> list[tuple[str, str, int, int]]:
+        """Open and overdue activities by user and type: ``(user, type, open, overdue)``,
+        by user then type (the admin console's Activities page)."""
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                # CASE, not SUM(deadline < ?): PostgreSQL sums no booleans.
+                "SELECT user, type, COUNT(*), SUM(CASE WHEN deadline < ? THEN 1 ELSE 0 END)"
+                " FROM activities WHERE state = 'open' GROUP BY user, type"
+                " ORDER BY user, type", (today.isoformat(),)).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3] or 0)) for r in rows]
+
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric

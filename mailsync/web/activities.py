@@ -57,15 +57,10 @@ def _row(config: Config, a: Activity, today: date) -> dict[str, Any]:
             "upload": t is not None and t.action == "upload_document"}
 
 
-def counts(store: Any, today: date) -> list[dict[str, Any]]:
+def counts(store: ActivityStore, today: date) -> list[dict[str, Any]]:
     """Open and overdue activities by user and type."""
-    rows = store.query(
-        # CASE, not SUM(deadline < ?): PostgreSQL sums no booleans.
-        'SELECT "user", type, COUNT(*), SUM(CASE WHEN deadline < ? THEN 1 ELSE 0 END)'
-        " FROM activities WHERE state = 'open' GROUP BY \"user\", type ORDER BY \"user\", type",
-        (today.isoformat(),))
-    return [{"user": r[0], "type": r[1], "open": int(r[2]), "overdue": int(r[3] or 0)}
-            for r in rows]
+    return [{"user": user, "type": kind, "open": n_open, "overdue": n_overdue}
+            for user, kind, n_open, n_overdue in store.counts_by_user(today)]
 
 
 def page(app: App, request: Request, visitor: Visitor, *, status: int = 200,
@@ -78,9 +73,10 @@ def page(app: App, request: Request, visitor: Visitor, *, status: int = 200,
     kind = request.query.get("type", "").strip() or None
     overdue = request.query.get("overdue") == "1"
     with app.reads() as store:
-        found = ActivityStore(store.store).find(Filters(
+        activities = ActivityStore(store.store)
+        found = activities.find(Filters(
             user=user, type=kind, overdue_on=today if overdue else None, limit=LIMIT))
-        table = counts(store, today)
+        table = counts(activities, today)
     types = sorted({t.name for t in config.activity_types} | {r["type"] for r in table})
     users = sorted({*config.users, *(r["user"] for r in table)})
     shown = {"user": user or "", "type": kind or "", "overdue": overdue}
