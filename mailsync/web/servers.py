@@ -7,9 +7,9 @@ outgoing server, and the last message fetched from an incoming one, are read fro
 store through their parts' read sides
 (:func:`~mailsync.outbound.history.server_lasts`,
 :func:`~mailsync.inbound.records.last_fetched`). "Test connection" runs the code of
-``mailsync test`` (:mod:`mailsync.inbound.connection`) within :data:`TEST_LIMIT` seconds, so a silent
-server cannot hang the page. Only names, addresses and error texts are shown: never a
-password, token or secret reference's value.
+``mailsync test`` (:mod:`mailsync.inbound.connection`) within :data:`TEST_LIMIT`
+seconds, so a silent server cannot hang the page. Only names, addresses and error texts
+are shown: never a password, token or secret reference's value.
 """
 
 from __future__ import annotations
