@@ -128,13 +128,15 @@ class Filters:
 class ActivityStore:
     """Activity queries over a :class:`Store`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, state_dir: Path | None = None) -> None:
         self.store = store
+        self._state_dir = state_dir
 
     @property
     def state_dir(self) -> Path:
-        """The directory of the store (attachments are kept under it)."""
-        return self.store.path.parent
+        """The directory attachments are kept under: ``state_dir`` when given, else the
+        SQLite file's (a PostgreSQL store's path is a label, no directory)."""
+        return self._state_dir if self._state_dir is not None else self.store.path.parent
 
     def get(self, aid: int) -> Activity:
         """One activity; ActivityRefused naming the id when there is none."""
