@@ -11,7 +11,7 @@ from __future__ import annotations
 from mailsync.activities import tables as activity_tables
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
-from mailsync.store import leases
+from mailsync.store import leases, logouts
 
 MIGRATIONS: list[str] = [
     # 1: the last applied configuration, for `mailsync plan`.
@@ -55,4 +55,13 @@ MIGRATIONS: list[str] = [
     # 11: leases on work one node of a shared store does at a time: polling an incoming
     # server, the retention pruning (mailsync/store/leases.py).
     leases.MIGRATION,
+    # 12, 13 and 14 are reserved for migrations written beside this one (the PostgreSQL
+    # nodes', the rate limits', the webhooks'): these placeholders change nothing, make
+    # the logouts' number 15, and are replaced by those migrations at the merge.
+    "SELECT 1",
+    "SELECT 1",
+    "SELECT 1",
+    # 15: the admin console's logged-out sessions, shared by the nodes of one store
+    # (mailsync/store/logouts.py).
+    logouts.MIGRATION,
 ]

@@ -30,6 +30,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.admin import AdminUser
 from mailsync.config.model import Config
+from mailsync.config.tree import StoreBackend
 from mailsync.errors import MailsyncError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store
@@ -84,8 +85,9 @@ class Readers:
     """Read-only connections to the store, one per request at a time: the console's
     reads never wait on (nor hold) the daemon's connection, which its senders use."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, backend: StoreBackend | None = None) -> None:
         self._state_dir = state_dir
+        self._backend = backend   # daemon.store: None is SQLite in state_dir
         self._free: list[OutboundStore] = []
         self._lock = threading.Lock()
 
@@ -94,7 +96,8 @@ class Readers:
         with self._lock:
             reader = self._free.pop() if self._free else None
         if reader is None:
-            reader = OutboundStore(Store.open(self._state_dir, readonly=True))
+            reader = OutboundStore(Store.open(self._state_dir, readonly=True,
+                                              backend=self._backend))
         try:
             yield reader
         except sqlite3.Error:
