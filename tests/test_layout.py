@@ -11,11 +11,14 @@
 - An import inside a function says why (a comment on its line or just above it, or a
   module comment starting ``# Imports inside``).
 - No module over :data:`MAX_LINES` lines, except those of :data:`KNOWN_LONG`.
+- No SQL in the admin console (``mailsync/web/``): its pages read through the parts'
+  read sides, which own the SQL and run it on either backend.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,3 +223,43 @@ def test_modules_stay_short():
     long = {path for path, n in lines.items() if n > MAX_LINES}
     assert long - KNOWN_LONG == set(), f"over {MAX_LINES} lines: split them"
     assert KNOWN_LONG - long == set(), f"now {MAX_LINES} lines or fewer: remove from KNOWN_LONG"
+
+
+# SQL in a module's code (docstrings and comments aside): a statement's head and its body.
+_SQL = re.compile(r"\b(SELECT\s.*\bFROM\b|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b|"
+                  r"DELETE\s+FROM\b|CREATE\s+(TABLE|INDEX)\b|SELECT\s)", re.DOTALL)
+_RUNS_SQL = {"execute", "executemany", "executescript", "query"}
+
+
+def _sql_in(path: Path) -> list[str]:
+    """Where ``path`` runs SQL itself: a call of a connection's or store's ``execute``
+    (``query``, ...) or a string constant (an f-string's text too) holding a statement."""
+    tree = ast.parse(path.read_text("utf-8"))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr)
+                  and isinstance(n.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in _RUNS_SQL:
+            found.append(f"{path.name}:{node.lineno}: .{node.func.attr}(")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in docstrings and _SQL.search(node.value):
+            found.append(f"{path.name}:{node.lineno}: {node.value[:40]!r}")
+    return found
+
+
+def test_the_admin_console_runs_no_sql_of_its_own():
+    """docs/architecture.md: the pages read through the parts' read sides."""
+    web = sorted((PACKAGE / "web").rglob("*.py"))
+    assert web and [hit for p in web for hit in _sql_in(p)] == []
+
+
+def test_the_sql_finder_finds_a_query(tmp_path):
+    sample = tmp_path / "page.py"
+    sample.write_text('"""A page."""\n\ndef rows(store):\n    """SELECT in a docstring."""\n'
+                      '    return store.query(f"SELECT id FROM messages WHERE x = {1}")\n')
+    assert [h.split(": ", 1)[1] for h in _sql_in(sample)] == [
+        ".query(", "'SELECT id FROM messages WHERE x = '"]

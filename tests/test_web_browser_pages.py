@@ -1,6 +1,7 @@
 """The admin console's second part in a real headless Chromium: the viewer's 403 on the
 retry button's POST, a bulk retry on the Queue page, Test connection on the Servers page,
-marking an activity done, and the screenshots of docs/admin.md (MAILSYNC_SCREENSHOTS=DIR).
+marking an activity done, a POST without its CSRF token (or from another origin)
+refused, and the screenshots of docs/admin.md (MAILSYNC_SCREENSHOTS=DIR).
 
 Skipped when Chromium or its driver is missing; failed instead under
 MAILSYNC_REQUIRE_SERVERS=1 (`.ci/run` installs them).
@@ -113,3 +114,36 @@ def test_activities_inbox_and_configuration_in_the_browser(browser, site):  # no
     assert "No changes." in browser.find_element(By.ID, "plan").text
     _shoot(browser, "config")
     assert _severe(browser) == []
+
+
+def test_a_post_without_its_csrf_token_is_refused_in_the_browser(browser, site):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    _login(browser, site, "olga")
+    mid = site.ids["Never there"]
+    page = f"http://{site.host}:{site.port}/messages/{mid}"
+    browser.get(page)
+    # The operator's own Retry button, its form's hidden CSRF input taken out through
+    # WebDriver (the page's CSP lets no script of its own run): the browser then sends
+    # the form, with the session's cookie, from the console's own page.
+    browser.execute_script(
+        "document.querySelector('#action-retry').form"
+        ".querySelector('input[name=csrf]').remove();")
+    browser.find_element(By.ID, "action-retry").click()
+    _wait(browser, lambda d: d.current_url.endswith(f"/messages/{mid}/retry"))
+    assert "CSRF token is missing or wrong" in browser.find_element(By.TAG_NAME, "body").text
+    # A form of another origin (a data: page) posting to the console, with a token that
+    # is this session's own: refused, as the browser says where it comes from.
+    browser.get(page)
+    token = browser.find_element(By.CSS_SELECTOR, "form.logout input[name=csrf]") \
+        .get_attribute("value")
+    browser.get("data:text/html,<form id=f method=post action='" + page + "/retry'>"
+                f"<input type=hidden name=csrf value='{token}'>"
+                "<button id=go>Retry</button></form>")
+    browser.find_element(By.ID, "go").click()
+    _wait(browser, lambda d: d.current_url.endswith(f"/messages/{mid}/retry"))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert body.startswith(("refused:", "not logged in")), body
+    browser.get(page)
+    assert browser.find_element(By.ID, "s-status").text == "failed"  # unchanged
+    assert "retry by olga" not in browser.find_element(By.TAG_NAME, "body").text

@@ -128,13 +128,15 @@ class Filters:
 class ActivityStore:
     """Activity queries over a :class:`Store`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, state_dir: Path | None = None) -> None:
         self.store = store
+        self._state_dir = state_dir
 
     @property
     def state_dir(self) -> Path:
-        """The directory of the store (attachments are kept under it)."""
-        return self.store.path.parent
+        """The directory attachments are kept under: ``state_dir`` when given, else the
+        SQLite file's (a PostgreSQL store's path is a label, no directory)."""
+        return self._state_dir if self._state_dir is not None else self.store.path.parent
 
     def get(self, aid: int) -> Activity:
         """One activity; ActivityRefused naming the id when there is none."""
@@ -257,6 +259,17 @@ class ActivityStore:
                 " FROM activities"
                 " WHERE state = 'open' GROUP BY type", (today.isoformat(),)).fetchall()
         return {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
+
+    def counts_by_user(self, today: date) -> list[tuple[str, str, int, int]]:
+        """Open and overdue activities by user and type: ``(user, type, open, overdue)``,
+        by user then type (the admin console's Activities page)."""
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                # CASE, not SUM(deadline < ?): PostgreSQL sums no booleans.
+                "SELECT user, type, COUNT(*), SUM(CASE WHEN deadline < ? THEN 1 ELSE 0 END)"
+                " FROM activities WHERE state = 'open' GROUP BY user, type"
+                " ORDER BY user, type", (today.isoformat(),)).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3] or 0)) for r in rows]
 
 
 if TYPE_CHECKING:

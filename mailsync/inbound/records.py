@@ -187,6 +187,38 @@ def list_fetched(store: Store, f: InboxFilters) -> list[dict[str, Any]]:
     return [_summary(r) for r in rows]
 
 
+def list_inbox(store: Store, server: str | None, bounces: bool, before: int | None,
+               limit: int) -> list[dict[str, Any]]:
+    """Fetched messages of ``server`` (any: None), bounces only when ``bounces``, with ids
+    below ``before`` (the keyset of the next page), newest first, at most ``limit``: the
+    admin console's Inbox page. Each is :func:`list_fetched`'s object with the subject
+    and status of the message it bounced (``bounced_subject``, ``bounced_status``: None
+    when it bounced none)."""
+    clause, args = where(("f.server =", server), ("f.id <", before))
+    if bounces:
+        clause = f"{clause} AND f.bounce_of IS NOT NULL" if clause else \
+            "WHERE f.bounce_of IS NOT NULL"
+    with store.lock:
+        cur = store.conn.execute(
+            "SELECT f.id, f.server, f.folder, f.source_key, f.fetched_at, f.message_id,"
+            " f.from_address, f.to_address, f.subject, f.date, f.size, f.bounce_of,"
+            " m.subject AS bounced_subject, m.status AS bounced_status"
+            f" FROM fetched f LEFT JOIN messages m ON m.id = f.bounce_of {clause}"
+            " ORDER BY f.id DESC LIMIT ?", (*args, limit))
+        cur.row_factory = sqlite3.Row
+        rows = cur.fetchall()
+    return [{**_summary(r), "bounced_subject": r["bounced_subject"],
+             "bounced_status": r["bounced_status"]} for r in rows]
+
+
+def last_fetched(store: Store, server: str) -> float | None:
+    """When a message was last fetched from ``server`` (epoch seconds; None: never)."""
+    with store.lock:
+        row = store.conn.execute("SELECT MAX(fetched_at) FROM fetched WHERE server = ?",
+                                 (server,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def show_fetched(store: Store, fid: int) -> dict[str, Any] | None:
     """One fetched message: its summary and ``raw`` bytes."""
     with store.lock:

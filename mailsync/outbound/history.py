@@ -90,6 +90,35 @@ def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
     return [_summary(r) for r in rows]
 
 
+def list_waiting(store: OutboundStore, statuses: Sequence[str], after: int | None,
+                 limit: int) -> list[dict[str, Any]]:
+    """Messages of ``statuses`` (the waiting ones, say) with ids above ``after``, oldest
+    first, at most ``limit``: the admin console's Queue page and its keyset (``after``:
+    the last id of the page before). The same objects as :func:`list_messages`; read
+    through the ``messages_due`` index (status, next attempt), never the sent history."""
+    clause, args = where(("m.status IN", tuple(statuses)), ("m.id >", after))
+    rows = store.query(
+        "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
+        " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
+        " m.next_attempt_at, m.source,"
+        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt,"
+        " (SELECT group_concat(status) FROM recipients r WHERE r.message = m.id) AS rstatus"
+        f" FROM messages m {clause} ORDER BY m.id LIMIT ?", (*args, limit))
+    return [_summary(r) for r in rows]
+
+
+def server_lasts(store: OutboundStore, server: str) -> tuple[float | None, str | None]:
+    """When ``server`` last sent a message (epoch seconds) and the last error one of its
+    messages recorded (None: none yet): the admin console's Servers page. Newest first
+    through the primary key, so the last few rows decide, not the whole history."""
+    sent = store.query("SELECT updated_at FROM messages WHERE server = ? AND status = 'sent'"
+                       " ORDER BY id DESC LIMIT 1", (server,))
+    error = store.query("SELECT last_error FROM messages WHERE server = ? AND last_error IS"
+                        " NOT NULL ORDER BY id DESC LIMIT 1", (server,))
+    return (float(sent[0][0]) if sent and sent[0][0] is not None else None,
+            str(error[0][0]) if error else None)
+
+
 def count_messages(store: OutboundStore, f: Filters) -> int:
     """How many messages the filters match, whatever the limit."""
     clause, args = _where(f)

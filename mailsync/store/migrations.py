@@ -11,7 +11,7 @@ from __future__ import annotations
 from mailsync.activities import tables as activity_tables
 from mailsync.inbound import tables as inbound_tables
 from mailsync.outbound import tables as outbound_tables
-from mailsync.store import leases
+from mailsync.store import leases, logouts
 
 MIGRATIONS: list[str] = [
     # 1: the last applied configuration, for `mailsync plan`.
@@ -78,4 +78,7 @@ MIGRATIONS: list[str] = [
     outbound_tables.DELIVERABILITY_MIGRATION,
     # 14: the webhook outbox (mailsync/outbound/tables.py, mailsync/outbound/webhooks.py).
     outbound_tables.WEBHOOKS_MIGRATION,
+    # 15: the admin console's logged-out sessions, shared by the nodes of one store
+    # (mailsync/store/logouts.py).
+    logouts.MIGRATION,
 ]

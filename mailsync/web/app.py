@@ -30,11 +30,20 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.admin import AdminUser
 from mailsync.config.model import Config
+from mailsync.config.tree import StoreBackend
 from mailsync.errors import MailsyncError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store
 from mailsync.web import activities, inbox, pages, passwords, queue, servers, settings
-from mailsync.web.http import Request, Response, StartResponse, cookie, redirect, text
+from mailsync.web.http import (
+    Request,
+    Response,
+    StartResponse,
+    TooLarge,
+    cookie,
+    redirect,
+    text,
+)
 from mailsync.web.sessions import Session, Sessions
 from mailsync.web.status import DaemonStatus, no_status
 from mailsync.web.throttle import Throttle
@@ -52,7 +61,10 @@ PAGES: dict[str, Page] = {"/history": pages.history, "/queue": queue.page,
                           "/servers": servers.page, "/config": settings.page}
 # The operators' forms that are not a message's button (those: _MESSAGE).
 POSTS: dict[str, Page] = {"/queue": queue.bulk, "/activities/done": activities.done,
+                          activities.UPLOAD_PATH: activities.upload,
                           "/servers/test": servers.test}
+# The one form with a file: an operator's document, and the form's fields beside it.
+UPLOAD_BODY = activities.UPLOAD_LIMIT + 64 * 1024
 _MESSAGE = re.compile(r"^/messages/([0-9]{1,18})(?:/(html|raw|parts/[0-9]{1,4}|retry|hold|"
                       r"release|delete))?$")
 
@@ -73,8 +85,9 @@ class Readers:
     """Read-only connections to the store, one per request at a time: the console's
     reads never wait on (nor hold) the daemon's connection, which its senders use."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, backend: StoreBackend | None = None) -> None:
         self._state_dir = state_dir
+        self._backend = backend   # daemon.store: None is SQLite in state_dir
         self._free: list[OutboundStore] = []
         self._lock = threading.Lock()
 
@@ -83,7 +96,8 @@ class Readers:
         with self._lock:
             reader = self._free.pop() if self._free else None
         if reader is None:
-            reader = OutboundStore(Store.open(self._state_dir, readonly=True))
+            reader = OutboundStore(Store.open(self._state_dir, readonly=True,
+                                              backend=self._backend))
         try:
             yield reader
         except sqlite3.Error:
@@ -165,6 +179,8 @@ class App:
         if path == "/login":
             return self.login(request)
         visitor = self.visitor(request)
+        if path == activities.UPLOAD_PATH and visitor is not None and visitor.operator:
+            request.max_body = UPLOAD_BODY
         if method == "POST":
             refused = self._refuse_post(request, visitor)
             if refused is not None:
@@ -209,8 +225,11 @@ class App:
             return text(403, "refused: the form was not sent from the console's own pages")
         try:
             token = request.form.get("csrf")
-        except ValueError as exc:
+        except TooLarge as exc:
+            request.discard()
             return text(413, f"refused: {exc}")
+        except ValueError as exc:
+            return text(400, f"refused: {exc}")
         if not self.sessions.csrf_ok(visitor.session.sid, token):
             return text(403, "refused: the form's CSRF token is missing or wrong; reload "
                         "the page and try again")

@@ -1,18 +1,26 @@
 """The admin console put together: its key, sessions, store readers, application and
-listener, from the configuration in force (:func:`serve`)."""
+listener, from the configuration in force (:func:`serve`); the logouts kept in the
+store (:class:`StoreLogouts`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.admin import Admin
 from mailsync.config.model import Config
 from mailsync.outbound.queue import OutboundStore
+from mailsync.store import Store
+from mailsync.store import logouts as store_logouts
 from mailsync.web.app import App, Readers
 from mailsync.web.server import Listener, tls_context
-from mailsync.web.sessions import REVOKED_FILE, Sessions, load_key
+from mailsync.web.sessions import REVOKED_FILE, Sessions, load_key, read_revoked
 from mailsync.web.status import DaemonStatus, no_status
+
+log = logging.getLogger("mailsync.web")
 
 
 class Console:
@@ -32,6 +40,34 @@ class Console:
         self.readers.close()
 
 
+class StoreLogouts:
+    """The sessions logged out, kept in the store (:mod:`mailsync.store.logouts`): written
+    through the daemon's store, read through the console's readers, so that every node
+    of a shared store refuses a cookie logged out through any of them."""
+
+    def __init__(self, writes: Store, reads: Readers) -> None:
+        self._writes = writes
+        self._reads = reads
+
+    def record(self, logouts: Iterable[tuple[str, float]], now: float) -> None:
+        """Commit the logouts (and forget the expired ones)."""
+        store_logouts.record(self._writes, logouts, now)
+
+    def contains(self, sid: str, now: float) -> bool:
+        with self._reads() as reader:
+            return store_logouts.logged_out(reader.store, sid, now)
+
+    def adopt(self, path: Path, now: float) -> None:
+        """Move the logouts that an earlier release kept in ``path`` into the store (the
+        file is removed once they are committed)."""
+        if not path.exists():
+            return
+        old = read_revoked(path, now)
+        self.record(old.items(), now)
+        path.unlink()
+        log.info("admin console: %d logouts of %s moved into the store", len(old), path)
+
+
 def serve(config: Config, current: Callable[[], Config], writes: OutboundStore,
           wake: Callable[[], None], listen: str | None = None, *,
           status: Callable[[], DaemonStatus] = no_status,
@@ -49,12 +85,13 @@ def serve(config: Config, current: Callable[[], Config], writes: OutboundStore,
     assert address is not None
     admin = config.admin or Admin()
     key = load_key(config.daemon.state_dir, admin.session_key)
-    sessions = Sessions(key, admin.session_lifetime.total_seconds(),
-                        revoked_file=config.daemon.state_dir / REVOKED_FILE)
     tls = None
     if admin.tls_cert_file is not None and admin.tls_key_file is not None:
         tls = tls_context(admin.tls_cert_file, admin.tls_key_file)
-    readers = Readers(config.daemon.state_dir)
+    readers = Readers(config.daemon.state_dir, config.daemon.store)
+    kept = StoreLogouts(writes.store, readers)
+    kept.adopt(config.daemon.state_dir / REVOKED_FILE, time.time())
+    sessions = Sessions(key, admin.session_lifetime.total_seconds(), logouts=kept)
     app = App(current, readers, writes, sessions, wake=wake, status=status, tokens=tokens)
     try:
         listener = Listener(address, app, tls)

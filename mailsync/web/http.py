@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -30,12 +32,18 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Resource-Policy", "same-origin"),
 )
 MAX_FORM = 64 * 1024
+MULTIPART = "multipart/form-data"
+MAX_DISCARD = 64 * 1024 * 1024   # bytes of a refused body read (and dropped) at most
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
            503: "Service Unavailable"}
 
 StartResponse = Callable[..., Any]
+
+
+class TooLarge(ValueError):
+    """A request body over the limit (the other ValueErrors of a form: it does not parse)."""
 
 
 class Request:
@@ -58,6 +66,9 @@ class Request:
             pass
         self._form: dict[str, str] | None = None
         self._lists: dict[str, list[str]] = {}
+        self._files: dict[str, Upload] = {}
+        # The largest body read: a form's; the application raises it for an upload.
+        self.max_body = MAX_FORM
 
     def header(self, name: str) -> str | None:
         value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
@@ -65,19 +76,43 @@ class Request:
 
     @property
     def form(self) -> dict[str, str]:
-        """The urlencoded body of a POST (at most :data:`MAX_FORM` bytes; ValueError
-        past that)."""
+        """The body of a POST, urlencoded or ``multipart/form-data`` (its files:
+        :attr:`files`), of at most :attr:`max_body` bytes (ValueError past that, or for
+        a multipart body that does not parse; read only up to the limit)."""
         if self._form is None:
             try:
                 length = int(self.environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = 0
-            if length > MAX_FORM:
-                raise ValueError(f"a form of {length} bytes (at most {MAX_FORM})")
+            if length > self.max_body:
+                raise TooLarge(f"a form of {length} bytes (at most {self.max_body})")
             body = self.environ["wsgi.input"].read(length) if length > 0 else b""
-            self._lists = parse_qs(body.decode("utf-8", "replace"))
+            kind = str(self.environ.get("CONTENT_TYPE") or "")
+            if kind.split(";", 1)[0].strip().lower() == MULTIPART:
+                self._lists, self._files = parse_multipart(kind, body)
+            else:
+                self._lists = parse_qs(body.decode("utf-8", "replace"))
             self._form = {k: v[-1] for k, v in self._lists.items()}
         return self._form
+
+    def discard(self, most: int = MAX_DISCARD) -> None:
+        """Read and drop the body of a refused POST (at most ``most`` bytes), so that the
+        client, still sending it, reads the refusal instead of a reset connection."""
+        try:
+            left = min(int(self.environ.get("CONTENT_LENGTH") or 0), most)
+        except ValueError:
+            return
+        while left > 0:
+            chunk = self.environ["wsgi.input"].read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    @property
+    def files(self) -> dict[str, Upload]:
+        """The files of a ``multipart/form-data`` POST, by field name."""
+        _ = self.form
+        return self._files
 
     def form_list(self, name: str) -> list[str]:
         """Every value of a form field sent several times (a selection's checkboxes)."""
@@ -97,6 +132,42 @@ class Request:
             return True
         host = self.header("Host") or ""
         return origin.split("://", 1)[-1] == host
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file sent with a form: the name the browser gave it (as sent: checking it is
+    the page's job) and its bytes."""
+
+    filename: str
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Upload({self.filename!r}, {len(self.data)} bytes)"
+
+
+def parse_multipart(content_type: str, body: bytes
+                    ) -> tuple[dict[str, list[str]], dict[str, Upload]]:
+    """The fields (as ``parse_qs`` gives them) and files of a ``multipart/form-data``
+    body (RFC 7578), parsed by the email package; ValueError naming what is wrong."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart() or message.defects:
+        raise ValueError("a multipart/form-data body that does not parse (its boundary?)")
+    fields: dict[str, list[str]] = {}
+    uploads: dict[str, Upload] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise ValueError("a multipart/form-data part without a field name")
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            uploads[name] = Upload(filename, data)
+        else:
+            fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
+    return fields, uploads
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mailsync.config.units import iso
+from mailsync.inbound.records import list_inbox
+from mailsync.outbound.queue import OutboundStore
 from mailsync.web.http import Request, Response
 
 if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports this module)
@@ -19,34 +20,18 @@ if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports 
 PAGE_SIZE = 50
 
 
-def fetched(store: Any, server: str | None, bounces: bool, before: int | None,
+def fetched(store: OutboundStore, server: str | None, bounces: bool, before: int | None,
             limit: int) -> list[dict[str, Any]]:
     """Fetched messages of ``server`` (any: None), bounces only when ``bounces``, with
-    ids below ``before``, newest first; each bounce with the subject and status of the
-    message it bounced."""
-    where: list[str] = []
-    args: list[Any] = []
-    if server is not None:
-        where.append("f.server = ?")
-        args.append(server)
-    if bounces:
-        where.append("f.bounce_of IS NOT NULL")
-    if before is not None:
-        where.append("f.id < ?")
-        args.append(before)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = store.query(
-        "SELECT f.id, f.server, f.folder, f.fetched_at, f.message_id, f.from_address,"
-        " f.to_address, f.subject, f.size, f.bounce_of, m.subject AS bounced_subject,"
-        " m.status AS bounced_status"
-        f" FROM fetched f LEFT JOIN messages m ON m.id = f.bounce_of {clause}"
-        " ORDER BY f.id DESC LIMIT ?", (*args, limit))
+    ids below ``before``, newest first, as the page shows them; each bounce with the
+    subject and status of the message it bounced (read by
+    :func:`~mailsync.inbound.records.list_inbox`)."""
     return [{"id": r["id"], "server": r["server"], "folder": r["folder"] or "",
-             "fetched": (iso(r["fetched_at"]) or "")[:19].replace("T", " "),
-             "from": r["from_address"], "to": r["to_address"], "subject": r["subject"],
+             "fetched": (r["fetched_at"] or "")[:19].replace("T", " "),
+             "from": r["from"], "to": r["to"], "subject": r["subject"],
              "size": r["size"], "bounce_of": r["bounce_of"],
              "bounced_subject": r["bounced_subject"], "bounced_status": r["bounced_status"]}
-            for r in rows]
+            for r in list_inbox(store.store, server, bounces, before, limit)]
 
 
 def page(app: App, request: Request, visitor: Visitor) -> Response:

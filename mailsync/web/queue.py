@@ -1,9 +1,10 @@
 """The Queue page: what is waiting (queued, deferred, held, sending), oldest first, and
 the operators' bulk retry or release of a selection.
 
-Keyset-paginated by id (``after=ID``: the page of the messages newer than ID); the
-statuses are read through the ``messages_due`` index (status, next attempt), so a page
-reads the waiting messages only, never the sent history. A bulk action is one
+Keyset-paginated by id (``after=ID``: the page of the messages newer than ID), read by
+:func:`~mailsync.outbound.history.list_waiting` through the ``messages_due`` index
+(status, next attempt), so a page reads the waiting messages only, never the sent
+history. A bulk action is one
 :func:`~mailsync.outbound.actions.act` per selected message, the same transition and
 audit event (``retry by NAME (admin console)``) as its button on the Message page.
 """
@@ -14,8 +15,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from mailsync.config.units import iso
 from mailsync.outbound.actions import ACTIONS, act
+from mailsync.outbound.history import list_waiting
+from mailsync.outbound.queue import OutboundStore
 from mailsync.web.http import Request, Response, redirect
 
 if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports this module)
@@ -29,25 +31,15 @@ PAGE_SIZE = 50
 MAX_SELECTED = 500            # a form's selection at most (a page shows PAGE_SIZE)
 
 
-def waiting(store: Any, statuses: tuple[str, ...], after: int | None,
+def waiting(store: OutboundStore, statuses: tuple[str, ...], after: int | None,
             limit: int) -> list[dict[str, Any]]:
-    """Waiting messages with ids above ``after``, oldest first, at most ``limit``."""
-    marks = ", ".join("?" * len(statuses))
-    args: list[Any] = [*statuses]
-    clause = f"m.status IN ({marks})"
-    if after is not None:
-        clause += " AND m.id > ?"
-        args.append(after)
-    rows = store.query(
-        "SELECT m.id, m.status, m.created_at, m.account, m.user, m.server, m.subject,"
-        " m.attempts, m.last_error, m.next_attempt_at,"
-        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt"
-        f" FROM messages m WHERE {clause} ORDER BY m.id LIMIT ?", (*args, limit))
-    return [{"id": r["id"], "status": r["status"], "created": _short(iso(r["created_at"])),
+    """Waiting messages with ids above ``after``, oldest first, at most ``limit``, as the
+    page shows them (read by :func:`~mailsync.outbound.history.list_waiting`)."""
+    return [{"id": r["id"], "status": r["status"], "created": _short(r["created_at"]),
              "account": r["account"], "user": r["user"], "server": r["server"],
-             "subject": r["subject"], "attempts": r["attempts"], "error": r["last_error"],
-             "next": _short(iso(r["next_attempt_at"])) if r["status"] == "deferred" else "",
-             "to": r["rcpt"]} for r in rows]
+             "subject": r["subject"], "attempts": r["attempts"], "error": r["error"],
+             "next": _short(r["next_attempt_at"]), "to": r["to"]}
+            for r in list_waiting(store, statuses, after, limit)]
 
 
 def _short(text: str | None) -> str:

@@ -4,10 +4,12 @@ poll and its last error, and the operators' "Test connection".
 Up or down is what the daemon knows (its pools' and pollers' state, handed over as a
 :class:`~mailsync.web.status.DaemonStatus`); the last send and the last error of an
 outgoing server, and the last message fetched from an incoming one, are read from the
-store. "Test connection" runs the code of ``mailsync test``
-(:mod:`mailsync.inbound.connection`) within :data:`TEST_LIMIT` seconds, so a silent
-server cannot hang the page. Only names, addresses and error texts are shown: never a
-password, token or secret reference's value.
+store through their parts' read sides
+(:func:`~mailsync.outbound.history.server_lasts`,
+:func:`~mailsync.inbound.records.last_fetched`). "Test connection" runs the code of
+``mailsync test`` (:mod:`mailsync.inbound.connection`) within :data:`TEST_LIMIT`
+seconds, so a silent server cannot hang the page. Only names, addresses and error texts
+are shown: never a password, token or secret reference's value.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.config.model import Config
 from mailsync.inbound.connection import test_within
+from mailsync.inbound.records import last_fetched
+from mailsync.outbound.history import server_lasts
 from mailsync.web.http import Request, Response
 from mailsync.web.status import ServerState
 
@@ -43,11 +47,6 @@ def _state(state: ServerState | None, daemon: bool) -> tuple[str, str]:
     return ("up", "up") if state.up else ("down", "down")
 
 
-def _last(store: Any, sql: str, name: str) -> Any:
-    rows = store.query(sql, (name,))
-    return rows[0][0] if rows else None
-
-
 def rows(app: App, config: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The outgoing and incoming servers' rows."""
     status = app.status()
@@ -56,12 +55,8 @@ def rows(app: App, config: Config) -> tuple[list[dict[str, Any]], list[dict[str,
         for name, s in config.sending_servers().items():
             state = status.outgoing.get(name)
             css, text = _state(state, status.daemon)
-            # Newest first through the primary key: the last few rows decide, not all.
-            sent = _last(store, "SELECT updated_at FROM messages WHERE server = ? AND"
-                         " status = 'sent' ORDER BY id DESC LIMIT 1", name)
-            error = state.error if state is not None and state.error else _last(
-                store, "SELECT last_error FROM messages WHERE server = ? AND last_error IS"
-                " NOT NULL ORDER BY id DESC LIMIT 1", name)
+            sent, recorded = server_lasts(store, name)
+            error = state.error if state is not None and state.error else recorded
             outgoing.append({"name": name, "where": f"{s.host or '(provider)'}:{s.port}",
                              "security": s.security, "css": css, "state": text,
                              "since": _when(state.since) if state else "",
@@ -70,8 +65,7 @@ def rows(app: App, config: Config) -> tuple[list[dict[str, Any]], list[dict[str,
         for server in config.incoming_servers:
             state = status.incoming.get(server.name)
             css, text = _state(state, status.daemon)
-            fetched = _last(store, "SELECT MAX(fetched_at) FROM fetched WHERE server = ?",
-                            server.name)
+            fetched = last_fetched(store.store, server.name)
             where = str(server.path) if server.path is not None else \
                 f"{server.host or '(provider)'}:{server.port or ''}"
             incoming.append({"name": server.name, "type": server.type, "where": where,

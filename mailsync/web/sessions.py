@@ -2,9 +2,11 @@
 
 A session is a cookie holding ``{user, session id, expiry, password fingerprint}``,
 signed with HMAC-SHA256; nothing about it is kept on the server but the ids of sessions
-logged out before their expiry (:meth:`Sessions.revoke`), in memory and in
-``state_dir/admin-revoked-sessions`` (one ``id expiry`` line each, 0600, rewritten without
-the expired ones at each start): a cookie logged out stays logged out after a restart.
+logged out before their expiry (:meth:`Sessions.revoke`): in memory, and in the store
+(:class:`Logouts`, the table of :mod:`mailsync.store.logouts`), so that a cookie logged
+out stays logged out after a restart and on every node sharing the store. (Before, they
+were in ``state_dir/admin-revoked-sessions``: :func:`read_revoked` reads that file once,
+at the console's start, into the store.)
 The fingerprint is an HMAC of the user's password hash, so that a changed password ends
 the user's other sessions; the role is never in the cookie, but read from the
 configuration in force at each request. A form's CSRF token is an HMAC of the session id
@@ -29,11 +31,11 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from mailsync import files
 from mailsync.config.secrets import Secret
 from mailsync.errors import ConfigError
 
@@ -102,15 +104,13 @@ class Sessions:
 
     def __init__(self, key: bytes, lifetime: float,
                  clock: Callable[[], float] = time.time, *,
-                 revoked_file: Path | None = None) -> None:
+                 logouts: Logouts | None = None) -> None:
         self._key = key
         self.lifetime = lifetime
         self._clock = clock
-        self._revoked: dict[str, float] = {}  # sid -> expiry
+        self._revoked: dict[str, float] = {}  # sid -> expiry: this console's logouts
         self._lock = threading.Lock()
-        self._revoked_file = revoked_file
-        if revoked_file is not None:
-            self._revoked = load_revoked(revoked_file, clock())
+        self._logouts = logouts
 
     def __repr__(self) -> str:
         return f"Sessions(lifetime={self.lifetime:g}s, key=***)"
@@ -151,17 +151,20 @@ class Sessions:
         with self._lock:
             if session.sid in self._revoked:
                 return None
+        if self._logouts is not None and self._logouts.contains(session.sid, now):
+            return None  # logged out after a restart, or through another node's console
         return session
 
     def revoke(self, session: Session) -> None:
         """Log ``session`` out: its cookie is refused from now on, also after a restart
-        (the id is appended to the revoked file, and synced, before this returns)."""
+        and by the other nodes' consoles (the id is committed to the store before this
+        returns)."""
         now = self._clock()
         with self._lock:
             self._revoked = {s: e for s, e in self._revoked.items() if e > now}
             self._revoked[session.sid] = session.expires
-            if self._revoked_file is not None:
-                _append_revoked(self._revoked_file, session.sid, session.expires)
+        if self._logouts is not None:
+            self._logouts.record([(session.sid, session.expires)], now)
 
     def csrf(self, sid: str) -> str:
         """The CSRF token of the forms of session ``sid`` (or of a login nonce)."""
@@ -171,12 +174,21 @@ class Sessions:
         return bool(token) and hmac.compare_digest(str(token), self.csrf(sid))
 
 
+class Logouts(Protocol):
+    """Where the logouts are kept beyond this process: the store (web/console.py)."""
+
+    def record(self, logouts: Iterable[tuple[str, float]], now: float) -> None:
+        """Keep the sessions ``(sid, expiry)`` logged out (committed when it returns)."""
+
+    def contains(self, sid: str, now: float) -> bool:
+        """Whether session ``sid`` was logged out and would not have expired by now."""
 
 
-def load_revoked(path: Path, now: float) -> dict[str, float]:
-    """The sessions logged out and not yet expired that ``path`` records (sid -> expiry);
-    the file is rewritten without the expired ones (0600). A line that does not parse
-    (a write cut short by a crash) is skipped."""
+def read_revoked(path: Path, now: float) -> dict[str, float]:
+    """The sessions logged out and not yet expired that the file of earlier releases,
+    ``state_dir/admin-revoked-sessions`` (an ``id expiry`` line each), records (sid ->
+    expiry); none when there is no file. A line that does not parse (a write cut short
+    by a crash) is skipped."""
     try:
         text = path.read_text("ascii", "replace")
     except FileNotFoundError:
@@ -190,17 +202,4 @@ def load_revoked(path: Path, now: float) -> dict[str, float]:
             continue
         if sid and when > now:
             revoked[sid] = when
-    kept = "".join(f"{sid} {int(when)}\n" for sid, when in revoked.items())
-    if kept != text:
-        files.write_atomically(path, kept.encode("ascii"), KEY_MODE)
     return revoked
-
-
-def _append_revoked(path: Path, sid: str, expires: float) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, KEY_MODE)
-    try:
-        os.fchmod(fd, KEY_MODE)  # whatever the umask
-        os.write(fd, f"{sid} {int(expires)}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
