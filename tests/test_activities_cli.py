@@ -190,6 +190,23 @@ def test_upload_document_needs_attach_and_the_file_is_kept(cfg, tmp_path):
     assert detail(cfg, 1)["attachment"] == str(kept)
 
 
+def test_on_a_postgresql_store_the_document_is_kept_in_state_dir(tmp_path, pg_dsn,
+                                                                  monkeypatch):
+    monkeypatch.setenv("MAILSYNC_DSN", pg_dsn)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("version: 1\ndaemon: {state_dir: ./state, spool_dir: ./spool, store: "
+                   "{postgresql: {dsn: {env: MAILSYNC_DSN}}}}\n"
+                   f"users: [alice, bob, carol]\n{TYPES}")
+    ok(cfg, "schedule", "--type", "Contract")
+    doc = tmp_path / "signed.pdf"
+    doc.write_bytes(b"%PDF signed")
+    monkeypatch.chdir(tmp_path)  # a wrong directory would be relative to the cwd
+    ok(cfg, "done", "1", "--attach", str(doc))
+    kept = tmp_path / "state" / "attachments" / "1" / "signed.pdf"
+    assert kept.read_bytes() == b"%PDF signed"
+    assert detail(cfg, 1)["attachment"] == str(kept)
+
+
 def test_attach_of_a_missing_file_is_a_usage_error(cfg, tmp_path):
     ok(cfg, "schedule", "--type", "Contract")
     assert "does not exist" in refused(cfg, "done", "1", "--attach",

@@ -54,7 +54,7 @@ def _activities(config: Config, *, create: bool = True) -> Iterator[ActivityStor
     store that is missing, replaced or damaged, exit 1."""
     try:
         with using_store(config, create=create) as store:
-            yield ActivityStore(store) if store is not None else None
+            yield ActivityStore(store, config.daemon.state_dir) if store is not None else None
     except ActivityRefused as exc:
         click.echo(f"error: {exc}", err=True)
         raise Exit(1) from None
