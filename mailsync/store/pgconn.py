@@ -19,6 +19,7 @@ of that transaction: none of them may run, half-done, on another connection.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 # How long a statement waits for a connection of the pool (the server down: an outage).
 CONNECT_WAIT = 5.0
+# The attribute of a psycopg connection saying when (time.monotonic()) it was last given
+# back to the pool (the pool's check skips one given back moments ago: postgres._pool).
+RETURNED_AT = "_mailsync_returned_at"
 
 
 class PgIntegrityError(sqlite3.IntegrityError):
@@ -217,6 +221,7 @@ class PgConnection:
         """Give the connection back to the pool (rolled back if a transaction is open)."""
         raw, self._raw = self._raw, None
         if raw is not None:
+            setattr(raw, RETURNED_AT, time.monotonic())
             self._pool.putconn(raw)
 
 

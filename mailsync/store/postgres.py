@@ -34,7 +34,13 @@ from mailsync.errors import SecretError, StoreError, StoreOutdated, StoreUnavail
 from mailsync.store import identity, pgschema
 from mailsync.store.backend import INSTALL_HINT, describe, missing_driver, scrub
 from mailsync.store.health import CommitHealth, classify
-from mailsync.store.pgconn import CONNECT_WAIT, PgConnection, numeric_loader, sqlite_error
+from mailsync.store.pgconn import (
+    CONNECT_WAIT,
+    RETURNED_AT,
+    PgConnection,
+    numeric_loader,
+    sqlite_error,
+)
 from mailsync.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -49,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync.store")
 
 CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the DSN sets one
+# A connection given back to the pool less than this long ago is handed out again
+# without the pool's check (one round trip per transaction otherwise): it was working
+# then, and a connection that breaks after its check fails its statement in any case.
+CHECK_IDLE = 1.0  # seconds
 
 
 class _Scrub(logging.Filter):
@@ -312,7 +322,8 @@ def migrate_schema(conn: psycopg.Connection[Any], label: str) -> None:
 def _pool(dsn: str, size: int, label: str, *,
           readonly: bool) -> ConnectionPool[psycopg.Connection[Any]]:
     """The process's pool: at least one connection, at most ``size``; each durable
-    (``synchronous_commit = on``), read only for a reader, with numerics as int/float."""
+    (``synchronous_commit = on``), read only for a reader, with numerics as int/float;
+    one idle for :data:`CHECK_IDLE` or longer checked (an empty query) when taken."""
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -324,12 +335,16 @@ def _pool(dsn: str, size: int, label: str, *,
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
 
+    def check(conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - getattr(conn, RETURNED_AT, float("-inf")) >= CHECK_IDLE:
+            ConnectionPool.check_connection(conn)
+
     extra: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in conninfo_to_dict(dsn):
         extra["connect_timeout"] = CONNECT_TIMEOUT
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         dsn, kwargs=extra, min_size=1, max_size=max(1, size), open=False,
-        configure=configure, check=ConnectionPool.check_connection, name="mailsync")
+        configure=configure, check=check, name="mailsync")
     started = time.monotonic()
     try:
         pool.open(wait=True, timeout=CONNECT_WAIT * 2)
