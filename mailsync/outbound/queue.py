@@ -211,6 +211,10 @@ class OutboundStore(SpoolIntake):
         each = json.dumps([[r.address, r.status, r.code, r.reply]
                            for r in delivery.recipients]) \
             if len(delivery.recipients) > 1 else None
+        if self.shared and not tries:  # PostgreSQL: one statement, committed alone
+            return claims.delivery(mid, delivery, status, now, next_attempt_at, error,
+                                   duration, first.code if first else None,
+                                   first.reply if first else None, each)
 
         def write(conn: sqlite3.Connection) -> None:
             if len(delivery.recipients) == 1:

@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -123,15 +123,40 @@ class PgStore(Store):
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback_on(conn)
-                kind = classify(exc)
-                if kind is None:
-                    raise
-                if self.health.failed(kind, str(exc)) and self.on_outage is not None:
-                    self.on_outage(True, str(exc))
-                raise StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind) from None
+                raise self._unavailable(exc) from None
         finally:
             conn.close()  # its connection back to the pool until this thread's next one
-        if conn.total_changes != changes:
+        self._committed(conn.total_changes != changes)
+
+    def commit_statement(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement (SQLite's dialect, as ``conn.execute`` takes it) as a transaction
+        of its own: PostgreSQL's implicit one, atomic and, with ``synchronous_commit``,
+        durable once this returns. One round trip where :meth:`transaction` takes three
+        (BEGIN, the statement, COMMIT): a sender's outcome is one statement. A failure
+        is counted and raised as :meth:`transaction`'s."""
+        conn = self._thread_conn()
+        try:
+            changes = conn.total_changes
+            conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            conn.close()
+        self._committed(conn.total_changes != changes)
+
+    def _unavailable(self, exc: sqlite3.Error) -> BaseException:
+        """A failed transaction's error: ``exc`` itself (a statement's own, as a unique
+        key's), or StoreUnavailable, counted in ``health``, when the store cannot
+        commit."""
+        kind = classify(exc)
+        if kind is None:
+            return exc
+        if self.health.failed(kind, str(exc)) and self.on_outage is not None:
+            self.on_outage(True, str(exc))
+        return StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind)
+
+    def _committed(self, changed: bool) -> None:
+        if changed:
             self.last_commit = time.monotonic()
         if self.health.failing and self.health.committed() and self.on_outage is not None:
             self.on_outage(False, "")
