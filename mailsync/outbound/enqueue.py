@@ -72,6 +72,18 @@ class IngestResult:
     taken: dict[str, int] = field(default_factory=dict)   # this very file, before a crash
 
 
+def _release(conn: sqlite3.Connection, dialect: str,
+             claims: Sequence[tuple[str, int]]) -> None:
+    """Delete these (source, message) claims: one statement on PostgreSQL (its
+    executemany is a statement a row), SQLite's executemany elsewhere."""
+    if dialect == "postgresql":
+        conn.execute("DELETE FROM spool_claims WHERE (source, message) IN"
+                     " (SELECT * FROM unnest(?::text[], ?::bigint[]))",
+                     ([c[0] for c in claims], [c[1] for c in claims]))
+    else:
+        conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?", claims)
+
+
 class _Bulk:
     """A batch's new messages on PostgreSQL, kept until the batch's end and then written
     with one COPY per table (:meth:`mailsync.store.pgconn.PgConnection.copy_rows`): the
@@ -140,13 +152,8 @@ class SpoolIntake:
         # sequence (unique across nodes). SQLite inserts each at once, as it is cheap.
         bulk = _Bulk() if self.store.dialect == "postgresql" else None
         with self.store.transaction() as conn:
-            if release and bulk is not None:
-                conn.execute("DELETE FROM spool_claims WHERE (source, message) IN"
-                             " (SELECT * FROM unnest(?::text[], ?::bigint[]))",
-                             ([r[0] for r in release], [r[1] for r in release]))
-            elif release:
-                conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
-                                 release)
+            if release:
+                _release(conn, self.store.dialect, release)
             next_id = 0
             shared: list[int] = []  # PostgreSQL: ids from the sequence, unique across nodes
             if bulk is not None:
@@ -228,8 +235,7 @@ class SpoolIntake:
         if not claims:
             return
         with self.store.transaction() as conn:
-            conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
-                             claims)
+            _release(conn, self.store.dialect, claims)
 
     def sweep_claims(self, waiting: Callable[[], set[str]]) -> int:
         """Forget every claim whose file is no longer in ``new/`` (a crash came after the
