@@ -10,8 +10,10 @@ database and:
   database), their `run --once` started together; the rate is N over the time until the
   last one exits.
 
-Each run also runs the SQLite bench of the same size (beside it in the output), so that
-both figures come from the same minutes of a shared machine. Imported by outbound.py.
+The server runs with PostgreSQL's default settings (:data:`SETTINGS`, printed in the
+first line): a commit waits for its WAL flush, as in production. Each run also runs the
+SQLite bench of the same size (beside it in the output), so that both figures come from
+the same minutes of a shared machine. Imported by outbound.py.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def postgres() -> Iterator[tuple[str, int]]:
                    "-c shared_buffers=128MB")  # fsync and full_page_writes on: durable
         as_user(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"),
                 "-o", options, "-w", "start")
-        print(json.dumps({"postgresql": str(bindir.parent.name), "data_filesystem": fs}),
+        print(json.dumps({"postgresql": str(bindir.parent.name), "data_filesystem": fs,
+                          "settings": _settings(f"postgresql://postgres@127.0.0.1:{port}")}),
               flush=True)
         try:
             yield f"postgresql://postgres@127.0.0.1:{port}", port
@@ -90,6 +93,22 @@ def postgres() -> Iterator[tuple[str, int]]:
                            [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                             "stop"], capture_output=True)
             shutil.rmtree(sockets, ignore_errors=True)
+
+
+# The server settings that decide a commit's cost, printed with the figures. All are
+# PostgreSQL's defaults (shared_buffers 128MB, wal_buffers -1: 1/32 of it, commit_delay
+# 0: no flush waits for others), with fsync and full_page_writes on; mailsync sets
+# synchronous_commit = on itself. Nothing is tuned for the benchmark.
+SETTINGS = ("shared_buffers", "wal_buffers", "commit_delay", "commit_siblings", "fsync",
+            "full_page_writes", "synchronous_commit", "wal_sync_method", "max_connections")
+
+
+def _settings(base: str) -> dict[str, str]:
+    import psycopg
+
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        return {name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+                for name in SETTINGS}
 
 
 def _database(base: str, name: str) -> str:

@@ -14,7 +14,8 @@ instead of its SQLite statements (SQLite has one node, whose claims need no leas
   or lost the database): any live node runs it with its heartbeat. A dead node's
   messages are then sent by another, at most those it was sending when it died twice.
 - :func:`unclaim` and :func:`recover` give back only this node's own claims.
-- :class:`OwnTransactions` commits each sender's outcome on its own connection.
+- :class:`OwnTransactions` commits each sender's outcome on its own connection, as one
+  statement (:func:`delivery`) when it can.
 
 Statements in SQLite's dialect with PostgreSQL-only parts (``FOR UPDATE``, ``= ANY``,
 ``clock_timestamp()``), run through the store's translating connection.
@@ -25,9 +26,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from mailsync.outbound.types import Delivery
 from mailsync.store import Store
+
+if TYPE_CHECKING:
+    from mailsync.store.postgres import PgStore
 
 # The database's clock, in epoch seconds (one clock for every node's leases).
 DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
@@ -41,14 +46,35 @@ def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, lim
     """Up to ``limit`` due messages claimed by ``node`` for ``lease`` seconds, oldest
     first (rows as OutboundStore reads them), and each one's pending recipients; those
     ``admit`` lets go now (suppression list, rate limits: it writes the others). Inside
-    the caller's transaction: the rows stay locked until it commits."""
+    the caller's transaction: the rows stay locked until it commits.
+
+    Without ``admit``, one statement (one round trip): the due rows locked with ``FOR
+    UPDATE SKIP LOCKED`` in a materialised CTE (evaluated once: never more than ``limit``
+    rows), marked ``sending`` by the UPDATE, which returns each one's content and pending
+    recipients. With it, the locked rows are read first, ``admit`` decides, and only what
+    it lets go is marked (the recipients it suppressed are no longer pending)."""
+    if admit is None:
+        rows = conn.execute(
+            "WITH due AS MATERIALIZED (SELECT m.id FROM messages m"
+            " JOIN contents c ON c.message = m.id"
+            " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
+            " ORDER BY m.next_attempt_at, m.id LIMIT ? FOR UPDATE OF m SKIP LOCKED)"
+            " UPDATE messages AS m SET status = 'sending', updated_at = ?, claimed_by = ?,"
+            f" lease_until = {DB_NOW} + ? FROM due WHERE m.id = due.id"
+            " RETURNING m.id, m.created_at, m.account, m.from_address,"
+            " (SELECT c.raw FROM contents c WHERE c.message = m.id), m.attempts, m.verp,"
+            " m.next_attempt_at, ARRAY(SELECT r.address FROM recipients r"
+            " WHERE r.message = m.id AND r.status IN ('queued', 'deferred'))",
+            (now, limit, now, node, lease)).fetchall()
+        rows.sort(key=lambda r: (r[7], r[0]))  # RETURNING keeps no order: oldest first
+        return [tuple(r[:7]) for r in rows], {r[0]: list(r[8]) for r in rows}
     rows = conn.execute(
         "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts, m.verp"
         " FROM messages m JOIN contents c ON c.message = m.id"
         " WHERE m.status IN ('queued', 'deferred') AND m.next_attempt_at <= ?"
         " ORDER BY m.next_attempt_at, m.id LIMIT ? FOR UPDATE OF m SKIP LOCKED",
         (now, limit)).fetchall()
-    if rows and admit is not None:
+    if rows:
         rows = admit(conn, rows, now)
     if not rows:
         return [], {}
@@ -127,6 +153,49 @@ def _requeue(conn: sqlite3.Connection, now: float, detail: str, which: str,
     return len(ids)
 
 
+class Statement:
+    """One statement and its arguments: a write that is, on PostgreSQL, a transaction of
+    its own (:meth:`mailsync.store.postgres.PgStore.commit_statement`: one round trip,
+    no BEGIN or COMMIT), or one more statement inside a caller's transaction."""
+
+    __slots__ = ("params", "sql")
+
+    def __init__(self, sql: str, params: Sequence[Any]) -> None:
+        self.sql = sql
+        self.params = params
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        conn.execute(self.sql, self.params)
+
+
+# A sender's outcome (no failover tries) in one statement: the recipients' replies, the
+# message's status and attempt, the attempt's event; the CTEs and the INSERT touch
+# different tables, and the statement is atomic.
+_DELIVERY = (
+    "WITH r AS (UPDATE recipients AS r SET status = u.status, code = u.code,"
+    " reply = u.reply, updated_at = ? FROM unnest(?::text[], ?::text[], ?::bigint[],"
+    " ?::text[]) AS u(address, status, code, reply)"
+    " WHERE r.message = ? AND r.address = u.address),"
+    " m AS (UPDATE messages SET status = ?, server = ?, attempts = attempts + 1,"
+    " updated_at = ?, next_attempt_at = ?, last_error = ? WHERE id = ?)"
+    " INSERT INTO events (message, at, status, detail, server, code, reply, duration,"
+    " recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def delivery(mid: int, delivery: Delivery, status: str, now: float,
+             next_attempt_at: float | None, error: str | None, duration: float,
+             code: int | None, reply: str | None, each: str | None) -> Statement:
+    """What :meth:`OutboundStore.record_delivery` writes (without failover tries), as one
+    statement: each recipient's reply, the message's status, the attempt's event
+    (``code``, ``reply``: the worst recipient's; ``each``: every one's, as JSON)."""
+    rs = delivery.recipients
+    return Statement(_DELIVERY, (
+        now, [r.address for r in rs], [r.status for r in rs], [r.code for r in rs],
+        [r.reply for r in rs], mid,
+        status, delivery.server, now, next_attempt_at, error, mid,
+        mid, now, status, error, delivery.server, code, reply, duration, each))
+
+
 class OwnTransactions:
     """The senders' outcomes on a shared store: each in a transaction of its own, on its
     thread's connection (:meth:`mailsync.store.postgres.PgStore.transaction`), committed
@@ -141,6 +210,11 @@ class OwnTransactions:
         self._pending: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
     def run(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        """Commit ``write``: a :class:`Statement` alone (one round trip), else in a
+        transaction."""
+        if isinstance(write, Statement):
+            cast("PgStore", self.store).commit_statement(write.sql, write.params)
+            return
         with self.store.transaction() as conn:
             write(conn)
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from mailsync.outbound.events import event
 from mailsync.store import Store
+
+if TYPE_CHECKING:
+    from mailsync.store.pgconn import PgConnection
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,54 @@ class IngestResult:
     taken: dict[str, int] = field(default_factory=dict)   # this very file, before a crash
 
 
+def _release(conn: sqlite3.Connection, dialect: str,
+             claims: Sequence[tuple[str, int]]) -> None:
+    """Delete these (source, message) claims: one statement on PostgreSQL (its
+    executemany is a statement a row), SQLite's executemany elsewhere."""
+    if dialect == "postgresql":
+        conn.execute("DELETE FROM spool_claims WHERE (source, message) IN"
+                     " (SELECT * FROM unnest(?::text[], ?::bigint[]))",
+                     ([c[0] for c in claims], [c[1] for c in claims]))
+    else:
+        conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?", claims)
+
+
+class _Bulk:
+    """A batch's new messages on PostgreSQL, kept until the batch's end and then written
+    with one COPY per table (:meth:`mailsync.store.pgconn.PgConnection.copy_rows`): the
+    rows :meth:`SpoolIntake._insert_new` would insert one by one, the same values."""
+
+    MESSAGES = ("id", "created_at", "updated_at", "status", "user", "account",
+                "from_address", "message_id", "subject", "size", "next_attempt_at", "source",
+                "idempotency_key", "verp")
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[object, ...]] = []
+        self.contents: list[tuple[int, bytes]] = []
+        self.recipients: list[tuple[int, str, str, float]] = []
+        self.events: list[tuple[int, float, str, str | None]] = []
+        self.keys: dict[str, tuple[int]] = {}  # idempotency keys queued in this batch
+
+    def add(self, m: NewMessage, now: float, mid: int, verp: str | None) -> None:
+        self.messages.append((mid, now, now, "queued", m.user, m.account, m.from_address,
+                              m.message_id, m.subject, len(m.raw), now, m.source,
+                              m.idempotency_key, verp))
+        self.contents.append((mid, m.raw))
+        # INSERT OR IGNORE's effect: a recipient listed twice is one row.
+        self.recipients += [(mid, r, "queued", now) for r in dict.fromkeys(m.recipients)]
+        self.events.append((mid, now, "queued", f"from spool file {m.source}"))
+        if m.idempotency_key is not None:
+            self.keys[m.idempotency_key] = (mid,)
+
+    def write(self, conn: PgConnection) -> None:
+        """The rows, messages first (the others refer to them)."""
+        conn.copy_rows("messages", self.MESSAGES, self.messages)
+        conn.copy_rows("contents", ("message", "raw"), self.contents)
+        conn.copy_rows("recipients", ("message", "address", "status", "updated_at"),
+                       self.recipients)
+        conn.copy_rows("events", ("message", "at", "status", "detail"), self.events)
+
+
 class SpoolIntake:
     """The spool side of the queue over a :class:`Store`."""
 
@@ -86,20 +138,25 @@ class SpoolIntake:
         says so. Anything else is a new message, even under an old name and content.
 
         ``sign`` makes the VERP signature of a new message's id, stored with it: the ids
-        are then given here (the next after the largest; on PostgreSQL, which several
-        nodes share, the next of the ``messages`` sequence), not chosen by the store.
+        are then given here (the next after the largest), not chosen by the store. On
+        PostgreSQL, which several nodes share, the ids are always the next of the
+        ``messages`` sequence, taken for the whole batch, whose new messages are written
+        at its end with one COPY per table (and its claims with one statement).
 
         ``release``: claims of an earlier batch whose files are gone now, released in this
         transaction (as :meth:`release_claims` would, without a commit of their own).
         """
         result = IngestResult()
+        # PostgreSQL: the batch's new messages written at its end, one COPY per table
+        # (one statement instead of four a message), their ids taken first from the
+        # sequence (unique across nodes). SQLite inserts each at once, as it is cheap.
+        bulk = _Bulk() if self.store.dialect == "postgresql" else None
         with self.store.transaction() as conn:
             if release:
-                conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
-                                 release)
+                _release(conn, self.store.dialect, release)
             next_id = 0
             shared: list[int] = []  # PostgreSQL: ids from the sequence, unique across nodes
-            if sign is not None and self.store.dialect == "postgresql":
+            if bulk is not None:
                 shared = [r[0] for r in conn.execute(
                     "SELECT nextval('messages_id_seq') FROM generate_series(1, ?)",
                     (sum(isinstance(i, NewMessage) for i in items),))]
@@ -128,16 +185,25 @@ class SpoolIntake:
                 else:
                     dup = None
                     if item.idempotency_key is not None:
-                        dup = conn.execute("SELECT id FROM messages WHERE idempotency_key = ?",
-                                           (item.idempotency_key,)).fetchone()
+                        dup = bulk.keys.get(item.idempotency_key) if bulk is not None else None
+                        dup = dup or conn.execute(
+                            "SELECT id FROM messages WHERE idempotency_key = ?",
+                            (item.idempotency_key,)).fetchone()
                     if dup:
                         mid = dup[0]
-                        event(conn, mid, now, "duplicate",
-                               f"spool file {item.source} has this message's idempotency key"
-                               f" {item.idempotency_key!r}: not queued again")
+                        detail = (f"spool file {item.source} has this message's idempotency"
+                                  f" key {item.idempotency_key!r}: not queued again")
+                        if bulk is not None:
+                            bulk.events.append((mid, now, "duplicate", detail))
+                        else:
+                            event(conn, mid, now, "duplicate", detail)
                         result.duplicates[item.source] = mid
+                    elif bulk is not None:
+                        mid = shared.pop()
+                        bulk.add(item, now, mid, sign(mid) if sign is not None else None)
+                        result.queued[item.source] = mid
                     elif sign is not None:
-                        mid, next_id = shared.pop() if shared else next_id, next_id + 1
+                        mid, next_id = next_id, next_id + 1
                         self._insert_new(conn, item, now, mid, sign(mid))
                         result.queued[item.source] = mid
                     else:
@@ -146,10 +212,19 @@ class SpoolIntake:
                 claims.append((item.source, item.sha256,
                                item.file.inode if item.file else None,
                                item.file.ctime_ns if item.file else None, mid, now))
-            conn.executemany(
-                "INSERT OR REPLACE INTO spool_claims"
-                " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
-                claims)
+            if bulk is not None:
+                bulk.write(cast("PgConnection", conn))
+                if claims:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO spool_claims"
+                        " (source, sha256, inode, ctime_ns, message, at) SELECT * FROM"
+                        " unnest(?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::bigint[],"
+                        " ?::float8[])", [list(column) for column in zip(*claims, strict=True)])
+            else:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO spool_claims"
+                    " (source, sha256, inode, ctime_ns, message, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    claims)
         return result
 
     def release_claims(self, claims: Sequence[tuple[str, int]]) -> None:
@@ -160,8 +235,7 @@ class SpoolIntake:
         if not claims:
             return
         with self.store.transaction() as conn:
-            conn.executemany("DELETE FROM spool_claims WHERE source = ? AND message = ?",
-                             claims)
+            _release(conn, self.store.dialect, claims)
 
     def sweep_claims(self, waiting: Callable[[], set[str]]) -> int:
         """Forget every claim whose file is no longer in ``new/`` (a crash came after the

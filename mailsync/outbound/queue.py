@@ -228,6 +228,12 @@ class OutboundStore(SpoolIntake):
         each = json.dumps([[r.address, r.status, r.code, r.reply]
                            for r in delivery.recipients]) \
             if len(delivery.recipients) > 1 else None
+        # PostgreSQL: one statement, committed alone, when nothing else goes with it (no
+        # failover tries, rate-limit slots, RCPT suppressions or webhook events).
+        if self.shared and not tries and also is None and not self.webhooks:
+            return claims.delivery(mid, delivery, status, now, next_attempt_at, error,
+                                   duration, first.code if first else None,
+                                   first.reply if first else None, each)
 
         def write(conn: sqlite3.Connection) -> None:
             if len(delivery.recipients) == 1:

@@ -19,6 +19,7 @@ of that transaction: none of them may run, half-done, on another connection.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 # How long a statement waits for a connection of the pool (the server down: an outage).
 CONNECT_WAIT = 5.0
+# The attribute of a psycopg connection saying when (time.monotonic()) it was last given
+# back to the pool (the pool's check skips one given back moments ago: postgres._pool).
+RETURNED_AT = "_mailsync_returned_at"
 
 
 class PgIntegrityError(sqlite3.IntegrityError):
@@ -213,10 +217,36 @@ class PgConnection:
             self.total_changes += count
         return PgCursor([], (), count, None)
 
+    def copy_rows(self, table: str, columns: Sequence[str],
+                  rows: Sequence[Sequence[Any]]) -> int:
+        """``rows`` into ``table`` by ``COPY ... FROM STDIN``: one statement and one
+        stream for them all (a batch of the spool's messages), instead of one statement
+        per row. No conflict clause and no ids read back: the caller gives every key.
+        Returns how many rows."""
+        import psycopg
+        from psycopg import sql
+
+        if self._lost:
+            raise PgOperationalError("the connection to the database was lost in this "
+                                     "transaction")
+        if not rows:
+            return 0
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        try:
+            with self.raw().cursor() as cur, cur.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        self.total_changes += len(rows)
+        return len(rows)
+
     def close(self) -> None:
         """Give the connection back to the pool (rolled back if a transaction is open)."""
         raw, self._raw = self._raw, None
         if raw is not None:
+            setattr(raw, RETURNED_AT, time.monotonic())
             self._pool.putconn(raw)
 
 

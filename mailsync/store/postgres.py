@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -34,7 +34,13 @@ from mailsync.errors import SecretError, StoreError, StoreOutdated, StoreUnavail
 from mailsync.store import identity, pgschema
 from mailsync.store.backend import INSTALL_HINT, describe, missing_driver, scrub
 from mailsync.store.health import CommitHealth, classify
-from mailsync.store.pgconn import CONNECT_WAIT, PgConnection, numeric_loader, sqlite_error
+from mailsync.store.pgconn import (
+    CONNECT_WAIT,
+    RETURNED_AT,
+    PgConnection,
+    numeric_loader,
+    sqlite_error,
+)
 from mailsync.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -49,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync.store")
 
 CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the DSN sets one
+# A connection given back to the pool less than this long ago is handed out again
+# without the pool's check (one round trip per transaction otherwise): it was working
+# then, and a connection that breaks after its check fails its statement in any case.
+CHECK_IDLE = 1.0  # seconds
 
 
 class _Scrub(logging.Filter):
@@ -113,15 +123,40 @@ class PgStore(Store):
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback_on(conn)
-                kind = classify(exc)
-                if kind is None:
-                    raise
-                if self.health.failed(kind, str(exc)) and self.on_outage is not None:
-                    self.on_outage(True, str(exc))
-                raise StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind) from None
+                raise self._unavailable(exc) from None
         finally:
             conn.close()  # its connection back to the pool until this thread's next one
-        if conn.total_changes != changes:
+        self._committed(conn.total_changes != changes)
+
+    def commit_statement(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement (SQLite's dialect, as ``conn.execute`` takes it) as a transaction
+        of its own: PostgreSQL's implicit one, atomic and, with ``synchronous_commit``,
+        durable once this returns. One round trip where :meth:`transaction` takes three
+        (BEGIN, the statement, COMMIT): a sender's outcome is one statement. A failure
+        is counted and raised as :meth:`transaction`'s."""
+        conn = self._thread_conn()
+        try:
+            changes = conn.total_changes
+            conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            conn.close()
+        self._committed(conn.total_changes != changes)
+
+    def _unavailable(self, exc: sqlite3.Error) -> BaseException:
+        """A failed transaction's error: ``exc`` itself (a statement's own, as a unique
+        key's), or StoreUnavailable, counted in ``health``, when the store cannot
+        commit."""
+        kind = classify(exc)
+        if kind is None:
+            return exc
+        if self.health.failed(kind, str(exc)) and self.on_outage is not None:
+            self.on_outage(True, str(exc))
+        return StoreUnavailable(f"{self.path}: cannot commit: {exc}", kind)
+
+    def _committed(self, changed: bool) -> None:
+        if changed:
             self.last_commit = time.monotonic()
         if self.health.failing and self.health.committed() and self.on_outage is not None:
             self.on_outage(False, "")
@@ -312,7 +347,8 @@ def migrate_schema(conn: psycopg.Connection[Any], label: str) -> None:
 def _pool(dsn: str, size: int, label: str, *,
           readonly: bool) -> ConnectionPool[psycopg.Connection[Any]]:
     """The process's pool: at least one connection, at most ``size``; each durable
-    (``synchronous_commit = on``), read only for a reader, with numerics as int/float."""
+    (``synchronous_commit = on``), read only for a reader, with numerics as int/float;
+    one idle for :data:`CHECK_IDLE` or longer checked (an empty query) when taken."""
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -324,12 +360,16 @@ def _pool(dsn: str, size: int, label: str, *,
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
 
+    def check(conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - getattr(conn, RETURNED_AT, float("-inf")) >= CHECK_IDLE:
+            ConnectionPool.check_connection(conn)
+
     extra: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in conninfo_to_dict(dsn):
         extra["connect_timeout"] = CONNECT_TIMEOUT
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         dsn, kwargs=extra, min_size=1, max_size=max(1, size), open=False,
-        configure=configure, check=ConnectionPool.check_connection, name="mailsync")
+        configure=configure, check=check, name="mailsync")
     started = time.monotonic()
     try:
         pool.open(wait=True, timeout=CONNECT_WAIT * 2)
