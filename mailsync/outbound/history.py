@@ -77,16 +77,22 @@ def _search(term: str, args: list[Any]) -> str:
     return "m.id IN (SELECT id FROM messages WHERE subject LIKE ? ESCAPE '\\')"
 
 
+# What a listing reads of each message (the columns _summary turns into an object): the
+# History page and `mailsync history` (list_messages), the Queue page (list_waiting).
+_SUMMARY_SELECT = (
+    "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
+    " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
+    " m.next_attempt_at, m.source,"
+    " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt,"
+    " (SELECT group_concat(status) FROM recipients r WHERE r.message = m.id) AS rstatus"
+    " FROM messages m")
+
+
 def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
     """Messages newest first, as objects with stable keys (see LIST_COLUMNS)."""
     clause, args = _where(f)
     rows = store.query(
-        "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
-        " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
-        " m.next_attempt_at, m.source,"
-        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt,"
-        " (SELECT group_concat(status) FROM recipients r WHERE r.message = m.id) AS rstatus"
-        f" FROM messages m {clause} ORDER BY m.id DESC LIMIT ?", (*args, f.limit))
+        f"{_SUMMARY_SELECT} {clause} ORDER BY m.id DESC LIMIT ?", (*args, f.limit))
     return [_summary(r) for r in rows]
 
 
@@ -98,12 +104,7 @@ def list_waiting(store: OutboundStore, statuses: Sequence[str], after: int | Non
     through the ``messages_due`` index (status, next attempt), never the sent history."""
     clause, args = where(("m.status IN", tuple(statuses)), ("m.id >", after))
     rows = store.query(
-        "SELECT m.id, m.status, m.created_at, m.updated_at, m.account, m.user, m.server,"
-        " m.message_id, m.subject, m.attempts, m.last_error, m.from_address, m.reason,"
-        " m.next_attempt_at, m.source,"
-        " (SELECT group_concat(address, ', ') FROM recipients r WHERE r.message = m.id) AS rcpt,"
-        " (SELECT group_concat(status) FROM recipients r WHERE r.message = m.id) AS rstatus"
-        f" FROM messages m {clause} ORDER BY m.id LIMIT ?", (*args, limit))
+        f"{_SUMMARY_SELECT} {clause} ORDER BY m.id LIMIT ?", (*args, limit))
     return [_summary(r) for r in rows]
 
 
