@@ -225,3 +225,33 @@ def test_secret_values_are_not_in_the_model_repr(canary):
     text = repr(load_file(Path(config_path)).config)
     assert [c for c in CANARIES if c in text] == []
     assert text.count("Secret('***')") == 8  # 6 passwords, a client secret, a refresh token
+
+
+WEBHOOK_SECRET = "CANARY-webhook-secret-2b3c"
+SESSION_KEY = "CANARY-admin-session-key-4d5e-0123456789abcdef"
+ADMIN_HASH = "CANARY-argon2-hash-6f7a"
+NEW_SECRETS = [WEBHOOK_SECRET, SESSION_KEY, ADMIN_HASH]
+
+
+def test_webhook_secrets_and_the_consoles_key_stay_out_of_validate_and_plan(
+        runner, canary, write_config, tmp_path):
+    """The secrets of the deliverability and admin sections (plain text, and a password
+    hash read from a file) are no more shown than the servers' passwords."""
+    _, _, env = canary
+    (tmp_path / "carol.argon2").write_text(ADMIN_HASH + "\n")
+    extra = (f"webhooks:\n  - url: http://127.0.0.1:9/hooks\n    secret: {WEBHOOK_SECRET}\n"
+             f"admin:\n  session_key: {SESSION_KEY}\n  users:\n    - name: carol\n"
+             f"      password_hash: {{file: ./carol.argon2}}\n      role: operator\n")
+    path = write_config(CONFIG + extra, "deliverability.yaml")
+    changed = write_config(CONFIG + extra.replace(WEBHOOK_SECRET, WEBHOOK_SECRET + "-x")
+                           .replace(SESSION_KEY, SESSION_KEY + "-x"), "changed.yaml")
+    outputs = []
+    for args in (["validate", str(path)], ["validate", "--format", "json", str(path)],
+                 ["plan", "-c", str(path)], ["plan", "-c", str(path), "--format", "json"],
+                 ["plan", "-c", str(changed), "--against", str(path)]):
+        result = run(runner, args, env)
+        assert result.exit_code in (0, 2), (args, result.output)
+        outputs.append(result.stdout + result.stderr)
+    seen = "\n".join(outputs)
+    assert [s for s in NEW_SECRETS if s in seen] == []
+    assert "webhooks" in seen  # the plan did show the section whose secret it hid
