@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.header import decode_header, make_header
 from email.headerregistry import Address
@@ -19,6 +18,7 @@ from mailsync.config.load import load_text
 from mailsync.config.model import Account, Config
 from mailsync.outbound.compose import compose
 from mailsync.outbound.types import Composed, Submission
+from mailsync.values import replace
 
 CONFIG = """
 version: 1

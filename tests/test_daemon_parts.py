@@ -7,7 +7,6 @@ import fcntl
 import os
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -18,6 +17,7 @@ from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.spool import drop
 from mailsync.outbound.verp import load_key
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import replace
 from tests.outbound_helpers import load, open_store, server_yaml, write_config
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import time
@@ -11,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 
+from mailsync import values
 from mailsync.cli import main
 from mailsync.config.secrets import Secret
 from mailsync.errors import ConnectError
@@ -61,7 +61,7 @@ def test_check_passes_for_a_local_maildir(rig, tmp_path):
 
 @pytest.mark.parametrize("kind", ["imap", "pop"])
 def test_check_connection_refused(rig, mailbox, tmp_path, kind):
-    server = dataclasses.replace(_server(rig, mailbox, tmp_path, kind=kind), port=free_port())
+    server = values.replace(_server(rig, mailbox, tmp_path, kind=kind), port=free_port())
     error = _error(server)
     assert error.kind == "refused"
     assert str(error) == f"support ({HOST}:{server.port}): connection refused"
@@ -72,7 +72,7 @@ def test_check_connection_refused(rig, mailbox, tmp_path, kind):
     ("pop", "-ERR [AUTH] Authentication failed."),
 ])
 def test_check_authentication_failed(rig, mailbox, tmp_path, kind, reply):
-    server = dataclasses.replace(_server(rig, mailbox, tmp_path, kind=kind),
+    server = values.replace(_server(rig, mailbox, tmp_path, kind=kind),
                                  password=Secret("plain", "not-the-password"))
     error = _error(server)
     assert error.kind == "auth"
@@ -89,7 +89,7 @@ def test_check_tls_certificate_not_trusted(rig, mailbox, tmp_path, monkeypatch, 
     assert str(error).startswith(f"support ({HOST}:{server.port}): TLS certificate "
                                  "verification failed: ")
     # tls_verify: false accepts it (the config check warns about that elsewhere).
-    note = check_incoming(dataclasses.replace(server, tls_verify=False))
+    note = check_incoming(values.replace(server, tls_verify=False))
     assert note.startswith("implicit TLS, TLSv1.") and \
         "certificate not checked (tls_verify: false)" in note
 
@@ -118,7 +118,7 @@ def test_check_timeout_when_the_server_never_greets(rig, mailbox, tmp_path):
     with socket.socket() as silent:
         silent.bind((HOST, 0))
         silent.listen()
-        server = dataclasses.replace(_server(rig, mailbox, tmp_path),
+        server = values.replace(_server(rig, mailbox, tmp_path),
                                      port=silent.getsockname()[1],
                                      timeout=timedelta(seconds=0.3))
         error = _error(server)
@@ -140,7 +140,7 @@ def test_the_password_never_shows_in_logs_errors_or_output(rig, dovecot, tmp_pat
     mailsync_log = logging.getLogger("mailsync")  # logs.setup stopped its propagation
     mailsync_log.addHandler(caplog.handler)
 
-    wrong = [dataclasses.replace(r.server(n), password=Secret("plain", CANARY + "x"))
+    wrong = [values.replace(r.server(n), password=Secret("plain", CANARY + "x"))
              for n in ("imapbox", "popbox")]
     failures = []
     for server in wrong:

@@ -8,7 +8,6 @@ long as it is asked to.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsync import values
 from tests import slowpeers
 from tests.dovecot import (  # noqa: F401  (fixtures)
     dovecot_fixture,
@@ -68,7 +68,7 @@ def test_a_message_streaming_longer_than_the_timeout_is_still_fetched(rig, tmp_p
 
 def test_idle_waits_longer_than_the_timeout_and_wakes_up_for_mail(rig, mailbox, tmp_path):
     r = rig(incoming_yaml(mailbox, "support", tmp_path / "pw"))
-    server = dataclasses.replace(r.server("support"), timeout=timedelta(seconds=1))
+    server = values.replace(r.server("support"), timeout=timedelta(seconds=1))
     poller = r.poller("support", server=server)
     assert poller.poll_once().ok
     assert poller.supports_idle

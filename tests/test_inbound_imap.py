@@ -3,13 +3,13 @@ UIDVALIDITY changes."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 
 import pytest
 
+from mailsync import values
 from mailsync.config.model import ActivityRule
 from mailsync.errors import ConnectError
 from mailsync.inbound.imap import ImapSource
@@ -108,7 +108,7 @@ def test_batches_commit_one_by_one_and_call_on_message_in_the_transaction(rig, m
                                                                           tmp_path):
     mailbox.append(*(message(i) for i in range(7)))
     r = _rig(rig, mailbox, tmp_path)
-    server = dataclasses.replace(r.server("support"), activity=ActivityRule("Reply", "alice"))
+    server = values.replace(r.server("support"), activity=ActivityRule("Reply", "alice"))
     seen = []
 
     def on_message(conn, srv, fetched_id, subject, now):
@@ -255,7 +255,7 @@ def test_make_source_picks_the_adapter_by_type(rig, mailbox, tmp_path):
 def test_wait_for_news_after_a_connection_failure_sleeps_then_asks_for_a_poll(rig, mailbox,
                                                                               tmp_path):
     r = _rig(rig, mailbox, tmp_path)
-    server = dataclasses.replace(r.server("support"), port=free_port())
+    server = values.replace(r.server("support"), port=free_port())
     poller = r.poller("support", server=server)
     started = time.monotonic()
     assert poller.wait_for_news(0.3) is True  # so that poll_once reports the failure
@@ -272,8 +272,8 @@ def test_poll_all_once_polls_every_server_and_passes_on_message(rig, mailbox, tm
     (tmp_path / "drop" / "new" / "1.a.host").write_bytes(message(2))
     r = rig(incoming_yaml(mailbox, "support", tmp_path / "pw")
             + "  - name: drop\n    type: local\n    path: ./drop\n")
-    config = dataclasses.replace(r.config, incoming_servers=tuple(
-        dataclasses.replace(s, activity=ActivityRule("Reply")) if s.name == "drop" else s
+    config = values.replace(r.config, incoming_servers=tuple(
+        values.replace(s, activity=ActivityRule("Reply")) if s.name == "drop" else s
         for s in r.config.incoming_servers))
     calls = []
 

@@ -11,6 +11,8 @@
 - An import inside a function says why (a comment on its line or just above it, or a
   module comment starting ``# Imports inside``).
 - No module over :data:`MAX_LINES` lines, except those of :data:`KNOWN_LONG`.
+- No ``@dataclass`` in the package: its value classes are ``mailsync.values``'
+  ``@valueclass`` (the same classes, without compiling their methods at import).
 - No SQL in the admin console (``mailsync/web/``): its pages read through the parts'
   read sides, which own the SQL and run it on either backend.
 """
@@ -35,7 +37,7 @@ KNOWN_LONG: set[str] = set()
 # The parts, lowest first: a part imports only parts on an earlier line. The top-level
 # modules are parts of their own.
 LAYERS: list[set[str]] = [
-    {"mailsync", "printable", "files"},   # the package's version; shared, importing nothing
+    {"mailsync", "printable", "files", "values"},  # shared, importing nothing of the package
     {"errors"},
     {"config"},
     {"auth"},
@@ -263,3 +265,20 @@ def test_the_sql_finder_finds_a_query(tmp_path):
                       '    return store.query(f"SELECT id FROM messages WHERE x = {1}")\n')
     assert [h.split(": ", 1)[1] for h in _sql_in(sample)] == [
         ".query(", "'SELECT id FROM messages WHERE x = '"]
+
+
+def test_the_package_defines_value_classes_not_dataclasses():
+    """mailsync.values: a dataclass compiles its methods at import (~0.4 ms a class,
+    paid by every one-shot command); a ``@valueclass`` is the same class without that."""
+    found = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for deco in node.decorator_list:
+                target = deco.func if isinstance(deco, ast.Call) else deco
+                name = target.attr if isinstance(target, ast.Attribute) else \
+                    getattr(target, "id", "")
+                if name == "dataclass":
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert found == []

@@ -3,8 +3,6 @@ chosen from the reload's plan (daemon/reload.py)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from mailsync.config.model import Config
 from mailsync.config.plan import diff
 from mailsync.daemon.reload import Parts, parts_for
@@ -13,6 +11,7 @@ from mailsync.outbound.pickup import PickupService
 from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.outbound.verp import load_key
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import replace
 from tests.outbound_helpers import load, open_store, server_yaml, write_config
 
 

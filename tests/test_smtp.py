@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import traceback
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
 from mailsync.outbound.pool import ConnectionPool
 from mailsync.outbound.smtp import SmtpSession, open_session
+from mailsync.values import replace
 from tests.smtpserver import SmtpServer
 
 CANARY = "canary-S3cret-pw"

@@ -8,13 +8,13 @@ plus its size at 64 KiB/s (so a big message to a slow-reading server still goes)
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from mailsync import values
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
 from mailsync.outbound.smtp import open_session
@@ -59,7 +59,7 @@ def test_a_dripped_reply_times_out_at_the_commands_deadline(step, pipelining, co
 def test_a_dripped_login_answer_times_out_as_auth_and_shows_no_credentials():
     password = "canary-S3cret-pw"
     with slowpeers.serve(slowpeers.smtp("auth")) as port:
-        server = dataclasses.replace(_server(port), username="relay@example.com")
+        server = values.replace(_server(port), username="relay@example.com")
         with pytest.raises(ConnectError) as caught:
             open_session(server, password)
     assert str(caught.value) == f"slow (127.0.0.1:{port}): AUTH: no complete reply within 1s"

@@ -109,7 +109,8 @@ def test_validate_still_imports_only_the_config_side(tmp_path, cfg):
     assert "jsonschema" in modules  # validate always runs the schema
     assert {m for m in modules if m.startswith("mailsync.")} <= {
         m for m in modules if m.startswith(("mailsync.cli", "mailsync.config", "mailsync.auth",
-                                            "mailsync.errors", "mailsync.files"))}
+                                            "mailsync.errors", "mailsync.files",
+                                            "mailsync.values"))}
     assert {"mailsync.store", "mailsync.outbound", "mailsync.inbound"} & modules == set()
 
 

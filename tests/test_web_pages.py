@@ -12,12 +12,12 @@ import re
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from urllib.parse import urlencode
 
 import pytest
 
 from mailsync.outbound.queue import OutboundStore
+from mailsync.values import replace
 from mailsync.web.console import serve
 from mailsync.web.status import DaemonStatus, ServerState, no_status
 from tests.web_helpers import CANARIES, HASHES, PASSWORDS, Client, Reply, Site, make_site

@@ -13,12 +13,12 @@ import calendar
 import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
 
 from mailsync.config.model import ActivityType, Config, Delay
 from mailsync.errors import ActivityRefused
+from mailsync.values import replace, valueclass
 
 State = Literal["open", "done", "cancelled"]
 STATES: tuple[State, ...] = ("open", "done", "cancelled")
@@ -26,7 +26,7 @@ STATES: tuple[State, ...] = ("open", "done", "cancelled")
 _MODEL = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 
 
-@dataclass(frozen=True)
+@valueclass
 class RecordRef:
     """A reference to a record of another application: ``model:id`` (e.g. crm.lead:42)."""
 
@@ -47,7 +47,7 @@ def parse_record(text: str) -> RecordRef:
     return RecordRef(model, int(rid))
 
 
-@dataclass(frozen=True)
+@valueclass
 class Activity:
     """An activity as stored. ``deadline`` and ``done_on`` are local dates."""
 
@@ -68,7 +68,7 @@ class Activity:
     attachment: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class NewActivity:
     """An activity decided but not yet stored."""
 
@@ -82,7 +82,7 @@ class NewActivity:
     previous_id: int | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Next:
     """What completing an activity leads to: a triggered activity and/or suggested types."""
 

@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from mailsync.activities.rules import (
 from mailsync.config.model import Config, IncomingServer
 from mailsync.errors import ActivityRefused
 from mailsync.store import Store, db_path, where
+from mailsync.values import valueclass
 
 _COLUMNS = ("id, type, user, deadline, state, summary, note, record_model, record_id, "
             "fetched_id, previous_id, created_at, done_at, done_on, feedback, attachment")
@@ -105,7 +105,7 @@ def schedule_for_fetched(conn: sqlite3.Connection, config: Config, server: Incom
     return insert(conn, new, now)
 
 
-@dataclass(frozen=True)
+@valueclass
 class DoneResult:
     """A completed activity, what its type's chaining decided, and the triggered one."""
 
@@ -114,7 +114,7 @@ class DoneResult:
     triggered: Activity | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Filters:
     """Listing filters; None or empty means any. ``overdue_on``: open and due before it."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import requests
@@ -28,6 +27,7 @@ from mailsync.auth.grants import (
 from mailsync.auth.settings import OAuth2
 from mailsync.auth.store import RefreshTokenFile
 from mailsync.errors import OAuth2Refused, OAuth2Unavailable
+from mailsync.values import replace
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 

@@ -14,7 +14,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from mailsync.auth.settings import OAuth2
 from mailsync.auth.store import RefreshTokenFile
 from mailsync.config.secrets import Secret
 from mailsync.errors import OAuth2Error, OAuth2Refused, OAuth2Unavailable, SecretError
+from mailsync.values import field, valueclass
 
 DEFAULT_TIMEOUT = 10.0
 # An endpoint that omits expires_in (RFC 6749 only RECOMMENDS it): assume a short life,
@@ -31,7 +31,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_LIFETIME = 300.0
 
 
-@dataclass(frozen=True)
+@valueclass
 class AccessToken:
     """An access token and when it expires (epoch seconds); ``repr`` hides the value."""
 
@@ -51,7 +51,7 @@ class AccessToken:
         return self.expires_at - self.obtained_at
 
 
-@dataclass(frozen=True)
+@valueclass
 class GrantContext:
     """What a grant needs besides the settings: the login name (``tokens/<name>.json``,
     and the name in ``run mailsync auth login NAME``), where secrets resolve, the

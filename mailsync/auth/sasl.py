@@ -15,7 +15,8 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass
+
+from mailsync.values import valueclass
 
 # What a client sends back on a failure challenge (Google: an empty line; RFC 7628 §3.2.3:
 # a single %x01) so that the server ends the exchange with its failure reply.
@@ -58,7 +59,7 @@ def oauthbearer(user: str, token: str, host: str | None = None,
     return f"n,a={_saslname(user)},{fields}\x01auth=Bearer {token}\x01\x01".encode()
 
 
-@dataclass(frozen=True)
+@valueclass
 class SaslFailure:
     """What a server's failure challenge says (fields absent from it are None)."""
 
@@ -115,7 +116,7 @@ def describe_failure(challenge: bytes | str) -> str:
     return parse_failure(challenge).describe()
 
 
-@dataclass(frozen=True)
+@valueclass
 class Login:
     """How to log in with a token: the mechanism, its initial response, and the answer to a
     failure challenge."""

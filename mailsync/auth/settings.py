@@ -7,8 +7,9 @@ authenticates with OAuth2 instead of a password; presets have already filled
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the config package imports this module: no import back at run time
     from mailsync.config.secrets import Secret
@@ -20,7 +21,7 @@ Provider = Literal["microsoft", "google", "generic"]
 Grant = Literal["client_credentials", "refresh_token", "service_account"]
 
 
-@dataclass(frozen=True)
+@valueclass
 class OAuth2:
     """One OAuth2 identity: who asks (client), for whom (grant, subject), for what (scope)."""
 

@@ -11,12 +11,12 @@ duplicate keys reported and the first one kept, as the daemon reads it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailsync.config.yamlload import parse, read_text
 from mailsync.errors import ConfigError, StoreError
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:
     from mailsync.config.load import Loaded
@@ -65,7 +65,7 @@ def daemon_state_dir(config_path: Path) -> Path | None:
     return named_state_dir(config_path)
 
 
-@dataclass(frozen=True)
+@valueclass
 class Fallback:
     """The configuration last applied, to use instead of a file that does not load."""
 

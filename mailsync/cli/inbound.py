@@ -134,12 +134,11 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
 
     Exit 0 when every poll worked, 1 when one failed (its reason is printed).
     """
-    from dataclasses import replace
-
     from mailsync.activities.hook import ActivityHook
     from mailsync.inbound.poller import poll_all_once
     from mailsync.telemetry import logs
     from mailsync.telemetry.metrics import Metrics
+    from mailsync.values import replace
 
     config = load_config_or_exit(config_path)  # polls (and writes) by the file itself
     _check_server(config, server)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mailsync.config.problems import Path, Severity
 from mailsync.config.secrets import Secret
 from mailsync.config.units import parse_duration
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the whole configuration, whose tree holds an Admin (config/tree.py)
     from mailsync.config.tree import Config
@@ -29,7 +29,7 @@ Finding = tuple[Severity, Path, str]
 SESSION_LIFETIME = timedelta(hours=8)
 
 
-@dataclass(frozen=True)
+@valueclass
 class AdminUser:
     """One person who may log in to the console; ``password_hash`` is a reference to
     the argon2id hash (never the password), resolved at each login."""
@@ -39,7 +39,7 @@ class AdminUser:
     role: Role = "viewer"
 
 
-@dataclass(frozen=True)
+@valueclass
 class Admin:
     """The ``admin`` section: users, how far the console may be reached, sessions."""
 

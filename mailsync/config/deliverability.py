@@ -13,7 +13,6 @@ import os
 import stat
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +20,7 @@ from mailsync.config.admin import loopback
 from mailsync.config.problems import Path, Severity
 from mailsync.config.secrets import Secret
 from mailsync.config.units import parse_duration
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the whole configuration, whose tree holds these (config/tree.py)
     from mailsync.config.tree import Config
@@ -30,7 +30,7 @@ Event = Literal["sent", "deferred", "failed", "bounced", "suppressed"]
 EVENTS: tuple[Event, ...] = ("sent", "deferred", "failed", "bounced", "suppressed")
 
 
-@dataclass(frozen=True)
+@valueclass
 class DkimKey:
     """One ``dkim`` entry: ``selector._domainkey.domain`` publishes the public key of
     ``private_key`` (a reference, never the key); ``sign`` false: published only."""
@@ -46,7 +46,7 @@ class DkimKey:
         return f"{self.selector}._domainkey.{self.domain}"
 
 
-@dataclass(frozen=True)
+@valueclass
 class WebhookRetry:
     """Backoff of a webhook's undelivered events: ``first`` after the first failure,
     doubling up to ``max``; events are kept until delivered."""
@@ -55,7 +55,7 @@ class WebhookRetry:
     max: timedelta = timedelta(minutes=10)
 
 
-@dataclass(frozen=True)
+@valueclass
 class Webhook:
     """One ``webhooks`` entry: where events are posted, which, and the signing secret."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
 from typing import Literal
 
 from mailsync.config.secrets import Secret
 from mailsync.errors import MailsyncError, SecretError
+from mailsync.values import field, valueclass
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 MIN_RSA_BITS = 2048
@@ -24,7 +24,7 @@ class KeyError_(MailsyncError):  # noqa: N801 - KeyError is the builtin
     """A DKIM key that cannot be read or used."""
 
 
-@dataclass(frozen=True)
+@valueclass
 class PrivateKey:
     """A usable key: ``signing`` is what dkimpy signs with (PKCS#1 PEM for RSA, the
     base64 seed for Ed25519), ``public`` the base64 of the DNS record's ``p=``."""

@@ -7,15 +7,15 @@ imports no YAML parser.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
 from mailsync.config.problems import Path, Problem
 from mailsync.errors import ConfigError
+from mailsync.values import field, valueclass
 
 
-@dataclass
+@valueclass(frozen=False)
 class Marks:
     """1-based (line, column) of values and of mapping keys, by path."""
 
@@ -35,7 +35,7 @@ class Marks:
         return self.value(path)
 
 
-@dataclass
+@valueclass(frozen=False)
 class Document:
     """A parsed YAML file: its data, positions, and the problems met while reading it.
 

@@ -7,7 +7,6 @@ on its line, and the model when there were no errors.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailsync.config import checks, parsed, verdicts
@@ -16,9 +15,10 @@ from mailsync.config.document import read_text as read_text  # moved there: read
 from mailsync.config.model import Config, build
 from mailsync.config.problems import Problem, format_path
 from mailsync.errors import ConfigInvalid
+from mailsync.values import field, valueclass
 
 
-@dataclass(frozen=True)
+@valueclass
 class Loaded:
     """The outcome of reading one file: its model (None when it has errors) and problems."""
 

@@ -1,8 +1,9 @@
 """The configuration model built from validated data: :func:`build` and its per-section
 builders (the daemon, each server, account and activity type).
 
-The types it builds, frozen dataclasses, are :mod:`mailsync.config.tree`'s, re-exported
-here: ``from mailsync.config.model import Config`` is what the parts import.
+The types it builds, frozen value classes (:mod:`mailsync.values`), are
+:mod:`mailsync.config.tree`'s, re-exported here: ``from mailsync.config.model import
+Config`` is what the parts import.
 """
 
 from __future__ import annotations

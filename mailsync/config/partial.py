@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mailsync.config.problems import Path
+from mailsync.values import field, valueclass
 
 LISTS = ("users", "outgoing_servers", "incoming_servers", "accounts", "activity_types")
 ROUNDS = 4
@@ -23,7 +23,7 @@ ROUNDS = 4
 SchemaError = tuple[Path, str, tuple[str, ...]]
 
 
-@dataclass
+@valueclass(frozen=False)
 class Part:
     """The fitting part of a file: its data, where each list entry came from, and the
     names of the entries taken out (still declared for the references' sake)."""

@@ -8,9 +8,7 @@ are only ever shown as ``(changed)``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ from typing import Any, Literal
 from mailsync.config.model import Config
 from mailsync.config.secrets import Secret
 from mailsync.config.units import format_duration
+from mailsync.values import fields, is_value, valueclass
 
 SECTIONS = ("daemon", "alias_domain", "users", "outgoing_servers", "incoming_servers",
             "accounts", "activity_types")
@@ -30,7 +29,7 @@ Attrs = dict[str, Any]
 Flat = dict[tuple[str, str], Attrs]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Change:
     """One attribute of an object that differs: ``old`` → ``new`` (None when absent)."""
 
@@ -59,7 +58,7 @@ class Change:
         return {"attr": self.attr, "old": _json(self.old), "new": _json(self.new)}
 
 
-@dataclass(frozen=True)
+@valueclass
 class Action:
     """An object added (``+``), changed (``~``) or removed (``-``)."""
 
@@ -85,7 +84,7 @@ class Action:
         return out
 
 
-@dataclass(frozen=True)
+@valueclass
 class Plan:
     """The actions that turn one configuration into another, in file order."""
 
@@ -151,14 +150,14 @@ def _scalar(value: Any) -> Any:
 
 def _attrs(obj: Any, prefix: str = "") -> Attrs:
     out: Attrs = {}
-    for f in dataclasses.fields(obj):
+    for f in fields(obj):
         if f.name == "name" or not f.compare:
             continue
         value = getattr(obj, f.name)
         if value is None:
             continue  # absent and None are the same: nothing set
         key = prefix + f.name
-        if dataclasses.is_dataclass(value) and not isinstance(value, (type, Secret)):
+        if is_value(value) and not isinstance(value, (type, Secret)):
             out.update(_attrs(value, key + "."))
         else:
             out[key] = _scalar(value)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from mailsync.values import valueclass
 
 Severity = Literal["error", "warning"]
 Path = tuple[str | int, ...]
@@ -20,7 +21,7 @@ def format_path(path: Path) -> str:
     return out or "(root)"
 
 
-@dataclass(frozen=True, order=True)
+@valueclass(order=True)
 class Problem:
     """One error or warning, located at a line and column (1-based) of a file."""
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from mailsync.errors import SecretError
+from mailsync.values import field, valueclass
 
 SecretKind = Literal["env", "file", "credential", "plain"]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Secret:
     """Where a secret comes from: ``{env: NAME}``, ``{file: PATH}``, ``{credential: NAME}``,
     or (discouraged) the plain value itself."""

@@ -1,4 +1,4 @@
-"""The configuration as a tree of frozen dataclasses, the types every part reads.
+"""The configuration as a tree of frozen value classes, the types every part reads.
 
 Values here are effective: provider presets and defaults are filled in, durations are
 ``timedelta``, sizes are bytes, relative paths are resolved against the config file's
@@ -9,7 +9,6 @@ made from validated data by :func:`mailsync.config.model.build`.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -19,12 +18,13 @@ from mailsync.config.admin import Admin
 from mailsync.config.deliverability import DkimKey, Webhook
 from mailsync.config.presets import Security
 from mailsync.config.secrets import Secret
+from mailsync.values import field, valueclass
 
 IncomingType = Literal["pop", "imap", "local"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Retry:
     """Backoff of deferred messages."""
 
@@ -41,7 +41,7 @@ class RateLimit(NamedTuple):
     per: timedelta
 
 
-@dataclass(frozen=True)
+@valueclass
 class Suppression:
     """The suppression list (mailsync/outbound/suppression.py): how long a hard-bounced
     recipient stays on it."""
@@ -49,7 +49,7 @@ class Suppression:
     expiry: timedelta = timedelta(days=30)
 
 
-@dataclass(frozen=True)
+@valueclass
 class Tls:
     """A server's TLS beyond ``tls_verify``: the CAs it trusts besides (or instead of) the
     system's, its client certificate, the oldest version it accepts. Server keys override
@@ -62,7 +62,7 @@ class Tls:
     min_version: TlsVersion = "TLSv1.2"
 
 
-@dataclass(frozen=True)
+@valueclass
 class StoreBackend:
     """Where the store lives (``daemon.store``): SQLite in state_dir (the default), or a
     PostgreSQL database shared by several nodes, reached through ``dsn`` (a secret
@@ -77,7 +77,7 @@ class StoreBackend:
         return "SQLite in state_dir" if self.kind == "sqlite" else "PostgreSQL"
 
 
-@dataclass(frozen=True)
+@valueclass
 class Daemon:
     """Settings of the daemon process."""
 
@@ -100,7 +100,7 @@ class Daemon:
     send_lease: timedelta = timedelta(seconds=30)  # a shared store's sending claims
 
 
-@dataclass(frozen=True)
+@valueclass
 class AliasDomain:
     """Domain for the catchall Reply-To, VERP bounces and rewritten From addresses."""
 
@@ -110,7 +110,7 @@ class AliasDomain:
     default_from: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class OutgoingServer:
     """An SMTP server (declared, or the implicit one of an account's own login)."""
 
@@ -149,7 +149,7 @@ def filter_match(entries: tuple[str, ...], address: str) -> Literal["address", "
     return None
 
 
-@dataclass(frozen=True)
+@valueclass
 class ActivityRule:
     """Schedule an activity of ``type`` for ``user`` for each new message."""
 
@@ -157,7 +157,7 @@ class ActivityRule:
     user: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class IncomingServer:
     """A mailbox polled for new messages."""
 
@@ -182,7 +182,7 @@ class IncomingServer:
     max_message_size: int = 25 << 20  # larger messages are skipped, never fetched
 
 
-@dataclass(frozen=True)
+@valueclass
 class Account:
     """A sending account: an address, a sender name, how it sends, and who may use it."""
 
@@ -197,7 +197,7 @@ class Account:
     rate_limits: tuple[RateLimit, ...] = ()
 
 
-@dataclass(frozen=True)
+@valueclass
 class Delay:
     """Deadline rule: base (previous deadline or completion date) + count units."""
 
@@ -206,7 +206,7 @@ class Delay:
     base: Literal["previous_deadline", "completion_date"] = "previous_deadline"
 
 
-@dataclass(frozen=True)
+@valueclass
 class ActivityType:
     """A kind of activity (reply, call, meeting...)."""
 
@@ -227,7 +227,7 @@ class ActivityType:
 UnixUser = str | int  # a Unix user name, or a numeric uid
 
 
-@dataclass(frozen=True)
+@valueclass
 class Binding:
     """A user bound to the Unix accounts allowed to submit as it (``users[].unix_users``).
 
@@ -239,7 +239,7 @@ class Binding:
     unix_users: tuple[UnixUser, ...]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Config:
     """A whole configuration file."""
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mailsync.daemon.runtime import Runtime
 from mailsync.inbound.poller import PollResult, poll_all_once
 from mailsync.outbound import spool
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:
     from mailsync.outbound.deliver import DeliverStats
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 RECORD_PATIENCE = 30.0
 
 
-@dataclass
+@valueclass(frozen=False)
 class PassResult:
     """What the pass did: the spool taken, the messages sent, each mailbox's poll.
 

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailsync.config.load import Loaded, load_text, read_text
@@ -31,6 +30,7 @@ from mailsync.errors import ConfigError
 from mailsync.telemetry import logs
 from mailsync.telemetry.exporter import parse_listen, start_exporter
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import field, valueclass
 
 log = logging.getLogger("mailsync.daemon")
 
@@ -41,7 +41,7 @@ class Part(Protocol):
     def reconfigure(self, config: Config) -> None: ...
 
 
-@dataclass
+@valueclass(frozen=False)
 class ReloadOutcome:
     """What a reload did: ``applied``, ``unchanged`` or ``refused``."""
 
@@ -74,7 +74,7 @@ def daemon_changes(plan: Plan) -> set[str]:
     return {c.attr for a in plan.actions if a.section == "daemon" for c in a.changes}
 
 
-@dataclass
+@valueclass(frozen=False)
 class Parts:
     """The live parts a reload reconfigures; see :func:`parts_for` for which and when."""
 

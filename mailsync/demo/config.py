@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -12,6 +11,7 @@ import yaml
 from mailsync.config.checks import LOGIN_KEYS as _LOGIN_KEYS
 from mailsync.config.tls import KEYS as _TLS_KEYS
 from mailsync.demo.sink import HOST
+from mailsync.values import valueclass
 
 SINK_SERVER = "demo-sink"
 INBOX_SERVER = "catchall"
@@ -61,7 +61,7 @@ def render(cfg: dict[str, Any]) -> str:
     return header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
 
 
-@dataclass(frozen=True)
+@valueclass
 class Example:
     """A message the demo spools (through ``mailsync.outbound.spool.drop``)."""
 

@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailsync.demo.controller import FreePortController
 from mailsync.demo.dsn import build_dsn, lf
+from mailsync.values import valueclass
 
 HOST = "127.0.0.1"
 SINK_HOSTNAME = "sink.demo.invalid"
@@ -75,7 +75,7 @@ def maildir_deliver(maildir: Path, data: bytes) -> Path:
 
 # -- the SMTP sink ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@valueclass
 class Delivery:
     """One file the sink wrote: ``kind`` is delivered, local or bounce (a DSN)."""
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
 from email.parser import HeaderParser
@@ -43,6 +42,7 @@ from mailsync.inbound.message import Headers, first, parse_headers, text
 from mailsync.outbound import suppression
 from mailsync.outbound.verp import VerpAddress, VerpKey, read_verp
 from mailsync.outbound.webhooks import enqueue
+from mailsync.values import valueclass
 
 _ADDRESSED = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
 _SMTP_CODE = re.compile(r"^\s*smtp\s*;\s*([245][0-9][0-9])\b", re.IGNORECASE)
@@ -59,7 +59,7 @@ _FAILURE_SUBJECT = re.compile(
     r"|could not deliver|mail could not be delivered)", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@valueclass
 class FailedRecipient:
     """One recipient a DSN reports as failed: address, Status and Diagnostic-Code."""
 
@@ -80,7 +80,7 @@ class FailedRecipient:
         return " ".join(p for p in (self.status, self.diagnostic) if p) or "bounced"
 
 
-@dataclass(frozen=True)
+@valueclass
 class Bounce:
     """What a bounce says: which sent message (by any of three keys), which recipients."""
 
@@ -92,7 +92,7 @@ class Bounce:
     subject: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Verdict:
     """What a fetched message is: a ``bounce``, or (``refused``) why a message naming one
     of our VERP addresses is not taken as one, and the message id it named (``claimed``).
@@ -295,7 +295,7 @@ def _auto_reply(fields: Headers) -> bool:
 
 # -- the history ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@valueclass
 class BounceOutcome:
     """What recording a bounce did: the message, its account, the recipients marked."""
 

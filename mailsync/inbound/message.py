@@ -9,16 +9,17 @@ as much and is the largest part of a poll's CPU time. Values are decoded as UTF-
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
+
+from mailsync.values import valueclass
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _LINES = re.compile(r"\r?\n")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Summary:
     """What the store indexes of a message: Message-ID, From, To, Subject, Date, size."""
 

@@ -28,7 +28,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mailsync.auth.tokens import TokenCache
@@ -42,6 +41,7 @@ from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Batch, Incoming, Skipped, Source, describe
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:
     import ssl
@@ -95,7 +95,7 @@ def unique_messages(server: str, messages: Sequence[Incoming]) -> list[Incoming]
     return out
 
 
-@dataclass
+@valueclass(frozen=False)
 class PollResult:
     """What one poll of one server did: messages stored (``fetched``), skipped as already
     stored after a UIDVALIDITY change (``recognised``), messages skipped (over

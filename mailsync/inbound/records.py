@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailsync.config.units import iso
 from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store, where
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
     from mailsync.inbound.message import Summary
@@ -165,7 +165,7 @@ def mark_bounce_of(conn: sqlite3.Connection, fetched_id: int, message: int) -> N
     conn.execute("UPDATE fetched SET bounce_of = ? WHERE id = ?", (message, fetched_id))
 
 
-@dataclass(frozen=True)
+@valueclass
 class InboxFilters:
     """Listing filters of ``mailsync inbox``; None means any."""
 

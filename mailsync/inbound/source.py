@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from mailsync.config.model import IncomingServer
+from mailsync.values import valueclass
 
 BATCH = 500  # messages fetched per round trip and committed per transaction, at most...
 BATCH_BYTES = 32 << 20  # ...and at most this many bytes (one message larger than it alone)
 K = TypeVar("K")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Incoming:
     """One new message: the key that names it at its source, and its raw bytes."""
 
@@ -35,7 +35,7 @@ class Incoming:
     raw: bytes
 
 
-@dataclass(frozen=True)
+@valueclass
 class Skipped:
     """A message not fetched: its key at the source, why, and the size that decided it.
 
@@ -49,7 +49,7 @@ class Skipped:
     size: int
 
 
-@dataclass(frozen=True)
+@valueclass
 class Cursor:
     """Where an IMAP folder was left: its UIDVALIDITY and the highest UID stored.
 
@@ -66,7 +66,7 @@ class Cursor:
     recognise_below: int = 0
 
 
-@dataclass(frozen=True)
+@valueclass
 class Batch:
     """New messages to store in one transaction, and what to acknowledge after it.
 

@@ -7,12 +7,11 @@ the message's status, recorded as an event of its history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mailsync.outbound.queue import OutboundStore
+from mailsync.values import valueclass
 
 
-@dataclass(frozen=True)
+@valueclass
 class Action:
     """What an action does: the new status, the statuses it applies to, what it says."""
 

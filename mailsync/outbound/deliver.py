@@ -22,7 +22,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from mailsync.auth.tokens import TokenCache
 from mailsync.config.model import Account, Config, OutgoingServer
@@ -37,6 +36,7 @@ from mailsync.outbound.ratelimit import Gate, Route
 from mailsync.outbound.smtp import SmtpSession, open_session
 from mailsync.outbound.verp import VerpKey, verp_sender
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import field, valueclass
 
 log = logging.getLogger("mailsync.deliver")
 
@@ -45,7 +45,7 @@ CLAIM_BATCH = 200
 CHUNK = 16
 
 
-@dataclass
+@valueclass(frozen=False)
 class DeliverStats:
     """What one pass did, by final status of each try."""
 
@@ -60,7 +60,7 @@ def default_factory(server: OutgoingServer, password: str | None) -> SmtpSession
     return open_session(server, password)
 
 
-@dataclass(frozen=True)
+@valueclass
 class _View:
     """The configuration a message is sent under, swapped as one object on reload."""
     config: Config

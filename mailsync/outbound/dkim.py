@@ -27,12 +27,12 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mailsync.config.deliverability import DkimKey
 from mailsync.config.dkimkeys import KeyError_, PrivateKey, read_key
 from mailsync.errors import MailsyncError
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.dkim")
 
@@ -41,7 +41,7 @@ class DkimError(MailsyncError):
     """A DKIM key could not be loaded, or a message could not be signed."""
 
 
-@dataclass(frozen=True)
+@valueclass
 class _Signing:
     domain: bytes
     selector: bytes

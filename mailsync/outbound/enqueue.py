@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from mailsync.outbound.events import event
 from mailsync.store import Store
+from mailsync.values import field, valueclass
 
 if TYPE_CHECKING:
     from mailsync.store.pgconn import PgConnection
 
 
-@dataclass(frozen=True)
+@valueclass
 class FileId:
     """Which file a spool entry was: inode and ctime of the descriptor that was read.
 
@@ -31,7 +31,7 @@ class FileId:
     ctime_ns: int
 
 
-@dataclass(frozen=True)
+@valueclass
 class NewMessage:
     """A message taken from the spool, composed and ready to queue."""
 
@@ -48,7 +48,7 @@ class NewMessage:
     file: FileId | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class RejectedMessage:
     """A spool file refused at ingestion: recorded in the history with its reason."""
 
@@ -62,7 +62,7 @@ class RejectedMessage:
     subject: str | None = None
     file: FileId | None = None
 
-@dataclass
+@valueclass(frozen=False)
 class IngestResult:
     """What one ingest call did, by spool file name."""
 

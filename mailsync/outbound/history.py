@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mailsync.config.units import iso, short_time
 from mailsync.outbound.queue import OutboundStore
 from mailsync.printable import one_line, printable
 from mailsync.store import where
+from mailsync.values import valueclass
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
                 "attempts", "error")
@@ -25,7 +25,7 @@ SHRINK = ("account", "to", "subject", "error")
 PROBLEMS = ("bounced", "failed")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Filters:
     """Listing filters; None means any. ``search`` matches a recipient's address (the
     whole address, any case), a Message-ID (with or without its ``<>``) or a part of the

@@ -21,7 +21,6 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,13 +33,14 @@ from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedM
 from mailsync.outbound.types import Rejection
 from mailsync.outbound.verp import VerpKey
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.ingest")
 
 BATCH = 256
 
 
-@dataclass
+@valueclass(frozen=False)
 class IngestStats:
     """What one pass did."""
 
@@ -154,7 +154,7 @@ def _unreadable(path: Path) -> Prepared | None:
         file=FileId(st.st_ino, st.st_ctime_ns)), rejection)
 
 
-@dataclass(frozen=True)
+@valueclass
 class Prepared:
     """One spool file read, parsed, routed and composed: what the store will take."""
 
@@ -163,7 +163,7 @@ class Prepared:
     rejection: Rejection | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Batch:
     """Prepared files committed together, with the time they were taken."""
 

@@ -14,7 +14,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from mailsync.config.model import Account, Config, OutgoingServer, Retry
@@ -23,6 +22,7 @@ from mailsync.outbound import retry
 from mailsync.outbound.queue import OutboundStore, Outgoing
 from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import replace
 
 log = logging.getLogger("mailsync.deliver")
 

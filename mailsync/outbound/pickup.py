@@ -19,7 +19,6 @@ import multiprocessing
 import signal
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -30,6 +29,7 @@ from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import asdict
 
 _PR_SET_PDEATHSIG = 1
 

@@ -28,12 +28,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from mailsync.config.model import OutgoingServer
 from mailsync.errors import ConnectError
 from mailsync.outbound.smtp import SmtpSession
 from mailsync.outbound.smtpwire import describe
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.deliver")
 
@@ -42,7 +42,7 @@ PROBE_MAX = 60.0     # the probe delay doubles up to this
 FEEDBACK_PERIOD = 10.0  # concurrency rises by one at most this often
 
 
-@dataclass
+@valueclass(frozen=False)
 class _Down:
     """Why and since when the server is down, and when it is probed next."""
 

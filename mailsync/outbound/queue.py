@@ -13,7 +13,6 @@ import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mailsync.config.deliverability import Webhook
@@ -31,6 +30,7 @@ from mailsync.outbound.lease import SendLease
 from mailsync.outbound.types import Delivery
 from mailsync.outbound.webhooks import enqueue, recipients_of
 from mailsync.store import Store
+from mailsync.values import valueclass
 
 __all__ = ["IN_QUEUE", "PENDING", "STATUSES", "FileId", "GroupCommit", "IngestResult",
            "NewMessage", "OutboundStore", "Outgoing", "RejectedMessage"]
@@ -47,7 +47,7 @@ PENDING = ("queued", "deferred")
 IN_QUEUE = ("queued", "sending", "deferred", "held")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Outgoing:
     """A due message as the sender needs it: content and recipients still to deliver."""
 

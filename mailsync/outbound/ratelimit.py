@@ -27,7 +27,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from mailsync.config.model import Account, Config, OutgoingServer, RateLimit
@@ -37,6 +36,7 @@ from mailsync.outbound.events import event
 from mailsync.outbound.types import Delivery
 from mailsync.outbound.webhooks import enqueue
 from mailsync.telemetry.metrics import Metrics
+from mailsync.values import field, valueclass
 
 log = logging.getLogger("mailsync.ratelimit")
 
@@ -64,7 +64,7 @@ def earliest(times: Sequence[float], limits: Sequence[RateLimit],
     return at, binding
 
 
-@dataclass(frozen=True)
+@valueclass
 class Limiter:
     """A server's or an account's limits, under its key in the store."""
 
@@ -104,7 +104,7 @@ def account_limiter(account: Account) -> Limiter | None:
         if account.rate_limits else None
 
 
-@dataclass
+@valueclass(frozen=False)
 class Route:
     """A claimed message's reservation: the limited server it may go to (None: only
     servers without limits), and its slots (limiter key, time) to move to the send's end."""
@@ -113,7 +113,7 @@ class Route:
     slots: list[tuple[str, float]] = field(default_factory=list)
 
 
-@dataclass
+@valueclass(frozen=False)
 class _Window:
     """A limiter's send times during one claim (the store's, then this claim's)."""
 

@@ -20,13 +20,13 @@ import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsync import files
 from mailsync.outbound.types import Rejection
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:
     from mailsync.outbound.spoolparse import parse
@@ -52,7 +52,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Attachment:
     """A file attached to a message given to :func:`drop`."""
 

@@ -25,18 +25,18 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mailsync.outbound.events import event
 from mailsync.outbound.types import Delivery
+from mailsync.values import valueclass
 
 REASONS = ("bounced", "rejected", "manual")  # a DSN, a 5xx at RCPT, `suppression add`
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SOFT_CLASSES = ("5", "7")  # 5.5.x protocol, 5.7.x policy/security: not about the address
 
 
-@dataclass(frozen=True)
+@valueclass
 class Entry:
     """One address on the list, as ``mailsync suppression list`` shows it."""
 
@@ -118,7 +118,7 @@ def size(conn: sqlite3.Connection, now: float) -> int:
     return int(row[0])
 
 
-@dataclass(frozen=True)
+@valueclass
 class Suppressed:
     """What :func:`apply` did to one claimed message: the recipients it suppressed (with
     their entries' reasons), and whether none is left to send to (the message failed)."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from mailsync.values import valueclass
 
 RejectReason = Literal[
     "unparseable",        # not a valid .eml / .json, or missing required fields
@@ -20,7 +21,7 @@ RejectReason = Literal[
 ]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Rejection:
     """Why a spool file is refused: a metrics-label ``reason`` and a human ``detail``."""
 
@@ -28,7 +29,7 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True)
+@valueclass
 class Submission:
     """A parsed spool file, before routing: who sends, through which account, to whom.
 
@@ -45,7 +46,7 @@ class Submission:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Composed:
     """A message ready to queue: final bytes and what the history indexes."""
 
@@ -59,7 +60,7 @@ class Composed:
 RecipientStatus = Literal["sent", "deferred", "failed"]
 
 
-@dataclass(frozen=True)
+@valueclass
 class RecipientResult:
     """One recipient's outcome in one SMTP transaction (Postfix-style)."""
 
@@ -72,7 +73,7 @@ class RecipientResult:
     command: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class Delivery:
     """The outcome of one SMTP transaction: every recipient's reply and the server used."""
 

@@ -21,11 +21,11 @@ import logging
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailsync.config.model import Config
 from mailsync.errors import StoreError
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.verp")
 
@@ -71,7 +71,7 @@ class VerpKey:
         return hmac.compare_digest(self.sign(message_id).encode("ascii"), given)
 
 
-@dataclass(frozen=True)
+@valueclass
 class VerpAddress:
     """What a ``bounce+...@<alias domain>`` address says: the message id it names and
     whether its signature is right (``problem`` None), or why not (``unsigned``,

@@ -21,13 +21,13 @@ import json
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mailsync import __version__
 from mailsync.config.deliverability import Webhook
 from mailsync.config.units import iso
 from mailsync.errors import MailsyncError
+from mailsync.values import valueclass
 
 SIGNATURE_HEADER = "Mailsync-Signature"
 MAX_REDIRECTS = 3
@@ -65,7 +65,7 @@ def recipients_of(conn: Any, message: int) -> list[Recipient]:
     return [{"address": a, "status": s, "code": c, "reply": r} for a, s, c, r in rows]
 
 
-@dataclass(frozen=True)
+@valueclass
 class Pending:
     """An outbox row with what its body names of the message."""
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from mailsync import files
 from mailsync.errors import StoreError, StoreLost
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.store")
 
@@ -28,7 +28,7 @@ NEW_STORE_HINT = "start with --new-store to begin an empty store"
 LOST = "the history and queued mail of the old one are lost"
 
 
-@dataclass(frozen=True)
+@valueclass
 class StoreId:
     """A store's identity: its random id and when it was given."""
 

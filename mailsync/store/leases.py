@@ -37,8 +37,9 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the store package imports this module's MIGRATION (migrations.py)
     from mailsync.store import Store
@@ -75,7 +76,7 @@ _NOW = {"sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
         "postgresql": "(EXTRACT(EPOCH FROM clock_timestamp())::float8)"}
 
 
-@dataclass(frozen=True)
+@valueclass
 class Timing:
     """The timing of a lease of ``seconds`` (``daemon.mailbox_lease``): see the module doc."""
 
@@ -182,7 +183,7 @@ def release(conn: sqlite3.Connection, names: list[str], holder: str) -> None:
                      [(name, holder) for name in names])
 
 
-@dataclass(frozen=True)
+@valueclass
 class Held:
     """A lease as the database records it; ``remaining``: seconds left by its clock."""
 

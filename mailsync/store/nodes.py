@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime
 
 from mailsync.store.sqlite import AppliedConfig, Store
+from mailsync.values import valueclass
 
 
-@dataclass(frozen=True)
+@valueclass
 class Node:
     """One node's row: who it is, when it last beat, what it runs and holds."""
 

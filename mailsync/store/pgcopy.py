@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from mailsync.store import pgschema
 from mailsync.store.backend import describe, missing_driver, scrub
 from mailsync.store.migrations import MIGRATIONS
 from mailsync.store.pgsql import ID_TABLES
+from mailsync.values import valueclass
 
 # Imports inside functions: the PostgreSQL store (and so psycopg) loads only when a copy
 # runs, after the driver was found.
@@ -34,7 +34,7 @@ _SKIP = ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
 _BATCH = 1000
 
 
-@dataclass(frozen=True)
+@valueclass
 class Copied:
     """What a copy did: rows per table (the same on both sides), and the target's name."""
 

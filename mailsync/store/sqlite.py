@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +24,7 @@ from mailsync.errors import StoreUnavailable
 from mailsync.store import sqlitefile
 from mailsync.store.health import CommitHealth, classify, free_bytes
 from mailsync.store.sqlitefile import BUSY_TIMEOUT_MS
+from mailsync.values import valueclass
 
 if TYPE_CHECKING:
     from mailsync.config.tree import StoreBackend
@@ -47,7 +47,7 @@ OPENERS: dict[str, Opener] = {}
 TRUNCATE_BELOW = 1024 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@valueclass
 class AppliedConfig:
     """A configuration the daemon applied: its text, hash, origin and time."""
 

@@ -20,7 +20,6 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +33,7 @@ from mailsync.config.tree import StoreBackend
 from mailsync.errors import MailsyncError
 from mailsync.outbound.queue import OutboundStore
 from mailsync.store import Store
+from mailsync.values import valueclass
 from mailsync.web import activities, inbox, pages, passwords, queue, servers, settings
 from mailsync.web.http import (
     Request,
@@ -69,7 +69,7 @@ _MESSAGE = re.compile(r"^/messages/([0-9]{1,18})(?:/(html|raw|parts/[0-9]{1,4}|r
                       r"release|delete))?$")
 
 
-@dataclass(frozen=True)
+@valueclass
 class Visitor:
     """Who is asking: the session and the configured user it belongs to."""
 

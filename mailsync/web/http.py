@@ -11,12 +11,13 @@ runs, and only the console may frame it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
+
+from mailsync.values import field, valueclass
 
 PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                "frame-src 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -134,7 +135,7 @@ class Request:
         return origin.split("://", 1)[-1] == host
 
 
-@dataclass(frozen=True)
+@valueclass
 class Upload:
     """A file sent with a form: the name the browser gave it (as sent: checking it is
     the page's job) and its bytes."""
@@ -170,7 +171,7 @@ def parse_multipart(content_type: str, body: bytes
     return fields, uploads
 
 
-@dataclass
+@valueclass(frozen=False)
 class Response:
     """What to send: status, headers, body."""
 

@@ -7,12 +7,13 @@ shown with its undecodable bytes replaced, never an error page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 
+from mailsync.values import valueclass
 
-@dataclass(frozen=True)
+
+@valueclass
 class Attachment:
     """A part to download: its index among the message's parts, its name, type, size."""
 
@@ -22,7 +23,7 @@ class Attachment:
     size: int
 
 
-@dataclass(frozen=True)
+@valueclass
 class Parts:
     """What the page shows of one message."""
 

@@ -32,12 +32,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mailsync.config.secrets import Secret
 from mailsync.errors import ConfigError
+from mailsync.values import valueclass
 
 log = logging.getLogger("mailsync.web")
 
@@ -47,7 +47,7 @@ KEY_MODE = 0o600
 MIN_KEY = 32
 
 
-@dataclass(frozen=True)
+@valueclass
 class Session:
     """A logged-in user's session, as its cookie says."""
 

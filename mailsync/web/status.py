@@ -9,12 +9,13 @@ hold a password), times are wall-clock seconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailsync.values import field, valueclass
 
-@dataclass(frozen=True)
+
+@valueclass
 class ServerState:
     """One server as the daemon sees it. ``up`` is None when it has not been used yet
     (no message sent through it, no poll done); ``since`` is when it went down;
@@ -27,7 +28,7 @@ class ServerState:
     note: str | None = None
 
 
-@dataclass(frozen=True)
+@valueclass
 class DaemonStatus:
     """The snapshot: servers by name, the last reload's outcome (``result``, ``at``,
     ``source``, ``summary``, ``errors``, ``error_count``: what ``mailsync status`` shows;
