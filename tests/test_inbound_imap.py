@@ -13,7 +13,8 @@ from mailsync import values
 from mailsync.config.model import ActivityRule
 from mailsync.errors import ConnectError
 from mailsync.inbound.imap import ImapSource
-from mailsync.inbound.poller import make_source, poll_all_once
+from mailsync.inbound.onepass import poll_all_once
+from mailsync.inbound.poller import make_source
 from mailsync.inbound.records import uidvalidity_changes
 from tests.dovecot import (  # noqa: F401  (fixtures)
     dovecot_fixture,

@@ -135,7 +135,7 @@ def inbox_poll(config_path: Path, server: str | None) -> None:
     Exit 0 when every poll worked, 1 when one failed (its reason is printed).
     """
     from mailsync.activities.hook import ActivityHook
-    from mailsync.inbound.poller import poll_all_once
+    from mailsync.inbound.onepass import poll_all_once
     from mailsync.telemetry import logs
     from mailsync.telemetry.metrics import Metrics
     from mailsync.values import replace

@@ -21,7 +21,8 @@ import time
 from typing import TYPE_CHECKING
 
 from mailsync.daemon.runtime import Runtime
-from mailsync.inbound.poller import PollResult, poll_all_once
+from mailsync.inbound.onepass import poll_all_once
+from mailsync.inbound.poller import PollResult
 from mailsync.outbound import spool
 from mailsync.values import valueclass
 

@@ -375,24 +375,6 @@ def _seconds(value: float) -> str:
     return f"{value:.0f}s" if value >= 10 or value == int(value) else f"{value:.1f}s"
 
 
-def poll_all_once(config: Config, store: Store, metrics: Metrics, *,
-                  verp_key: VerpKey | None, on_message: OnMessage | None = None,
-                  clock: Callable[[], float] = time.time,
-                  tokens: TokenCache | None = None) -> dict[str, PollResult]:
-    """Poll each incoming server once, one after the other (for ``run --once``)."""
-    results: dict[str, PollResult] = {}
-    tokens = tokens or TokenCache(state_dir=config.daemon.state_dir,
-                                  observer=metrics.oauth2_observer)
-    for server in config.incoming_servers:
-        poller = Poller(config, server, store, metrics, verp_key=verp_key,
-                        on_message=on_message, clock=clock, tokens=tokens)
-        try:
-            results[server.name] = poller.poll_once()
-        finally:
-            poller.close()
-    return results
-
-
 __all__ = ["Lease", "LeaseLost", "OnMessage", "PollResult", "Poller", "StoreRefused",
-           "check_incoming", "describe", "make_source", "poll_all_once", "retry_delay",
+           "check_incoming", "describe", "make_source", "retry_delay",
            "unique_messages"]

@@ -31,6 +31,7 @@ from typing import Any
 import imapclient  # type: ignore[import-untyped]
 from imapclient import imap4, tls
 
+from mailsync.inbound import early
 from mailsync.netio import MIN_RATE, Deadline, reader
 
 # POP3 commands a deadline is named after; any other line (an AUTH continuation, which
@@ -83,7 +84,14 @@ class Pop3(_DeadlineFile, poplib.POP3):
     # (typeshed leaves poplib's and imaplib's private methods out: hence the ignores)
     def _create_socket(self, timeout: float) -> socket.socket:
         _connecting(self, timeout)
-        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        sock = early.take(self.host, self.port, timeout)  # connected while importing
+        if sock is not None:
+            return self._over(sock)
+        made: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        return made
+
+    def _over(self, sock: socket.socket) -> socket.socket:
+        """The protocol's socket over the TCP connection ``sock`` (TLS: wrapped)."""
         return sock
 
     def _putcmd(self, line: str) -> None:
@@ -99,6 +107,12 @@ class Pop3(_DeadlineFile, poplib.POP3):
 class Pop3SSL(Pop3, poplib.POP3_SSL):
     """poplib.POP3_SSL whose commands keep to deadlines."""
 
+    context: Any  # poplib.POP3_SSL's
+
+    def _over(self, sock: socket.socket) -> socket.socket:
+        wrapped: socket.socket = self.context.wrap_socket(sock, server_hostname=self.host)
+        return wrapped  # as POP3_SSL._create_socket
+
 
 # -- IMAP ----------------------------------------------------------------------------
 
@@ -110,8 +124,18 @@ class _ImapDeadlines(_DeadlineFile, imaplib.IMAP4):
 
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         # imapclient's classes keep their timeout as _timeout (IMAP4_TLS passes None).
-        _connecting(self, timeout if timeout is not None else getattr(self, "_timeout", None))
-        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        limit = timeout if timeout is not None else getattr(self, "_timeout", None)
+        _connecting(self, limit)
+        sock = early.take(self.host, self.port, limit)  # connected while importing
+        if sock is None:
+            sock = super()._create_socket(timeout)  # type: ignore[misc]
+        else:
+            sys.audit("imaplib.open", self, self.host, self.port)
+            sock = self._over(sock)
+        return sock
+
+    def _over(self, sock: socket.socket) -> socket.socket:
+        """The protocol's socket over the TCP connection ``sock`` (TLS: wrapped)."""
         return sock
 
     def _command(self, name: str, *args: Any) -> bytes:
@@ -140,6 +164,10 @@ class _Imap(_ImapDeadlines, imap4.IMAP4WithTimeout):  # type: ignore[misc]
 
 class _ImapTLS(_ImapDeadlines, tls.IMAP4_TLS):  # type: ignore[misc]
     """imapclient's implicit-TLS connection, with deadlines."""
+
+    def _over(self, sock: socket.socket) -> socket.socket:
+        wrapped: socket.socket = tls.wrap_socket(sock, self.ssl_context, self.host)  # as IMAP4_TLS
+        return wrapped
 
 
 class Client(imapclient.IMAPClient):  # type: ignore[misc]
