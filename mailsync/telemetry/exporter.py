@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -80,17 +81,25 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "mailsync"
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         if path == "/metrics":
-            self._metrics()
+            self._metrics(parse_qs(url.query).get("name[]", []))
         elif path == "/healthz":
             self._healthz()
         else:
             self._reply(404, f"not found: {path} (try /metrics or /healthz)")
 
-    def _metrics(self) -> None:
+    def _metrics(self, names: list[str]) -> None:
+        """The registry's samples; with ``?name[]=...`` (as prometheus_client's own
+        handler), only those series: a script watching one counter asks for it alone
+        instead of having every collector run (a full scrape costs ~1 ms of the daemon's
+        CPU; a filtered one skips the store's collectors)."""
+        registry: Any = self.server.registry
+        if names:
+            registry = registry.restricted_registry(names)
         try:
-            body = generate_latest(self.server.registry)
+            body = generate_latest(registry)
         except Exception as exc:  # noqa: BLE001 - a broken collector is a 500, not a crash
             log.exception("/metrics: a collector failed")
             self._reply(500, f"collecting metrics failed: {exc}")
