@@ -8,7 +8,8 @@ import some sixty of them (the config tree, the store, the pollers): ~20 ms of a
 defaults and ``dataclasses.field(default=…, default_factory=…, repr=…, compare=…,
 init=…)``, ``__post_init__``, frozen instances raising ``FrozenInstanceError``,
 equality and hashing over the compared fields, ``order``, ``__match_args__``) with
-methods shared by every class, so defining one costs microseconds. Type checkers see a
+methods shared by every class, so defining one costs microseconds; only ``__init__`` is
+compiled, for a class that makes many instances (:data:`COMPILE_AFTER`). Type checkers see a
 dataclass (``typing.dataclass_transform``). ``fields``, ``replace`` and ``asdict``
 stand in for their ``dataclasses`` namesakes, on both kinds of class.
 """
@@ -96,16 +97,67 @@ def _collect(cls: type) -> tuple[Spec, ...]:
     return tuple(specs.values())
 
 
+# A class's own __init__ is compiled (as dataclasses write it: as fast as theirs to call)
+# once it has made this many instances; until then a shared one binds the arguments. A
+# class made a few times per process (the config tree: a one-shot command makes each
+# node once) never pays the ~80 us of compiling it; one made per message soon stops
+# paying the shared one's ~1 us more per call.
+COMPILE_AFTER = 32
+
+
 def _lazy_init(cls: type) -> Callable[..., None]:
-    """An ``__init__`` that, on the class's first instance, compiles the class's own
-    (the one ``dataclasses`` would have written: as fast to call) and hands over to it.
-    One function compiled, and only for classes that are instantiated."""
+    """The shared ``__init__`` of ``cls``, which hands over to the compiled one after
+    :data:`COMPILE_AFTER` instances."""
+    made = 0
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if cls.__dict__.get("__init__") is __init__:
-            cls.__init__ = _compile_init(cls)  # type: ignore[misc]
-        cls.__dict__["__init__"](self, *args, **kwargs)
+        nonlocal made
+        made += 1
+        if made > COMPILE_AFTER:
+            if cls.__dict__.get("__init__") is __init__:
+                cls.__init__ = _compile_init(cls)  # type: ignore[misc]
+            cls.__dict__["__init__"](self, *args, **kwargs)
+            return
+        _bind(cls, self, args, kwargs)
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     return __init__
+
+
+def _bind(cls: type, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """What the compiled ``__init__`` does, for any class: the arguments bound to the
+    fields (TypeError as Python words it for a wrong call), defaults and factories for
+    the others, then ``__post_init__``."""
+    specs: tuple[Spec, ...] = cls.__value_fields__  # type: ignore[attr-defined]
+    names: tuple[str, ...] = cls.__value_init__  # type: ignore[attr-defined]
+    where = f"{cls.__qualname__}.__init__()"
+    if len(args) > len(names):
+        raise TypeError(f"{where} takes {len(names) + 1} positional arguments but "
+                        f"{len(args) + 1} were given")
+    given = dict(zip(names, args, strict=False))  # fewer arguments than fields: the rest
+    for key in kwargs:
+        if key not in names:
+            raise TypeError(f"{where} got an unexpected keyword argument {key!r}")
+        if key in given:
+            raise TypeError(f"{where} got multiple values for argument {key!r}")
+    given.update(kwargs)
+    missing = [s.name for s in specs if s.init and s.name not in given
+               and s.default is _MISSING and s.default_factory is _MISSING]
+    if missing:
+        raise TypeError(f"{where} missing {len(missing)} required argument"
+                        f"{'s' if len(missing) > 1 else ''}: "
+                        + ", ".join(repr(m) for m in missing))
+    for spec in specs:
+        if spec.init and spec.name in given:
+            item = given[spec.name]
+        elif spec.default_factory is not _MISSING:
+            item = spec.default_factory()
+        elif spec.default is not _MISSING:
+            item = spec.default
+        else:
+            continue  # init=False and no default: left unset, as dataclasses do
+        object.__setattr__(obj, spec.name, item)
+    if hasattr(cls, "__post_init__"):
+        obj.__post_init__()
 
 
 _HAS_FACTORY = object()

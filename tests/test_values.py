@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pytest
 
+from mailsync import values
 from mailsync.values import (
     FrozenInstanceError,
     asdict,
@@ -17,6 +18,17 @@ from mailsync.values import (
     replace,
     valueclass,
 )
+
+
+@pytest.fixture(autouse=True, scope="module", params=["shared __init__", "compiled __init__"])
+def init_kind(request):
+    """Every test twice: with the shared __init__ a class has for its first instances, then
+    with the compiled one (the module's classes compile at their first instance then)."""
+    before = values.COMPILE_AFTER
+    if request.param == "compiled __init__":
+        values.COMPILE_AFTER = 0
+    yield request.param
+    values.COMPILE_AFTER = before
 
 
 @valueclass
@@ -162,13 +174,25 @@ def test_match_args_asdict_pickle_and_the_stdlib_kind():
     assert [f.name for f in fields(Plain)] == ["x"]
 
 
-def test_the_compiled_init_is_the_class_own_after_the_first_instance():
+def test_a_class_made_many_times_gets_its_own_compiled_init_which_does_the_same():
     @valueclass
     class Fresh:
         a: int
         b: list[int] = field(default_factory=list)
-    lazy = Fresh.__dict__["__init__"]
-    first, second = Fresh(1), Fresh(2, [3])
-    assert Fresh.__dict__["__init__"] is not lazy  # compiled once, then called directly
-    assert (first.a, first.b, second.a, second.b) == (1, [], 2, [3])
+        c: str = "x"
+    shared = Fresh.__dict__["__init__"]
+    made = [Fresh(i) for i in range(values.COMPILE_AFTER)]
+    assert Fresh.__dict__["__init__"] is shared  # a few instances: nothing compiled
+    with pytest.raises(TypeError, match="'a'"):
+        Fresh()  # type: ignore[call-arg]
+    made += [Fresh(i, c="y") for i in range(values.COMPILE_AFTER, values.COMPILE_AFTER + 5)]
+    assert Fresh.__dict__["__init__"] is not shared  # compiled, then called directly
     assert Fresh.__init__.__qualname__.endswith("Fresh.__init__")
+    with pytest.raises(TypeError, match="'a'"):
+        Fresh()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'd'"):
+        Fresh(1, d=2)  # type: ignore[call-arg]
+    assert [m.a for m in made] == list(range(values.COMPILE_AFTER + 5))
+    assert {id(m.b) for m in made} == {id(m.b) for m in made if m.b == []} and \
+        len({id(m.b) for m in made}) == len(made)  # a new list for each, before and after
+    assert [m.c for m in made] == ["x"] * values.COMPILE_AFTER + ["y"] * 5

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import mimetypes
 import os
 import re
 import secrets
@@ -96,6 +95,8 @@ def drop_eml(spool_dir: Path, message: bytes, *, durable: bool = False) -> Path:
 
 def _attachment_doc(item: Attachment | Path) -> dict[str, str]:
     if isinstance(item, Path):
+        import mimetypes  # only for a file attached by path: not every drop's import
+
         ctype = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
         item = Attachment(item.name, ctype, item.read_bytes())
     return {"filename": item.filename, "content_type": item.content_type,
