@@ -205,6 +205,40 @@ def test_plan_from_nothing_adds_everything(example_text):
     assert plan.summary() == f"Plan: {len(addresses)} to add, 0 to change, 0 to remove."
 
 
+ADMIN = """\
+admin:
+  users:
+    - {name: ann, password_hash: {env: ANN_HASH}, role: operator}
+    - {name: bo, password_hash: {env: BO_HASH}}
+"""
+
+
+def test_the_console_and_its_users_are_planned_and_a_hash_only_as_changed():
+    old = OLD + ADMIN
+    new = OLD + ADMIN.replace("{env: BO_HASH}}", "{env: BO_HASH_2}, role: operator}") \
+        .replace("    - {name: ann, password_hash: {env: ANN_HASH}, role: operator}\n", "") \
+        + "  allow_remote: true\n  session_lifetime: 2h\n"
+    new = new.replace("  users:\n", "  users:\n    - {name: cy, password_hash: {env: CY_HASH}}\n")
+    plan = diff(model(old), model(new))
+    assert plan.render() == (
+        "~ admin\n    allow_remote: false -> true\n    session_lifetime: 8h -> 2h\n"
+        "+ admin.users.cy\n"
+        "~ admin.users.bo\n    password_hash: (changed)\n    role: viewer -> operator\n"
+        "- admin.users.ann\n\nPlan: 1 to add, 2 to change, 1 to remove.")
+    added = next(a for a in plan.as_dict()["actions"] if a["address"] == "admin.users.cy")
+    assert added["attributes"] == {"password_hash": "(secret)", "role": "viewer"}
+    assert [a.address for a in diff(model(OLD), model(old)).actions] == [
+        "admin", "admin.users.ann", "admin.users.bo"]
+    assert diff(model(old), model(OLD)).render().splitlines()[0] == "- admin"
+
+
+def test_the_suppression_expiry_is_planned():
+    plan = diff(model(OLD), model(OLD + "suppression: {expiry: 7d}\n"))
+    assert plan.render() == ("~ suppression\n    expiry: 30d -> 7d\n\n"
+                             "Plan: 0 to add, 1 to change, 0 to remove.")
+    assert diff(model(OLD), model(OLD + "suppression: {expiry: 30d}\n")).empty
+
+
 def test_singletons_are_added_and_removed_by_section_name():
     with_alias = OLD.replace("users:", "alias_domain: {domain: example.com}\nusers:")
     plan = diff(model(OLD), model(with_alias))
@@ -378,7 +412,7 @@ def test_cli_with_nothing_applied_adds_everything(runner, files, tmp_path, store
     assert {a["action"] for a in data["actions"]} == {"add"}
     assert [a["address"] for a in data["actions"]] == [
         "daemon", "users.alice", "users.bob", "users.carol", "outgoing_servers.relay",
-        "outgoing_servers.backup", "accounts.sales", "activity_types.Reply"]
+        "outgoing_servers.backup", "accounts.sales", "activity_types.Reply", "suppression"]
 
 
 def test_cli_with_an_unreadable_applied_config_plans_from_nothing(runner, files, tmp_path):
@@ -387,7 +421,7 @@ def test_cli_with_an_unreadable_applied_config_plans_from_nothing(runner, files,
     result = runner.invoke(main, ["plan", "-c", str(new)])
     assert result.exit_code == 0
     assert "the last applied config no longer loads" in result.stderr
-    assert result.stdout.endswith("Plan: 8 to add, 0 to change, 0 to remove.\n")
+    assert result.stdout.endswith("Plan: 9 to add, 0 to change, 0 to remove.\n")
 
 
 # --- properties over generated configs ---------------------------------------------------------

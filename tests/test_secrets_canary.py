@@ -255,3 +255,4 @@ def test_webhook_secrets_and_the_consoles_key_stay_out_of_validate_and_plan(
     seen = "\n".join(outputs)
     assert [s for s in NEW_SECRETS if s in seen] == []
     assert "webhooks" in seen  # the plan did show the section whose secret it hid
+    assert "session_key: (changed)" in seen and "admin.users.carol" in seen

@@ -23,7 +23,10 @@ SECTIONS = ("daemon", "alias_domain", "users", "outgoing_servers", "incoming_ser
 # Lists of named objects beside the sections, planned alike (config/deliverability.py):
 # a DKIM entry is named by its TXT record's name, a webhook by its name.
 LISTS = ("dkim", "webhooks")
-SINGLETONS = ("daemon", "alias_domain")
+# Then the admin console's settings and each of its users (config/admin.py; a user's
+# password hash is a secret: only ever "(changed)"), and the suppression list's expiry.
+LAST = ("admin", "admin.users", "suppression")
+SINGLETONS = ("daemon", "alias_domain", "admin", "suppression")
 
 Attrs = dict[str, Any]
 Flat = dict[tuple[str, str], Attrs]
@@ -148,10 +151,10 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _attrs(obj: Any, prefix: str = "") -> Attrs:
+def _attrs(obj: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> Attrs:
     out: Attrs = {}
     for f in fields(obj):
-        if f.name == "name" or not f.compare:
+        if f.name == "name" or not f.compare or f.name in skip:
             continue
         value = getattr(obj, f.name)
         if value is None:
@@ -175,12 +178,17 @@ def flatten(config: Config) -> Flat:
     for section in SECTIONS[3:] + LISTS:
         for obj in getattr(config, section):
             flat[(section, obj.name)] = _attrs(obj)
+    if config.admin is not None:
+        flat[("admin", "")] = _attrs(config.admin, skip=("users",))
+        for person in config.admin.users:
+            flat[("admin.users", person.name)] = _attrs(person)
+    flat[("suppression", "")] = _attrs(config.suppression)
     return flat
 
 
 def diff_flat(old: Mapping[tuple[str, str], Attrs], new: Mapping[tuple[str, str], Attrs]) -> Plan:
     """The plan between two flattened configs (see :func:`flatten`)."""
-    order = {s: i for i, s in enumerate(SECTIONS + LISTS)}
+    order = {s: i for i, s in enumerate(SECTIONS + LISTS + LAST)}
     actions: list[Action] = []
     keys = list(new) + [k for k in old if k not in new]
     keys.sort(key=lambda k: order.get(k[0], len(order)))  # stable: file order within a section
