@@ -31,6 +31,8 @@ from mailsync.activities.store import ActivityCollector
 from mailsync.cli import main
 from mailsync.config.load import load_file
 from mailsync.daemon.collectors import QueueCollector, StoreCollector
+from mailsync.daemon.deliverability import DeliverabilityCollector
+from mailsync.daemon.webhooks import WebhookCollector
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.store import Store
@@ -198,6 +200,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         metrics.registry.register(QueueCollector(lambda: OutboundStore(store)))
         metrics.registry.register(ActivityCollector(lambda: store, loaded.config))
         metrics.registry.register(StoreCollector(lambda: store.health))
+        metrics.registry.register(DeliverabilityCollector(lambda: store,
+                                                          lambda: loaded.config))
+        metrics.registry.register(WebhookCollector(lambda: None))
         with (start_exporter("127.0.0.1:0", metrics.registry, lambda: (True, "ok")) as exp,
               OPENER.open(f"{exp.url}/metrics", timeout=10) as response):
             assert response.status == 200
@@ -343,7 +348,10 @@ def test_dashboard_model():
                    "mailsync_mailbox_messages_fetched_total",
                    "mailsync_config_last_reload_successful", "mailsync_config_hash",
                    "mailsync_activities_open", "mailsync_activities_overdue",
-                   "mailsync_build_info"):
+                   "mailsync_build_info", "mailsync_rate_limit_waiting",
+                   "mailsync_suppression_list_size", "mailsync_suppressed_total",
+                   "mailsync_webhook_outbox_oldest_age_seconds",
+                   "mailsync_webhook_failed_attempts_total"):
         assert series in every, f"no panel shows {series}"
     assert "histogram_quantile(" in every
 
@@ -461,7 +469,34 @@ activity_types:
 """
 
 
-def e2e_config(tmp_path: Path, smtp_port: int, metrics_port: int) -> Path:
+# Limits no burst here reaches, and a webhook: the deliverability panels have series.
+LIMITS = "    rate_limits: [{messages: 100000, per: 1m}]\n"
+
+
+def hook_receiver() -> tuple[int, Callable[[], int]]:
+    """An HTTP server on 127.0.0.1 that takes every POST (204): its port, and a function
+    giving how many it took; it serves until the test process ends."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    taken = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            taken[0] += 1
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], lambda: taken[0]
+
+
+def e2e_config(tmp_path: Path, smtp_port: int, metrics_port: int, hook_port: int) -> Path:
     maildir = tmp_path / "drop"
     for sub in ("tmp", "new", "cur"):
         (maildir / sub).mkdir(parents=True)
@@ -472,11 +507,13 @@ def e2e_config(tmp_path: Path, smtp_port: int, metrics_port: int) -> Path:
             f"  metrics_listen: 127.0.0.1:{metrics_port}\n"
             f"alias_domain: {{domain: example.com, bounce: bounce, catchall: catchall}}\n"
             f"users: [alice, bob]\n"
-            f"outgoing_servers:\n{server_yaml('main', smtp_port)}"
+            f"outgoing_servers:\n{server_yaml('main', smtp_port, extra=LIMITS)}"
             f"incoming_servers:\n  - name: drop-folder\n    type: local\n    path: ./drop\n"
             f"    poll_interval: 1s\n    activity: {{type: Reply, user: alice}}\n"
             f"accounts:\n  - name: sales\n    email: sales@example.com\n    server: main\n"
-            f"    granted_to: [alice]\n{TYPES}")
+            f"    granted_to: [alice]\n{LIMITS}{TYPES}"
+            f"webhooks:\n  - name: crm\n    url: http://127.0.0.1:{hook_port}/hooks\n"
+            f"    secret: a-test-secret\n")
     path = tmp_path / "config.yaml"
     path.write_text(text)
     ensure_dirs(tmp_path / "spool")
@@ -489,7 +526,8 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
     need(shutil.which("prometheus") is not None, "prometheus (apt-get install prometheus)")
     srv = smtp_server()
     metrics_port, prom_port = free_port(), free_port()
-    cfg = e2e_config(tmp_path, srv.port, metrics_port)
+    hook_port, hooked = hook_receiver()
+    cfg = e2e_config(tmp_path, srv.port, metrics_port, hook_port)
     daemon = Process("mailsync run", daemon_command(cfg), tmp_path / "daemon.log", tmp_path)
     processes.append(daemon)
     metrics_url = f"http://127.0.0.1:{metrics_port}"
@@ -548,6 +586,12 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
                5, both_alive)
 
     assert value('mailsync_server_up{server="main", direction="outgoing"}') == 1
+    # Every message's "sent" event reached the webhook; nothing waits for a rate limit.
+    wait_until("the webhook's sent events", lambda: hooked() == MESSAGES, 10, both_alive)
+    wait_until("an empty webhook outbox",
+               lambda: value('mailsync_webhook_outbox_events{webhook="crm"}') == 0, 10,
+               both_alive)
+    assert value('sum(mailsync_rate_limit_waiting{server="main"})') == 0
     assert value("mailsync_config_last_reload_successful") == 1
     sha = hashlib.sha256(cfg.read_bytes()).hexdigest()
     assert value("mailsync_config_hash") == int(sha[:13], 16)
