@@ -351,7 +351,7 @@ def test_dashboard_model():
                    "mailsync_build_info", "mailsync_rate_limit_waiting",
                    "mailsync_suppression_list_size", "mailsync_suppressed_total",
                    "mailsync_webhook_outbox_oldest_age_seconds",
-                   "mailsync_webhook_failed_attempts_total"):
+                   "mailsync_webhook_failed_attempts_total", "mailsync_mailbox_lease_held"):
         assert series in every, f"no panel shows {series}"
     assert "histogram_quantile(" in every
 
