@@ -146,6 +146,10 @@ def _bind(cls: type, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         raise TypeError(f"{where} missing {len(missing)} required argument"
                         f"{'s' if len(missing) > 1 else ''}: "
                         + ", ".join(repr(m) for m in missing))
+    # As the compiled one: a frozen class's fields set past its __setattr__, another's
+    # through it.
+    assign = object.__setattr__ if getattr(cls, "__value_frozen__", None) is not None \
+        else setattr
     for spec in specs:
         if spec.init and spec.name in given:
             item = given[spec.name]
@@ -155,7 +159,7 @@ def _bind(cls: type, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             item = spec.default
         else:
             continue  # init=False and no default: left unset, as dataclasses do
-        object.__setattr__(obj, spec.name, item)
+        assign(obj, spec.name, item)
     if hasattr(cls, "__post_init__"):
         obj.__post_init__()
 

@@ -131,3 +131,15 @@ def test_a_one_shot_poll_of_a_server_that_is_down_says_so_as_before(rig, mailbox
     result = poll_all_once(config, r.store, r.metrics, verp_key=r.verp_key)["box"]
     assert (result.ok, result.kind) == (False, "refused")
     assert result.error == before.error and "refused" in result.error
+
+
+def test_an_early_connection_left_too_long_is_not_used(monkeypatch):
+    with _listener() as listener:
+        port = listener.getsockname()[1]
+        assert early.connect_early("127.0.0.1", port)
+        peer, _ = listener.accept()
+        with peer:
+            monkeypatch.setattr(early, "MAX_AGE", 0.0)
+            assert early.take("127.0.0.1", port, 5.0) is None  # the adapter connects afresh
+            peer.settimeout(5)
+            assert peer.recv(10) == b""  # and the stale one was closed

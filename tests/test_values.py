@@ -196,3 +196,17 @@ def test_a_class_made_many_times_gets_its_own_compiled_init_which_does_the_same(
     assert {id(m.b) for m in made} == {id(m.b) for m in made if m.b == []} and \
         len({id(m.b) for m in made}) == len(made)  # a new list for each, before and after
     assert [m.c for m in made] == ["x"] * values.COMPILE_AFTER + ["y"] * 5
+
+
+def test_a_mutable_class_own_setattr_sees_the_fields_set_by_init():
+    @valueclass(frozen=False)
+    class Watched:
+        a: int
+        b: str = "x"
+
+        def __setattr__(self, name: str, value: object) -> None:
+            seen.append(name)
+            object.__setattr__(self, name, value)
+    seen: list[str] = []
+    Watched(1)
+    assert seen == ["a", "b"]  # as a dataclass's __init__ does

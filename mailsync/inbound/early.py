@@ -22,9 +22,15 @@ import os
 import select
 import socket
 import threading
+import time
+
+# An early connection not taken within this long is not used (closed; the adapter
+# connects afresh): a slow step before the login (an OAuth2 token asked of a slow
+# endpoint) must not meet a server that gave up waiting for it.
+MAX_AGE = 5.0
 
 _lock = threading.Lock()
-_waiting: dict[tuple[str, int], list[socket.socket]] = {}
+_waiting: dict[tuple[str, int], list[tuple[socket.socket, float]]] = {}
 
 
 def _host(host: str) -> str | bytes:
@@ -51,13 +57,14 @@ def connect_early(host: str, port: int) -> bool:
         sock.close()
         return False
     with _lock:
-        _waiting.setdefault((host, port), []).append(sock)
+        _waiting.setdefault((host, port), []).append((sock, time.monotonic()))
     return True
 
 
 def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
     """The connection started early to ``host``:``port``, once connected (waiting at most
-    ``timeout`` seconds), in blocking mode with ``timeout``; None when none was started.
+    ``timeout`` seconds), in blocking mode with ``timeout``; None when none was started
+    (or it was started more than :data:`MAX_AGE` seconds ago: then it is closed).
 
     Raises OSError as ``socket.create_connection`` does: ConnectionRefusedError (or the
     error the connect met), TimeoutError."""
@@ -65,7 +72,10 @@ def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
         socks = _waiting.get((host, port))
         if not socks:
             return None
-        sock = socks.pop(0)
+        sock, started = socks.pop(0)
+    if time.monotonic() - started > MAX_AGE:
+        sock.close()
+        return None
     try:
         waiter = select.poll()
         waiter.register(sock, select.POLLOUT)
@@ -84,7 +94,7 @@ def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
 def close_all() -> int:
     """Close the connections started early and not taken; how many there were."""
     with _lock:
-        socks = [s for waiting in _waiting.values() for s in waiting]
+        socks = [s for waiting in _waiting.values() for s, _ in waiting]
         _waiting.clear()
     for sock in socks:
         sock.close()
