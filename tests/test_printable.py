@@ -141,3 +141,18 @@ def test_setup_escapes_records_of_every_mailsync_logger(monkeypatch):
     lines = stream.getvalue().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == ["a\\x1b[2J\\r\\nb", "top \\x07"]
     assert all(RECORD_START.match(line) for line in lines)
+
+
+def test_text_with_nothing_to_escape_comes_back_as_it_is_without_the_patterns():
+    """The fast path (no backslash, str.isprintable) is only taken where the patterns
+    would change nothing: every character they escape is one isprintable refuses."""
+    from mailsync import printable as module
+
+    one = re.compile(module._ONE_LINE)
+    escaped = [chr(c) for c in range(0x110000) if one.fullmatch(chr(c))]
+    assert escaped and all(not ch.isprintable() for ch in escaped)
+    for text in ("plain ASCII, 42%", "Résumé — 日本語 ✓", "", "tab\there", "a\\nb",
+                 "bidi \u202e", "nl\nx", "\x7f", "surrogate \udc80"):
+        for multiline in (False, True):
+            pattern = re.compile(module._LINES if multiline else module._ONE_LINE)
+            assert printable(text, multiline=multiline) == pattern.sub(module._escape, text)
