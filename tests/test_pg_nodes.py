@@ -220,6 +220,31 @@ def test_plan_compares_with_the_config_the_live_nodes_applied(tmp_path, pg_dsn, 
     assert "max_connections" in planned.output  # against the last one applied
 
 
+def test_store_forget_node_removes_a_gone_node_and_refuses_a_live_one(tmp_path, pg_dsn,
+                                                                     monkeypatch, shared):
+    monkeypatch.setenv("MAILSYNC_DSN", pg_dsn)
+    cfg = write_config(tmp_path, server_yaml("main", 2525))
+    cfg.write_text(cfg.read_text().replace(
+        "daemon:\n", "daemon:\n  store: {postgresql: {dsn: {env: MAILSYNC_DSN}}}\n", 1))
+    a = shared("a")
+    now = time.time()
+    with a.store.transaction() as conn:
+        nodes.write(conn, nodes.Node("old-edge", "edge1", 7, now - 7200, now - 3600, 30.0,
+                                     "0.1.0", "a" * 64, 0, ("imap",)))
+        nodes.write(conn, nodes.Node("edge-2", "edge2", 8, now - 60, now - 2, 30.0,
+                                     "0.1.0", "a" * 64, 4, ()))
+    gone = run(["store", "forget-node", "old-edge", "-c", str(cfg)])
+    assert gone.exit_code == 0, gone.output
+    assert "forgot node 'old-edge' (edge1, mailsync 0.1.0; last heartbeat 1.0 h ago)" \
+        in gone.output
+    live = run(["store", "forget-node", "edge-2", "-c", str(cfg)])
+    assert live.exit_code == 1 and "node 'edge-2' is live" in live.output
+    assert "stop it first" in live.output
+    unknown = run(["store", "forget-node", "old-edge", "-c", str(cfg)])
+    assert unknown.exit_code == 1 and "no node named 'old-edge'" in unknown.output
+    assert [n.name for n in nodes.listing(a.store)] == ["edge-2"]
+
+
 def test_daemon_node_and_send_lease_in_the_config(tmp_path, monkeypatch):
     cfg = write_config(tmp_path, server_yaml("main", 2525))
     monkeypatch.setenv("MAILSYNC_NODE", "edge-7")

@@ -1,5 +1,6 @@
-"""``mailsync store check`` (SQLite's integrity_check, docs/store.md) and ``store copy`` (an
-SQLite store into PostgreSQL, docs/postgresql.md)."""
+"""``mailsync store check`` (SQLite's integrity_check, docs/store.md), ``store copy`` (an
+SQLite store into PostgreSQL) and ``store forget-node`` (a gone node's row of a shared
+store; both docs/postgresql.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from mailsync.errors import StoreError
 
 @main.group("store")
 def store_group() -> None:
-    """Look after the store: check an SQLite one, copy one into PostgreSQL."""
+    """Look after the store: check an SQLite one, copy one into PostgreSQL, forget a node
+    that is gone."""
 
 
 @store_group.command("check")
@@ -73,3 +75,39 @@ def copy_command(source: str, target: str) -> None:
     total = sum(done.tables.values())
     click.echo(f"ok: {total:,} rows in {len(done.tables)} tables copied to {done.target} "
                "and counted on both sides")
+
+
+@store_group.command("forget-node")
+@config_option
+@click.argument("name")
+def forget_node(config_path: Path, name: str) -> None:
+    """Remove the node NAME from the nodes a shared store lists (`mailsync status`), once
+    it is gone: decommissioned, or renamed by daemon.node. A node that still beats is
+    refused (exit 1): stop it first. Its claims and mailbox leases lapse as when a node
+    dies; nothing else is touched."""
+    import time
+
+    from mailsync.cli.root import open_store_or_exit
+    from mailsync.store import nodes
+
+    config = load_config_or_exit(config_path)
+    store = open_store_or_exit(config)
+    try:
+        now = time.time()
+        node = nodes.forget(store, name, now)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+    finally:
+        store.close()
+    if node is None:
+        click.echo(f"error: no node named {name!r} in the store", err=True)
+        raise Exit(1)
+    age = max(0.0, now - node.heartbeat_at)
+    if node.live(now):
+        click.echo(f"error: node {name!r} is live (its last heartbeat was {age:.0f}s ago, "
+                   f"on {node.host}): stop it first; it is gone {node.stale_after:.0f}s "
+                   "after its last heartbeat", err=True)
+        raise Exit(1)
+    click.echo(f"forgot node {name!r} ({node.host}, mailsync {node.version}; last "
+               f"heartbeat {age / 3600:.1f} h ago)")

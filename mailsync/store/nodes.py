@@ -77,6 +77,28 @@ def listing(store: Store) -> list[Node]:
                  int(r[8]), tuple(_mailboxes(r[9]))) for r in rows]
 
 
+def forget(store: Store, name: str, now: float) -> Node | None:
+    """Delete the row of the node ``name`` if it is gone (no heartbeat for longer than its
+    ``stale_after``, by ``now``): the node it was is decommissioned or renamed. Returns
+    the row deleted; None when there is no such node. A live node's row is kept and
+    returned as it is (it would be written again by its next heartbeat): the caller
+    tells a live node by :meth:`Node.live`. Its claims and mailbox leases are not
+    touched: they lapse and are taken over as when it died."""
+    with store.transaction() as conn:
+        row = conn.execute(
+            "SELECT name, host, pid, started_at, heartbeat_at, stale_after, version,"
+            " config_sha256, in_flight, mailboxes FROM nodes WHERE name = ?",
+            (name,)).fetchone()
+        if row is None:
+            return None
+        node = Node(row[0], row[1], int(row[2]), float(row[3]), float(row[4]),
+                    float(row[5]), row[6], row[7], int(row[8]), tuple(_mailboxes(row[9])))
+        if not node.live(now):
+            conn.execute("DELETE FROM nodes WHERE name = ? AND heartbeat_at = ?",
+                         (name, node.heartbeat_at))
+    return node
+
+
 def _mailboxes(text: str) -> list[str]:
     try:
         value = json.loads(text)
