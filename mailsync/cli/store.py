@@ -87,19 +87,16 @@ def forget_node(config_path: Path, name: str) -> None:
     dies; nothing else is touched."""
     import time
 
-    from mailsync.cli.root import open_store_or_exit
+    from mailsync.cli.root import closing, open_store_or_exit
     from mailsync.store import nodes
 
-    config = load_config_or_exit(config_path)
-    store = open_store_or_exit(config)
-    try:
+    with closing(open_store_or_exit(load_config_or_exit(config_path))) as store:
         now = time.time()
-        node = nodes.forget(store, name, now)
-    except StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise Exit(1) from None
-    finally:
-        store.close()
+        try:
+            node = nodes.forget(store, name, now)
+        except StoreError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise Exit(1) from None
     if node is None:
         click.echo(f"error: no node named {name!r} in the store", err=True)
         raise Exit(1)

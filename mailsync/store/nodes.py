@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime
+from typing import Any
 
 from mailsync.store.sqlite import AppliedConfig, Store
 from mailsync.values import valueclass
@@ -67,14 +68,20 @@ def write(conn: sqlite3.Connection, node: Node) -> None:
          json.dumps(sorted(node.mailboxes))))
 
 
+_SELECT = ("SELECT name, host, pid, started_at, heartbeat_at, stale_after, version,"
+           " config_sha256, in_flight, mailboxes FROM nodes")
+
+
+def _node(r: tuple[Any, ...]) -> Node:
+    return Node(r[0], r[1], int(r[2]), float(r[3]), float(r[4]), float(r[5]), r[6], r[7],
+                int(r[8]), tuple(_mailboxes(r[9])))
+
+
 def listing(store: Store) -> list[Node]:
     """Every node that ever wrote its row, by name."""
     with store.lock:
-        rows = store.conn.execute(
-            "SELECT name, host, pid, started_at, heartbeat_at, stale_after, version,"
-            " config_sha256, in_flight, mailboxes FROM nodes ORDER BY name").fetchall()
-    return [Node(r[0], r[1], int(r[2]), float(r[3]), float(r[4]), float(r[5]), r[6], r[7],
-                 int(r[8]), tuple(_mailboxes(r[9]))) for r in rows]
+        rows = store.conn.execute(_SELECT + " ORDER BY name").fetchall()
+    return [_node(r) for r in rows]
 
 
 def forget(store: Store, name: str, now: float) -> Node | None:
@@ -85,14 +92,10 @@ def forget(store: Store, name: str, now: float) -> Node | None:
     tells a live node by :meth:`Node.live`. Its claims and mailbox leases are not
     touched: they lapse and are taken over as when it died."""
     with store.transaction() as conn:
-        row = conn.execute(
-            "SELECT name, host, pid, started_at, heartbeat_at, stale_after, version,"
-            " config_sha256, in_flight, mailboxes FROM nodes WHERE name = ?",
-            (name,)).fetchone()
+        row = conn.execute(_SELECT + " WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
-        node = Node(row[0], row[1], int(row[2]), float(row[3]), float(row[4]),
-                    float(row[5]), row[6], row[7], int(row[8]), tuple(_mailboxes(row[9])))
+        node = _node(row)
         if not node.live(now):
             conn.execute("DELETE FROM nodes WHERE name = ? AND heartbeat_at = ?",
                          (name, node.heartbeat_at))
