@@ -40,6 +40,8 @@ from mailsync.telemetry.exporter import start_exporter
 from mailsync.telemetry.metrics import Metrics
 from tests.conftest import EXAMPLE, ROOT, need
 from tests.outbound_helpers import server_yaml
+from tests.test_webhooks import SECRET as WEBHOOK_SECRET
+from tests.test_webhooks import Receiver
 
 MONITORING = ROOT / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
@@ -473,29 +475,6 @@ activity_types:
 LIMITS = "    rate_limits: [{messages: 100000, per: 1m}]\n"
 
 
-def hook_receiver() -> tuple[int, Callable[[], int]]:
-    """An HTTP server on 127.0.0.1 that takes every POST (204): its port, and a function
-    giving how many it took; it serves until the test process ends."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    taken = [0]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            taken[0] += 1
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server.server_address[1], lambda: taken[0]
-
-
 def e2e_config(tmp_path: Path, smtp_port: int, metrics_port: int, hook_port: int) -> Path:
     maildir = tmp_path / "drop"
     for sub in ("tmp", "new", "cur"):
@@ -513,7 +492,7 @@ def e2e_config(tmp_path: Path, smtp_port: int, metrics_port: int, hook_port: int
             f"accounts:\n  - name: sales\n    email: sales@example.com\n    server: main\n"
             f"    granted_to: [alice]\n{LIMITS}{TYPES}"
             f"webhooks:\n  - name: crm\n    url: http://127.0.0.1:{hook_port}/hooks\n"
-            f"    secret: a-test-secret\n")
+            f"    secret: {WEBHOOK_SECRET}\n")
     path = tmp_path / "config.yaml"
     path.write_text(text)
     ensure_dirs(tmp_path / "spool")
@@ -526,7 +505,8 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
     need(shutil.which("prometheus") is not None, "prometheus (apt-get install prometheus)")
     srv = smtp_server()
     metrics_port, prom_port = free_port(), free_port()
-    hook_port, hooked = hook_receiver()
+    hook_port = free_port()
+    hook = Receiver(hook_port).start()  # verifies each request's signature
     cfg = e2e_config(tmp_path, srv.port, metrics_port, hook_port)
     daemon = Process("mailsync run", daemon_command(cfg), tmp_path / "daemon.log", tmp_path)
     processes.append(daemon)
@@ -587,7 +567,9 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
 
     assert value('mailsync_server_up{server="main", direction="outgoing"}') == 1
     # Every message's "sent" event reached the webhook; nothing waits for a rate limit.
-    wait_until("the webhook's sent events", lambda: hooked() == MESSAGES, 10, both_alive)
+    wait_until("the webhook's sent events", lambda: len(hook.ids("sent")) == MESSAGES, 10,
+               both_alive)
+    assert hook.bad == []  # every request was signed with the webhook's secret
     wait_until("an empty webhook outbox",
                lambda: value('mailsync_webhook_outbox_events{webhook="crm"}') == 0, 10,
                both_alive)
@@ -626,3 +608,4 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
 
     assert daemon.stop() == 0, daemon.output()
     assert prom.stop() == 0, prom.output()
+    hook.stop()
