@@ -14,6 +14,12 @@ The server runs with PostgreSQL's default settings (:data:`SETTINGS`, printed in
 first line): a commit waits for its WAL flush, as in production. Each run also runs the
 SQLite bench of the same size (beside it in the output), so that both figures come from
 the same minutes of a shared machine. Imported by outbound.py.
+
+Each PostgreSQL line also says where a run's time went, so that a figure comes with its
+bound: the server's WAL flushes (``pg_stat_wal``, with ``track_wal_io_timing`` on: how
+many per message, their mean time, and the share of the run one was in progress), the
+server's CPU per message (its processes' in /proc), and how busy the machine's cores
+were (/proc/stat: below 1.0, the run waited for something other than CPU).
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ def postgres() -> Iterator[tuple[str, int]]:
                 "--auth=trust", "-E", "UTF8", "--locale=C")
         options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
                    f"-c unix_socket_directories={sockets} -c max_connections=100 "
-                   "-c shared_buffers=128MB")  # fsync and full_page_writes on: durable
+                   "-c shared_buffers=128MB "  # fsync and full_page_writes on: durable
+                   "-c track_wal_io_timing=on")  # the WAL flushes' time, in pg_stat_wal
         as_user(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"),
                 "-o", options, "-w", "start")
         print(json.dumps({"postgresql": str(bindir.parent.name), "data_filesystem": fs,
@@ -120,6 +127,48 @@ def _database(base: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+_WAL = "SELECT wal_sync, wal_sync_time, wal_records, wal_bytes FROM pg_stat_wal"
+
+
+def _wal(dsn: str) -> tuple[float, ...]:
+    """The server's WAL counters now: flushes, their ms, records, bytes."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(_WAL).fetchone()
+    assert row is not None
+    return tuple(float(v) for v in row)
+
+
+def _server_cpu() -> float:
+    """CPU seconds of every PostgreSQL process so far (its backends exit with their
+    connections, so take it while they live: after the run, add the ones gone)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0]
+            # the postmaster (its path), its children (their titles: "postgres: ...")
+            if not (argv0.startswith(b"postgres:") or argv0.endswith(b"/postgres")):
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime and the waited-for children's (a backend is the postmaster's)
+        total += sum(int(v) for v in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _cores() -> tuple[int, int]:
+    """(all, idle) jiffies of the machine's cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values), values[3] + values[4]  # idle and iowait
+
+
 def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
            drop: Callable[[Path, int], None]) -> dict[str, object]:
     """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``."""
@@ -137,12 +186,17 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
         env = {**os.environ, "MAILSYNC_DSN": dsn}
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = usage.ru_utime + usage.ru_stime
+        wal, server, cores = _wal(dsn), _server_cpu(), _cores()
         start = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-m", "mailsync", "run", "--once", "-c",
                                    str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=env) for cfg in cfgs]
         outs = [p.communicate() for p in procs]
         elapsed = time.perf_counter() - start
+        cores_after = _cores()
+        server = _server_cpu() - server  # the postmaster has reaped the run's backends
+        syncs, sync_ms, records, wal_bytes = (b - a for a, b in zip(wal, _wal(dsn),
+                                                                     strict=True))
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = usage.ru_utime + usage.ru_stime - cpu
         for p, (_, err) in zip(procs, outs, strict=True):
@@ -157,7 +211,16 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
                 "sent": sent, "seconds": round(elapsed, 3),
                 "messages_per_s": round(sent / elapsed, 1),
                 # CPU of the mailsync processes (the database server's is not counted).
-                "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4), "filesystem": fs}
+                "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4),
+                "server_cpu_ms_per_message": round(server * 1000 / max(sent, 1), 4),
+                "machine_busy": round(1 - (cores_after[1] - cores[1])
+                                      / max(1, cores_after[0] - cores[0]), 3),
+                "wal_flushes_per_message": round(syncs / max(sent, 1), 3),
+                "wal_flush_ms": round(sync_ms / max(syncs, 1), 3),
+                "wal_flush_busy": round(sync_ms / 1000 / elapsed, 3),
+                "wal_records_per_message": round(records / max(sent, 1), 1),
+                "wal_kb_per_message": round(wal_bytes / 1024 / max(sent, 1), 2),
+                "filesystem": fs}
 
 
 def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, object]],
