@@ -6,7 +6,6 @@ yields ``(severity, path, message)``; the loader places them on lines.
 
 from __future__ import annotations
 
-import difflib
 import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -33,6 +32,8 @@ MIN_SEND_LEASE = 2  # seconds: daemon.send_lease
 def _declared(name: str, kind: str, names: Sequence[str]) -> str:
     if not names:
         return f"{name!r} is not a declared {kind} (none are declared)"
+    import difflib  # only for a name that is not declared: not on every load
+
     close = difflib.get_close_matches(name, list(names), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     more = f", ... ({len(names)} in all)" if len(names) > 10 else ""

@@ -9,12 +9,10 @@ scan, reject, remove.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import re
-import secrets
 import stat
 import sys
 import time
@@ -99,6 +97,8 @@ def _attachment_doc(item: Attachment | Path) -> dict[str, str]:
 
         ctype = mimetypes.guess_type(item.name)[0] or "application/octet-stream"
         item = Attachment(item.name, ctype, item.read_bytes())
+    import base64  # only for a drop with attachments: not `run --once`'s import
+
     return {"filename": item.filename, "content_type": item.content_type,
             "content_base64": base64.b64encode(item.content).decode("ascii")}
 
@@ -107,7 +107,9 @@ def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
     # Time first so that names sort oldest first; pid and randomness make them unique.
     from mailsync.outbound.spoolparse import parse  # on first use (see __getattr__)
 
-    name = f"{time.time_ns():019d}.{os.getpid()}.{secrets.token_hex(6)}{suffix}"
+    # os.urandom is what secrets.token_hex reads, without importing secrets (and random,
+    # base64, hmac with it) on every start.
+    name = f"{time.time_ns():019d}.{os.getpid()}.{os.urandom(6).hex()}{suffix}"
     checked = parse(name, data, max_size=sys.maxsize)
     if isinstance(checked, Rejection):
         raise ValueError(f"{checked.reason}: {checked.detail}")

@@ -20,7 +20,6 @@ import hmac
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 
 from mailsync.config.model import Config
@@ -197,11 +196,13 @@ def _read(path: Path) -> VerpKey:
 
 
 def _create(path: Path) -> None:
-    tmp = path.with_name(f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
+    # os.urandom: what secrets.token_bytes reads (secrets itself imports random, base64
+    # and more, on every start of a command that loads the key).
+    tmp = path.with_name(f".{KEY_NAME}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.write(fd, os.urandom(KEY_BYTES))
             os.fsync(fd)
         finally:
             os.close(fd)
