@@ -66,20 +66,27 @@ def write_atomically(path: Path, data: bytes, mode: int = FILE_MODE, *,
     content or mode."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = create_file(tmp, mode)
+    write_and_rename(create_file(tmp, mode), tmp, path, data, durable=durable)
+
+
+def write_and_rename(fd: int, tmp: Path, final: Path, data: bytes, *,
+                     durable: bool) -> None:
+    """Write ``data`` into the new file ``tmp`` (open as ``fd``, which this closes), then
+    rename it to ``final``; ``tmp`` is removed if that fails. ``durable``: the data is
+    fsynced before the rename, and ``final``'s directory after it (the rename itself)."""
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.rename(tmp, path)
+        os.rename(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if not durable:
         return
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

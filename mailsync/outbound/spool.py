@@ -114,23 +114,9 @@ def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
     if isinstance(checked, Rejection):
         raise ValueError(f"{checked.reason}: {checked.detail}")
     tmp, final = spool_dir / "tmp" / name, spool_dir / "new" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    # The application's umask decides the file's mode (the spool is its, not mailsync's).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    files.write_and_rename(fd, tmp, final, data, durable=durable)
     return final
 
 
