@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -160,6 +163,72 @@ def test_control_socket_round_trip_and_errors(tmp_path):
     assert not path.exists()
     with pytest.raises(ConnectionError, match="no such socket"):
         request(path, "reload")
+
+
+# A control server in a process of its own, which then uses up its descriptors (a lowered
+# RLIMIT_NOFILE) until told on stdin to give them back.
+_FULL_SERVER = """
+import logging, os, resource, sys
+from pathlib import Path
+from mailsync.daemon.control import ControlServer
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+server = ControlServer(Path(sys.argv[1]), lambda req: {"ok": True, "echo": req["command"]})
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+spare = []
+while True:
+    try:
+        spare.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+print("full", flush=True)
+sys.stdin.readline()
+for fd in spare:
+    os.close(fd)
+print("freed", flush=True)
+sys.stdin.readline()
+server.close()
+"""
+
+
+def test_the_control_socket_answers_again_once_descriptors_are_free(tmp_path):
+    path = tmp_path / "ctl.sock"
+    with subprocess.Popen([sys.executable, "-c", _FULL_SERVER, str(path)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin and proc.stdout and proc.stderr
+        try:
+            _ask_a_full_server(proc, path)
+        finally:
+            proc.kill()
+
+
+def _ask_a_full_server(proc: subprocess.Popen[str], path: Path) -> None:
+    assert proc.stdin and proc.stdout and proc.stderr
+    assert proc.stdout.readline() == "full\n"
+    replies: list[dict[str, object] | BaseException] = []
+
+    def ask() -> None:
+        try:
+            replies.append(request(path, "status", timeout=20))
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            replies.append(exc)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    # The server cannot accept it: no descriptor to be had. It says so, and lives on.
+    warning = proc.stderr.readline()
+    assert "mailsync-control: cannot accept a connection" in warning
+    assert "Too many open files" in warning
+    assert replies == []
+    proc.stdin.write("free\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "freed\n"
+    asking.join(20)
+    assert replies == [{"ok": True, "echo": "status"}]
+    assert request(path, "reload", timeout=5) == {"ok": True, "echo": "reload"}
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    assert proc.wait(10) == 0
 
 
 def test_reload_finds_the_state_dir_even_in_a_broken_file(tmp_path):

@@ -44,6 +44,45 @@ def locator_name(config_path: Path) -> bytes:
     return b"\0mailsync-" + digest.encode()
 
 
+class _Acceptor:
+    """A listening socket's accept loop, in a thread of its own until :meth:`close`;
+    ``serve`` gets each connection (and closes it). An accept that fails while the socket
+    is open (out of descriptors or memory for a moment: EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    is logged and tried again half a second later: the socket answers again once the
+    shortage is over, instead of its thread dying."""
+
+    def __init__(self, sock: socket.socket, name: str,
+                 serve: Callable[[socket.socket], None]) -> None:
+        self._sock = sock
+        self._name = name
+        self._serve = serve
+        sock.listen(8)
+        sock.settimeout(0.5)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._closed.is_set():
+                    return
+                log.warning("%s: cannot accept a connection (trying again in 0.5s): %s",
+                            self._name, exc)
+                self._closed.wait(0.5)
+                continue
+            self._serve(conn)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        self._thread.join(2.0)
+
+
 class Locator:
     """Answers every connection to :func:`locator_name` with ``{"socket": PATH}``.
 
@@ -54,39 +93,24 @@ class Locator:
 
     def __init__(self, config_path: Path, control: Path) -> None:
         self._answer = json.dumps({"socket": str(control.absolute())}).encode() + b"\n"
-        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._acceptor: _Acceptor | None = None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._sock.bind(locator_name(config_path))
+            sock.bind(locator_name(config_path))
         except OSError as exc:
             log.debug("no control locator for %s: %s", config_path, exc)
-            self._sock.close()
-            self._sock = None
+            sock.close()
             return
-        self._sock.listen(8)
-        self._sock.settimeout(0.5)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="mailsync-locator",
-                                        daemon=True)
-        self._thread.start()
+        self._acceptor = _Acceptor(sock, "mailsync-locator", self._answer_one)
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(1.0)
-                conn.sendall(self._answer)
+    def _answer_one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            conn.sendall(self._answer)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._closed.set()
-            self._sock.close()
-            self._thread.join(2.0)
+        if self._acceptor is not None:
+            self._acceptor.close()
 
 
 def locate(config_path: Path, timeout: float = 2.0) -> Path | None:
@@ -132,7 +156,7 @@ class ControlServer:
     def __init__(self, path: Path, handle: Handler) -> None:
         self.path = path
         self._handle = handle
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             # A socket left by a killed daemon; a live daemon holds the flock on
             # state_dir/mailsync.pid, taken first, so this never steals its socket.
@@ -140,28 +164,21 @@ class ControlServer:
                 path.unlink()
         old_umask = os.umask(0o117)
         try:
-            self._sock.bind(str(path))
+            sock.bind(str(path))
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
-        self._sock.listen(8)
-        self._sock.settimeout(0.5)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="mailsync-control",
-                                        daemon=True)
-        self._thread.start()
+        self._acceptor = _Acceptor(sock, "mailsync-control", self._start_one)
 
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._closed.is_set():
-                    return
-                raise
+    def _start_one(self, conn: socket.socket) -> None:
+        try:
             threading.Thread(target=self._one, args=(conn,), name="mailsync-control-req",
                              daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had now: this request goes unanswered
+            log.warning("control socket: cannot serve a request: %s", exc)
+            conn.close()
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
@@ -183,9 +200,7 @@ class ControlServer:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self) -> None:
-        self._closed.set()
-        self._sock.close()
-        self._thread.join(2.0)
+        self._acceptor.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
