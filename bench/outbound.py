@@ -4,9 +4,10 @@
 Drops N (default 5,000) ~2 KB messages into the spool before the clock starts, then runs
 `mailsync run --once` as a subprocess against Postfix's `smtp-sink` on 127.0.0.1 (or an
 aiosmtpd sink when smtp-sink is absent: slower than the sender, and said in the output)
-with `max_connections: 4`. Prints one JSON line per run and a summary line with medians:
-messages/s end to end (process start to exit), CPU per message (mailsync and its pickup
-child), SMTP connections opened, peak RSS.
+with `max_connections: 4` (``--connections N``: another number of sessions). Prints one
+JSON line per run and a summary line with medians: messages/s end to end (process start
+to exit), CPU per message (mailsync and its pickup child), SMTP connections opened, peak
+RSS.
 
 Each run also sends the same N messages with raw smtplib in the same round (right after
 mailsync's run, to the same sink): 4 threads, each with one persistent ``smtplib.SMTP``
@@ -314,9 +315,13 @@ def one_daemon_run(n: int, port: int) -> dict[str, object]:
 
 
 def main() -> None:
+    global CONFIG
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=4,
+                        help="the sink's max_connections (SMTP sessions; default 4, the "
+                             "issue's figures)")
     parser.add_argument("--daemon", action="store_true",
                         help="drop the burst into a running daemon instead of run --once")
     import pgbench_support  # bench/pgbench_support.py: --store postgresql, --nodes
@@ -325,6 +330,7 @@ def main() -> None:
     parser.add_argument("--dkim", choices=["rsa", "ed25519"],
                         help="alternate runs without and with DKIM signing; the cost per message")
     args = parser.parse_args()
+    CONFIG = CONFIG.replace("max_connections: 4\n", f"max_connections: {args.connections}\n")
     if args.store == "postgresql":
         return pgbench_support.main(args, one_run=one_run, config=CONFIG, drop=drop_messages,
                                     sink=sink, free_port=free_port)
