@@ -46,7 +46,7 @@ def locator_name(config_path: Path) -> bytes:
 
 class _Acceptor:
     """A listening socket's accept loop, in a thread of its own until :meth:`close`;
-    ``serve`` gets each connection (and closes it). An accept that fails while the socket
+    ``serve`` gets each connection, and is to close it. An accept that fails while the socket
     is open (out of descriptors or memory for a moment: EMFILE, ENFILE, ENOBUFS, ENOMEM)
     is logged and tried again half a second later: the socket answers again once the
     shortage is over, instead of its thread dying."""
@@ -75,7 +75,11 @@ class _Acceptor:
                             self._name, exc)
                 self._closed.wait(0.5)
                 continue
-            self._serve(conn)
+            try:
+                self._serve(conn)
+            except Exception:  # noqa: BLE001 - one connection must not end the socket
+                log.exception("%s: a connection failed", self._name)
+                conn.close()
 
     def close(self) -> None:
         self._closed.set()
