@@ -123,6 +123,18 @@ def test_ids_continue_after_explicit_ones(store, backend):
     plain = queue.ingest([_new("c.json"), RejectedMessage("d.json", "x", "bad", "no")], 2.0)
     ids = [*signed.queued.values(), *plain.queued.values(), *plain.rejected.values()]
     assert ids == [1, 2, 3, 4]
+    # Refused files between queued ones of one batch (whose rows are written at its end):
+    # every message its own id, each with its status and its event.
+    mixed = queue.ingest([RejectedMessage("e.json", "x", "bad", "no"), _new("f.json"),
+                          RejectedMessage("g.json", "y", "bad", "no"), _new("h.json")], 3.0,
+                         sign=lambda mid: f"s{mid}")
+    given = {**mixed.queued, **mixed.rejected}
+    assert sorted(given.values()) == [5, 6, 7, 8]
+    for name, mid in given.items():
+        shown = history.show(queue, mid)
+        assert shown is not None and shown["source"] == name
+        assert shown["status"] == ("rejected" if name in mixed.rejected else "queued")
+        assert [e["status"] for e in shown["events"]] == [shown["status"]]
 
 
 def test_fetch_state_and_fetched_messages_keep_their_unique_key(store):

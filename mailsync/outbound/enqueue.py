@@ -85,9 +85,11 @@ def _release(conn: sqlite3.Connection, dialect: str,
 
 
 class _Bulk:
-    """A batch's new messages on PostgreSQL, kept until the batch's end and then written
-    with one COPY per table (:meth:`mailsync.store.pgconn.PgConnection.copy_rows`): the
-    rows :meth:`SpoolIntake._insert_new` would insert one by one, the same values."""
+    """A batch's new messages, kept until the batch's end and then written table by
+    table: on PostgreSQL with one COPY each
+    (:meth:`mailsync.store.pgconn.PgConnection.copy_rows`), on SQLite with one
+    ``executemany`` each (a C loop, where a statement a row was four Python calls a
+    message); every id is given (the caller's)."""
 
     MESSAGES = ("id", "created_at", "updated_at", "status", "user", "account",
                 "from_address", "message_id", "subject", "size", "next_attempt_at", "source",
@@ -111,13 +113,21 @@ class _Bulk:
         if m.idempotency_key is not None:
             self.keys[m.idempotency_key] = (mid,)
 
-    def write(self, conn: PgConnection) -> None:
+    def write(self, conn: sqlite3.Connection, dialect: str) -> None:
         """The rows, messages first (the others refer to them)."""
-        conn.copy_rows("messages", self.MESSAGES, self.messages)
-        conn.copy_rows("contents", ("message", "raw"), self.contents)
-        conn.copy_rows("recipients", ("message", "address", "status", "updated_at"),
-                       self.recipients)
-        conn.copy_rows("events", ("message", "at", "status", "detail"), self.events)
+        tables = (("messages", self.MESSAGES, self.messages),
+                  ("contents", ("message", "raw"), self.contents),
+                  ("recipients", ("message", "address", "status", "updated_at"),
+                   self.recipients),
+                  ("events", ("message", "at", "status", "detail"), self.events))
+        for table, columns, rows in tables:
+            if not rows:
+                continue
+            if dialect == "postgresql":
+                cast("PgConnection", conn).copy_rows(table, columns, rows)
+            else:
+                conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                 f"({', '.join('?' * len(columns))})", rows)
 
 
 class SpoolIntake:
@@ -147,21 +157,24 @@ class SpoolIntake:
         transaction (as :meth:`release_claims` would, without a commit of their own).
         """
         result = IngestResult()
-        # PostgreSQL: the batch's new messages written at its end, one COPY per table
-        # (one statement instead of four a message), their ids taken first from the
-        # sequence (unique across nodes). SQLite inserts each at once, as it is cheap.
-        bulk = _Bulk() if self.store.dialect == "postgresql" else None
+        # The batch's new messages are written at its end, a statement per table (one
+        # COPY each on PostgreSQL, one executemany each on SQLite), with their ids given:
+        # on PostgreSQL taken first from the sequence (unique across nodes), on SQLite the
+        # next after the largest (this transaction is the only writer), as SQLite itself
+        # would choose them.
+        dialect = self.store.dialect
+        bulk = _Bulk()
         with self.store.transaction() as conn:
             if release:
-                _release(conn, self.store.dialect, release)
+                _release(conn, dialect, release)
             next_id = 0
             shared: list[int] = []  # PostgreSQL: ids from the sequence, unique across nodes
-            if bulk is not None:
+            if dialect == "postgresql":
                 shared = [r[0] for r in conn.execute(
                     "SELECT nextval('messages_id_seq') FROM generate_series(1, ?)",
                     (sum(isinstance(i, NewMessage) for i in items),))]
                 shared.reverse()
-            elif sign is not None:
+            else:
                 next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages"
                                        ).fetchone()[0]
             # The batch's claims in one query (a spool name is at most ~250 characters and a
@@ -179,41 +192,35 @@ class SpoolIntake:
                     result.taken[item.source] = seen[1]
                     continue
                 if isinstance(item, RejectedMessage):
-                    mid = self._insert_rejected(conn, item, now)
+                    # SQLite: its id given too, so that it takes none a queued one of this
+                    # batch has (those are inserted at the end).
+                    mid = self._insert_rejected(conn, item, now, next_id or None)
                     result.rejected[item.source] = mid
-                    next_id = max(next_id, mid + 1)
+                    next_id = max(next_id, mid + 1) if next_id else 0
                 else:
                     dup = None
                     if item.idempotency_key is not None:
-                        dup = bulk.keys.get(item.idempotency_key) if bulk is not None else None
-                        dup = dup or conn.execute(
+                        dup = bulk.keys.get(item.idempotency_key) or conn.execute(
                             "SELECT id FROM messages WHERE idempotency_key = ?",
                             (item.idempotency_key,)).fetchone()
                     if dup:
                         mid = dup[0]
                         detail = (f"spool file {item.source} has this message's idempotency"
                                   f" key {item.idempotency_key!r}: not queued again")
-                        if bulk is not None:
-                            bulk.events.append((mid, now, "duplicate", detail))
-                        else:
-                            event(conn, mid, now, "duplicate", detail)
+                        bulk.events.append((mid, now, "duplicate", detail))
                         result.duplicates[item.source] = mid
-                    elif bulk is not None:
-                        mid = shared.pop()
-                        bulk.add(item, now, mid, sign(mid) if sign is not None else None)
-                        result.queued[item.source] = mid
-                    elif sign is not None:
-                        mid, next_id = next_id, next_id + 1
-                        self._insert_new(conn, item, now, mid, sign(mid))
-                        result.queued[item.source] = mid
                     else:
-                        mid = self._insert_new(conn, item, now)
+                        if shared:
+                            mid = shared.pop()
+                        else:
+                            mid, next_id = next_id, next_id + 1
+                        bulk.add(item, now, mid, sign(mid) if sign is not None else None)
                         result.queued[item.source] = mid
                 claims.append((item.source, item.sha256,
                                item.file.inode if item.file else None,
                                item.file.ctime_ns if item.file else None, mid, now))
-            if bulk is not None:
-                bulk.write(cast("PgConnection", conn))
+            bulk.write(conn, dialect)
+            if dialect == "postgresql":
                 if claims:
                     conn.execute(
                         "INSERT OR REPLACE INTO spool_claims"
@@ -251,28 +258,13 @@ class SpoolIntake:
         return len(stale)
 
     @staticmethod
-    def _insert_new(conn: sqlite3.Connection, m: NewMessage, now: float,
-                    mid: int | None = None, verp: str | None = None) -> int:
+    def _insert_rejected(conn: sqlite3.Connection, m: RejectedMessage, now: float,
+                         mid: int | None = None) -> int:
         cur = conn.execute(
-            "INSERT INTO messages (id, created_at, updated_at, status, user, account,"
-            " from_address, message_id, subject, size, next_attempt_at, source,"
-            " idempotency_key, verp) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (mid, now, now, m.user, m.account, m.from_address, m.message_id, m.subject,
-             len(m.raw), now, m.source, m.idempotency_key, verp))
-        mid = int(cur.lastrowid or 0)
-        conn.execute("INSERT INTO contents (message, raw) VALUES (?, ?)", (mid, m.raw))
-        conn.executemany(
-            "INSERT OR IGNORE INTO recipients (message, address, status, updated_at)"
-            " VALUES (?, ?, 'queued', ?)", [(mid, r, now) for r in m.recipients])
-        event(conn, mid, now, "queued", f"from spool file {m.source}")
-        return mid
-
-    @staticmethod
-    def _insert_rejected(conn: sqlite3.Connection, m: RejectedMessage, now: float) -> int:
-        cur = conn.execute(
-            "INSERT INTO messages (created_at, updated_at, status, user, account, subject, size,"
-            " last_error, reason, source) VALUES (?, ?, 'rejected', ?, ?, ?, ?, ?, ?, ?)",
-            (now, now, m.user, m.account, m.subject, len(m.raw or b""), m.detail,
+            "INSERT INTO messages (id, created_at, updated_at, status, user, account, subject,"
+            " size, last_error, reason, source)"
+            " VALUES (?, ?, ?, 'rejected', ?, ?, ?, ?, ?, ?, ?)",
+            (mid, now, now, m.user, m.account, m.subject, len(m.raw or b""), m.detail,
              m.reason, m.source))
         mid = int(cur.lastrowid or 0)
         if m.raw is not None:
