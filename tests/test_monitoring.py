@@ -221,7 +221,9 @@ def test_the_scrape_has_every_family_the_kit_relies_on(exported):
             "mailsync_server_up", "mailsync_mailbox_last_poll_success_timestamp_seconds",
             "mailsync_activities_open", "mailsync_activities_overdue",
             "mailsync_build_info", "mailsync_config_hash", "mailsync_store_errors_total",
-            "mailsync_store_commit_failing", "mailsync_spool_duplicates_total"} <= exported
+            "mailsync_store_commit_failing", "mailsync_spool_duplicates_total",
+            "mailsync_outcome_commit_wait_seconds_bucket", "mailsync_cluster_nodes",
+            "mailsync_cluster_config_drift"} <= exported
     assert not {"mailsync_messages_sent", "mailsync_build", "mailsync_queue_messages_total",
                 "mailsync_send_duration_seconds"} & exported
 
@@ -353,7 +355,9 @@ def test_dashboard_model():
                    "mailsync_build_info", "mailsync_rate_limit_waiting",
                    "mailsync_suppression_list_size", "mailsync_suppressed_total",
                    "mailsync_webhook_outbox_oldest_age_seconds",
-                   "mailsync_webhook_failed_attempts_total", "mailsync_mailbox_lease_held"):
+                   "mailsync_webhook_failed_attempts_total", "mailsync_mailbox_lease_held",
+                   "mailsync_outcome_commit_wait_seconds_bucket", "mailsync_cluster_nodes",
+                   "mailsync_cluster_config_drift"):
         assert series in every, f"no panel shows {series}"
     assert "histogram_quantile(" in every
 
@@ -559,11 +563,14 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_answers(
                         and value('sum(mailsync_activities_open{type="Reply"})') == 1),
                10, both_alive)
     # The histogram appears with the first send: rate() needs a second scrape of it.
-    wait_until("two scrapes of the send-latency histogram",
+    wait_until("two scrapes of the send-latency and commit-wait histograms",
                lambda: (value("sum(mailsync_send_duration_seconds_count)") == MESSAGES
+                        and value("sum(mailsync_outcome_commit_wait_seconds_count)")
+                        == MESSAGES
                         and (value("min(count_over_time("
                                    "mailsync_send_duration_seconds_count[1m]))") or 0) >= 2),
                5, both_alive)
+    assert value("mailsync_cluster_nodes") == 1
 
     assert value('mailsync_server_up{server="main", direction="outgoing"}') == 1
     # Every message's "sent" event reached the webhook; nothing waits for a rate limit.

@@ -155,6 +155,10 @@ def test_a_pass_feeds_the_metrics(tmp_path, smtp_server):
     assert value("mailsync_messages_rejected_total", {"reason": "oversize"}) == 0
     assert value("mailsync_send_attempts_total", {"server": "main", "result": "sent"}) == 1
     assert value("mailsync_send_duration_seconds_count", {"server": "main"}) == 3
+    # Each of the three transactions' outcomes was waited for once, for a measured time.
+    assert value("mailsync_outcome_commit_wait_seconds_count") == 3
+    assert 0 < value("mailsync_outcome_commit_wait_seconds_sum") < 30
+    assert value("mailsync_cluster_nodes") == 1  # SQLite: this node alone
     assert value("mailsync_server_up", {"server": "main", "direction": "outgoing"}) == 1
     # Primed at 0 before anything happened to them:
     assert value("mailsync_messages_sent_total", {"account": "support", "server": "main"}) == 0

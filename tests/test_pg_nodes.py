@@ -187,10 +187,16 @@ def test_heartbeat_writes_the_row_and_the_drift_gauge(shared):
     assert listed[0].in_flight == 3 and listed[0].mailboxes == ("support-imap",)
     assert all(n.live(time.time()) for n in listed)
     assert metrics.registry.get_sample_value("mailsync_cluster_config_drift") == 0
+    assert metrics.registry.get_sample_value("mailsync_cluster_nodes") == 2
     beats[1].config_sha256 = lambda: "2" * 64
     beats[1].beat()
     assert metrics.registry.get_sample_value("mailsync_cluster_config_drift") == 1
     assert nodes.drift(listed, time.time() + 60) == 0  # dead nodes are not compared
+    # A minute on, node b has not beaten since: node a counts itself alone.
+    beats[0].clock = lambda: time.time() + 60
+    beats[0].beat()
+    assert metrics.registry.get_sample_value("mailsync_cluster_nodes") == 1
+    assert metrics.registry.get_sample_value("mailsync_cluster_config_drift") == 0
 
 
 def test_plan_compares_with_the_config_the_live_nodes_applied(tmp_path, pg_dsn, monkeypatch,

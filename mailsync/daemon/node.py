@@ -9,7 +9,8 @@ that, every quarter of ``daemon.send_lease``:
   held: :func:`mailsync.store.nodes.beat`), in one transaction;
 - gives back to the queue the claims of nodes whose lease ended (dead, or cut off from
   the database), so that the live nodes send their messages;
-- sets ``mailsync_cluster_config_drift`` from the nodes' rows.
+- sets ``mailsync_cluster_nodes`` and ``mailsync_cluster_config_drift`` from the nodes'
+  rows.
 
 The mailbox leases fill ``held_mailboxes`` (a callable listing the incoming servers this
 node polls now); it is empty until then. An SQLite store has one node and no heartbeat
@@ -72,8 +73,9 @@ class NodeHeartbeat:
 
     def beat(self) -> bool:
         """One heartbeat: renew (after a lapse: give back, then renew), write the row,
-        take back expired claims, set the drift gauge. Whether the lease holds now;
-        StoreUnavailable (or a database error) when the store cannot be reached."""
+        take back expired claims, set the node count and drift gauges. Whether the lease
+        holds now; StoreUnavailable (or a database error) when the store cannot be
+        reached."""
         store = self.outbound.store
         for _ in range(2):  # a renewal committed too late is followed by one at once
             sent_at = self.lease.started()
@@ -93,8 +95,9 @@ class NodeHeartbeat:
         for holder, count in sorted(taken.items()):
             log.warning("node %s: the sending lease of node %s ended; %d of its messages "
                         "were given back to the queue", self.name, holder, count)
-        self.metrics.cluster_config_drift.set(
-            nodes.drift(nodes.listing(store), self.clock()))
+        listed, now = nodes.listing(store), self.clock()
+        self.metrics.cluster_nodes.set(sum(node.live(now) for node in listed))
+        self.metrics.cluster_config_drift.set(nodes.drift(listed, now))
         return not self.lease.lapsed()
 
     def start(self) -> None:

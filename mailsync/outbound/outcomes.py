@@ -205,10 +205,12 @@ class Pending:
         if self._settled is not None:
             return self._settled
         try:
+            started = time.perf_counter()
             try:
                 self._wait()
             except StoreUnavailable:
                 self._outcomes.durably(self._write)
+            self._outcomes.metrics.outcome_commit_wait.observe(time.perf_counter() - started)
         except StoreUnavailable as exc:
             self._lost = exc
             raise

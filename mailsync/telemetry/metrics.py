@@ -162,6 +162,19 @@ class Metrics:
         self.config_hash = gauge(
             "mailsync_config_hash", "First 52 bits of the SHA-256 of the config in force.",
             registry=r)
+        self.outcome_commit_wait = histogram(
+            "mailsync_outcome_commit_wait_seconds",
+            "Time a sender waited for its previous message's outcome to be committed "
+            "before sending the next message's content (SQLite's group commit; "
+            "PostgreSQL's commit and WAL flush): when it is long, the store bounds the "
+            "sending rate.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 1),
+            registry=r)
+        self.cluster_nodes = gauge(
+            "mailsync_cluster_nodes",
+            "Live nodes sharing this store (a heartbeat within their send_lease), this one "
+            "included; 1 with SQLite (one node).", registry=r)
         self.cluster_config_drift = gauge(
             "mailsync_cluster_config_drift",
             "Configurations the live nodes sharing this store run, beyond one (0: every "
@@ -183,7 +196,9 @@ class Metrics:
             self.oauth2_expiry.labels(name).set(expires_at)
 
     def prime(self, config: Config) -> None:
-        """Create every series the config makes known, at 0."""
+        """Create every series the config makes known, at 0 (the node count at 1: this
+        node, until a shared store's heartbeat counts the others)."""
+        self.cluster_nodes.set(1)
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(reason)
         for reason in SUPPRESSION_REASONS:
