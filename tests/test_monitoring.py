@@ -353,9 +353,9 @@ def test_dashboard_model():
                    "mailsync_config_last_reload_successful", "mailsync_config_hash",
                    "mailsync_activities_open", "mailsync_activities_overdue",
                    "mailsync_build_info", "mailsync_rate_limit_waiting",
-                   "mailsync_suppression_list_size", "mailsync_suppressed_total",
+                   "mailsync_suppression_list_size", "mailsync_recipients_suppressed_total",
                    "mailsync_webhook_outbox_oldest_age_seconds",
-                   "mailsync_webhook_failed_attempts_total", "mailsync_mailbox_lease_held",
+                   "mailsync_webhook_deliveries_total", "mailsync_mailbox_lease_held",
                    "mailsync_outcome_commit_wait_seconds_bucket", "mailsync_cluster_nodes",
                    "mailsync_cluster_config_drift"):
         assert series in every, f"no panel shows {series}"

@@ -179,7 +179,10 @@ def test_the_claim_counts_each_suppressed_recipient_and_calls_the_hook(tmp_path)
         assert [m.id for m in claimed] == [ids[1]]
         assert calls == [(ids[0], ("to0@example.org",))]
         sample = metrics.registry.get_sample_value
-        assert sample("mailsync_suppressed_total", {"reason": "bounced"}) == 1
+        assert sample("mailsync_recipients_suppressed_total",
+                      {"account": "sales", "reason": "bounced"}) == 1
+        assert sample("mailsync_recipients_suppressed_total",
+                      {"account": "sales", "reason": "manual"}) == 0  # primed
         assert sample("mailsync_messages_failed_total",
                       {"account": "sales", "reason": "suppressed"}) == 1
         with store.lock:

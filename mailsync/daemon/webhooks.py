@@ -179,9 +179,10 @@ def post_once(config: Config, store: Store) -> None:
 
 
 class WebhookCollector:
-    """``mailsync_webhook_deliveries_total``, ``mailsync_webhook_failed_attempts_total``,
-    ``mailsync_webhook_outbox_events`` and ``mailsync_webhook_outbox_oldest_age_seconds``,
-    each by webhook; the outbox read from the store at scrape time."""
+    """``mailsync_webhook_deliveries_total`` (by webhook and result: ``success``, an event
+    taken; ``failure``, a post not taken, retried), ``mailsync_webhook_outbox_events`` and
+    ``mailsync_webhook_outbox_oldest_age_seconds``, each by webhook; the outbox read from
+    the store at scrape time."""
 
     def __init__(self, threads: Callable[[], WebhookThreads | None],
                  clock: Callable[[], float] = time.time) -> None:
@@ -198,12 +199,10 @@ class WebhookCollector:
         # prometheus_client only here: the collector runs in the daemon, which serves it.
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        delivered = CounterMetricFamily("mailsync_webhook_deliveries",
-                                        "Events a webhook took (a 2xx answer).",
-                                        labels=["webhook"])
-        failed = CounterMetricFamily("mailsync_webhook_failed_attempts",
-                                     "Posts to a webhook that were not taken (each is retried).",
-                                     labels=["webhook"])
+        deliveries = CounterMetricFamily(
+            "mailsync_webhook_deliveries", "Posts to a webhook, by result: success (a 2xx "
+            "answer: the event was taken), failure (not taken; the event is posted again).",
+            labels=["webhook", "result"])
         depth = GaugeMetricFamily("mailsync_webhook_outbox_events",
                                   "Events waiting to be posted to a webhook.",
                                   labels=["webhook"])
@@ -218,8 +217,8 @@ class WebhookCollector:
             for hook in threads.hooks:
                 n, at = rows.get(hook.name, (0, None))
                 sent, fails = threads.counts.get(hook.name, [0, 0])
-                delivered.add_metric([hook.name], sent)
-                failed.add_metric([hook.name], fails)
+                deliveries.add_metric([hook.name, "success"], sent)
+                deliveries.add_metric([hook.name, "failure"], fails)
                 depth.add_metric([hook.name], n)
                 oldest.add_metric([hook.name], 0.0 if at is None else max(0.0, now - at))
-        return [delivered, failed, depth, oldest]
+        return [deliveries, depth, oldest]

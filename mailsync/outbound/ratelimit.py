@@ -294,11 +294,11 @@ class Gate:
                         lim.label(), time.strftime("%H:%M:%S", time.gmtime(until)))
         done, self._done = self._done, []
         for s in done:
+            account = self._account_of(s.message)
             for _, reason in s.recipients:
-                self.metrics.suppressed.labels(reason).inc()
+                self.metrics.recipients_suppressed.labels(account, reason).inc()
             if s.failed:
-                self.metrics.messages_failed.labels(self._account_of(s.message),
-                                                    "suppressed").inc()
+                self.metrics.messages_failed.labels(account, "suppressed").inc()
             log.info("message %d: not sent to %s (suppressed)%s", s.message,
                      ", ".join(a for a, _ in s.recipients),
                      "; no recipient left: failed" if s.failed else "")

@@ -94,11 +94,11 @@ class Metrics:
             "mailsync_spool_duplicates",
             "Spool files not queued because their idempotency key was seen before.",
             registry=r)
-        self.suppressed = counter(
-            "mailsync_suppressed",
-            "Recipients not sent to because they are on the suppression list, by the reason "
-            "of their entry (bounced: a DSN, rejected: a 5xx at RCPT, manual).", ["reason"],
-            registry=r)
+        self.recipients_suppressed = counter(
+            "mailsync_recipients_suppressed",
+            "Recipients not sent to because they are on the suppression list, by account "
+            "and by the reason of their entry (bounced: a DSN, rejected: a 5xx at RCPT, "
+            "manual).", ["account", "reason"], registry=r)
         self.messages_bounced = counter(
             "mailsync_messages_bounced", "Sent messages that bounced.", ["account"], registry=r)
         self.oauth2_refreshes = counter(
@@ -201,8 +201,6 @@ class Metrics:
         self.cluster_nodes.set(1)
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(reason)
-        for reason in SUPPRESSION_REASONS:
-            self.suppressed.labels(reason)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         for server in config.sending_servers():
@@ -213,6 +211,8 @@ class Metrics:
                 self.send_attempts.labels(server, result)
         for account in config.accounts:
             self.messages_bounced.labels(account.name)
+            for reason in SUPPRESSION_REASONS:
+                self.recipients_suppressed.labels(account.name, reason)
             for reason in FAIL_REASONS:
                 self.messages_failed.labels(account.name, reason)
             if account.server is not None:
