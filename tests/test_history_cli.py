@@ -133,3 +133,27 @@ def test_listings_fit_100_columns_wide_shows_all_and_a_limit_says_what_it_left(t
     queued = run(["queue", "list", "-c", str(cfg)]).output.splitlines()
     assert len(queued) == 1 + 1200 and max(len(x) for x in queued) <= 100
     assert "2025-11-25 11:00" in queued[1]  # next attempt, to the minute
+
+
+def test_the_listings_options_before_a_subcommand_reach_it_or_are_refused(tmp_path,
+                                                                        monkeypatch):
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()), accounts=SALES)
+    drop(tmp_path / "spool", user="alice", subject="x", text="x", to=["a@example.org"])
+    assert "1 deferred" in run_once(cfg).output
+    (row,) = history(cfg)
+    monkeypatch.chdir(tmp_path / "spool")  # no config.yaml here: only -c can name it
+    # -c given to the group is the subcommand's file (it used to fall back to config.yaml).
+    shown = run(["history", "-c", str(cfg), "show", str(row["id"])])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith(f"Message {row['id']}: deferred")
+    polled = run(["inbox", "-c", str(cfg), "poll"])
+    assert (polled.exit_code, polled.output) == (0, "(no incoming servers)\n")
+    # The subcommand's own option, after its name, wins.
+    other = run(["history", "-c", str(cfg), "show", str(row["id"]), "-c",
+                 str(tmp_path / "missing.yaml")])
+    assert other.exit_code == 1 and "missing.yaml" in other.output
+    # An option of the listing alone is refused, not silently ignored.
+    refused = run(["history", "--status", "failed", "-c", str(cfg), "show", str(row["id"])])
+    assert refused.exit_code == 2
+    assert "--status is an option of `" in refused.output
+    assert "history` (the listing), not of `" in refused.output

@@ -99,7 +99,8 @@ def test_diff_of_a_config_with_itself_is_empty(example_text):
     plan = diff(config, config)
     assert plan.empty
     assert plan.actions == ()
-    assert plan.render() == "No changes."
+    # The Plan line is always the last, for scripts; "No changes." above it.
+    assert plan.render() == "No changes.\nPlan: 0 to add, 0 to change, 0 to remove."
     assert plan.summary() == "No changes."
 
 
@@ -297,12 +298,17 @@ def test_cli_detailed_exitcode(runner, files, write_config):
     assert changed.stdout.endswith("Plan: 1 to add, 3 to change, 1 to remove.\n")
     same = runner.invoke(main, [*args, str(new)])
     assert same.exit_code == 0
-    assert same.stdout == "No changes.\n"
+    assert same.stdout == "No changes.\nPlan: 0 to add, 0 to change, 0 to remove.\n"
     bad = write_config(NEW + "bogus: 1\n", "bad.yaml")
     invalid = runner.invoke(main, ["plan", "-c", str(bad), "--detailed-exitcode",
                                    "--against", str(old)])
     assert invalid.exit_code == 1
     assert invalid.stdout == ""
+    # A mistyped option is an error (1), not "changes" (2); without the flag it is the
+    # usage error every command exits 2 with.
+    typo = runner.invoke(main, [*args, str(old), "--formt", "json"])
+    assert typo.exit_code == 1 and "Did you mean '--format'?" in typo.output
+    assert runner.invoke(main, ["plan", "-c", str(new), "--formt", "json"]).exit_code == 2
 
 
 def test_cli_without_detailed_exitcode_changes_exit_0(runner, files):
@@ -395,7 +401,7 @@ def test_cli_no_changes_against_the_last_applied_config(runner, files, tmp_path)
     _record(tmp_path / "state", NEW)
     result = runner.invoke(main, ["plan", "-c", str(new), "--detailed-exitcode"])
     assert result.exit_code == 0
-    assert result.stdout == "No changes.\n"
+    assert result.stdout == "No changes.\nPlan: 0 to add, 0 to change, 0 to remove.\n"
 
 
 @pytest.mark.parametrize("store", ["none", "empty"])
@@ -693,7 +699,7 @@ def test_generated_config_diffed_with_itself_is_empty(data):
     config = _load(data)
     plan = diff(config, config)
     assert plan.empty
-    assert plan.render() == "No changes."
+    assert plan.render() == "No changes.\nPlan: 0 to add, 0 to change, 0 to remove."
     assert diff(config, _load(data)).empty
 
 

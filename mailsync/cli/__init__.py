@@ -1,11 +1,11 @@
 """The ``mailsync`` command line: parse, call, print. Exit 0 ok, 1 failure, 2 usage.
 
 :mod:`~mailsync.cli.root` is the group (``mailsync:main``, the console script and
-``python -m mailsync``), the helpers every command uses and the config commands
-(``validate``, ``plan``, ``schema``); each other command group has its module, imported
-only when that command runs (``send``, ``run``, ``history``, ``queue``, ``test`` as
-``connect``, ``inbox`` as ``inbound``, ``activity``, ``reload``/``status`` as ``daemon``,
-``store``, ``demo``, ``auth``). :mod:`~mailsync.cli.render` draws the listings' tables,
+``python -m mailsync``), the helpers every command uses and ``validate`` and ``schema``;
+each other command group has its module, imported only when that command runs (``plan``,
+``send``, ``run``, ``history``, ``queue``, ``test`` as ``connect``, ``inbox`` as
+``inbound``, ``activity``, ``reload``/``status`` as ``daemon``, ``store``, ``demo``,
+``auth``). :mod:`~mailsync.cli.render` draws the listings' tables,
 :mod:`~mailsync.cli.terminal` writes raw bytes safely, :mod:`~mailsync.cli.fallback`
 finds the last applied config when the file does not load.
 """

@@ -15,6 +15,7 @@ from mailsync.cli.root import (
     config_option,
     config_or_last_applied,
     main,
+    to_subcommand,
     using_store,
 )
 from mailsync.outbound.queue import OutboundStore
@@ -47,6 +48,7 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
             fmt: str, wide: bool) -> None:
     """List sent, queued and refused messages, newest first (`history show ID` for one)."""
     if ctx.invoked_subcommand is not None:
+        to_subcommand(ctx)
         return
     from mailsync.cli.render import parse_since
     from mailsync.outbound import history as h

@@ -17,6 +17,7 @@ from mailsync.cli.root import (
     config_or_last_applied,
     load_config_or_exit,
     main,
+    to_subcommand,
     using_store,
     verp_key_or_exit,
 )
@@ -56,6 +57,7 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
           limit: int, fmt: str, wide: bool) -> None:
     """List fetched messages, newest first (`inbox show ID` for one, `inbox poll` to fetch)."""
     if ctx.invoked_subcommand is not None:
+        to_subcommand(ctx)
         return
     from mailsync.cli.render import parse_since
     from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched

@@ -9,7 +9,6 @@ import gc
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +84,7 @@ class LazyGroup(click.Group):
         "admin": "mailsync.cli.admin",
         "dkim": "mailsync.cli.dkim",
         "suppression": "mailsync.cli.suppression",
+        "plan": "mailsync.cli.plan",
     }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -116,6 +116,29 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="mailsync")
 def main() -> None:
     """mailsync: a declarative, configuration-as-code mail daemon."""
+
+
+def to_subcommand(ctx: click.Context) -> None:
+    """A listing group's options given before its subcommand (``history -c FILE show 1``,
+    ``inbox --server S poll``): each becomes the subcommand's default for its option of
+    that name (its own, given after its name, still wins); one the subcommand does not
+    have is a usage error, not silently ignored."""
+    name = ctx.invoked_subcommand
+    assert isinstance(ctx.command, click.Group) and name is not None
+    sub = ctx.command.get_command(ctx, name)
+    own = {p.name: p for p in sub.params} if sub is not None else {}
+    given: dict[str, Any] = {}
+    for param in ctx.command.params:
+        if param.name is None or ctx.get_parameter_source(param.name) is not \
+                click.core.ParameterSource.COMMANDLINE:
+            continue
+        if param.name not in own:
+            flag = max(getattr(param, "opts", [param.name]), key=len)
+            raise click.UsageError(f"{flag} is an option of `{ctx.command_path}` (the "
+                                   f"listing), not of `{ctx.command_path} {name}`", ctx)
+        given[param.name] = ctx.params[param.name]
+    if given:
+        ctx.default_map = {name: given}
 
 
 def _print_problems(problems: tuple[Problem, ...] | list[Problem], *, err: bool = False) -> None:
@@ -299,78 +322,6 @@ def _load_or_exit(path: Path) -> Loaded:
     except ConfigError as exc:
         loaded = exc
     return _checked(loaded, str(path))
-
-
-@main.command()
-@config_option
-@click.option("--against", type=click.Path(dir_okay=False, path_type=Path),
-              help="Compare with this file instead of the config the daemon last applied.")
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 0 with no changes, 2 with changes, 1 on error.")
-@format_option
-def plan(config_path: Path, against: Path | None, detailed_exitcode: bool, fmt: str) -> None:
-    """Show what applying the -c file would change, like a Terraform plan.
-
-    Compares with the configuration the daemon last applied (kept in state_dir), or
-    with --against FILE, e.g. --against <(git show main:config.yaml).
-    """
-    from mailsync.config.plan import diff
-
-    base_dir = config_path.resolve().parent
-    pending = None
-    if against is not None:
-        from mailsync.cli.forked import Forked
-
-        # The other side is only compared with (checked in full only if it does not fit
-        # the model); it is parsed in a forked child while this process checks the new file.
-        other = against
-        pending = Forked(lambda: _read_loaded(other, base_dir))
-    new = _load_or_exit(config_path)
-    assert new.config is not None
-    old_config = None
-    if pending is not None:
-        old_loaded = _checked(pending.result(), str(against))
-        old_config = old_loaded.config
-        compared = str(against)
-    else:
-        old_config, compared = _last_applied(new, base_dir)
-    _print_problems(new.warnings, err=True)
-    result = diff(old_config, new.config)
-    if fmt == "json":
-        out: dict[str, Any] = {"file": str(config_path), "against": compared, **result.as_dict()}
-        click.echo(json.dumps(out, indent=2))
-    else:
-        click.echo(result.render())
-    if detailed_exitcode and not result.empty:
-        raise Exit(2)
-
-
-def _last_applied(new: Loaded, base_dir: Path) -> tuple[Any, str]:
-    """The config the daemon last applied; (None, why) when there is none yet. A store
-    that is missing, replaced or damaged exits 1: planning from nothing would show every
-    line as added."""
-    from mailsync.config.load import load_text
-
-    assert new.config is not None
-    state_dir = new.config.daemon.state_dir
-    note = ""
-    with using_store(new.config) as store:
-        applied = store.last_applied_config() if store is not None else None
-        if store is not None and store.dialect == "postgresql":
-            # Several nodes: the configuration the live ones run (mailsync/store/nodes.py).
-            from mailsync.store.nodes import cluster_applied
-
-            applied, note = cluster_applied(store, time.time())
-    if note:
-        click.echo(f"warning: {note}", err=True)
-    if applied is None:
-        return None, "(nothing applied yet)"
-    loaded = load_text(applied.text, f"{state_dir}/applied config", base_dir, validate=False)
-    if loaded.config is None:
-        click.echo("warning: the last applied config no longer loads; planning from nothing",
-                   err=True)
-        return None, "(unreadable applied config)"
-    return loaded.config, f"applied config of {applied.applied_at.isoformat()}"
 
 
 @main.command("schema")

@@ -106,14 +106,22 @@ class Plan:
         return (f"Plan: {self.count('+')} to add, {self.count('~')} to change, "
                 f"{self.count('-')} to remove.")
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
+        """Each action (``+ address``), then each of its changes, indented."""
         lines = []
         for a in self.actions:
             lines.append(f"{a.op} {a.address}")
             lines.extend(f"    {c.render()}" for c in a.changes)
-        if lines:
-            lines.append("")
-        lines.append(self.summary())
+        return lines
+
+    def render(self) -> str:
+        """The plan as ``mailsync plan`` prints it: each action and its changes, then the
+        ``Plan: N to add, N to change, N to remove.`` line, always the last (a script may
+        read it; an empty plan says ``No changes.`` above it)."""
+        lines = self.lines()
+        lines.append("" if lines else "No changes.")
+        lines.append(f"Plan: {self.count('+')} to add, {self.count('~')} to change, "
+                     f"{self.count('-')} to remove.")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:

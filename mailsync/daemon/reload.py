@@ -283,6 +283,4 @@ class Reloader:
         for account, count in held.items():
             log.warning("account %s left the configuration: %d waiting messages held "
                         "(`mailsync queue release ID` once it is back)", account, count)
-        return ReloadOutcome("applied", plan.summary(),
-                             changes=[c for c in plan.render().splitlines()
-                                      if c and not c.startswith("Plan:")], held=held)
+        return ReloadOutcome("applied", plan.summary(), changes=plan.lines(), held=held)
