@@ -380,6 +380,7 @@ def test_missing_file_is_unreadable(runner, tmp_path):
     result = runner.invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     assert f"{path}: no such file" in result.stderr
+    assert result.stdout == "0 errors, 0 warnings; 1 file not read\n"  # not a clean bill
 
 
 def test_directory_is_a_usage_error(runner, tmp_path):
@@ -502,7 +503,7 @@ def test_several_files_with_one_unreadable_still_checks_the_others(runner, write
     assert f"{missing}: no such file" in result.stderr
     assert result.stdout.splitlines() == [
         f"{bad}:1:10: error: version: 2 is not allowed (allowed: 1)",
-        "1 error, 0 warnings",
+        "1 error, 0 warnings; 1 file not read",
     ]
 
 

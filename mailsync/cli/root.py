@@ -160,20 +160,23 @@ def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
 
     targets = list(files) or [config_path]
     problems: list[Problem] = []
-    unreadable = False
+    unreadable = 0
     for target in targets:
         try:
             loaded = load_file(target)
         except ConfigError as exc:
             click.echo(f"{exc}", err=True)
-            unreadable = True
+            unreadable += 1
             continue
         problems.extend(loaded.problems)
     if fmt == "json":
         click.echo(json.dumps([p.as_dict() for p in problems], indent=2))
     else:
         _print_problems(problems)
-        click.echo(summary(problems))
+        # A file not read is not a clean one: the summary says so (its error is on stderr).
+        not_read = f"; {unreadable} file{'s' if unreadable > 1 else ''} not read" \
+            if unreadable else ""
+        click.echo(summary(problems) + not_read)
     if unreadable:
         raise Exit(2)
     if any(p.severity == "error" for p in problems):
