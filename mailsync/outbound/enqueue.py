@@ -210,8 +210,8 @@ class SpoolIntake:
                         bulk.events.append((mid, now, "duplicate", detail))
                         result.duplicates[item.source] = mid
                     else:
-                        if shared:
-                            mid = shared.pop()
+                        if dialect == "postgresql":
+                            mid = shared.pop()  # one taken for each new message
                         else:
                             mid, next_id = next_id, next_id + 1
                         bulk.add(item, now, mid, sign(mid) if sign is not None else None)
