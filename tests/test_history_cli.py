@@ -133,6 +133,10 @@ def test_listings_fit_100_columns_wide_shows_all_and_a_limit_says_what_it_left(t
     queued = run(["queue", "list", "-c", str(cfg)]).output.splitlines()
     assert len(queued) == 1 + 1200 and max(len(x) for x in queued) <= 100
     assert "2025-11-25 11:00" in queued[1]  # next attempt, to the minute
+    # What the limit leaves out is said, as history says it (never silently cut).
+    some = run(["queue", "list", "-c", str(cfg), "--limit", "3"]).output.splitlines()
+    assert len(some) == 1 + 3 + 1 and some[-1] == "showing 3 of 1,200 (--limit)"
+    assert some[1].startswith("1200 ")
 
 
 def test_the_listings_options_before_a_subcommand_reach_it_or_are_refused(tmp_path,

@@ -34,20 +34,26 @@ def queue() -> None:
 
 @queue.command("list")
 @config_option
+@click.option("--limit", type=click.IntRange(1), default=10_000, show_default=True)
 @list_format
 @wide_option
-def queue_list(config_path: Path, fmt: str, wide: bool) -> None:
-    """Messages not yet delivered: queued, sending, deferred, held."""
+def queue_list(config_path: Path, limit: int, fmt: str, wide: bool) -> None:
+    """Messages not yet delivered: queued, sending, deferred, held; newest first."""
     from mailsync.outbound import history as h
 
     config = _config(config_path)
     rows: list[dict[str, Any]] = []
+    total = 0
+    filters = h.Filters(("queued", "sending", "deferred", "held"), limit=limit)
     with using_store(config) as store:
         if store is not None:
-            rows = h.list_messages(OutboundStore(store), h.Filters(
-                ("queued", "sending", "deferred", "held"), limit=10_000))
+            rows = h.list_messages(OutboundStore(store), filters)
+            total = h.count_messages(OutboundStore(store), filters) \
+                if len(rows) == limit else len(rows)
     print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
                        "next_attempt_at", "error"), fmt, wide)
+    if fmt != "json" and total > len(rows):
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
 
 
 def _queue_action(name: str) -> None:
