@@ -16,6 +16,7 @@ with one I/O loop could save. Prints one JSON line per round and a summary of me
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import selectors
@@ -35,7 +36,7 @@ def content(i: int) -> bytes:
     return data + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n"
 
 
-def connect(port: int) -> tuple[socket.socket, object]:
+def connect(port: int) -> tuple[socket.socket, io.BufferedReader]:
     sock = socket.create_connection(("127.0.0.1", port))
     reader = sock.makefile("rb")
     reader.readline()  # the greeting
@@ -52,10 +53,10 @@ def threads(port: int, n: int, k: int, body: bytes) -> None:
             for _ in range(count):
                 sock.sendall(ENVELOPE)
                 for _ in range(3):
-                    while reader.readline()[3:4] != b" ":  # type: ignore[attr-defined]
+                    while reader.readline()[3:4] != b" ":
                         pass
                 sock.sendall(body)
-                while reader.readline()[3:4] != b" ":  # type: ignore[attr-defined]
+                while reader.readline()[3:4] != b" ":
                     pass
             sock.sendall(b"QUIT\r\n")
 
@@ -140,13 +141,14 @@ def main() -> None:
                                   "messages": args.n, "messages_per_s": round(rate),
                                   "cpu_ms_per_message": round(cpu, 4), "sink": sink_name}),
                       flush=True)
-    cpu = {name: statistics.median(c for _, c in v) for name, v in rows.items()}
+    cpu_ms = {name: statistics.median(c for _, c in v) for name, v in rows.items()}
     print(json.dumps({
         "bench": "wire", "summary": True, "runs": args.runs, "sessions": args.sessions,
         "median_messages_per_s": {name: round(statistics.median(r for r, _ in v))
                                   for name, v in rows.items()},
-        "median_cpu_ms_per_message": {name: round(c, 4) for name, c in cpu.items()},
-        "loop_saves_cpu_ms_per_message": round(cpu["threads"] - cpu["loop"], 4)}), flush=True)
+        "median_cpu_ms_per_message": {name: round(c, 4) for name, c in cpu_ms.items()},
+        "loop_saves_cpu_ms_per_message": round(cpu_ms["threads"] - cpu_ms["loop"], 4)}),
+        flush=True)
 
 
 if __name__ == "__main__":

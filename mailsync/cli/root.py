@@ -126,7 +126,7 @@ def to_subcommand(ctx: click.Context) -> None:
     name = ctx.invoked_subcommand
     assert isinstance(ctx.command, click.Group) and name is not None
     sub = ctx.command.get_command(ctx, name)
-    own = {p.name: p for p in sub.params} if sub is not None else {}
+    own = {p.name for p in sub.params} if sub is not None else set()
     given: dict[str, Any] = {}
     for param in ctx.command.params:
         if param.name is None or ctx.get_parameter_source(param.name) is not \
