@@ -386,6 +386,25 @@ def test_eml_header_injection(data):
     assert rejected("m.eml", data).reason == "header_injection"
 
 
+@pytest.mark.parametrize(("data", "words"), [
+    # The whole header block is checked at once; a refusal still names the first bad line.
+    (b"X-Mailsync-User: a\r\nTo: a@example.com\r\nSubject: x\r\r\n\r\n",
+     "header line 3 has a bare CR"),
+    (b"X-Mailsync-User: a\nTo: a@example.com\nSubject: x\r", "header line 3 has a bare CR"),
+    (b"X-Mailsync-User: a\r\nSubject: caf\xc3\xa9\r\nTo: \xe9@x.org\r\n\r\n",
+     "header line 3 is not UTF-8"),
+])
+def test_eml_refusal_names_the_line(data, words):
+    assert words in rejected("m.eml", data).detail
+
+
+def test_eml_subject_decoded_only_when_encoded():
+    head = b"X-Mailsync-User: a\r\nTo: a@example.com\r\n"
+    plain = parsed("m.eml", head + b"Subject:  Caf\xc3\xa9 =? order\r\n\r\n")
+    assert plain.subject == "Caf\xe9 =? order"
+    assert parsed("m.eml", head + b"Subject: =?utf-8?q?Caf=C3=A9?=\r\n\r\n").subject == "Caf\xe9"
+
+
 def test_eml_no_recipients():
     r = rejected("m.eml", b"X-Mailsync-User: a\r\nSubject: x\r\n\r\nbody")
     assert r.reason == "no_recipients"

@@ -26,7 +26,7 @@ _JSON_FIELDS = ("user", "account", "to", "cc", "bcc", "subject", "text", "html",
 _RESERVED_HEADERS = ("to", "cc", "bcc", "subject", "reply-to", "mime-version")
 _RESERVED_PREFIXES = ("content-", "x-mailsync-")
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")             # RFC 5322 ftext
-_HEADER_START = re.compile(rb"([!-9;-~]+)[ \t]*:")   # obsolete WSP before ':' tolerated
+_HEADER_START = re.compile(r"([!-9;-~]+)[ \t]*:")    # obsolete WSP before ':' tolerated
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 # Controls except TAB, and what Python's str.splitlines() (so the email package) breaks on.
 _BAD_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -240,23 +240,28 @@ def _parse_eml(data: bytes) -> Submission:
         raise _Refused("unparseable", "no header block: the message starts with an empty line")
     end = re.search(rb"\n(\r?\n)", data)
     head, rest = (data[:end.start() + 1], data[end.start() + 1:]) if end else (data, b"")
+    lines = _LINE.findall(head)
+    # The common case checked once for the whole block: no bare CR, all UTF-8. Otherwise
+    # each line is checked, so that the refusal names the first bad one.
+    try:
+        texts = (head.decode("utf-8").split("\n")
+                 if b"\r" not in head.replace(b"\r\n", b"") else None)
+    except UnicodeDecodeError:
+        texts = None
     fields: list[list[str]] = []     # [lower-case name, unfolded value]
     kept: list[bytes] = []
     dropping = False
-    for number, line in enumerate(_LINE.findall(head), 1):
-        content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
-        if b"\r" in content:
-            raise _Refused("header_injection",
-                           f"header line {number} has a bare CR: {_show(content)}")
-        try:
-            text = content.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Refused("unparseable",
-                           f"header line {number} is not UTF-8: {_show(content)}") from None
+    for number, line in enumerate(lines, 1):
+        if texts is not None:
+            text = texts[number - 1]
+            if text.endswith("\r"):
+                text = text[:-1]
+        else:
+            text = _checked_line(number, line)
         if line.startswith((b" ", b"\t")) and fields:
             fields[-1][1] += text
         else:
-            start = _HEADER_START.match(content)
+            start = _HEADER_START.match(text)
             if not start:
                 if number == 1:
                     raise _Refused("unparseable", "no header block: line 1 is not a header: "
@@ -264,14 +269,18 @@ def _parse_eml(data: bytes) -> Submission:
                 raise _Refused("header_injection", f"header line {number} is neither a "
                                                    f"'Name: value' line nor a continuation: "
                                                    f"{_show(text)}")
-            fname = start.group(1).decode("ascii").lower()
+            fname = start.group(1).lower()
             fields.append([fname, text[start.end():]])
             dropping = fname == "bcc" or fname.startswith("x-mailsync-")
         if not dropping:
             kept.append(line)
 
+    named: dict[str, list[str]] = {}
+    for fname, value in fields:
+        named.setdefault(fname, []).append(value)
+
     def single(fname: str) -> str | None:
-        values = {v.strip() for n, v in fields if n == fname}
+        values = {v.strip() for v in named.get(fname, ())}
         if len(values) > 1:
             raise _Refused("unparseable", f"{len(values)} different {fname} headers")
         return values.pop() if values else None
@@ -284,18 +293,33 @@ def _parse_eml(data: bytes) -> Submission:
         _check_header_value(f"header {fname}", value)
     recipients: list[str] = []
     for fname in ("to", "cc", "bcc"):
-        for value in (v for n, v in fields if n == fname):
+        for value in named.get(fname, ()):
             recipients += [addr for _, addr in _addresses(value, fname.capitalize())]
     if not recipients:
         raise _Refused("no_recipients", "no address in To, Cc or Bcc")
-    subjects = [v.strip() for n, v in fields if n == "subject"]
+    subjects = named.get("subject")
     return Submission(user, single("x-mailsync-account") or None, _unique(recipients),
-                      b"".join(kept) + rest, _decode(subjects[0]) if subjects else "",
+                      b"".join(kept) + rest, _decode(subjects[0].strip()) if subjects else "",
                       single("x-mailsync-idempotency-key") or None)
+
+
+def _checked_line(number: int, line: bytes) -> str:
+    """Header line ``number`` without its line ending, as text; refused when it holds a
+    bare CR or is not UTF-8."""
+    content = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+    if b"\r" in content:
+        raise _Refused("header_injection", f"header line {number} has a bare CR: {_show(content)}")
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("unparseable",
+                       f"header line {number} is not UTF-8: {_show(content)}") from None
 
 
 def _decode(value: str) -> str:
     """An RFC 2047 header value as text; the raw value when its encoding is broken."""
+    if "=?" not in value:  # no encoded word: decode_header would return it as it is
+        return value
     try:
         return str(make_header(decode_header(value)))
     except Exception:  # HeaderParseError, LookupError, UnicodeError and friends
