@@ -85,6 +85,12 @@ def test_store_copy_moves_an_sqlite_store_and_refuses_a_non_empty_target(
     assert done.exit_code == 0, done.output
     assert "messages: 4 rows" in done.output and "counted on both sides" in done.output
     assert PASSWORD not in done.output
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as conn:  # the planner knows the copied rows at once
+        analysed = dict(conn.execute("SELECT relname, last_analyze IS NOT NULL"
+                                     " FROM pg_stat_user_tables").fetchall())
+    assert analysed["messages"] and analysed["recipients"] and analysed["contents"]
 
     again = run(["store", "copy", "--from", f"sqlite:{db}", "--to", pg_dsn])
     assert again.exit_code == 1

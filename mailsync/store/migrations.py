@@ -81,4 +81,6 @@ MIGRATIONS: list[str] = [
     # 15: the admin console's logged-out sessions, shared by the nodes of one store
     # (mailsync/store/logouts.py).
     logouts.MIGRATION,
+    # 16: the due index in the order claims read it (mailsync/outbound/tables.py).
+    outbound_tables.DUE_ORDER_MIGRATION,
 ]

@@ -7,7 +7,8 @@ schema (the same migrations) if it has none, and must be empty: any row in a tab
 state_dir whose ``store-id`` records the SQLite store accepts the PostgreSQL one. Every
 table goes over with ``COPY``, in one transaction holding the migration lock (a daemon
 starting on the target meanwhile waits); the rows per table are counted on both sides
-before the commit, and any difference rolls everything back.
+before the commit, and any difference rolls everything back. The tables are analysed in
+the same transaction, so that the planner knows their rows from the first claim.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def copy(source: Path, dsn: str, progress: Callable[[str, int], None] | None = N
                     conn.execute("DELETE FROM store_meta")
                     counts = {t: _copy_table(src, conn, t, progress) for t in tables}
                     _verify(src, conn, counts, label)
+                    # The planner's statistics, now: without them a claim would take the
+                    # copied backlog for a few rows and sort all of it until autovacuum
+                    # analyses the tables (docs/postgresql.md).
+                    for table in tables:
+                        conn.execute(f"ANALYZE {table}")
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (pgschema.MIGRATION_LOCK,))
         except StoreError:
