@@ -101,8 +101,9 @@ class Plan:
         return not self.actions
 
     def summary(self) -> str:
-        if self.empty:
-            return "No changes."
+        return "No changes." if self.empty else self._totals()
+
+    def _totals(self) -> str:
         return (f"Plan: {self.count('+')} to add, {self.count('~')} to change, "
                 f"{self.count('-')} to remove.")
 
@@ -120,8 +121,7 @@ class Plan:
         read it; an empty plan says ``No changes.`` above it)."""
         lines = self.lines()
         lines.append("" if lines else "No changes.")
-        lines.append(f"Plan: {self.count('+')} to add, {self.count('~')} to change, "
-                     f"{self.count('-')} to remove.")
+        lines.append(self._totals())
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
