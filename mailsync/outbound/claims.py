@@ -69,6 +69,20 @@ def due_params(now: float, limit: int) -> tuple[float | int, ...]:
     return (now, limit, now, limit, limit)
 
 
+def due_rows(conn: sqlite3.Connection, now: float, limit: int,
+             lock: str = "") -> list[tuple[Any, ...]]:
+    """The first ``limit`` due messages with their content, oldest first, as the claims
+    read them: (id, created_at, account, from_address, raw, attempts, verp). ``lock``: as
+    in :func:`due_ids`."""
+    due = conn.execute(
+        "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts, m.verp,"
+        f" due.next_attempt_at FROM ({due_ids(lock)}) AS due"
+        " JOIN messages m ON m.id = due.id JOIN contents c ON c.message = m.id",
+        due_params(now, limit)).fetchall()
+    due.sort(key=lambda r: (r[7], r[0]))  # a join keeps no order: oldest first
+    return [tuple(r[:7]) for r in due]
+
+
 def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, limit: int,
               admit: Callable[[sqlite3.Connection, list[Any], float], list[Any]] | None = None
               ) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
@@ -94,13 +108,7 @@ def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, lim
             (*due_params(now, limit), now, node, lease)).fetchall()
         rows.sort(key=lambda r: (r[7], r[0]))  # RETURNING keeps no order: oldest first
         return [tuple(r[:7]) for r in rows], {r[0]: list(r[8]) for r in rows}
-    due = conn.execute(
-        "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts, m.verp,"
-        f" due.next_attempt_at FROM ({due_ids(_SKIP_LOCKED)}) AS due"
-        " JOIN messages m ON m.id = due.id JOIN contents c ON c.message = m.id",
-        due_params(now, limit)).fetchall()
-    due.sort(key=lambda r: (r[7], r[0]))  # oldest first
-    rows = [tuple(r[:7]) for r in due]
+    rows = due_rows(conn, now, limit, _SKIP_LOCKED)
     if rows:
         rows = admit(conn, rows, now)
     if not rows:

@@ -110,13 +110,7 @@ class OutboundStore(SpoolIntake):
             return [Outgoing(r[0], r[1], r[2], r[3], r[4], tuple(todo[r[0]]), r[5], r[6],
                              claimed_at) for r in got]
         with self.store.transaction() as conn:
-            due = conn.execute(
-                "SELECT m.id, m.created_at, m.account, m.from_address, c.raw, m.attempts,"
-                f" m.verp, due.next_attempt_at FROM ({claims.due_ids()}) AS due"
-                " JOIN messages m ON m.id = due.id JOIN contents c ON c.message = m.id",
-                claims.due_params(now, limit)).fetchall()
-            due.sort(key=lambda r: (r[7], r[0]))  # oldest first
-            rows = [r[:7] for r in due]
+            rows = claims.due_rows(conn, now, limit)
             if rows and admit is not None:
                 rows = admit(conn, rows, now)
             if not rows:
