@@ -3,7 +3,8 @@
 Starts a PostgreSQL of its own for the benchmark (``initdb`` in a scratch directory, as
 ``nobody`` when run as root, on a free loopback port; durable: ``fsync`` on, and mailsync
 sets ``synchronous_commit = on`` on every connection), then, for each run, a fresh
-database and:
+database, each node's state prepared as outbound.py's are (two earlier `run --once`: the
+migrations applied, the verdict remembered; not with ``--first-run``), and:
 
 - one node: `mailsync run --once` on N spooled messages, as the SQLite bench does;
 - ``--nodes K``: K nodes (each its own state_dir and spool, N/K messages in each, one
@@ -169,9 +170,16 @@ def _cores() -> tuple[int, int]:
     return sum(values), values[3] + values[4]  # idle and iowait
 
 
+Prepare = Callable[[Path, Path, dict[str, str]], None]
+
+
 def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
-           drop: Callable[[Path, int], None]) -> dict[str, object]:
-    """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``."""
+           drop: Callable[[Path, int], None], prepare: Prepare | None = None
+           ) -> dict[str, object]:
+    """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``;
+    ``prepare(config, spool, env)`` first, for each node (the state its earlier runs
+    leave), unless it is None."""
+    env = {**os.environ, "MAILSYNC_DSN": dsn}
     with workdir() as (root, fs):
         cfgs = []
         for k in range(nodes):
@@ -181,9 +189,10 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
             cfg.write_text(config.format(root=home, port=port).replace(
                 "daemon:\n", f"daemon:\n  node: node{k}\n  store: {{postgresql: {{dsn: "
                 "{env: MAILSYNC_DSN}, pool_size: 8}}\n", 1))
+            if prepare is not None:
+                prepare(cfg, home / "spool", env)
             drop(home / "spool", n // nodes + (1 if k < n % nodes else 0))
             cfgs.append(cfg)
-        env = {**os.environ, "MAILSYNC_DSN": dsn}
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = usage.ru_utime + usage.ru_stime
         wal, server, cores = _wal(dsn), _server_cpu(), _cores()
@@ -226,7 +235,7 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
 def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, object]],
          config: str, drop: Callable[[Path, int], None],
          sink: Callable[[int], contextlib.AbstractContextManager[str]],
-         free_port: Callable[[], int]) -> None:
+         free_port: Callable[[], int], prepare: Prepare | None, state: str) -> None:
     """The PostgreSQL figures (one node and, with --nodes, K nodes), each run beside
     the SQLite one; medians of the runs."""
     port = free_port()
@@ -239,15 +248,18 @@ def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, ob
             rows["sqlite"].append(float(lite["messages_per_s"]))  # type: ignore[arg-type]
             print(json.dumps({**lite, "store": "sqlite", "sink": sink_name}), flush=True)
             for k in sorted({1, args.nodes}):
-                r = pg_run(args.n, k, port, _database(base, f"bench_{i}_{k}"), config, drop)
+                r = pg_run(args.n, k, port, _database(base, f"bench_{i}_{k}"), config, drop,
+                           prepare)
                 r["sink"] = sink_name
+                r["state"] = state
                 rows[f"postgresql_{k}"].append(float(r["messages_per_s"]))  # type: ignore[arg-type]
                 print(json.dumps(r), flush=True)
     medians = {k: statistics.median(v) for k, v in rows.items()}
     one = medians["postgresql_1"]
     summary: dict[str, object] = {
         "bench": "outbound", "summary": True, "runs": args.runs, "messages": args.n,
-        "median_messages_per_s": medians, "targets": {"postgresql_1": TARGET_ONE}}
+        "median_messages_per_s": medians, "state": state,
+        "targets": {"postgresql_1": TARGET_ONE}}
     ok = one >= TARGET_ONE
     if args.nodes > 1:
         many = medians[f"postgresql_{args.nodes}"]
