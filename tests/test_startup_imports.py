@@ -23,20 +23,22 @@ HEAVY = {"jsonschema", "authlib", "requests", "aiosmtpd", "watchdog"}
 # Not for the commands that neither send nor poll nor serve metrics.
 NETWORK = {"prometheus_client", "imapclient", "smtplib"}
 
-# The command as `python -m mailsync` runs it; at exit, what it imported, the forks it made,
-# the threads it started and the collector's state.
+# The command as `python -m mailsync` runs it; at exit, what it imported, the forks it made
+# (each with the threads alive and the modules imported at that moment), the threads it
+# started and the collector's state.
 WRAPPER = """\
 import atexit, gc, json, os, runpy, sys, threading
 out = sys.argv.pop(1)
 forks, threads = [], []
-os.register_at_fork(before=lambda: forks.append(1))
+os.register_at_fork(before=lambda: forks.append({
+    "threads": [t.name for t in threading.enumerate()], "modules": sorted(sys.modules)}))
 _start = threading.Thread.start
 def start(self, *args, **kwargs):
     threads.append(self.name)
     return _start(self, *args, **kwargs)
 threading.Thread.start = start
 atexit.register(lambda: open(out, "w").write(json.dumps({
-    "modules": sorted(sys.modules), "forks": len(forks), "threads": threads,
+    "modules": sorted(sys.modules), "forks": forks, "threads": threads,
     "frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()})))
 sys.argv[0] = "mailsync"
 runpy.run_module("mailsync", run_name="__main__")
@@ -140,7 +142,7 @@ def test_run_once_with_nothing_to_do_forks_no_child_and_starts_no_thread(tmp_pat
     imported(tmp_path, "inbox", "poll", "-c", str(cfg))
     facts = process(tmp_path, "run", "--once", "-c", str(cfg))
     assert "spool: 0 queued" in facts["output"] and "local: 0 fetched" in facts["output"]
-    assert facts["forks"] == 0 and facts["threads"] == []
+    assert facts["forks"] == [] and facts["threads"] == []
     assert set(facts["modules"]) & SENDING == set()
 
 
@@ -151,7 +153,34 @@ def test_run_once_with_a_spool_file_still_forks_the_pickup_and_sends(tmp_path, c
     facts = process(tmp_path, "run", "--once", "-c", str(cfg))
     # The relay's port 9 is closed: queued, then deferred, by the child and the sender.
     assert "1 queued" in facts["output"] and "1 deferred" in facts["output"]
-    assert facts["forks"] == 1 and "mailsync-deliver" in facts["threads"]
+    assert len(facts["forks"]) == 1 and "mailsync-deliver" in facts["threads"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_run_once_forks_the_pickup_before_any_thread_and_before_the_sender(
+        tmp_path, cfg, backend, request, monkeypatch):
+    """The child's start runs beside the sender's imports, not after them; and none of
+    mailsync's threads (a PostgreSQL node's heartbeat, the sender) exists when it is
+    forked. On PostgreSQL the store's connection pool (psycopg_pool, opened by the start)
+    has its scheduler and workers, idle on their queue: the child opens a store of its
+    own and never touches the parent's pool."""
+    if backend == "postgresql":
+        monkeypatch.setenv("MAILSYNC_DSN", request.getfixturevalue("pg_dsn"))
+        cfg.write_text(cfg.read_text().replace(
+            "spool_dir: ", "store: {postgresql: {dsn: {env: MAILSYNC_DSN}}}, spool_dir: ", 1))
+    process(tmp_path, "send", "--user", "app", "--to", "a@example.org", "--subject", "s",
+            "-c", str(cfg), stdin="hi\n")
+    facts = process(tmp_path, "run", "--once", "-c", str(cfg))
+    assert "1 queued" in facts["output"] and "1 deferred" in facts["output"]
+    (fork,) = facts["forks"]
+    pool = {"mailsync-scheduler"} | {f"mailsync-worker-{i}" for i in range(8)}
+    assert set(fork["threads"]) - pool == {"MainThread"}
+    assert backend == "postgresql" or fork["threads"] == ["MainThread"]
+    assert {"mailsync.outbound.deliver", "mailsync.outbound.smtp", "smtplib",
+            "mailsync.outbound.ingest", "mailsync.daemon.node"} & set(fork["modules"]) == set()
+    assert {"mailsync.outbound.deliver", "mailsync.daemon.node"} <= set(facts["modules"])
+    if backend == "postgresql":
+        assert "mailsync-node" in facts["threads"]  # started after the fork
 
 
 def test_the_spool_module_imports_its_parser_on_first_use():

@@ -25,9 +25,10 @@ from mailsync.daemon.wakeup import Doorbell
 from mailsync.errors import MailsyncError, StoreUnavailable
 from mailsync.outbound import spool
 from mailsync.outbound.deliver import Deliverer
-from mailsync.outbound.ingest import Ingester, IngestStats
+from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.pickup import PickupService
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.types import IngestStats
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 from mailsync.telemetry.metrics import Metrics

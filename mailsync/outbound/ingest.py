@@ -30,7 +30,7 @@ from mailsync.outbound import compose, routing, spool
 from mailsync.outbound.dkim import Signer
 from mailsync.outbound.identity import Submitters
 from mailsync.outbound.queue import FileId, NewMessage, OutboundStore, RejectedMessage
-from mailsync.outbound.types import Rejection
+from mailsync.outbound.types import IngestStats, Rejection
 from mailsync.outbound.verp import VerpKey
 from mailsync.telemetry.metrics import Metrics
 from mailsync.values import valueclass
@@ -38,20 +38,6 @@ from mailsync.values import valueclass
 log = logging.getLogger("mailsync.ingest")
 
 BATCH = 256
-
-
-@valueclass(frozen=False)
-class IngestStats:
-    """What one pass did."""
-
-    queued: int = 0
-    rejected: int = 0
-    duplicates: int = 0   # an idempotency key seen before: not queued
-    taken: int = 0        # left in new/ by a crash after its commit: finished, not queued
-
-    @property
-    def files(self) -> int:
-        return self.queued + self.rejected + self.duplicates + self.taken
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")

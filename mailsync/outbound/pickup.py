@@ -24,12 +24,15 @@ from typing import Any
 
 from mailsync.config.model import Config
 from mailsync.errors import MailsyncError, StoreUnavailable
-from mailsync.outbound.ingest import Ingester, IngestStats
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.types import IngestStats
 from mailsync.outbound.verp import VerpKey
 from mailsync.store import Store
 from mailsync.telemetry.metrics import Metrics
 from mailsync.values import asdict
+
+# The ingesting code (parsing, composing, enqueueing) is imported by the child, after the
+# fork: `run --once` forks first and imports its sender meanwhile, on the other core.
 
 _PR_SET_PDEATHSIG = 1
 
@@ -98,6 +101,9 @@ def _child(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     _die_with_parent()
     _child_signals()
     try:
+        # Here, in the child: the parent forks before importing it (see above).
+        from mailsync.outbound.ingest import Ingester
+
         store = Store.open(config.daemon.state_dir, create=False,  # the parent made it
                            backend=config.daemon.store)
         metrics = Metrics()
@@ -142,10 +148,21 @@ class Pickup:
             self._proc.join()
         return _outcome(*outcome, metrics)
 
+    def stop(self) -> None:
+        """Stop the child if it still runs (the pass failed before its answer was read):
+        what it committed stays; the files it had not taken wait in ``new/``."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._conn.close()
+
 
 def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
     """The daemon's long-lived child: one ingestion pass per ``("pass", limit)`` request;
     ``("config", config)`` reconfigures its ingester for the next passes."""
+    # Here, in the child: the parent forks before importing it (see above).
+    from mailsync.outbound.ingest import Ingester
+
     _die_with_parent()
     _child_signals()
     store = Store.open(config.daemon.state_dir, create=False,  # the daemon made it

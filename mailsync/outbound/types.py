@@ -91,3 +91,18 @@ class Delivery:
     @property
     def failed(self) -> tuple[str, ...]:
         return tuple(r.address for r in self.recipients if r.status == "failed")
+
+
+@valueclass(frozen=False)
+class IngestStats:
+    """What one pass of the spool did (here, not in ingest.py: the parent of the pickup
+    child reads it without importing the ingesting code)."""
+
+    queued: int = 0
+    rejected: int = 0
+    duplicates: int = 0   # an idempotency key seen before: not queued
+    taken: int = 0        # left in new/ by a crash after its commit: finished, not queued
+
+    @property
+    def files(self) -> int:
+        return self.queued + self.rejected + self.duplicates + self.taken
