@@ -30,8 +30,19 @@ WRAPPER = """\
 import atexit, gc, json, os, runpy, sys, threading
 out = sys.argv.pop(1)
 forks, threads = [], []
-os.register_at_fork(before=lambda: forks.append({
-    "threads": [t.name for t in threading.enumerate()], "modules": sorted(sys.modules)}))
+parent = os.getpid()
+def before_fork():
+    forks.append({"threads": [t.name for t in threading.enumerate()],
+                  "modules": sorted(sys.modules)})
+    mp = sys.modules.get("multiprocessing.util")  # a child of multiprocessing ends in
+    if mp is not None and not hasattr(mp, "_facts"):  # its _exit_function, not atexit
+        mp._facts = mp._exit_function
+        def exit_function(*args, **kwargs):
+            if os.getpid() != parent:
+                open(out + ".child", "w").write(json.dumps(sorted(sys.modules)))
+            return mp._facts(*args, **kwargs)
+        mp._exit_function = exit_function
+os.register_at_fork(before=before_fork)
 _start = threading.Thread.start
 def start(self, *args, **kwargs):
     threads.append(self.name)
@@ -181,6 +192,9 @@ def test_run_once_forks_the_pickup_before_any_thread_and_before_the_sender(
     assert {"mailsync.outbound.deliver", "mailsync.daemon.node"} <= set(facts["modules"])
     if backend == "postgresql":
         assert "mailsync-node" in facts["threads"]  # started after the fork
+    # The child counts no rejections for the parent's unserved metrics.
+    child = set(json.loads((tmp_path / "modules.json.child").read_text()))
+    assert "mailsync.outbound.ingest" in child and "prometheus_client" not in child
 
 
 def test_the_spool_module_imports_its_parser_on_first_use():

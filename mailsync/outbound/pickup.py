@@ -96,8 +96,9 @@ def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     return IngestStats(**stats)
 
 
-def _child(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
-    """The one-pass child of `run --once`."""
+def _child(config: Config, conn: Connection, verp_key: VerpKey | None, served: bool) -> None:
+    """The one-pass child of `run --once`; its rejections counted (for the parent's
+    metrics) only when the parent's are ``served``."""
     _die_with_parent()
     _child_signals()
     try:
@@ -106,7 +107,7 @@ def _child(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
 
         store = Store.open(config.daemon.state_dir, create=False,  # the parent made it
                            backend=config.daemon.store)
-        metrics = Metrics()
+        metrics = Metrics(served=served)  # not served: no prometheus_client to import
         try:
             ingester = Ingester(config, OutboundStore(store), metrics,
                                 on_commit=lambda: conn.send(("committed", None)),
@@ -128,10 +129,13 @@ class Pickup:
     (and before it uses the store from another thread): a fork copies the locks of the
     forking process, not the threads that own them."""
 
-    def __init__(self, config: Config, verp_key: VerpKey | None = None) -> None:
+    def __init__(self, config: Config, verp_key: VerpKey | None = None, *,
+                 served: bool = True) -> None:
+        """``served``: whether the metrics :meth:`wait` is given count (the child counts
+        its rejections for them only then)."""
         ctx = multiprocessing.get_context("fork")
         self._conn, child_end = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child, args=(config, child_end, verp_key),
+        self._proc = ctx.Process(target=_child, args=(config, child_end, verp_key, served),
                                  name="mailsync-pickup")
         self._proc.start()
         child_end.close()

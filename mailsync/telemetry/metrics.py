@@ -183,6 +183,11 @@ class Metrics:
         self.build_info.info({"version": __version__})
 
     @property
+    def served(self) -> bool:
+        """Whether these series count (a process serving ``/metrics``)."""
+        return self._registry is not None
+
+    @property
     def registry(self) -> CollectorRegistry:
         """The registry every series is in (only a served one has it)."""
         if self._registry is None:
