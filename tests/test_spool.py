@@ -24,6 +24,7 @@ from mailsync.outbound.spool import (
     reject,
     remove,
     scan,
+    waiting,
 )
 from mailsync.outbound.types import Rejection, Submission
 
@@ -165,6 +166,16 @@ def test_scan_lists_only_finished_candidates_oldest_first(spool):
     os.utime(new / "link.eml", ns=(3_000_000_000, 3_000_000_000), follow_symlinks=False)
     os.utime(new / "dir.eml", ns=(4_000_000_000, 4_000_000_000))
     assert scan(spool) == [new / "b.eml", new / "a.json", new / "link.eml", new / "dir.eml"]
+
+
+def test_waiting_answers_as_scan_does(spool):
+    new = spool / "new"
+    for name in (".hidden.eml", "c.eml.tmp", "notes.txt"):
+        (new / name).write_bytes(b"x")
+    (spool / "tmp" / "pending.json").write_bytes(b"x")
+    assert scan(spool) == [] and not waiting(spool)
+    (new / "dir.EML").mkdir()  # listed (to be rejected): so it waits
+    assert scan(spool) == [new / "dir.EML"] and waiting(spool)
 
 
 def test_scan_puts_timestamped_names_in_name_order(spool):

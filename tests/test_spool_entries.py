@@ -107,14 +107,14 @@ def test_a_fifo_renamed_over_a_listed_file_between_the_scan_and_the_open_does_no
     drop(spool, user="alice", to=["b@example.org"], subject="after it", text="y")
     fifo = spool / "tmp" / "fifo.json"
     os.mkfifo(fifo)
-    real_scan = spool_mod.scan
+    real_scan = spool_mod.scan_names
 
-    def scan_then_swap(spool_dir: Path) -> list[Path]:
+    def scan_then_swap(spool_dir: Path) -> list[str]:
         listed = real_scan(spool_dir)
         os.rename(fifo, victim)  # between the scan and the open
         return listed
 
-    monkeypatch.setattr(spool_mod, "scan", scan_then_swap)
+    monkeypatch.setattr(spool_mod, "scan_names", scan_then_swap)
     config = load(cfg)
     store, outbound = open_store(cfg)
     outcome: list[object] = []

@@ -85,7 +85,7 @@ def idle(runtime: Runtime) -> bool:
     files no longer in ``new/`` forgotten (a read when there is none)."""
     spool_dir = runtime.config.daemon.spool_dir
     spool.ensure_dirs(spool_dir)
-    if spool.scan(spool_dir):
+    if spool.waiting(spool_dir):
         return False
     due = runtime.outbound.next_due()
     if due is not None and due <= time.time():

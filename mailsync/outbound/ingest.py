@@ -222,15 +222,17 @@ def prepare_spool(config: Config, clock: Callable[[], float] = time.time,
                   limit: int | None = None, signer: Signer | None = None) -> Iterator[Batch]:
     """Every file now in ``new/`` (at most ``limit``), prepared in batches, oldest first."""
     spool.ensure_dirs(config.daemon.spool_dir)
-    files = spool.scan(config.daemon.spool_dir)
+    names = spool.scan_names(config.daemon.spool_dir)
     if limit is not None:
-        files = files[:limit]
+        names = names[:limit]
+    new = config.daemon.spool_dir / "new"
     submitters = Submitters(config)
     # Small batches first, so that the sender has work within milliseconds of a start
     # over a full spool; then large ones, which commit cheaply.
     start, size = 0, 16
-    while start < len(files):
-        yield prepare(config, files[start:start + size], clock(), submitters, signer)
+    while start < len(names):
+        paths = [new / name for name in names[start:start + size]]
+        yield prepare(config, paths, clock(), submitters, signer)
         start, size = start + size, min(size * 4, BATCH)
 
 

@@ -120,6 +120,18 @@ def _spool(spool_dir: Path, suffix: str, data: bytes, durable: bool) -> Path:
     return final
 
 
+def _listed(name: str) -> bool:
+    """Whether :func:`scan` lists the entry ``name`` of ``new/``."""
+    return not name.startswith(".") and name.lower().endswith(SUFFIXES)
+
+
+def waiting(spool_dir: Path) -> bool:
+    """Whether :func:`scan` would list anything: the first such entry answers, so a full
+    spool is not listed and sorted to learn it is not empty."""
+    with os.scandir(spool_dir / "new") as entries:
+        return any(_listed(entry.name) for entry in entries)
+
+
 def scan(spool_dir: Path) -> list[Path]:
     """The ``.eml``/``.json`` entries waiting in ``new/``, oldest first.
 
@@ -130,11 +142,17 @@ def scan(spool_dir: Path) -> list[Path]:
     target's).
     """
     new = spool_dir / "new"
+    return [new / name for name in scan_names(spool_dir)]
+
+
+def scan_names(spool_dir: Path) -> list[str]:
+    """:func:`scan`'s entries by name (a path each costs ~1 µs: a pass makes its batch's
+    when it comes to it, not 5,000 before its first batch)."""
     found: list[tuple[int, str]] = []
-    with os.scandir(new) as entries:
+    with os.scandir(spool_dir / "new") as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not name.lower().endswith(SUFFIXES):
+            if not _listed(name):
                 continue
             try:
                 stamp = _NAME_TIME.match(name)
@@ -144,7 +162,7 @@ def scan(spool_dir: Path) -> list[Path]:
                 continue
             found.append((key, name))
     found.sort()
-    return [new / name for _, name in found]
+    return [name for _, name in found]
 
 
 def reject(spool_dir: Path, path: Path, rejection: Rejection, *,
