@@ -179,8 +179,11 @@ def test_run_once_forks_the_pickup_before_any_thread_and_before_the_sender(
         monkeypatch.setenv("MAILSYNC_DSN", request.getfixturevalue("pg_dsn"))
         cfg.write_text(cfg.read_text().replace(
             "spool_dir: ", "store: {postgresql: {dsn: {env: MAILSYNC_DSN}}}, spool_dir: ", 1))
-    process(tmp_path, "send", "--user", "app", "--to", "a@example.org", "--subject", "s",
-            "-c", str(cfg), stdin="hi\n")
+    from mailsync.outbound.spool import drop_eml, ensure_dirs
+
+    ensure_dirs(tmp_path / "spool")
+    drop_eml(tmp_path / "spool", b"X-Mailsync-User: app\r\nTo: a@example.org\r\n"
+                                 b"Subject: s\r\n\r\nhi\r\n")
     facts = process(tmp_path, "run", "--once", "-c", str(cfg))
     assert "1 queued" in facts["output"] and "1 deferred" in facts["output"]
     (fork,) = facts["forks"]
@@ -192,9 +195,11 @@ def test_run_once_forks_the_pickup_before_any_thread_and_before_the_sender(
     assert {"mailsync.outbound.deliver", "mailsync.daemon.node"} <= set(facts["modules"])
     if backend == "postgresql":
         assert "mailsync-node" in facts["threads"]  # started after the fork
-    # The child counts no rejections for the parent's unserved metrics.
+    # The child counts no rejections for the parent's unserved metrics, and builds no
+    # message from JSON fields (only those need email.policy's header registry).
     child = set(json.loads((tmp_path / "modules.json.child").read_text()))
-    assert "mailsync.outbound.ingest" in child and "prometheus_client" not in child
+    assert "mailsync.outbound.ingest" in child
+    assert {"prometheus_client", "email.policy", "email.headerregistry"} & child == set()
 
 
 def test_the_spool_module_imports_its_parser_on_first_use():
@@ -205,6 +210,19 @@ def test_the_spool_module_imports_its_parser_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split("\n")
     assert out[:2] == ["False False", "True unparseable"]
+
+
+def test_only_a_json_submission_imports_the_email_header_registry():
+    code = ("import sys; from mailsync.outbound.spool import parse\n"
+            "eml = parse('a.eml', b'X-Mailsync-User: app\\r\\nTo: a@example.org\\r\\n"
+            "Subject: s\\r\\n\\r\\nhi\\r\\n', max_size=9999)\n"
+            "print(eml.user, eml.recipients, 'email.policy' in sys.modules)\n"
+            "js = parse('a.json', b'{\"user\": \"app\", \"to\": [\"b@example.org\"], "
+            "\"subject\": \"s\", \"text\": \"hi\"}', max_size=9999)\n"
+            "print(js.user, js.recipients, 'email.policy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split("\n")
+    assert out[:2] == ["app ('a@example.org',) False", "app ('b@example.org',) True"]
 
 
 def test_unserved_metrics_count_nothing_and_import_no_prometheus():
