@@ -335,3 +335,30 @@ def test_history_filters_and_json_keys(tmp_path, smtp_server):
     assert raw.exit_code == 0 and "Subject: s2" in raw.output
     text = run(["history", "show", str(rows[0]["id"]), "-c", str(cfg)])
     assert "Recipients:" in text.output and "b@example.org: sent 250" in text.output
+
+
+def test_a_pass_that_fails_after_the_fork_stops_the_pickup_child(tmp_path, monkeypatch):
+    """The child is forked before the sender is built: when building it fails, the child
+    is stopped, not left running; what it committed stays and the rest waits in new/."""
+    import multiprocessing
+
+    import pytest
+
+    from mailsync.outbound import deliver
+
+    cfg = write_config(tmp_path, server_yaml("main", 9))
+    for i in range(3):
+        drop(tmp_path / "spool", user="alice", to=[f"r{i}@example.org"], subject=f"s{i}",
+             text="x")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no sender today")
+
+    monkeypatch.setattr(deliver.Deliverer, "__init__", broken)
+    with pytest.raises(RuntimeError, match="no sender today"):
+        run(["run", "--once", "-c", str(cfg)])
+    assert multiprocessing.active_children() == []
+    monkeypatch.undo()
+    run_once(cfg)  # the files the child had not taken are taken now; none twice
+    assert sorted(r["subject"] for r in history(cfg)) == ["s0", "s1", "s2"]
+    assert list((tmp_path / "spool" / "new").iterdir()) == []
