@@ -4,7 +4,8 @@ Each command runs as its own process, as cron or an application runs it, on a fi
 schema verdict is remembered: none imports jsonschema (or the other heavy libraries it
 does not use); `status` does not even run the loader (it needs only the YAML). A poll that
 finds nothing reads no message (no email package, no activities); `run --once` with
-nothing to take or send forks no pickup child and starts no thread.
+nothing to take or send forks no pickup child and starts no thread, and with something
+to take it forks its pickup child before it starts any thread or imports its sender.
 """
 
 from __future__ import annotations
