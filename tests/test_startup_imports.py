@@ -203,13 +203,18 @@ def test_run_once_forks_the_pickup_before_any_thread_and_before_the_sender(
     assert {"prometheus_client", "email.policy", "email.headerregistry"} & child == set()
 
 
+def python_lines(code: str) -> list[str]:
+    """The lines ``code`` prints, run by a fresh interpreter (nothing imported before)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.split("\n")
+
+
 def test_the_spool_module_imports_its_parser_on_first_use():
     code = ("import sys; from mailsync.outbound import spool; "
             "print('mailsync.outbound.spoolparse' in sys.modules, 'email' in sys.modules); "
             "from mailsync.outbound.spool import parse; "
             "print(parse is spool.parse, parse('a.json', b'{}', max_size=9).reason)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split("\n")
+    out = python_lines(code)
     assert out[:2] == ["False False", "True unparseable"]
 
 
@@ -221,8 +226,7 @@ def test_only_a_json_submission_imports_the_email_header_registry():
             "js = parse('a.json', b'{\"user\": \"app\", \"to\": [\"b@example.org\"], "
             "\"subject\": \"s\", \"text\": \"hi\"}', max_size=9999)\n"
             "print(js.user, js.recipients, 'email.policy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split("\n")
+    out = python_lines(code)
     assert out[:2] == ["app ('a@example.org',) False", "app ('b@example.org',) True"]
 
 
@@ -233,8 +237,7 @@ def test_unserved_metrics_count_nothing_and_import_no_prometheus():
             "m.server_up.labels('s', 'outgoing').set(1); print(m.messages_rejected.collect())\n"
             "print('prometheus_client' in sys.modules)\n"
             "try:\n    m.registry\nexcept AttributeError as exc:\n    print(exc)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split("\n")
+    out = python_lines(code)
     assert out[:3] == ["[]", "False", "these metrics are not served: they have no registry"]
 
 
