@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
 import time
 from email import message_from_bytes
 from pathlib import Path
 
+import pytest
+
+from mailsync.outbound import deliver
 from mailsync.outbound.spool import drop, drop_eml
 from mailsync.outbound.verp import load_key
 from tests.outbound_helpers import (
@@ -340,12 +344,6 @@ def test_history_filters_and_json_keys(tmp_path, smtp_server):
 def test_a_pass_that_fails_after_the_fork_stops_the_pickup_child(tmp_path, monkeypatch):
     """The child is forked before the sender is built: when building it fails, the child
     is stopped, not left running; what it committed stays and the rest waits in new/."""
-    import multiprocessing
-
-    import pytest
-
-    from mailsync.outbound import deliver
-
     cfg = write_config(tmp_path, server_yaml("main", 9))
     for i in range(3):
         drop(tmp_path / "spool", user="alice", to=[f"r{i}@example.org"], subject=f"s{i}",
