@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,10 @@ from mailsync.cli.root import (
     using_store,
 )
 from mailsync.outbound.queue import OutboundStore
+
+if TYPE_CHECKING:
+    from mailsync.config.model import Config
+    from mailsync.outbound.history import Filters
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
 # --help` imports every command module; `validate`, a pre-commit hook, none of them).
@@ -62,16 +66,25 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         since_t = parse_since(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    config = _config(config_path)
+    list_messages(_config(config_path), h.Filters(status, account, user, since_t, limit),
+                  h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
+
+
+def list_messages(config: Config, filters: Filters, columns: tuple[str, ...], fmt: str,
+                  wide: bool) -> None:
+    """The messages ``filters`` select, printed as :func:`print_rows` does; a table the
+    limit cut ends with ``showing N of M (--limit)`` (a listing is never cut silently)."""
+    from mailsync.outbound import history as h
+
     rows: list[dict[str, Any]] = []
     total = 0
-    filters = h.Filters(status, account, user, since_t, limit)
     with using_store(config) as store:
         if store is not None:
-            rows = h.list_messages(OutboundStore(store), filters)
-            total = h.count_messages(OutboundStore(store), filters) \
-                if len(rows) == limit else len(rows)
-    print_rows(rows, h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
+            outbound = OutboundStore(store)
+            rows = h.list_messages(outbound, filters)
+            total = h.count_messages(outbound, filters) \
+                if len(rows) == filters.limit else len(rows)
+    print_rows(rows, columns, fmt, wide)
     if fmt != "json" and total > len(rows):
         click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
 

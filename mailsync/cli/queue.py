@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from mailsync.cli.history import list_format, print_rows, wide_option
+from mailsync.cli.history import list_format, list_messages, wide_option
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -41,19 +40,10 @@ def queue_list(config_path: Path, limit: int, fmt: str, wide: bool) -> None:
     """Messages not yet delivered: queued, sending, deferred, held; newest first."""
     from mailsync.outbound import history as h
 
-    config = _config(config_path)
-    rows: list[dict[str, Any]] = []
-    total = 0
-    filters = h.Filters(("queued", "sending", "deferred", "held"), limit=limit)
-    with using_store(config) as store:
-        if store is not None:
-            rows = h.list_messages(OutboundStore(store), filters)
-            total = h.count_messages(OutboundStore(store), filters) \
-                if len(rows) == limit else len(rows)
-    print_rows(rows, ("id", "status", "created_at", "account", "to", "attempts",
-                       "next_attempt_at", "error"), fmt, wide)
-    if fmt != "json" and total > len(rows):
-        click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
+    list_messages(_config(config_path),
+                  h.Filters(("queued", "sending", "deferred", "held"), limit=limit),
+                  ("id", "status", "created_at", "account", "to", "attempts",
+                   "next_attempt_at", "error"), fmt, wide)
 
 
 def _queue_action(name: str) -> None:
