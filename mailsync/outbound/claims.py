@@ -79,8 +79,14 @@ def due_rows(conn: sqlite3.Connection, now: float, limit: int,
         f" due.next_attempt_at FROM ({due_ids(lock)}) AS due"
         " JOIN messages m ON m.id = due.id JOIN contents c ON c.message = m.id",
         due_params(now, limit)).fetchall()
-    due.sort(key=lambda r: (r[7], r[0]))  # a join keeps no order: oldest first
-    return [tuple(r[:7]) for r in due]
+    return _oldest_first(due)  # a join keeps no order
+
+
+def _oldest_first(rows: list[Any]) -> list[tuple[Any, ...]]:
+    """Claimed rows (id, ... 7 columns, next attempt, ...) by next attempt then id, each
+    cut to its 7 claim columns."""
+    rows.sort(key=lambda r: (r[7], r[0]))
+    return [tuple(r[:7]) for r in rows]
 
 
 def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, limit: int,
@@ -106,8 +112,8 @@ def claim_due(conn: sqlite3.Connection, node: str, lease: float, now: float, lim
             " m.next_attempt_at, ARRAY(SELECT r.address FROM recipients r"
             " WHERE r.message = m.id AND r.status IN ('queued', 'deferred'))",
             (*due_params(now, limit), now, node, lease)).fetchall()
-        rows.sort(key=lambda r: (r[7], r[0]))  # RETURNING keeps no order: oldest first
-        return [tuple(r[:7]) for r in rows], {r[0]: list(r[8]) for r in rows}
+        # RETURNING keeps no order.
+        return _oldest_first(rows), {r[0]: list(r[8]) for r in rows}
     rows = due_rows(conn, now, limit, _SKIP_LOCKED)
     if rows:
         rows = admit(conn, rows, now)
