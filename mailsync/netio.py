@@ -220,7 +220,11 @@ def network_error(exc: BaseException, where: str, timeout: float, *, connecting:
                 f"{where}: TLS error: the server refused the connection's certificate "
                 f"({exc.reason}): it wants a client certificate it trusts (tls_client_cert, "
                 "tls_client_key)", "tls")
-        if exc.reason == "UNEXPECTED_EOF_WHILE_READING" and not transferring:
+        # Earlier Python 3.11 releases (Debian 12's 3.11.2) raise an EOF in the handshake as
+        # SSLZeroReturnError ("TLS/SSL connection has been closed (EOF)", no reason).
+        if (exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+                or isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError)) \
+                and not transferring:
             return ConnectError(
                 f"{where}: TLS error: the server closed the connection during the TLS "
                 "handshake: it may offer only TLS versions older than tls_min_version "

@@ -467,7 +467,9 @@ def _abort(protocol: _SMTP) -> None:
     """Drop a connection at once. close() would wait for the client's TLS close_notify,
     which a blocked client never sends, and leave the socket open when the loop ends."""
     for transport in (protocol.transport, protocol._original_transport):
-        if transport is not None:
+        # A TLS transport closed twice has let go of its protocol: nothing is left to drop,
+        # and earlier Python 3.11 releases (Debian 12's 3.11.2) raise AttributeError in abort().
+        if transport is not None and getattr(transport, "_ssl_protocol", transport) is not None:
             transport.abort()  # type: ignore[attr-defined]
 
 

@@ -19,6 +19,7 @@ import trustme
 
 from mailsync.config.load import load_text
 from mailsync.inbound.poller import check_incoming
+from mailsync.netio import network_error
 from mailsync.outbound.spool import drop
 from tests.dovecot import (  # noqa: F401  (fixtures)
     dovecot_fixture,
@@ -185,6 +186,36 @@ def test_a_tls_1_1_only_server_is_refused_with_the_reason(tmp_path, smtp_server)
     code, out = _test(cfg)
     assert code == 1
     assert "only TLS versions older than tls_min_version" in out, out
+
+
+def _ssl_error(cls: type[ssl.SSLError], errno: int, text: str, reason: str | None
+               ) -> ssl.SSLError:
+    """An SSLError as the _ssl module raises it (it sets library and reason itself)."""
+    exc = cls(errno, text)
+    exc.library = "SSL" if reason else None  # type: ignore[misc]
+    exc.reason = reason  # type: ignore[misc]
+    return exc
+
+
+@pytest.mark.parametrize("exc", [
+    # Python 3.11.7 (this suite's dev venv): an EOF in the handshake as OpenSSL 3 says it.
+    _ssl_error(ssl.SSLEOFError, 8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in "
+               "violation of protocol (_ssl.c:1006)", "UNEXPECTED_EOF_WHILE_READING"),
+    # Debian 12's Python 3.11.2 raises the same EOF as SSLZeroReturnError, with no reason.
+    _ssl_error(ssl.SSLZeroReturnError, 6,
+               "TLS/SSL connection has been closed (EOF) (_ssl.c:992)", None),
+], ids=["SSLEOFError", "SSLZeroReturnError"])
+def test_a_server_closing_during_the_handshake_is_worded_alike_on_every_python(exc):
+    # The TLS-version tests below meet one of the two for real, on the Python they run on.
+    error = network_error(exc, "main (127.0.0.1:25)", 30, connecting=False, transferring=False)
+    assert error is not None and error.kind == "tls"
+    assert str(error) == ("main (127.0.0.1:25): TLS error: the server closed the connection "
+                          "during the TLS handshake: it may offer only TLS versions older "
+                          "than tls_min_version (default TLSv1.2), or want a client "
+                          "certificate (tls_client_cert)")
+    # Once the session is under way, the same EOF is a lost connection.
+    lost = network_error(exc, "main (127.0.0.1:25)", 30, connecting=False, transferring=True)
+    assert lost is not None and lost.kind == "closed"
 
 
 def test_tls_min_version_tls_1_3_refuses_a_tls_1_2_server(tmp_path, smtp_server):
