@@ -330,6 +330,16 @@ class Dovecot:
         path = self.root / "dovecot.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def logged(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether ``text`` appears in the log within ``timeout`` seconds: Dovecot's log
+        process writes asynchronously, so a line is waited for rather than raced."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def __enter__(self) -> Dovecot:
         return self.start()
 

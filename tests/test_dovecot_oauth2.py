@@ -56,7 +56,8 @@ def test_imap_xoauth2_logs_in_with_a_valid_token_and_reads_the_mailbox(oauth2_ma
     client.logout()
     [asked] = [r for r in oauth2_mailbox.authority.requests if r.endpoint == "/introspect"]
     assert asked.params["token"] == token and asked.ok  # (and empty client_id, client_secret)
-    assert f"user=<{oauth2_mailbox.user}>, method=XOAUTH2" in oauth2_mailbox.dovecot.log()
+    assert oauth2_mailbox.dovecot.logged(f"user=<{oauth2_mailbox.user}>, method=XOAUTH2"), \
+        oauth2_mailbox.dovecot.log()[-2000:]
 
 
 def test_imap_refuses_an_expired_token_with_the_401_challenge(oauth2_mailbox):
