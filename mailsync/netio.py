@@ -183,11 +183,14 @@ def _machine_fqdn() -> str:
 
 
 def network_error(exc: BaseException, where: str, timeout: float, *, connecting: bool,
-                  transferring: bool) -> ConnectError | None:
+                  transferring: bool, handshaking: bool) -> ConnectError | None:
     """The ConnectError of a socket or TLS failure, or None when it is none of those.
 
     ``where`` names the server (``name (host:port)``); ``connecting``: the failure came
-    before the greeting; ``transferring``: a TLS error there means a lost connection.
+    before the greeting; ``transferring``: a TLS error there means a lost connection;
+    ``handshaking``: in a TLS handshake or the first reply after it (connecting, STARTTLS
+    and the EHLO over TLS: where a server that refuses the TLS version or the client
+    certificate hangs up).
     """
     if isinstance(exc, socket.gaierror):
         return ConnectError(f"{where}: host name not found ({exc.strerror})", "dns")
@@ -222,13 +225,15 @@ def network_error(exc: BaseException, where: str, timeout: float, *, connecting:
                 "tls_client_key)", "tls")
         # Earlier Python 3.11 releases (Debian 12's 3.11.2) raise an EOF in the handshake as
         # SSLZeroReturnError ("TLS/SSL connection has been closed (EOF)", no reason).
-        if (exc.reason == "UNEXPECTED_EOF_WHILE_READING"
-                or isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError)) \
-                and not transferring:
+        eof = exc.reason == "UNEXPECTED_EOF_WHILE_READING" or isinstance(
+            exc, ssl.SSLZeroReturnError | ssl.SSLEOFError)
+        if eof and handshaking:
             return ConnectError(
                 f"{where}: TLS error: the server closed the connection during the TLS "
                 "handshake: it may offer only TLS versions older than tls_min_version "
                 "(default TLSv1.2), or want a client certificate (tls_client_cert)", "tls")
+        if eof:
+            return ConnectError(f"{where}: the server closed the connection", "closed")
         kind = "closed" if transferring else "tls"
         return ConnectError(f"{where}: TLS error: {exc.reason or exc}", kind)
     return None

@@ -207,15 +207,20 @@ def _ssl_error(cls: type[ssl.SSLError], errno: int, text: str, reason: str | Non
 ], ids=["SSLEOFError", "SSLZeroReturnError"])
 def test_a_server_closing_during_the_handshake_is_worded_alike_on_every_python(exc):
     # The TLS-version tests below meet one of the two for real, on the Python they run on.
-    error = network_error(exc, "main (127.0.0.1:25)", 30, connecting=False, transferring=False)
+    where = "main (127.0.0.1:25)"
+    error = network_error(exc, where, 30, connecting=False, transferring=False,
+                          handshaking=True)
     assert error is not None and error.kind == "tls"
     assert str(error) == ("main (127.0.0.1:25): TLS error: the server closed the connection "
                           "during the TLS handshake: it may offer only TLS versions older "
                           "than tls_min_version (default TLSv1.2), or want a client "
                           "certificate (tls_client_cert)")
-    # Once the session is under way, the same EOF is a lost connection.
-    lost = network_error(exc, "main (127.0.0.1:25)", 30, connecting=False, transferring=True)
-    assert lost is not None and lost.kind == "closed"
+    # Once TLS is up (logging in, sending), the same EOF is a hang-up, not a TLS matter.
+    for transferring in (False, True):
+        lost = network_error(exc, where, 30, connecting=False, transferring=transferring,
+                             handshaking=False)
+        assert lost is not None and lost.kind == "closed"
+        assert str(lost) == "main (127.0.0.1:25): the server closed the connection"
 
 
 def test_tls_min_version_tls_1_3_refuses_a_tls_1_2_server(tmp_path, smtp_server):

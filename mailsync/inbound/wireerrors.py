@@ -35,7 +35,8 @@ def translate(exc: BaseException, server: IncomingServer, phase: str) -> Connect
     if isinstance(exc.__context__, DeadlineExceeded):
         exc = exc.__context__  # imaplib words a write past its deadline as a socket error
     common = network_error(exc, where, server.timeout.total_seconds(),
-                           connecting=phase == "connect", transferring=phase == "fetch")
+                           connecting=phase == "connect", transferring=phase == "fetch",
+                           handshaking=phase in ("connect", "starttls"))
     if common is not None:
         return common
     if isinstance(exc, imaplib.IMAP4.abort | EOFError | ConnectionError):

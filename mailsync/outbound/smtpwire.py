@@ -274,7 +274,8 @@ def translate(exc: BaseException, server: OutgoingServer, phase: str) -> Connect
         return ConnectError(f"{where}: {too_long} (during {_noun(phase)}); the connection "
                             "was dropped", "protocol")
     common = network_error(exc, where, server.timeout.total_seconds(),
-                           connecting=phase == "connect", transferring=phase == "transaction")
+                           connecting=phase == "connect", transferring=phase == "transaction",
+                           handshaking=phase in ("connect", "starttls"))
     if common is not None:
         return common
     if isinstance(exc, smtplib.SMTPAuthenticationError):
