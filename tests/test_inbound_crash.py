@@ -27,6 +27,7 @@ from tests.dovecot import (  # noqa: F401  (fixtures)
     message,
     write_config,
 )
+from tests.sqlitedb import sqlite_file
 
 N = 2000
 
@@ -38,7 +39,7 @@ def _poll(cfg, **kwargs):
 
 def _stored(db) -> int:
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+        with sqlite_file(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
             return int(conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0])
     except sqlite3.Error:
         return 0  # not created or not migrated yet
@@ -76,7 +77,7 @@ def test_sigkill_while_fetching_loses_nothing_and_stores_nothing_twice(mailbox, 
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
 
-    with sqlite3.connect(db) as conn:
+    with sqlite_file(db) as conn:
         ids = collections.Counter(r[0] for r in conn.execute("SELECT message_id FROM fetched"))
     expected = {f"<m{i}@test>" for i in range(N)}
     assert set(ids) == expected, f"lost {len(expected - set(ids))} ({context})"

@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from mailsync.cli import main
 from tests.dovecot import message, write_config
+from tests.sqlitedb import sqlite_file
 
 HOST = "127.0.0.1"
 RAW_SQLITE = ("UNIQUE constraint", "IntegrityError", "sqlite3", "constraint failed")
@@ -297,7 +298,7 @@ def test_pop3_message_another_poll_stored_meanwhile_fails_in_words_then_heals(se
 
     def store_b_meanwhile(number: int) -> None:
         if number == 2:
-            with sqlite3.connect(db) as conn:
+            with sqlite_file(db) as conn:
                 conn.execute("INSERT INTO fetched (server, folder, source_key, fetched_at,"
                              " size, subject) VALUES ('box', '', 'b', 0, 1, 'message 2')")
 

@@ -260,7 +260,8 @@ def test_the_daemon_collects_garbage_as_python_sets_it():
     try:
         gc.set_threshold(STARTUP_GC_THRESHOLD, *before[1:])
         long_running()
-        assert gc.get_threshold() == (700, 10, 10)
+        # Python's own thresholds, as a fresh interpreter has them (3.13 raised the first).
+        assert str(gc.get_threshold()) == python_lines("import gc; print(gc.get_threshold())")[0]
     finally:
         gc.set_threshold(*before)
 

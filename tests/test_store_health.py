@@ -11,20 +11,21 @@ from mailsync.errors import StoreUnavailable
 from mailsync.store import Store
 from mailsync.store.health import CommitHealth, classify
 from mailsync.store.sqlitefile import WAL_MAX_PAGES, WAL_MIN_PAGES, wal_pages
+from tests.sqlitedb import sqlite_file
 
 
 def test_disk_errors_are_told_apart_from_statement_errors(tmp_path):
-    conn = sqlite3.connect(tmp_path / "x.db")
-    conn.execute("CREATE TABLE t (x UNIQUE)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    with pytest.raises(sqlite3.IntegrityError) as unique:
+    with sqlite_file(tmp_path / "x.db") as conn:
+        conn.execute("CREATE TABLE t (x UNIQUE)")
         conn.execute("INSERT INTO t VALUES (1)")
-    with pytest.raises(sqlite3.OperationalError) as syntax:
-        conn.execute("SELEC 1")
+        with pytest.raises(sqlite3.IntegrityError) as unique:
+            conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.OperationalError) as syntax:
+            conn.execute("SELEC 1")
     assert classify(unique.value) is None and classify(syntax.value) is None
     (tmp_path / "junk.db").write_bytes(os.urandom(8192))
-    with pytest.raises(sqlite3.DatabaseError) as junk:
-        sqlite3.connect(tmp_path / "junk.db").execute("SELECT * FROM sqlite_master")
+    with pytest.raises(sqlite3.DatabaseError) as junk, sqlite_file(tmp_path / "junk.db") as bad:
+        bad.execute("SELECT * FROM sqlite_master")
     assert classify(junk.value) == "corrupt"
     assert classify(sqlite3.OperationalError("database or disk is full")) == "full"
 

@@ -25,6 +25,7 @@ from mailsync.store.sqlitefile import _statements
 from tests.conftest import need
 from tests.daemon_helpers import DaemonProcess, daemon_config
 from tests.outbound_helpers import history, run, server_yaml, write_config
+from tests.sqlitedb import sqlite_file
 
 
 def _config(tmp_path: Path, port: int = 9) -> Path:
@@ -51,7 +52,7 @@ def _recorded(state: Path) -> dict[str, str]:
 
 
 def _held(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
+    with sqlite_file(db) as conn:
         return str(conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'")
                    .fetchone()[0])
 
@@ -162,7 +163,7 @@ def test_a_store_whose_id_row_was_removed_is_refused_in_one_line(tmp_path):
     cfg = _config(tmp_path)
     state = tmp_path / "state"
     _fill(state, 1)
-    with sqlite3.connect(state / "mailsync.db") as conn:
+    with sqlite_file(state / "mailsync.db") as conn:
         conn.execute("DELETE FROM store_meta")
     result = run(["run", "--once", "-c", str(cfg)])
     assert result.exit_code == 1
@@ -213,7 +214,7 @@ def test_readers_before_any_start_show_nothing_and_create_nothing(tmp_path):
 # -- a damaged store ---------------------------------------------------------------------
 def _pages(db: Path, table: str) -> list[int]:
     """The leaf pages of ``table`` (SQLite's dbstat)."""
-    with sqlite3.connect(db) as conn:
+    with sqlite_file(db) as conn:
         return [r[0] for r in conn.execute(
             "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
             (table,))]
@@ -221,7 +222,7 @@ def _pages(db: Path, table: str) -> list[int]:
 
 def _garble(db: Path, page: int) -> None:
     """Overwrite page ``page`` (1-based) of the closed database file with garbage."""
-    with sqlite3.connect(db) as conn:
+    with sqlite_file(db) as conn:
         size = conn.execute("PRAGMA page_size").fetchone()[0]
     fd = os.open(db, os.O_WRONLY)
     try:

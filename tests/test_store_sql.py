@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from mailsync.store import where
+from tests.sqlitedb import sqlite_file
 
 
 def test_only_the_conditions_that_are_set_in_order():
@@ -19,8 +18,8 @@ def test_nothing_set_is_no_clause():
 
 
 def test_the_clause_filters_a_real_table():
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE t (status TEXT, n INTEGER)")
-    conn.executemany("INSERT INTO t VALUES (?, ?)", [("a", 1), ("b", 2), ("c", 3), ("a", 4)])
-    clause, args = where(("status IN", ("a", "b")), ("n >=", 2))
-    assert conn.execute(f"SELECT n FROM t {clause} ORDER BY n", args).fetchall() == [(2,), (4,)]
+    with sqlite_file(":memory:") as conn:
+        conn.execute("CREATE TABLE t (status TEXT, n INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [("a", 1), ("b", 2), ("c", 3), ("a", 4)])
+        clause, args = where(("status IN", ("a", "b")), ("n >=", 2))
+        assert conn.execute(f"SELECT n FROM t {clause} ORDER BY n", args).fetchall() == [(2,), (4,)]

@@ -4,8 +4,6 @@ instead of migrating it under that daemon."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from mailsync.daemon.control import ControlServer, socket_path
@@ -14,6 +12,7 @@ from mailsync.store import Store
 from mailsync.store import sqlitefile as store_module
 from mailsync.store.migrations import MIGRATIONS
 from tests.outbound_helpers import run, server_yaml, write_config
+from tests.sqlitedb import sqlite_file
 
 CURRENT = len(MIGRATIONS)
 OLDER = CURRENT - 1
@@ -31,7 +30,7 @@ def older(tmp_path, monkeypatch):
 
 
 def _version(tmp_path) -> int:
-    with sqlite3.connect(tmp_path / "state" / "mailsync.db") as conn:
+    with sqlite_file(tmp_path / "state" / "mailsync.db") as conn:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from mailsync.outbound.spool import drop
 from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture  # noqa: F401
 from tests.outbound_helpers import server_yaml, write_config
 from tests.smtpserver import smtp_server_fixture  # noqa: F401
+from tests.sqlitedb import sqlite_file
 
 ESC = "\x1b"
 SUBJECT = "Invoice \x1b]0;pwned\x07\x1b[2J paid \u202egnp.exe"
@@ -110,7 +110,7 @@ def test_fetched_mail_is_shown_escaped_and_kept_intact(tmp_path, mailbox):
     _clean(_run("activity", "show", "1", "-c", str(cfg)))
 
     # The store keeps the message as fetched, and --raw to a pipe writes it byte for byte.
-    with sqlite3.connect(tmp_path / "state" / "mailsync.db") as db:
+    with sqlite_file(tmp_path / "state" / "mailsync.db") as db:
         (stored,) = db.execute("SELECT raw FROM fetched WHERE id = 1").fetchone()
     assert stored == RAW
     piped = _mailsync("inbox", "show", "1", "--raw", "-c", str(cfg))
@@ -184,7 +184,7 @@ def test_server_replies_are_escaped_in_history_and_the_daemon_log(tmp_path, smtp
     replies = {r["address"]: r["reply"] for r in json.loads(as_json)["recipients"]}
     assert replies["bob@example.org"] == "4.7.1 \x1b[5mtry later\x08\x08"
 
-    with sqlite3.connect(tmp_path / "state" / "mailsync.db") as db:
+    with sqlite_file(tmp_path / "state" / "mailsync.db") as db:
         (stored,) = db.execute("SELECT raw FROM contents WHERE message = 1").fetchone()
     piped = _mailsync("history", "show", "1", "--raw", "-c", str(cfg))
     assert piped.returncode == 0 and piped.stdout == stored
