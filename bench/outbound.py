@@ -298,7 +298,7 @@ def one_daemon_run(n: int, port: int) -> dict[str, object]:
     import signal
     import urllib.request
 
-    from mailsync.outbound.spool import drop_eml, ensure_dirs
+    from mailsync.outbound.spool import ensure_dirs
 
     with workdir() as (root, fs):
         metrics = free_port()
@@ -336,8 +336,7 @@ def one_daemon_run(n: int, port: int) -> dict[str, object]:
                         f"file:{root / 'state' / 'mailsync.db'}?mode=ro", uri=True)) as reader:
                     cpu = process_cpu(proc.pid)
                     start = time.perf_counter()
-                    for i in range(n):
-                        drop_eml(root / "spool", message(i))
+                    drop_messages(root / "spool", n)
                     dropped = time.perf_counter() - start
                     # The store is read, not the daemon asked: an HTTP request is a thread
                     # and a scrape in the process that sends (asking every 20 ms cost the
