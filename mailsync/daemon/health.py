@@ -122,7 +122,7 @@ class Health:
             if quiet > self.stuck_after:
                 spool_dir = self._config().daemon.spool_dir
                 try:
-                    waiting = len(spool.scan(spool_dir))
+                    waiting = len(spool.scan_names(spool_dir))
                 except OSError:
                     waiting = 0
                 if waiting:
