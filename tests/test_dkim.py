@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import time
 from email import message_from_bytes
 from pathlib import Path
 
@@ -15,12 +16,18 @@ import pytest
 
 from mailsync.config.dkimkeys import read_key
 from mailsync.config.secrets import Secret
+from mailsync.daemon.spooling import RESCAN
 from mailsync.outbound.dkim import DkimError, Signer
 from mailsync.outbound.ingest import Ingester
 from mailsync.outbound.queue import OutboundStore
-from mailsync.outbound.spool import drop
+from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.store import Store
 from mailsync.telemetry.metrics import Metrics
+from tests.daemon_helpers import (
+    daemon_config,
+    daemons_fixture,  # noqa: F401 - the daemons fixture
+    wait_until,
+)
 from tests.outbound_helpers import (
     history,
     load,
@@ -245,6 +252,63 @@ def test_a_key_that_cannot_be_read_leaves_the_spool_waiting(tmp_path, smtp_serve
     finally:
         store.close()
     assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
+
+
+def test_a_missing_key_file_fails_run_once_in_a_sentence_and_the_file_waits(tmp_path,
+                                                                           smtp_server):
+    """A key file absent when the configuration loads (validate does not require secret
+    files, which CI does not have) fails the spool's pass: `run --once` says why in one
+    line, exits 1, and the file waits for the key; nothing leaves unsigned."""
+    srv = smtp_server()
+    key = tmp_path / "s1.key"
+    cfg = dkim_config(tmp_path, srv.port, entry("example.com", "s1", key))
+    drop(tmp_path / "spool", user="alice", account="sales", to=["ann@example.org"],
+         subject="Wait", text="Hello")
+    result = run(["run", "--once", "-c", str(cfg)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"error: the spool was not taken: dkim s1._domainkey.example.com: DKIM key: secret "
+        f"file {key} does not exist; its files wait in {tmp_path / 'spool' / 'new'}")
+    assert result.stdout.startswith("spool: 0 queued")
+    assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
+    assert srv.messages == []
+    keygen(tmp_path, "example.com", "s1")  # the key arrives: the next run sends it, signed
+    assert "1 sent" in run_once(cfg).output
+    [sent] = srv.wait_for(1)
+    assert sent.data.startswith(b"DKIM-Signature: ")
+
+
+def test_the_daemon_logs_a_failing_spool_once_and_says_when_it_is_taken_again(tmp_path,
+                                                                              smtp_server,
+                                                                              daemons):
+    srv = smtp_server()
+    key = tmp_path / "s1.key"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(daemon_config(tmp_path, server_yaml("main", srv.port), accounts=ACCOUNTS)
+                   + "dkim:\n" + entry("example.com", "s1", key))
+    ensure_dirs(tmp_path / "spool")
+    drop(tmp_path / "spool", user="alice", account="sales", to=["ann@example.org"],
+         subject="first", text="Hello")
+    daemon = daemons(cfg)
+    failing = "taking the spool fails: dkim s1._domainkey.example.com: DKIM key: secret file"
+    wait_until(lambda: failing in daemon.log, 20, "the failing pass logged")
+    # Another file wakes the pickup, and a rescan follows: the same failure, not logged
+    # again (at debug level only).
+    drop(tmp_path / "spool", user="alice", account="sales", to=["bob@example.org"],
+         subject="second", text="Hello")
+    time.sleep(RESCAN + 1)
+    assert srv.messages == []
+    keygen(tmp_path, "example.com", "s1")
+    drop(tmp_path / "spool", user="alice", account="sales", to=["cy@example.org"],
+         subject="third", text="Hello")  # wakes the pickup at once
+    srv.wait_for(3, timeout=20)
+    log = daemon.log
+    assert log.count(failing) == 1
+    assert "Traceback" not in log
+    assert "the spool is taken again (it failed: dkim s1._domainkey.example.com" in log
+    assert daemon.stop() == 0
+    assert sorted(r["status"] for r in history(cfg)) == ["sent"] * 3
 
 
 def test_rsa_is_signed_by_openssl_and_by_dkimpy_when_they_disagree(tmp_path, monkeypatch,

@@ -61,3 +61,7 @@ def run(config_path: Path, once: bool, new_store: bool) -> None:
     click.echo(done.summary())
     for result in done.polls:
         click.echo(f"inbox: {printable(result.describe())}")
+    if done.spool_error is not None:
+        click.echo(f"error: the spool was not taken: {printable(done.spool_error)}; its "
+                   f"files wait in {config.daemon.spool_dir / 'new'}", err=True)
+        raise Exit(1)

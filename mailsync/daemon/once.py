@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mailsync.daemon.runtime import Runtime
+from mailsync.errors import MailsyncError
 from mailsync.inbound.onepass import poll_all_once
 from mailsync.inbound.poller import PollResult
 from mailsync.outbound import spool
@@ -40,12 +41,14 @@ class PassResult:
     """What the pass did: the spool taken, the messages sent, each mailbox's poll.
 
     ``ingested`` and ``sent`` are None when the pass had nothing to take and nothing due
-    (then neither part ran: 0 of everything)."""
+    (then neither part ran: 0 of everything); ``ingested`` is None too when the spool could
+    not be taken (``spool_error`` says why: its files wait in ``new/``)."""
 
     ingested: IngestStats | None
     sent: DeliverStats | None
     connections: int  # SMTP connections opened
     polls: list[PollResult]
+    spool_error: str | None = None
 
     def summary(self) -> str:
         """The line ``run --once`` prints: the spool's counts, then the sender's."""
@@ -133,8 +136,13 @@ def _send_while_ingesting(runtime: Runtime, pickup: Pickup) -> PassResult:
 
             sender = threading.Thread(target=send, name="mailsync-deliver")
             sender.start()
+            spool_error = None
             try:
                 ingested = pickup.wait(runtime.metrics, on_commit=deliverer.wake)
+            except MailsyncError as exc:
+                # The files wait in new/ (nothing was queued unsigned, say); what was due
+                # is still sent and the mailboxes still polled, and the command says so.
+                ingested, spool_error = None, str(exc)
             finally:
                 done.set()
                 deliverer.wake()
@@ -145,4 +153,5 @@ def _send_while_ingesting(runtime: Runtime, pickup: Pickup) -> PassResult:
                 node.join(5.0)
     finally:
         deliverer.close()
-    return PassResult(ingested, result["sent"], deliverer.connections_opened, [])
+    return PassResult(ingested, result["sent"], deliverer.connections_opened, [],
+                      spool_error)

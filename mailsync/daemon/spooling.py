@@ -39,6 +39,9 @@ RESCAN = 5.0  # spool rescan (seconds)
 SPOOL_PASS = 1000  # files per ingestion pass, so a stop is never far away
 IDLE_SEND_POLL = 1.0  # the queue is looked at this often even without a wake-up
 STORE_PROBE_EVERY = 1.0  # a store that cannot commit is tried this often
+# A pass failing the same way (a DKIM key it cannot read) is logged when it starts, when
+# its reason changes, and again this often while it lasts, not at every RESCAN.
+FAILURE_RELOG = 600.0
 
 
 class Intake:
@@ -88,6 +91,9 @@ class SpoolLoop:
         # no-progress check (daemon.health) looks at.
         self.busy_since: float | None = None
         self.progress = time.monotonic()
+        # Why the passes fail (None: the last one did not) and when that was last logged.
+        self._failing: str | None = None
+        self._failing_logged = 0.0
         self.thread = threading.Thread(target=self._run, name="mailsync-spool", daemon=True)
 
     def start(self, intake: Intake) -> None:
@@ -105,6 +111,18 @@ class SpoolLoop:
         """A spool batch was committed (in the pickup or here): progress; wake the sender."""
         self.progress = time.monotonic()
         self._deliverer.wake()
+
+    def _failed(self, why: str) -> None:
+        """A pass failed on an error of mailsync's own: logged unless it is the same as
+        the last one, logged less than FAILURE_RELOG ago."""
+        now = time.monotonic()
+        if why == self._failing and now - self._failing_logged < FAILURE_RELOG:
+            log.debug("taking the spool failed again: %s", why)
+            return
+        again = "still " if why == self._failing else ""
+        self._failing, self._failing_logged = why, now
+        log.error("taking the spool %sfails: %s; its files wait in new/ and are tried "
+                  "again every %gs and when one arrives", again, why, RESCAN)
 
     def _run(self) -> None:
         intake = self.intake
@@ -135,11 +153,15 @@ class SpoolLoop:
                     log.error("%s; the spool is taken in the daemon process from now on", exc)
                     intake.pickup = None
                     continue
-                log.error("taking the spool failed, retrying in %gs: %s", RESCAN, exc)
+                self._failed(str(exc))
                 more = False
             except Exception:  # noqa: BLE001 - the store may be busy or full: retry later
                 log.exception("taking the spool failed; retrying in %gs", RESCAN)
                 more = False
+            else:
+                if self._failing is not None:
+                    log.warning("the spool is taken again (it failed: %s)", self._failing)
+                    self._failing = None
             finally:
                 self.busy_since = None
             if more:

@@ -85,7 +85,9 @@ def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     """A pass's answer: its stats, its rejections counted in ``metrics``."""
     if kind == "unavailable":  # the store could not commit: the files wait in new/
         raise StoreUnavailable(payload[1], payload[0])
-    if kind != "done":
+    if kind == "failed":  # an error of mailsync's own (a DKIM key it cannot read): its text
+        raise MailsyncError(payload)
+    if kind != "done":  # anything else is a bug: its traceback, for the report
         raise MailsyncError(f"spool ingestion failed: {payload}")
     stats, rejected = payload
     for reason, count in rejected.items():
@@ -118,6 +120,8 @@ def _child(config: Config, conn: Connection, verp_key: VerpKey | None, served: b
         conn.send(("done", (asdict(stats), _rejected_totals(metrics))))
     except StoreUnavailable as exc:
         conn.send(("unavailable", (exc.kind, str(exc))))
+    except MailsyncError as exc:  # worded for the operator (and free of secrets) already
+        conn.send(("failed", str(exc)))
     except BaseException:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -190,6 +194,9 @@ def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
                 stats = current.run_once(limit=payload)
             except StoreUnavailable as exc:  # the files wait in new/ for the next pass
                 conn.send(("unavailable", (exc.kind, str(exc))))
+                continue
+            except MailsyncError as exc:  # as in _child: its text, not a traceback
+                conn.send(("failed", str(exc)))
                 continue
             except BaseException:  # noqa: BLE001 - reported; the next pass tries again
                 conn.send(("error", traceback.format_exc()))
