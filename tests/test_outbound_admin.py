@@ -68,6 +68,37 @@ def test_send_reads_the_body_from_stdin_and_refuses_bad_input(tmp_path):
     assert usage.exit_code == 2
 
 
+def test_send_refuses_a_user_or_account_the_daemon_would_reject(tmp_path):
+    """Said at once, with the option to use, instead of a file that lands in rejected/."""
+    accounts = ("  - {name: sales, email: sales@example.com, server: main, "
+                "granted_to: [alice, bob]}\n"
+                "  - {name: billing, email: billing@example.com, server: main, "
+                "granted_to: [alice]}\n")
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()), accounts=accounts)
+    new = tmp_path / "spool" / "new"
+
+    def send(*args: str):
+        return run(["send", "-c", str(cfg), "--to", "a@example.org", "--subject", "x", *args],
+                   input="x")
+
+    several = send("--user", "alice")
+    assert several.exit_code == 1
+    assert several.stderr.strip() == (
+        "error: no_account: user 'alice' is granted several accounts (granted: sales, "
+        "billing): name one with --account")
+    ungranted = send("--user", "bob", "--account", "billing")
+    assert ungranted.exit_code == 1
+    assert ungranted.stderr.strip() == ("error: ungranted_account: user 'bob' may not use "
+                                        "account 'billing' (granted: sales)")
+    unknown = send("--user", "mallory")
+    assert unknown.exit_code == 1 and "error: unknown_user: unknown user 'mallory'" \
+        in unknown.stderr
+    assert not new.exists() or not list(new.iterdir())  # nothing dropped
+    assert send("--user", "alice", "--account", "billing").exit_code == 0
+    assert send("--user", "bob").exit_code == 0  # granted one account: that one
+    assert len(list(new.iterdir())) == 2
+
+
 def test_test_command_says_ok_or_connection_error_per_server(tmp_path, smtp_server, monkeypatch):
     good = smtp_server(auth={"relay": CANARY})
     monkeypatch.setenv("RELAY_PW", CANARY)

@@ -50,7 +50,9 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
     The body comes from --text-file and/or --html-file, or from standard input.
     """
     from mailsync.outbound.identity import Submitters
+    from mailsync.outbound.routing import choose_account
     from mailsync.outbound.spool import drop, ensure_dirs
+    from mailsync.outbound.types import Rejection
 
     config = _config(config_path)
     # The file will be ours: say now what the daemon would say in rejected/NAME.error.
@@ -59,6 +61,10 @@ def send(config_path: Path, user: str, account: str | None, to: tuple[str, ...],
     with contextlib.suppress(OSError):
         trusted.add(config.daemon.state_dir.stat().st_uid)
     refused = Submitters(config, trusted=trusted).check(user, os.geteuid())
+    if refused is None:
+        # The user and account as the daemon will choose (rejected/ otherwise, later).
+        chosen = choose_account(config, user, account, name_it="--account")
+        refused = chosen if isinstance(chosen, Rejection) else None
     if refused is not None:
         click.echo(f"error: {refused.reason}: {refused.detail}", err=True)
         raise Exit(1)

@@ -28,11 +28,17 @@ def granted_accounts(config: Config, user: str) -> tuple[Account, ...]:
     return tuple(a for a in config.accounts if user in a.granted_to)
 
 
-def choose_account(config: Config, user: str, account: str | None) -> Account | Rejection:
+# How a spool file names its account, in the details that ask for one.
+NAME_IN_SPOOL = 'the X-Mailsync-Account header (or "account" in a JSON spool file)'
+
+
+def choose_account(config: Config, user: str, account: str | None, *,
+                   name_it: str = NAME_IN_SPOOL) -> Account | Rejection:
     """The account ``user`` sends through, or why the spool file is refused.
 
     A named account must exist and be granted to the user; with none named, a user granted
     exactly one account uses it, otherwise the choice is ambiguous (or impossible).
+    ``name_it`` says, in the detail, how the account is named (`mailsync send`: --account).
     """
     if user not in config.users:
         return Rejection("unknown_user",
@@ -52,12 +58,10 @@ def choose_account(config: Config, user: str, account: str | None) -> Account | 
     if not granted:
         return Rejection("no_account",
                          f"user {user!r} is granted no account (granted: none): grant one in "
-                         "accounts[].granted_to, then name it with the X-Mailsync-Account "
-                         "header (or \"account\" in a JSON spool file)")
+                         f"accounts[].granted_to, then name it with {name_it}")
     return Rejection("no_account",
                      f"user {user!r} is granted several accounts "
-                     f"(granted: {_names(granted_names)}): name one with the "
-                     "X-Mailsync-Account header (or \"account\" in a JSON spool file)")
+                     f"(granted: {_names(granted_names)}): name one with {name_it}")
 
 
 def _candidates(config: Config, account: Account) -> tuple[OutgoingServer, ...]:
