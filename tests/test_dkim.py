@@ -293,6 +293,7 @@ def test_the_daemon_logs_a_failing_spool_once_and_says_when_it_is_taken_again(tm
     daemon = daemons(cfg)
     failing = "taking the spool fails: dkim s1._domainkey.example.com: DKIM key: secret file"
     wait_until(lambda: failing in daemon.log, 20, "the failing pass logged")
+    assert daemon.metric("mailsync_spool_intake_failing") == 1
     # Another file wakes the pickup, and a rescan follows: the same failure, not logged
     # again (at debug level only).
     drop(tmp_path / "spool", user="alice", account="sales", to=["bob@example.org"],
@@ -307,6 +308,7 @@ def test_the_daemon_logs_a_failing_spool_once_and_says_when_it_is_taken_again(tm
     assert log.count(failing) == 1
     assert "Traceback" not in log
     assert "the spool is taken again (it failed: dkim s1._domainkey.example.com" in log
+    assert daemon.metric("mailsync_spool_intake_failing") == 0
     assert daemon.stop() == 0
     assert sorted(r["status"] for r in history(cfg)) == ["sent"] * 3
 

@@ -222,6 +222,7 @@ def test_the_scrape_has_every_family_the_kit_relies_on(exported):
             "mailsync_activities_open", "mailsync_activities_overdue",
             "mailsync_build_info", "mailsync_config_hash", "mailsync_store_errors_total",
             "mailsync_store_commit_failing", "mailsync_spool_duplicates_total",
+            "mailsync_spool_intake_failing",
             "mailsync_outcome_commit_wait_seconds_bucket", "mailsync_cluster_nodes",
             "mailsync_cluster_config_drift"} <= exported
     assert not {"mailsync_messages_sent", "mailsync_build", "mailsync_queue_messages_total",

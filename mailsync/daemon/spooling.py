@@ -52,7 +52,7 @@ class Intake:
                  pickup: PickupService | None) -> None:
         self.pickup = pickup
         self._config = config
-        self._metrics = metrics
+        self.metrics = metrics
         self._on_commit = on_commit
         self._ingester = Ingester(config, outbound, metrics, on_commit=on_commit,
                                   verp_key=verp_key)
@@ -70,7 +70,7 @@ class Intake:
         """One pass (at most ``limit`` files); StoreUnavailable, MailsyncError as the
         pickup or the ingester raise them."""
         if self.pickup is not None:
-            return self.pickup.run_pass(self._metrics, on_commit=self._on_commit, limit=limit)
+            return self.pickup.run_pass(self.metrics, on_commit=self._on_commit, limit=limit)
         if self._ingester.config is not self._config:
             self._ingester.reconfigure(self._config)
         return self._ingester.run_once(limit=limit)
@@ -115,6 +115,7 @@ class SpoolLoop:
     def _failed(self, why: str) -> None:
         """A pass failed on an error of mailsync's own: logged unless it is the same as
         the last one, logged less than FAILURE_RELOG ago."""
+        self.intake.metrics.spool_intake_failing.set(1)
         now = time.monotonic()
         if why == self._failing and now - self._failing_logged < FAILURE_RELOG:
             log.debug("taking the spool failed again: %s", why)
@@ -160,6 +161,7 @@ class SpoolLoop:
                 more = False
             else:
                 if self._failing is not None:
+                    intake.metrics.spool_intake_failing.set(0)
                     log.warning("the spool is taken again (it failed: %s)", self._failing)
                     self._failing = None
             finally:

@@ -94,6 +94,11 @@ class Metrics:
             "mailsync_spool_duplicates",
             "Spool files not queued because their idempotency key was seen before.",
             registry=r)
+        self.spool_intake_failing = gauge(
+            "mailsync_spool_intake_failing",
+            "1 while the daemon's spool passes fail on an error of mailsync's own (a DKIM "
+            "key it cannot read): files wait in spool/new/ (a store that cannot commit is "
+            "mailsync_store_commit_failing).", registry=r)
         self.recipients_suppressed = counter(
             "mailsync_recipients_suppressed",
             "Recipients not sent to because they are on the suppression list, by account "
