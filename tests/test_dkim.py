@@ -19,6 +19,7 @@ from mailsync.config.secrets import Secret
 from mailsync.daemon.spooling import RESCAN
 from mailsync.outbound.dkim import DkimError, Signer
 from mailsync.outbound.ingest import Ingester
+from mailsync.outbound.pickup import IngestionCrashed
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.spool import drop, ensure_dirs
 from mailsync.store import Store
@@ -277,6 +278,26 @@ def test_a_missing_key_file_fails_run_once_in_a_sentence_and_the_file_waits(tmp_
     assert "1 sent" in run_once(cfg).output
     [sent] = srv.wait_for(1)
     assert sent.data.startswith(b"DKIM-Signature: ")
+
+
+def test_a_bug_in_the_spool_pass_still_ends_run_once_with_its_traceback(tmp_path, smtp_server,
+                                                                       monkeypatch):
+    """Only mailsync's own errors become a sentence: a bug (here one injected into the
+    ingester, which the forked child inherits) surfaces as itself, for the report."""
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port), accounts=ACCOUNTS)
+    drop(tmp_path / "spool", user="alice", account="sales", to=["ann@example.org"],
+         subject="Wait", text="Hello")
+
+    def broken(self, limit=None):
+        raise RuntimeError("an injected bug")
+
+    monkeypatch.setattr(Ingester, "run_once", broken)
+    with pytest.raises(IngestionCrashed) as crashed:
+        run(["run", "--once", "-c", str(cfg)])
+    assert "Traceback (most recent call last)" in str(crashed.value)
+    assert "RuntimeError: an injected bug" in str(crashed.value)
+    assert len(list((tmp_path / "spool" / "new").iterdir())) == 1
 
 
 def test_the_daemon_logs_a_failing_spool_once_and_says_when_it_is_taken_again(tmp_path,

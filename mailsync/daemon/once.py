@@ -117,6 +117,7 @@ def _send_while_ingesting(runtime: Runtime, pickup: Pickup) -> PassResult:
     # After the fork (above): the child starts meanwhile, on the other core.
     from mailsync.daemon.node import start_node
     from mailsync.outbound.deliver import Deliverer
+    from mailsync.outbound.pickup import IngestionCrashed
 
     deliverer = Deliverer(runtime.config, runtime.outbound, runtime.metrics,
                           verp_key=runtime.verp_key, record_patience=RECORD_PATIENCE,
@@ -139,6 +140,8 @@ def _send_while_ingesting(runtime: Runtime, pickup: Pickup) -> PassResult:
             spool_error = None
             try:
                 ingested = pickup.wait(runtime.metrics, on_commit=deliverer.wake)
+            except IngestionCrashed:
+                raise  # a bug: its traceback, as any other
             except MailsyncError as exc:
                 # The files wait in new/ (nothing was queued unsigned, say); what was due
                 # is still sent and the mailboxes still polled, and the command says so.

@@ -54,6 +54,11 @@ def _child_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+class IngestionCrashed(MailsyncError):
+    """The ingestion child failed on something unexpected (a bug: the text is its
+    traceback) or died; not an error worded for the operator."""
+
+
 _DUPLICATES = "\0duplicates"  # the spool_duplicates counter among the rejection reasons
 
 
@@ -88,7 +93,7 @@ def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     if kind == "failed":  # an error of mailsync's own (a DKIM key it cannot read): its text
         raise MailsyncError(payload)
     if kind != "done":  # anything else is a bug: its traceback, for the report
-        raise MailsyncError(f"spool ingestion failed: {payload}")
+        raise IngestionCrashed(f"spool ingestion failed: {payload}")
     stats, rejected = payload
     for reason, count in rejected.items():
         if reason == _DUPLICATES:
