@@ -10,6 +10,7 @@ watch of the doorbell's own, not watchdog's: no Python code runs per spool file)
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,16 @@ from typing import Any
 
 from mailsync.config.model import Config
 from mailsync.daemon.wakeup import Doorbell
+
+# watchdog's inotify emitter logs this at ERROR when the observer is stopped while it
+# waits for an event (a race inside watchdog at every stop, harmless: watchdog PR #963
+# chose a log line over an exception); the daemon's stop would end on an ERROR.
+_STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
+
+
+def _not_the_stop_race(record: logging.LogRecord) -> bool:
+    return record.msg != _STOP_RACE
+
 
 RESCAN = 5.0  # the config file's periodic check (seconds)
 DEBOUNCE = 0.1  # editors write, rename and chmod in a burst: wait for quiet
@@ -46,6 +57,9 @@ class Watch:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
+        inotify_log = logging.getLogger("watchdog.observers.inotify")
+        if _not_the_stop_race not in inotify_log.filters:
+            inotify_log.addFilter(_not_the_stop_race)
         watch = self
         # The directory the path names, symlinks not followed: a config that is a symlink
         # swapped by renaming another one beside it (Kubernetes' ConfigMaps) changes there.

@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from mailsync.printable import printable
 
@@ -69,12 +70,38 @@ def _lines(text: str) -> str:
     return "\n".join("  " + printable(line) for line in text.rstrip("\n").split("\n"))
 
 
+class _StderrNow(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever ``sys.stderr`` is when a record comes (as logging's
+    own ``lastResort``), not to the stream there was when it was made."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.setLevel(level)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ sets it: always sys.stderr
+
+
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send mailsync's log to stderr in ``fmt`` (text or json)."""
+    """Send mailsync's log to stderr in ``fmt`` (text or json); so too the warnings of
+    the libraries it uses (watchdog, psycopg, ...) when nothing else handles them."""
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter)
     root = logging.getLogger("mailsync")
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # A library's WARNING or worse that reaches no handler goes to logging's lastResort,
+    # which writes the bare message: a line without time or level, and not JSON in a
+    # log_format: json stream. Ours formats it as every other line. (A program with
+    # handlers of its own, or pytest's, never reaches lastResort.)
+    last_resort = _StderrNow(logging.WARNING)
+    last_resort.setFormatter(formatter)
+    logging.lastResort = last_resort
     # Records still propagate: the root logger has no handler in the CLI (no double
     # lines), and an embedding program or pytest's caplog sees them too.
