@@ -86,6 +86,15 @@ def _relay(conn: Connection, on_commit: Callable[[], None] | None) -> tuple[str,
             on_commit()
 
 
+def _failure(exc: BaseException) -> tuple[str, Any]:
+    """A failed pass's answer to the parent (read back by :func:`_outcome`)."""
+    if isinstance(exc, StoreUnavailable):  # the files wait in new/ for the next pass
+        return "unavailable", (exc.kind, str(exc))
+    if isinstance(exc, MailsyncError):  # worded for the operator (and free of secrets)
+        return "failed", str(exc)
+    return "error", traceback.format_exc()  # a bug: its traceback, for the report
+
+
 def _outcome(kind: str, payload: Any, metrics: Metrics) -> IngestStats:
     """A pass's answer: its stats, its rejections counted in ``metrics``."""
     if kind == "unavailable":  # the store could not commit: the files wait in new/
@@ -123,12 +132,8 @@ def _child(config: Config, conn: Connection, verp_key: VerpKey | None, served: b
         finally:
             store.close()
         conn.send(("done", (asdict(stats), _rejected_totals(metrics))))
-    except StoreUnavailable as exc:
-        conn.send(("unavailable", (exc.kind, str(exc))))
-    except MailsyncError as exc:  # worded for the operator (and free of secrets) already
-        conn.send(("failed", str(exc)))
-    except BaseException:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(_failure(exc))
     finally:
         conn.close()
 
@@ -197,14 +202,8 @@ def _serve(config: Config, conn: Connection, verp_key: VerpKey | None) -> None:
             before = _rejected_totals(metrics)
             try:
                 stats = current.run_once(limit=payload)
-            except StoreUnavailable as exc:  # the files wait in new/ for the next pass
-                conn.send(("unavailable", (exc.kind, str(exc))))
-                continue
-            except MailsyncError as exc:  # as in _child: its text, not a traceback
-                conn.send(("failed", str(exc)))
-                continue
-            except BaseException:  # noqa: BLE001 - reported; the next pass tries again
-                conn.send(("error", traceback.format_exc()))
+            except BaseException as exc:  # noqa: BLE001 - reported; the next pass tries again
+                conn.send(_failure(exc))
                 continue
             after = _rejected_totals(metrics)
             delta = {r: n - before.get(r, 0) for r, n in after.items() if n != before.get(r, 0)}
