@@ -37,7 +37,7 @@ KNOWN_LONG: set[str] = set()
 # The parts, lowest first: a part imports only parts on an earlier line. The top-level
 # modules are parts of their own.
 LAYERS: list[set[str]] = [
-    {"mailsync", "printable", "files", "values"},  # shared, importing nothing of the package
+    {"mailsync", "printable", "files", "values", "collector"},  # shared, importing nothing
     {"errors"},
     {"config"},
     {"auth"},

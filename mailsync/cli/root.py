@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync import __version__
+from mailsync import __version__, collector
 from mailsync.config.problems import Problem, summary
 from mailsync.errors import ConfigError, StoreError, StoreOutdated
 
@@ -45,16 +45,11 @@ format_option = click.option(
 )
 
 
-# The collector while a command starts: its imports make tens of thousands of objects, none
-# of them garbage, and the default threshold (700) has it traverse them again and again
-# (~6 ms of a `run --once`). A long-running command puts the default back (long_running).
-STARTUP_GC_THRESHOLD = 50_000
-_GC_THRESHOLD = gc.get_threshold()
-
-
-def long_running() -> None:
-    """The collector as Python sets it, for a command that runs on (the daemon)."""
-    gc.set_threshold(*_GC_THRESHOLD)
+# The collector while a command starts (mailsync.collector): the process's entry made it
+# patient before importing this module; a command called as `mailsync.cli:main` (an
+# older console script) is made so here, a moment later.
+STARTUP_GC_THRESHOLD = collector.STARTUP_GC_THRESHOLD
+long_running = collector.long_running
 
 
 class Exit(click.exceptions.Exit):
@@ -95,7 +90,7 @@ class LazyGroup(click.Group):
         and not at all at exit: everything is frozen when the command returns, so the
         interpreter's last collection does not traverse every object the command made
         (~18 ms of a `run --once`; the memory is the system's again a moment later)."""
-        gc.set_threshold(STARTUP_GC_THRESHOLD, *_GC_THRESHOLD[1:])
+        collector.patient()
         try:
             return super().__call__(*args, **kwargs)
         finally:
