@@ -120,6 +120,25 @@ def server_lasts(store: OutboundStore, server: str) -> tuple[float | None, str |
             str(error[0][0]) if error else None)
 
 
+def selected_ids(store: OutboundStore, f: Filters) -> list[int]:
+    """The ids of every message the filters match, oldest first, whatever the limit: the
+    messages an operator's ``mailsync queue retry --status failed ...`` acts on."""
+    clause, args = _where(f)
+    return [int(r[0]) for r in store.query(f"SELECT m.id FROM messages m {clause}"
+                                           " ORDER BY m.id", args)]
+
+
+def statuses(store: OutboundStore, ids: Sequence[int]) -> dict[int, str]:
+    """The status of each of ``ids`` that is a message (a dry run's answer)."""
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 500):  # SQLite's limit on a statement's arguments
+        chunk = list(ids[start:start + 500])
+        marks = ", ".join("?" * len(chunk))
+        out.update({int(r[0]): str(r[1]) for r in store.query(
+            f"SELECT id, status FROM messages WHERE id IN ({marks})", chunk)})
+    return out
+
+
 def count_messages(store: OutboundStore, f: Filters) -> int:
     """How many messages the filters match, whatever the limit."""
     clause, args = _where(f)

@@ -305,28 +305,42 @@ class OutboundStore(SpoolIntake):
 
         Raises KeyError for an unknown id and ValueError when the status does not allow it.
         """
+        ((old, moved),) = self.transitions((mid,), to, allowed_from, now, detail).values()
+        if old is None:
+            raise KeyError(mid)
+        if not moved:
+            raise ValueError(old)
+        return old
+
+    def transitions(self, mids: Sequence[int], to: str, allowed_from: Sequence[str],
+                    now: float, detail: str) -> dict[int, tuple[str | None, bool]]:
+        """:meth:`transition` of each of ``mids``, in one transaction: per message, the
+        status it had (None: no such message) and whether it moved."""
+        out: dict[int, tuple[str | None, bool]] = {}
         with self.store.transaction() as conn:
-            row = conn.execute("SELECT status FROM messages WHERE id = ?", (mid,)).fetchone()
-            if row is None:
-                raise KeyError(mid)
-            if row[0] not in allowed_from:
-                raise ValueError(row[0])
-            due = now if to == "queued" else None
-            conn.execute("UPDATE messages SET status = ?, updated_at = ?, next_attempt_at = ?"
-                         " WHERE id = ?", (to, now, due, mid))
-            if to == "queued":
-                conn.execute("UPDATE recipients SET status = 'queued', updated_at = ?"
-                             " WHERE message = ? AND status IN ('deferred', 'failed',"
-                             " 'suppressed')"
-                             " AND (code IS NULL OR code < 500 OR ? = 'failed')",
-                             (now, mid, row[0]))
-            elif to == "failed":
-                conn.execute("UPDATE recipients SET status = 'failed', reply = ?, updated_at = ?"
-                             " WHERE message = ? AND status IN ('queued', 'deferred')",
-                             (detail, now, mid))
-                conn.execute("UPDATE messages SET last_error = ? WHERE id = ?", (detail, mid))
-            event(conn, mid, now, to, detail)
-            return str(row[0])
+            for mid in mids:
+                row = conn.execute("SELECT status FROM messages WHERE id = ?", (mid,)).fetchone()
+                if row is None or row[0] not in allowed_from:
+                    out[mid] = (None if row is None else str(row[0]), False)
+                    continue
+                due = now if to == "queued" else None
+                conn.execute("UPDATE messages SET status = ?, updated_at = ?,"
+                             " next_attempt_at = ? WHERE id = ?", (to, now, due, mid))
+                if to == "queued":
+                    conn.execute("UPDATE recipients SET status = 'queued', updated_at = ?"
+                                 " WHERE message = ? AND status IN ('deferred', 'failed',"
+                                 " 'suppressed')"
+                                 " AND (code IS NULL OR code < 500 OR ? = 'failed')",
+                                 (now, mid, row[0]))
+                elif to == "failed":
+                    conn.execute("UPDATE recipients SET status = 'failed', reply = ?,"
+                                 " updated_at = ? WHERE message = ?"
+                                 " AND status IN ('queued', 'deferred')", (detail, now, mid))
+                    conn.execute("UPDATE messages SET last_error = ? WHERE id = ?",
+                                 (detail, mid))
+                event(conn, mid, now, to, detail)
+                out[mid] = (str(row[0]), True)
+        return out
 
     def prune(self, now: float, retention_seconds: float) -> int:
         """Drop the content of finished messages older than the retention; keep metadata."""

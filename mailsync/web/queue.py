@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from mailsync.outbound.actions import ACTIONS, act
+from mailsync.outbound.actions import ACTIONS, act_many
 from mailsync.outbound.history import list_waiting
 from mailsync.outbound.queue import OutboundStore
 from mailsync.web.http import Request, Response, redirect
@@ -98,15 +98,9 @@ def bulk(app: App, request: Request, visitor: Visitor) -> Response:
     if len(ids) > MAX_SELECTED:
         return app.page(400, "error.html", visitor, title="Bad request",
                         message=f"{len(ids)} messages selected (at most {MAX_SELECTED})")
-    done = skipped = 0
-    now = time.time()
-    for mid in sorted(set(ids)):
-        try:
-            act(app.writes, name, mid, now, by=visitor.user.name)
-        except (KeyError, ValueError):
-            skipped += 1
-            continue
-        done += 1
+    moved = [m for _, _, m in act_many(app.writes, name, sorted(set(ids)), time.time(),
+                                       by=visitor.user.name)]
+    done, skipped = moved.count(True), moved.count(False)
     log.info("admin console: %s %s %d messages from the queue (%d skipped)",
              visitor.user.name, name, done, skipped)
     if done and ACTIONS[name].new == "queued":
