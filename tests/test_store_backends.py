@@ -28,7 +28,7 @@ from mailsync.inbound import records
 from mailsync.inbound.message import Summary
 from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Cursor
-from mailsync.outbound import history
+from mailsync.outbound import actions, history
 from mailsync.outbound.enqueue import NewMessage, RejectedMessage
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.types import Delivery, RecipientResult
@@ -117,6 +117,26 @@ def test_a_subject_search_ignores_case_on_either_backend(store):
     rows = history.list_messages(queue, history.Filters(search="invoice 42 for acme"))
     assert [r["id"] for r in rows] == [done.queued["a.json"]]
     assert history.list_messages(queue, history.Filters(search="invoice 43")) == []
+
+
+def test_an_operators_selection_is_acted_on_a_chunk_at_a_time(store, monkeypatch):
+    queue = OutboundStore(store)
+    done = queue.ingest([_new(f"m{i}.json") for i in range(5)], 100.0)
+    ids = sorted(done.queued.values())
+    for mid in queue.claim_due(200.0, 10):
+        queue.record_failure(mid.id, "deferred", "421 later", 201.0, server="main", code=421,
+                             next_attempt_at=900.0)
+    picked = history.selected_ids(queue, history.Filters(("deferred",), "sales", since=50.0,
+                                                         server="main"))
+    assert picked == ids
+    assert history.statuses(queue, [ids[0], 10**9]) == {ids[0]: "deferred"}
+    monkeypatch.setattr(actions, "CHUNK", 2)
+    outcomes = list(actions.act_many(queue, "hold", [*picked[:4], 10**9], 300.0))
+    assert outcomes[:4] == [(mid, "deferred", True) for mid in picked[:4]]
+    assert outcomes[4] == (10**9, None, False)
+    assert queue.counts()["held"] == 4 and queue.counts()["deferred"] == 1
+    assert list(actions.act_many(queue, "release", picked[3:], 301.0)) == [
+        (picked[3], "held", True), (picked[4], "deferred", False)]
 
 
 def test_ids_continue_after_explicit_ones(store, backend):
