@@ -332,6 +332,10 @@ def test_history_filters_and_json_keys(tmp_path, smtp_server):
     assert [r["subject"] for r in history(cfg, "--user", "bob")] == ["s2"]
     assert [r["subject"] for r in history(cfg, "--account", "sales")] == ["s1"]
     assert history(cfg, "--since", "1h") and history(cfg, "--since", "2099-01-01") == []
+    assert [r["subject"] for r in history(cfg, "--search", "B@Example.org")] == ["s2"]
+    assert [r["subject"] for r in history(cfg, "--search", " S1 ")] == ["s1"]
+    assert history(cfg, "--search", "nobody@example.org") == []
+    assert len(history(cfg, "--server", "main")) == 2 and history(cfg, "--server", "x") == []
     table = run(["history", "-c", str(cfg)])
     assert table.exit_code == 0 and "STATUS" in table.output and "s2" in table.output
     assert run(["history", "-c", str(cfg), "--status", "nope"]).exit_code == 2

@@ -42,14 +42,17 @@ _config = config_or_last_applied
 @click.option("--status", multiple=True, help="Only these statuses (repeatable).")
 @click.option("--account")
 @click.option("--user")
+@click.option("--server", help="Only the messages of this outgoing server.")
 @click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
+@click.option("--search", help="A recipient's address or a Message-ID (a term with @), or a"
+              " part of the subject (any case).")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @list_format
 @wide_option
 @click.pass_context
 def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
-            account: str | None, user: str | None, since: str | None, limit: int,
-            fmt: str, wide: bool) -> None:
+            account: str | None, user: str | None, server: str | None, since: str | None,
+            search: str | None, limit: int, fmt: str, wide: bool) -> None:
     """List sent, queued and refused messages, newest first (`history show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         to_subcommand(ctx)
@@ -66,7 +69,9 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         since_t = parse_since(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    list_messages(_config(config_path), h.Filters(status, account, user, since_t, limit),
+    list_messages(_config(config_path),
+                  h.Filters(status, account, user, since_t, limit, server=server,
+                            search=(search or "").strip() or None),
                   h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
 
 
