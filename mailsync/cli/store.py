@@ -1,6 +1,7 @@
-"""``mailsync store check`` (SQLite's integrity_check, docs/store.md), ``store copy`` (an
-SQLite store into PostgreSQL) and ``store forget-node`` (a gone node's row of a shared
-store; both docs/postgresql.md)."""
+"""``mailsync store check`` (SQLite's integrity_check) and ``store backup`` (a running
+SQLite store's consistent copy; both docs/store.md), ``store copy`` (an SQLite store into
+PostgreSQL) and ``store forget-node`` (a gone node's row of a shared store; both
+docs/postgresql.md)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from mailsync.errors import StoreError
 
 @main.group("store")
 def store_group() -> None:
-    """Look after the store: check an SQLite one, copy one into PostgreSQL, forget a node
-    that is gone."""
+    """Look after the store: check or back up an SQLite one, copy one into PostgreSQL,
+    forget a node that is gone."""
 
 
 @store_group.command("check")
@@ -47,6 +48,30 @@ def check(config_path: Path, db: Path | None) -> None:
     click.echo(f"error: the store {path} is damaged ({len(problems)} problem(s) above); "
                "see docs/store.md for recovery", err=True)
     raise Exit(1)
+
+
+@store_group.command("backup")
+@config_option
+@click.argument("dest", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+def backup_command(config_path: Path, dest: Path) -> None:
+    """Copy the SQLite store into the new file FILE, consistently, while the daemon runs:
+    one moment's pages, one self-contained file (0640), checked page by page. Refuses an
+    existing FILE (exit 1). Restoring: docs/store.md."""
+    from mailsync.store import db_path
+    from mailsync.store.backup import backup
+
+    config = load_config_or_exit(config_path)
+    if config.daemon.store.kind == "postgresql":
+        click.echo("error: the store is in PostgreSQL: back it up with PostgreSQL's tools "
+                   "(pg_dump, or your service's backups; docs/postgresql.md)", err=True)
+        raise Exit(1)
+    try:
+        done = backup(db_path(config.daemon.state_dir), dest)
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise Exit(1) from None
+    click.echo(f"ok: {done.path}: {done.store}, schema version {done.schema_version}, "
+               f"{done.messages:,} messages, {done.size / 1e6:,.1f} MB; checked")
 
 
 @store_group.command("copy")
