@@ -9,16 +9,19 @@ import json
 import re
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from mailsync.config.deliverability import Webhook
+from mailsync.config.deliverability import Webhook, WebhookRetry
 from mailsync.config.secrets import Secret
+from mailsync.daemon.webhooks import WebhookCollector, WebhookThreads, _Worker
 from mailsync.outbound.spool import drop_eml
 from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.outbound.webhooks import WebhookError, post
+from mailsync.store import Store
 from tests.daemon_helpers import daemon_config, daemons_fixture, free_port, wait_until  # noqa: F401
 from tests.outbound_helpers import open_store, run, run_once, server_yaml, write_config
 
@@ -212,6 +215,69 @@ def test_run_once_posts_what_is_due_and_keeps_what_is_not_taken(tmp_path, smtp_s
     assert len(rx.ids()) == 3 and rx.bad == []
 
 
+def test_events_a_receiver_never_takes_are_dropped_after_their_lifetime(
+        tmp_path, smtp_server, receiver, monkeypatch, caplog):
+    srv = smtp_server()
+    port = free_port()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    cfg.write_text(cfg.read_text() + hook_yaml(port).replace(
+        "retry: {first: 1s, max: 2s}", "retry: {first: 1s, max: 2s, lifetime: 1h}"))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    burst(tmp_path / "spool", 3, "old")
+    run_once(cfg)  # the receiver is down: the events wait
+    store, outbound = open_store(cfg)
+    try:  # two of them were made 2 hours ago and are due
+        outbound.store.conn.execute(
+            "UPDATE webhook_outbox SET at = at - 7200, next_attempt_at = 0 WHERE id IN"
+            " (SELECT id FROM webhook_outbox ORDER BY id LIMIT 2)")
+        outbound.store.conn.commit()
+        (young,) = [r["message"] for r in outbound.query(
+            "SELECT message FROM webhook_outbox ORDER BY id DESC LIMIT 1")]
+    finally:
+        store.close()
+    rx = receiver(port).start()
+    with caplog.at_level("WARNING", logger="mailsync.webhooks"):
+        store, outbound = open_store(cfg)
+        try:
+            outbound.store.conn.execute("UPDATE webhook_outbox SET next_attempt_at = 0")
+            outbound.store.conn.commit()
+        finally:
+            store.close()
+        run_once(cfg)
+    assert rx.ids() == {young} and len(rx.events) == 1  # the old two were never posted
+    (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert line.startswith("webhook crm: 2 events older than 1h dropped, never taken "
+                           "(last error: ")
+    store, outbound = open_store(cfg)
+    try:
+        assert outbound.query("SELECT COUNT(*) AS n FROM webhook_outbox")[0]["n"] == 0
+    finally:
+        store.close()
+
+
+def test_the_expired_events_are_counted_per_webhook(tmp_path):
+    store = Store.open(tmp_path / "state")
+    try:
+        with store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO webhook_outbox (webhook, event_id, event, message, at, status,"
+                " next_attempt_at) VALUES ('crm', ?, 'sent', 1, ?, 'sent', 9e9)",
+                [("e1", 1000.0), ("e2", 1000.0), ("e3", 9000.0)])
+        hook = Webhook("crm", "https://crm.example.com/h", Secret("plain", "s"),
+                       retry=WebhookRetry(lifetime=timedelta(hours=1)))
+        threads = WebhookThreads(store, clock=lambda: 9000.0 + 3600.0 - 1)
+        threads.hooks = (hook,)
+        worker = _Worker(hook, store, threads.clock, threads.counts)
+        assert worker.round() is False  # nothing due; e1 and e2 dropped, e3 young enough
+        families = {f.name: f for f in WebhookCollector(lambda: threads,
+                                                        clock=threads.clock).collect()}
+        assert [s.value for s in families["mailsync_webhook_events_expired"].samples
+                if s.name.endswith("_total")] == [2]
+        assert [s.value for s in families["mailsync_webhook_outbox_events"].samples] == [1]
+    finally:
+        store.close()
+
+
 def test_validate_refuses_plain_http_to_another_host_and_credentials(tmp_path):
     cfg = write_config(tmp_path, server_yaml("main", 2525))
     cfg.write_text(cfg.read_text() + "webhooks:\n"
@@ -228,7 +294,7 @@ def test_validate_refuses_plain_http_to_another_host_and_credentials(tmp_path):
     assert "error: webhooks[1].name: duplicate webhook name 'crm.example.com'" in text
     assert "error: webhooks[1].url: webhook crm.example.com: the URL holds credentials" in text
     assert "webhooks[2]" not in text and "webhooks[3].url" not in text
-    assert "error: webhooks[3].retry.first: retry.first (0:01:00) is longer than retry.max" \
+    assert "error: webhooks[3].retry.first: retry.first (1m) is longer than retry.max" \
         in text
     assert "u:p@" not in text
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mailsync.config.admin import loopback
 from mailsync.config.problems import Path, Severity
 from mailsync.config.secrets import Secret
-from mailsync.config.units import parse_duration
+from mailsync.config.units import format_duration, parse_duration
 from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the whole configuration, whose tree holds these (config/tree.py)
@@ -49,10 +49,12 @@ class DkimKey:
 @valueclass
 class WebhookRetry:
     """Backoff of a webhook's undelivered events: ``first`` after the first failure,
-    doubling up to ``max``; events are kept until delivered."""
+    doubling up to ``max``; an event not taken within ``lifetime`` of its making is
+    dropped (counted and logged)."""
 
     first: timedelta = timedelta(seconds=5)
     max: timedelta = timedelta(minutes=10)
+    lifetime: timedelta = timedelta(days=5)
 
 
 @valueclass
@@ -107,7 +109,9 @@ def build_webhooks(items: list[dict[str, Any]] | None,
             else Webhook.timeout,
             retry=WebhookRetry(
                 parse_duration(retry["first"]) if "first" in retry else WebhookRetry.first,
-                parse_duration(retry["max"]) if "max" in retry else WebhookRetry.max),
+                parse_duration(retry["max"]) if "max" in retry else WebhookRetry.max,
+                parse_duration(retry["lifetime"]) if "lifetime" in retry
+                else WebhookRetry.lifetime),
             allow_http=d.get("allow_http", False)))
     return tuple(out)
 
@@ -202,5 +206,10 @@ def check(config: Config, data: dict[str, Any]) -> Iterator[Finding]:
                    "or {credential: NAME}")
         if hook.retry.first > hook.retry.max:
             yield ("error", path + ("retry", "first"),
-                   f"retry.first ({hook.retry.first}) is longer than retry.max "
-                   f"({hook.retry.max})")
+                   f"retry.first ({format_duration(hook.retry.first)}) is longer than "
+                   f"retry.max ({format_duration(hook.retry.max)})")
+        if hook.retry.lifetime < hook.retry.max:
+            yield ("warning", path + ("retry", "lifetime"),
+                   f"retry.lifetime ({format_duration(hook.retry.lifetime)}) is shorter "
+                   f"than retry.max ({format_duration(hook.retry.max)}): an event a "
+                   "receiver does not take may be dropped after a few tries")

@@ -8,8 +8,11 @@ at least once; receivers deduplicate by the event id). The first failure pauses 
 webhook for ``retry.first``, doubling up to ``retry.max`` while it keeps failing, and
 defers that row alone as long: the rows behind it wait in the store, so a webhook that
 is down loses nothing, and nothing in the senders waits for it. Once a post works again,
-the backlog flows at once. ``run --once`` posts what is due once, at its end
-(:func:`post_once`).
+the backlog flows at once. An event not taken within ``retry.lifetime`` (5 days) of its
+making is dropped, counted (``mailsync_webhook_events_expired_total``) and logged, once a
+minute at most: a receiver gone for good does not grow the store without end, nor get a
+week of stale events when it comes back. ``run --once`` posts what is due once, at its
+end (:func:`post_once`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from mailsync.config.deliverability import Webhook
 from mailsync.config.model import Config
+from mailsync.config.units import format_duration
 from mailsync.errors import MailsyncError, SecretError, StoreUnavailable
 from mailsync.outbound.webhooks import PENDING_SQL, Pending, WebhookError, deliver
 from mailsync.store import Store
@@ -30,6 +34,7 @@ log = logging.getLogger("mailsync.webhooks")
 
 BATCH = 100
 IDLE = 0.25  # how often an idle webhook looks at its outbox (seconds)
+EXPIRE_EVERY = 60.0  # how often a webhook drops its events older than retry.lifetime (s)
 
 
 class _Worker:
@@ -41,9 +46,11 @@ class _Worker:
         self.store = store
         self.clock = clock
         self.stop = threading.Event()
-        self.counts = counts.setdefault(hook.name, [0, 0])  # delivered, failed attempts
+        # delivered, failed attempts, expired
+        self.counts = counts.setdefault(hook.name, [0, 0, 0])
         self.failures = 0  # in a row
         self.paused_until = 0.0
+        self.next_expiry = 0.0
         self.thread = threading.Thread(target=self._run, name=f"mailsync-webhook-{hook.name}",
                                        daemon=True)
 
@@ -55,6 +62,9 @@ class _Worker:
     def round(self) -> bool:
         """Post the due rows until one fails; whether any was due."""
         now = self.clock()
+        if now >= self.next_expiry:
+            self.next_expiry = now + EXPIRE_EVERY
+            self._expire(now)
         rows = self._due(now)
         if not rows:
             return False
@@ -83,6 +93,24 @@ class _Worker:
                     conn.executemany("DELETE FROM webhook_outbox WHERE id = ?",
                                      [(i,) for i in done])
         return True
+
+    def _expire(self, now: float) -> None:
+        """Drop this webhook's events older than ``retry.lifetime``: never taken."""
+        lifetime = self.hook.retry.lifetime.total_seconds()
+        where, args = "WHERE webhook = ? AND at < ?", (self.hook.name, now - lifetime)
+        with self.store.lock:  # a read first: most minutes there is nothing to drop
+            count, error = self.store.conn.execute(
+                f"SELECT COUNT(*), MAX(last_error) FROM webhook_outbox {where}",
+                args).fetchone()
+        if not count:
+            return
+        with self.store.transaction() as conn:
+            dropped = conn.execute(f"DELETE FROM webhook_outbox {where}", args).rowcount
+        self.counts[2] += dropped
+        log.warning("webhook %s: %d event%s older than %s dropped, never taken (%s)",
+                    self.hook.name, dropped, "" if dropped == 1 else "s",
+                    format_duration(self.hook.retry.lifetime),
+                    f"last error: {error}" if error else "never tried")
 
     def _recovered(self) -> None:
         """Taking events again: the rows deferred while it failed are due now."""
@@ -180,7 +208,8 @@ def post_once(config: Config, store: Store) -> None:
 
 class WebhookCollector:
     """``mailsync_webhook_deliveries_total`` (by webhook and result: ``success``, an event
-    taken; ``failure``, a post not taken, retried), ``mailsync_webhook_outbox_events`` and
+    taken; ``failure``, a post not taken, retried), ``mailsync_webhook_events_expired_total``
+    (events dropped past ``retry.lifetime``), ``mailsync_webhook_outbox_events`` and
     ``mailsync_webhook_outbox_oldest_age_seconds``, each by webhook; the outbox read from
     the store at scrape time."""
 
@@ -203,6 +232,9 @@ class WebhookCollector:
             "mailsync_webhook_deliveries", "Posts to a webhook, by result: success (a 2xx "
             "answer: the event was taken), failure (not taken; the event is posted again).",
             labels=["webhook", "result"])
+        expired = CounterMetricFamily(
+            "mailsync_webhook_events_expired", "Events dropped unposted: not taken within "
+            "the webhook's retry.lifetime of their making.", labels=["webhook"])
         depth = GaugeMetricFamily("mailsync_webhook_outbox_events",
                                   "Events waiting to be posted to a webhook.",
                                   labels=["webhook"])
@@ -216,9 +248,10 @@ class WebhookCollector:
             now = self._clock()
             for hook in threads.hooks:
                 n, at = rows.get(hook.name, (0, None))
-                sent, fails = threads.counts.get(hook.name, [0, 0])
+                sent, fails, dropped = threads.counts.get(hook.name, [0, 0, 0])
                 deliveries.add_metric([hook.name, "success"], sent)
                 deliveries.add_metric([hook.name, "failure"], fails)
+                expired.add_metric([hook.name], dropped)
                 depth.add_metric([hook.name], n)
                 oldest.add_metric([hook.name], 0.0 if at is None else max(0.0, now - at))
-        return [deliveries, depth, oldest]
+        return [deliveries, expired, depth, oldest]
