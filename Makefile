@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
+# The venv is made once: after a change to pyproject.toml only the install runs again
+# (`python -m venv` over a venv of another interpreter would leave it half of each).
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
