@@ -28,7 +28,7 @@ from mailsync.inbound import records
 from mailsync.inbound.message import Summary
 from mailsync.inbound.refused import StoreRefused
 from mailsync.inbound.source import Cursor
-from mailsync.outbound import actions, history
+from mailsync.outbound import actions, claims, history
 from mailsync.outbound.enqueue import NewMessage, RejectedMessage
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.types import Delivery, RecipientResult
@@ -137,6 +137,40 @@ def test_an_operators_selection_is_acted_on_a_chunk_at_a_time(store, monkeypatch
     assert queue.counts()["held"] == 4 and queue.counts()["deferred"] == 1
     assert list(actions.act_many(queue, "release", picked[3:], 301.0)) == [
         (picked[3], "held", True), (picked[4], "deferred", False)]
+
+
+def test_an_operators_retry_never_overwrites_a_claim_made_meanwhile(pg_dsn, tmp_path):
+    """A retry read `deferred`, then a node's claim of the message committed first: the
+    retry must not put the `sending` message back in the queue (it would go twice)."""
+    store = Store.open(tmp_path / "state", backend=_backend(pg_dsn))
+    try:
+        queue = OutboundStore(store)
+        mid = queue.ingest([_new("one.json")], 100.0).queued["one.json"]
+        (claimed,) = queue.claim_due(200.0, 10)
+        queue.record_failure(claimed.id, "deferred", "421 later", 201.0, server="main",
+                             code=421, next_attempt_at=300.0)
+        claiming = threading.Event()
+        outcome: list[Any] = []
+
+        def retry() -> None:
+            claiming.wait(10)
+            outcome.append(queue.transitions([mid], "queued", ("deferred",), 400.0, "retry"))
+
+        operator = threading.Thread(target=retry)
+        operator.start()
+        with store.transaction() as conn:  # a node's claim, not yet committed
+            got, _ = claims.claim_due(conn, "node-b", 30.0, 400.0, 10)
+            assert [r[0] for r in got] == [mid]
+            claiming.set()
+            # Meanwhile the retry reads `deferred` (the claim is not committed) and waits
+            # for the row's lock; the claim commits under it. (Were the retry slower, it
+            # would read `sending` and refuse as well.)
+            time.sleep(0.5)
+        operator.join(10)
+        assert outcome == [{mid: ("sending", False)}]
+        assert queue.counts()["sending"] == 1
+    finally:
+        store.close()
 
 
 def test_ids_continue_after_explicit_ones(store, backend):

@@ -324,8 +324,16 @@ class OutboundStore(SpoolIntake):
                     out[mid] = (None if row is None else str(row[0]), False)
                     continue
                 due = now if to == "queued" else None
-                conn.execute("UPDATE messages SET status = ?, updated_at = ?,"
-                             " next_attempt_at = ? WHERE id = ?", (to, now, due, mid))
+                # Only from the status read: on a shared store a node may have claimed the
+                # message since (PostgreSQL re-reads the row once its claim commits); a
+                # retry over its `sending` would have it sent twice.
+                if conn.execute("UPDATE messages SET status = ?, updated_at = ?,"
+                                " next_attempt_at = ? WHERE id = ? AND status = ?",
+                                (to, now, due, mid, row[0])).rowcount != 1:
+                    now_row = conn.execute("SELECT status FROM messages WHERE id = ?",
+                                           (mid,)).fetchone()
+                    out[mid] = (None if now_row is None else str(now_row[0]), False)
+                    continue
                 if to == "queued":
                     conn.execute("UPDATE recipients SET status = 'queued', updated_at = ?"
                                  " WHERE message = ? AND status IN ('deferred', 'failed',"
