@@ -10,12 +10,15 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 from mailsync.outbound.queue import NewMessage, OutboundStore
 from mailsync.store import Store
+from tests.conftest import need
 from tests.outbound_helpers import history, run, server_yaml, write_config
 from tests.test_store_life import _fill, _garble, _held, _pages
 
@@ -126,3 +129,35 @@ def test_a_postgresql_store_is_left_to_postgresqls_tools(tmp_path):
     out = run(["store", "backup", str(tmp_path / "b.db"), "-c", str(cfg)])
     assert out.exit_code == 1 and "pg_dump" in out.stderr
     assert not (tmp_path / "b.db").exists()
+
+
+CAPS = "-dac_override,-dac_read_search"
+
+
+def test_a_user_who_may_only_read_the_store_backs_it_up(tmp_path):
+    """As root without CAP_DAC_OVERRIDE (file modes then bind it like any user): a
+    state_dir and store it may only read, no -wal or -shm (the daemon stopped)."""
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+         "needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    cfg = write_config(tmp_path, server_yaml("main", 9))
+    state = tmp_path / "state"
+    _fill(state, 12)
+    assert not list(state.glob("mailsync.db-*"))  # the last connection removed them
+    (state / "mailsync.db").chmod(0o444)
+    state.chmod(0o555)
+    try:
+        done = subprocess.run(
+            ["setpriv", "--bounding-set", CAPS, "--inh-caps", CAPS, "--", sys.executable,
+             "-m", "mailsync", "store", "backup", "-c", str(cfg), str(tmp_path / "b.db")],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "12 messages" in done.stdout
+        assert sorted(p.name for p in state.iterdir() if p.name.startswith("mailsync.db")) \
+            == ["mailsync.db", "mailsync.db.writer"]  # nothing made in state_dir
+    finally:
+        state.chmod(0o750)
+    conn = sqlite3.connect(tmp_path / "b.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 12
+    finally:
+        conn.close()
