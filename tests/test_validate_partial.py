@@ -150,3 +150,19 @@ def test_checking_the_fitting_part_never_raises(tmp_path_factory, data):
     text = yaml.safe_dump(data)
     loaded = load_text(text, "f.yaml", tmp_path_factory.getbasetemp())
     assert all(p.line >= 1 for p in loaded.problems)
+
+
+def test_strict_makes_a_warning_fail_and_leaves_a_clean_file_passing(runner, write_config):
+    warned = write_config(HEAD + """\
+outgoing_servers:
+  - name: relay
+    host: smtp.example.com
+    port: 465
+    security: starttls
+""")
+    plain = runner.invoke(main, ["validate", str(warned)])
+    assert (plain.exit_code, plain.stdout.splitlines()[-1]) == (0, "0 errors, 1 warning")
+    strict = runner.invoke(main, ["validate", "--strict", str(warned)])
+    assert (strict.exit_code, strict.stdout) == (1, plain.stdout)  # the same report
+    clean = write_config(HEAD)
+    assert runner.invoke(main, ["validate", "--strict", str(clean)]).exit_code == 0

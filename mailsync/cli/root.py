@@ -145,11 +145,13 @@ def _print_problems(problems: tuple[Problem, ...] | list[Problem], *, err: bool 
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @config_option
 @format_option
-def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
+@click.option("--strict", is_flag=True,
+              help="Warnings fail too (exit 1), e.g. a plain-text secret in CI.")
+def validate(files: tuple[Path, ...], config_path: Path, fmt: str, strict: bool) -> None:
     """Check configuration FILES (default: the -c file) against the schema and the rules.
 
     Prints every problem as FILE:LINE:COL: error|warning: PATH: message, then a summary.
-    Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable.
+    Exit 0 valid (warnings allowed, unless --strict), 1 invalid, 2 unreadable.
     """
     from mailsync.config.load import load_file
 
@@ -174,7 +176,7 @@ def validate(files: tuple[Path, ...], config_path: Path, fmt: str) -> None:
         click.echo(summary(problems) + not_read)
     if unreadable:
         raise Exit(2)
-    if any(p.severity == "error" for p in problems):
+    if any(p.severity == "error" or strict for p in problems):
         raise Exit(1)
 
 
