@@ -6,7 +6,8 @@ content kept) with the store's own migrations, serves the console on 127.0.0.1 a
 daemon does (its read-only connections, its threaded listener), logs in, and times each
 page ``-r`` times (default 50) as a browser asks for it: the first History page, a
 filtered one (a rare status; an account and a server), a search (a recipient's address;
-a word of the subject; a Message-ID), a deep keyset page (older than the 1,000th
+a domain, the most common one and a rare one; a word of the subject; a Message-ID), a
+deep keyset page (older than the 1,000th
 message), a page since an hour ago, and a Message page. One JSON line per page (p50,
 p95, max in ms), then a summary line. Target (issue #17): p95 <= 100 ms per page.
 """
@@ -73,7 +74,11 @@ def fill(store: Store, n: int, seed: int = 7) -> None:
             for k in range(rng.choice((1, 1, 1, 2))):
                 rstatus = "bounced" if status == "sent" and k == 1 and rng.random() < 0.2 \
                     else status
-                rcpts.append((mid, f"c{rng.randrange(50_000)}.{k}@example.org", rstatus,
+                # 90 % of the mail to one domain, the rest to 1,000 others (a domain
+                # search: the most common one, and one customer's).
+                domain = "example.org" if rng.random() < 0.9 else \
+                    f"shop{rng.randrange(1000)}.example.net"
+                rcpts.append((mid, f"c{rng.randrange(50_000)}.{k}@{domain}", rstatus,
                               250 if rstatus == "sent" else 550, "2.0.0 OK", created + 5))
             events.append((mid, created, "queued", "from spool", None))
             events.append((mid, created + 5, status, error, rng.choice(SERVERS)))
@@ -133,6 +138,8 @@ def main() -> None:
         "history since=1h": "/history?since=1h",
         "search recipient": f"/history?q={sample['address'].replace('@', '%40')}",
         "search subject word": "/history?q=reminder+1234",
+        "search domain (90 % of mail)": "/history?q=%40example.org",
+        "search domain (a customer's)": "/history?q=%40shop7.example.net",
         "search Message-ID": "/history?q=" + sample["message_id"].strip("<>").replace(
             "@", "%40"),
         "history deep keyset page": f"/history?before={args.n - 1000}",

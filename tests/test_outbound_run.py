@@ -335,6 +335,7 @@ def test_history_filters_and_json_keys(tmp_path, smtp_server):
     assert [r["subject"] for r in history(cfg, "--search", "B@Example.org")] == ["s2"]
     assert [r["subject"] for r in history(cfg, "--search", " S1 ")] == ["s1"]
     assert history(cfg, "--search", "nobody@example.org") == []
+    assert len(history(cfg, "--search", "@EXAMPLE.org")) == 2  # a domain
     assert len(history(cfg, "--server", "main")) == 2 and history(cfg, "--server", "x") == []
     table = run(["history", "-c", str(cfg)])
     assert table.exit_code == 0 and "STATUS" in table.output and "s2" in table.output

@@ -173,6 +173,22 @@ def test_an_operators_retry_never_overwrites_a_claim_made_meanwhile(pg_dsn, tmp_
         store.close()
 
 
+def test_a_domain_search_finds_every_recipient_there_on_either_backend(store):
+    queue = OutboundStore(store)
+    done = queue.ingest([_new("a.json", to=("Ann@Shop.example", "bob@elsewhere.example")),
+                         _new("b.json", to=("carl@shop.EXAMPLE",)),
+                         _new("c.json", to=("dora@shop.example.net",))], 100.0)
+
+    def found(term: str) -> list[int]:
+        return sorted(r["id"] for r in history.list_messages(queue,
+                                                             history.Filters(search=term)))
+
+    assert found("@shop.example") == sorted([done.queued["a.json"], done.queued["b.json"]])
+    assert found("@SHOP.example.net") == [done.queued["c.json"]]
+    assert found("@example") == []  # the whole domain, not a part of it
+    assert found("ann@shop.example") == [done.queued["a.json"]]  # an address, as before
+
+
 def test_ids_continue_after_explicit_ones(store, backend):
     assert store.dialect == ("sqlite" if backend is None else "postgresql")
     queue = OutboundStore(store)

@@ -41,6 +41,12 @@ def test_an_address_search_reads_the_recipient_and_message_id_indexes(store):
     assert "SCAN" not in plan, plan
 
 
+def test_a_domain_search_reads_the_recipients_domain_index(store):
+    plan = _plan(store, h.Filters(search="@Example.ORG"))
+    assert "SEARCH recipients USING COVERING INDEX recipients_domain" in plan
+    assert "SCAN recipients" not in plan, plan
+
+
 def test_a_subject_search_reads_the_subject_index_only(store):
     plan = _plan(store, h.Filters(search="invoice 42"))
     assert "SCAN messages USING COVERING INDEX messages_subject" in plan

@@ -44,8 +44,8 @@ _config = config_or_last_applied
 @click.option("--user")
 @click.option("--server", help="Only the messages of this outgoing server.")
 @click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
-@click.option("--search", help="A recipient's address or a Message-ID (a term with @), or a"
-              " part of the subject (any case).")
+@click.option("--search", help="@domain: its recipients; a recipient's address or a"
+              " Message-ID (another term with @); or a part of the subject (any case).")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @list_format
 @wide_option

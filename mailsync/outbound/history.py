@@ -12,6 +12,7 @@ from typing import Any
 
 from mailsync.config.units import iso, short_time
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.tables import RECIPIENT_DOMAIN
 from mailsync.printable import one_line, printable
 from mailsync.store import where
 from mailsync.values import valueclass
@@ -62,9 +63,13 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
 
 def _search(term: str, args: list[Any]) -> str:
     """The condition of a search (its arguments appended to ``args``), each through an
-    index of migration 10: an address (a term with ``@``) is a recipient's, in any case,
-    or a Message-ID, with or without its ``<>``; any other text is a part of the subject,
+    index (migrations 10 and 17): ``@domain`` is every recipient at that domain, in any
+    case; an address (another term with ``@``) is a recipient's, in any case, or a
+    Message-ID, with or without its ``<>``; any other text is a part of the subject,
     ASCII letters in any case (``%`` and ``_`` are characters, not wildcards)."""
+    if term.startswith("@") and "@" not in term[1:]:
+        args.append(term[1:].lower())
+        return f"m.id IN (SELECT message FROM recipients WHERE {RECIPIENT_DOMAIN} = ?)"
     if "@" in term:
         args.extend((term, f"<{term.strip('<>')}>", term.lower()))
         return ("(m.message_id IN (?, ?) OR m.id IN (SELECT message FROM recipients"

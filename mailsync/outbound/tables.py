@@ -164,3 +164,15 @@ DUE_ORDER_MIGRATION = """
 DROP INDEX messages_due;
 CREATE INDEX messages_due ON messages (status, next_attempt_at, id)
 """
+
+# A recipient's domain, in lower case: what follows the first '@' (an address with a
+# quoted '@' in its local part is not a case mailsync sends to). The same text in the
+# index and in the search (outbound/history.py), as SQLite's expression indexes need;
+# PostgreSQL runs it as strpos() (store/pgsql.py).
+RECIPIENT_DOMAIN = "substr(lower(address), instr(lower(address), '@') + 1)"
+
+# Migration 17: the history's search by domain (``@example.org``) through an index of the
+# recipients' domains, not a scan of every recipient.
+DOMAIN_MIGRATION = f"""
+CREATE INDEX recipients_domain ON recipients ({RECIPIENT_DOMAIN})
+"""

@@ -83,4 +83,7 @@ MIGRATIONS: list[str] = [
     logouts.MIGRATION,
     # 16: the due index in the order claims read it (mailsync/outbound/tables.py).
     outbound_tables.DUE_ORDER_MIGRATION,
+    # 17: the recipients' domains, for the history's search by domain
+    # (mailsync/outbound/tables.py).
+    outbound_tables.DOMAIN_MIGRATION,
 ]

@@ -48,6 +48,7 @@ _FUNCTIONS = {
     "lower(hex(randomblob(16)))": "replace(gen_random_uuid()::text, '-', '')",
     "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')":
         "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+    "instr(": "strpos(",
 }
 _ID_TABLE = re.compile(r"^CREATE TABLE (\w+) \(\s*id INTEGER PRIMARY KEY", re.IGNORECASE)
 

@@ -14,7 +14,9 @@ changes only what differs, outside string literals:
   cursor's ``lastrowid`` as with SQLite;
 - ``BEGIN IMMEDIATE`` is ``BEGIN``;
 - ``LIKE`` is ``ILIKE``: SQLite's LIKE ignores the case of (ASCII) letters, PostgreSQL's
-  does not (the history's subject search relies on it).
+  does not (the history's subject search relies on it);
+- ``instr(x, y)`` is ``strpos(x, y)`` (a recipient's domain:
+  :data:`mailsync.outbound.tables.RECIPIENT_DOMAIN`).
 
 A statement SQLite alone understands (``PRAGMA``) raises ValueError naming it: every
 statement of mailsync's is meant to run on both backends (tests/test_store_backends.py).
@@ -46,6 +48,7 @@ _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE)
 _COLUMNS = re.compile(r"^\s*INSERT\s+INTO\s+\w+\s*\(([^)]*)\)", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 _LIKE = re.compile(r"(?<![\w\"])LIKE(?![\w\"])", re.IGNORECASE)
+_INSTR = re.compile(r"(?<![\w\"])instr\(", re.IGNORECASE)
 
 
 @lru_cache(maxsize=4096)
@@ -69,7 +72,8 @@ def translate(sql: str, returning: bool = True) -> str:
         suffix = _on_conflict(text, table, mode.group(1).upper())
     parts = _LITERAL.split(text.replace("%", "%%"))  # psycopg reads % in literals too
     for i in range(0, len(parts), 2):  # the even parts are outside literals
-        parts[i] = _LIKE.sub("ILIKE", _USER.sub('"user"', parts[i].replace("?", "%s")))
+        parts[i] = _INSTR.sub("strpos(", _LIKE.sub(
+            "ILIKE", _USER.sub('"user"', parts[i].replace("?", "%s"))))
     text = "".join(parts) + suffix
     insert = _INSERT.match(text)
     if (returning and insert is not None and insert.group(1).lower() in ID_TABLES
