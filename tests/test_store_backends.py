@@ -31,6 +31,7 @@ from mailsync.inbound.source import Cursor
 from mailsync.outbound import actions, claims, history
 from mailsync.outbound.enqueue import NewMessage, RejectedMessage
 from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.tables import RECIPIENT_DOMAIN
 from mailsync.outbound.types import Delivery, RecipientResult
 from mailsync.store import Store, pgschema
 from mailsync.store.migrations import MIGRATIONS
@@ -187,6 +188,13 @@ def test_a_domain_search_finds_every_recipient_there_on_either_backend(store):
     assert found("@SHOP.example.net") == [done.queued["c.json"]]
     assert found("@example") == []  # the whole domain, not a part of it
     assert found("ann@shop.example") == [done.queued["a.json"]]  # an address, as before
+    if store.dialect == "postgresql":  # the search's expression is the index's, translated
+        with store.transaction() as conn:
+            conn.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(str(r[0]) for r in conn.execute(
+                f"EXPLAIN SELECT message FROM recipients WHERE {RECIPIENT_DOMAIN} = ?",
+                ("shop.example",)).fetchall())
+        assert "recipients_domain" in plan, plan
 
 
 def test_ids_continue_after_explicit_ones(store, backend):
