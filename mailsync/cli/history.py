@@ -1,4 +1,5 @@
-"""``mailsync history`` and ``history show ID``: what was sent, queued or refused."""
+"""``mailsync history``, ``history show ID`` and ``history follow``: what was sent, queued
+or refused, and each event as it is recorded."""
 
 from __future__ import annotations
 
@@ -142,3 +143,68 @@ def history_show(message_id: int, config_path: Path, raw: bool, fmt: str) -> Non
         click.echo(json.dumps(detail, indent=2))
     else:
         click.echo(h.render_show(detail))
+
+
+# How often `history follow` asks the store for new events.
+FOLLOW_EVERY = 0.5
+
+
+@history.command("follow")
+@config_option
+@click.option("--status", multiple=True,
+              help="Only events of these statuses (repeatable): sent, deferred, failed, ...")
+@click.option("--account")
+@click.option("--user")
+@click.option("--server", help="Only the events of this outgoing server.")
+@click.option("--since", help="Start with the events since: 10m, 2h, or an ISO date "
+              "(default: only those from now on).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object a line (JSON Lines).")
+def history_follow(config_path: Path, status: tuple[str, ...], account: str | None,
+                   user: str | None, server: str | None, since: str | None,
+                   fmt: str) -> None:
+    """Print each event of the send history as it is recorded (queued, sent, deferred,
+    failed, bounced, held, ...), oldest first, until interrupted (Ctrl-C): a mail log's
+    tail -f, read from the store (read only; the daemon may run on any node)."""
+    import sys
+
+    from mailsync.cli.render import parse_since
+    from mailsync.outbound.follow import Filter, Follower
+
+    try:
+        since_t = parse_since(since, time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    with using_store(_config(config_path)) as store:
+        if store is None:
+            click.echo("error: no store yet: the daemon has not started", err=True)
+            raise Exit(1)
+        follower = Follower(OutboundStore(store), Filter(status, account, user, server),
+                            since_t)
+        try:
+            while True:
+                for event in follower.poll():
+                    click.echo(json.dumps(event) if fmt == "json" else _event_line(event))
+                sys.stdout.flush()
+                time.sleep(FOLLOW_EVERY)
+        except KeyboardInterrupt:
+            return
+        except BrokenPipeError:  # | head: the reader has gone
+            import os
+
+            # Nothing more to write, not even at exit's flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    """An event as one line: time (UTC, to the second), message, status, recipients,
+    server, the reply (or detail), then account, user and Subject; what servers and
+    senders wrote is escaped."""
+    from mailsync.printable import one_line
+
+    reply = " ".join(str(x) for x in (e["code"], e["reply"] or e["detail"]) if x)
+    return "  ".join(part for part in (
+        e["at"].replace("T", " ").removesuffix("+00:00"), f"message {e['message']}",
+        f"{e['status']:<9}", one_line(e["to"]), e["server"] or "-", one_line(reply) or "-",
+        f"[{e['account'] or '-'} {e['user'] or '-'}]", one_line(e["subject"] or "")) if part)
