@@ -106,6 +106,8 @@ class _Worker:
             return
         with self.store.transaction() as conn:
             dropped = conn.execute(f"DELETE FROM webhook_outbox {where}", args).rowcount
+        if not dropped:
+            return  # another node of a shared store dropped them meanwhile
         self.counts[2] += dropped
         log.warning("webhook %s: %d event%s older than %s dropped, never taken (%s)",
                     self.hook.name, dropped, "" if dropped == 1 else "s",

@@ -315,10 +315,11 @@ class OutboundStore(SpoolIntake):
     def transitions(self, mids: Sequence[int], to: str, allowed_from: Sequence[str],
                     now: float, detail: str) -> dict[int, tuple[str | None, bool]]:
         """:meth:`transition` of each of ``mids``, in one transaction: per message, the
-        status it had (None: no such message) and whether it moved."""
+        status it had (None: no such message) and whether it moved. Rows are taken in
+        the order of their ids, so that two of these at once never deadlock."""
         out: dict[int, tuple[str | None, bool]] = {}
         with self.store.transaction() as conn:
-            for mid in mids:
+            for mid in sorted(set(mids)):
                 row = conn.execute("SELECT status FROM messages WHERE id = ?", (mid,)).fetchone()
                 if row is None or row[0] not in allowed_from:
                     out[mid] = (None if row is None else str(row[0]), False)
