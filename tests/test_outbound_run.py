@@ -365,3 +365,23 @@ def test_a_pass_that_fails_after_the_fork_stops_the_pickup_child(tmp_path, monke
     run_once(cfg)  # the files the child had not taken are taken now; none twice
     assert sorted(r["subject"] for r in history(cfg)) == ["s0", "s1", "s2"]
     assert list((tmp_path / "spool" / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_log_deliveries_logs_a_line_per_message_sent(tmp_path, smtp_server, caplog, on):
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    if on:
+        cfg.write_text(cfg.read_text().replace("daemon:\n", "daemon:\n  log_deliveries: true\n"))
+    drop(tmp_path / "spool", user="alice", to=["ann@example.org", "bob@example.org"],
+         subject="s", text="x")
+    with caplog.at_level("INFO", logger="mailsync.deliver"):
+        run_once(cfg)
+    (row,) = history(cfg)
+    lines = [r.getMessage() for r in caplog.records if " sent via " in r.getMessage()]
+    if not on:
+        assert lines == []
+        return
+    (line,) = lines
+    assert line.startswith(f"message {row['id']} sent via main in ")
+    assert "ann@example.org 250" in line and "bob@example.org 250" in line

@@ -227,6 +227,7 @@ def build(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
         metrics_listen=dd.get("metrics_listen", "127.0.0.1:9877"),
         admin_listen=dd.get("admin_listen"),
         log_format=dd.get("log_format", "text"),
+        log_deliveries=dd.get("log_deliveries", False),
         retry=Retry(
             _dur(retry.get("first"), Retry.first),
             _dur(retry.get("max"), Retry.max),

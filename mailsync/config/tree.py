@@ -86,6 +86,7 @@ class Daemon:
     metrics_listen: str = "127.0.0.1:9877"
     admin_listen: str | None = None  # the admin console (config/admin.py); None: off
     log_format: Literal["text", "json"] = "text"
+    log_deliveries: bool = False  # a log line per message sent, as a mail log has
     retry: Retry = Retry()
     max_message_size: int = 25 << 20
     history_retention: timedelta = timedelta(days=90)

@@ -106,6 +106,11 @@ class Outcomes:
             self._series(self.metrics.send_attempts, server, status).inc()
             if status == "sent":
                 self._series(self.metrics.messages_sent, account.name, server).inc()
+                if config.daemon.log_deliveries:
+                    log.info("message %d sent via %s in %.0f ms: %s", message.id, server,
+                             duration * 1000, "; ".join(
+                                 f"{r.address} {r.code or ''} {r.reply}".strip()
+                                 for r in delivery.recipients))
             elif status == "deferred":
                 self._series(self.metrics.messages_deferred, server).inc()
                 log.info("message %d deferred: %s", message.id, error)
