@@ -29,6 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from mailsync.config.secrets import Secret
+from mailsync.config.tree import StoreBackend
+from mailsync.store import Store
 from tests.conftest import need
 
 HOST = "127.0.0.1"
@@ -181,3 +184,20 @@ def pg_dsn_fixture(postgres: Postgres) -> Iterator[str]:
     name = postgres.create_database()
     yield postgres.dsn(name)
     postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_backend(request: pytest.FixtureRequest) -> StoreBackend | None:
+    """Each store backend in turn: None (SQLite in state_dir), then a fresh PostgreSQL
+    database (``pg_dsn``)."""
+    if request.param == "sqlite":
+        return None
+    return StoreBackend("postgresql", Secret("plain", request.getfixturevalue("pg_dsn")))
+
+
+@pytest.fixture
+def either_store(either_backend: StoreBackend | None, tmp_path: Path) -> Iterator[Store]:
+    """An open Store in ``tmp_path/state`` on each backend in turn, closed after the test."""
+    opened = Store.open(tmp_path / "state", backend=either_backend)
+    yield opened
+    opened.close()

@@ -34,14 +34,10 @@ def _new(source: str, account: str = "sales") -> NewMessage:
                       b"Subject: x\r\n\r\nbody\r\n", ("ann@example.org",), None)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    backend = None
-    if request.param == "postgresql":
-        backend = StoreBackend("postgresql", Secret("plain", request.getfixturevalue("pg_dsn")))
-    opened = Store.open(tmp_path / "state", backend=backend)
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(either_store):
+    """Each backend in turn (tests/postgres.py)."""
+    return either_store
 
 
 def test_it_shows_what_is_recorded_after_it_starts_oldest_first_and_filtered(store):

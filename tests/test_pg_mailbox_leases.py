@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from mailsync.config.load import load_file
-from mailsync.config.secrets import Secret
-from mailsync.config.tree import StoreBackend
 from mailsync.daemon.leases import LeaseKeeper
 from mailsync.daemon.runtime import Runtime
 from mailsync.inbound.poller import Poller
@@ -73,14 +71,10 @@ def test_another_node_holding_it_ends_the_use_at_once_and_a_standby_asks_every_t
 
 
 # -- the SQL, on both backends --------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    backend = None
-    if request.param == "postgresql":
-        backend = StoreBackend("postgresql", Secret("plain", request.getfixturevalue("pg_dsn")))
-    opened = Store.open(tmp_path / "state", backend=backend)
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(either_store):
+    """Each backend in turn (tests/postgres.py)."""
+    return either_store
 
 
 def _take(store, name, holder, term):

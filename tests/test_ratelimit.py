@@ -104,18 +104,15 @@ def test_a_bad_rate_limit_is_an_error_naming_it(entry, message, tmp_path):
 
 # -- the store-backed limiter, both backends ---------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request) -> StoreBackend | None:
-    if request.param == "sqlite":
-        return None
-    return StoreBackend("postgresql", Secret("plain", request.getfixturevalue("pg_dsn")))
+@pytest.fixture
+def backend(either_backend):
+    """Each backend in turn (tests/postgres.py)."""
+    return either_backend
 
 
 @pytest.fixture
-def store(backend, tmp_path):
-    opened = Store.open(tmp_path / "state", backend=backend)
-    yield opened
-    opened.close()
+def store(either_store):
+    return either_store
 
 
 def limited(server: tuple[RateLimit, ...] = (), account: tuple[RateLimit, ...] = (),

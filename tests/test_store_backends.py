@@ -44,19 +44,15 @@ def _backend(dsn: str) -> StoreBackend:
     return StoreBackend("postgresql", Secret("plain", dsn))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path) -> StoreBackend | None:
-    """None (SQLite in state_dir) or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    return _backend(request.getfixturevalue("pg_dsn"))
+@pytest.fixture
+def backend(either_backend):
+    """None (SQLite in state_dir) or a fresh PostgreSQL database (tests/postgres.py)."""
+    return either_backend
 
 
 @pytest.fixture
-def store(backend, tmp_path):
-    opened = Store.open(tmp_path / "state", backend=backend)
-    yield opened
-    opened.close()
+def store(either_store):
+    return either_store
 
 
 def _new(source: str, *, key: str | None = None, to: tuple[str, ...] = ("a@example.com",),
