@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.config.units import iso
 from mailsync.inbound.source import Cursor, Skipped
-from mailsync.store import Store, where
+from mailsync.store import Store, in_chunks, where
+from mailsync.store.sql import IN_CHUNK
 from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
     from mailsync.inbound.message import Summary
 
-_CHUNK = 500  # keys per IN (...) query
 _CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed
 
 LIST_COLUMNS = ("id", "server", "fetched_at", "from", "subject", "size", "bounce_of")
@@ -47,7 +47,7 @@ class StoreKnown:
 
     def keys(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` stored for this server and folder."""
-        if len(keys) <= _CHUNK:
+        if len(keys) <= IN_CHUNK:
             return self._lookup(keys)  # a short listing: as cheap as checking a cache
         with self.store.lock:
             rows = self._count()
@@ -77,9 +77,7 @@ class StoreKnown:
     def _lookup(self, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         with self.store.lock:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = list(keys[start:start + _CHUNK])
-                marks = ",".join("?" * len(chunk))
+            for marks, chunk in in_chunks(keys):
                 found.update(r[0] for r in self.store.conn.execute(
                     f"SELECT source_key FROM fetched WHERE server = ? AND folder = ?"
                     f" AND source_key IN ({marks})", (self.server, self.folder, *chunk)))
@@ -91,9 +89,7 @@ class StoreKnown:
         ids = sorted({mid for mid, _ in wanted})
         found: set[tuple[str, int]] = set()
         with self.store.lock:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start:start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for marks, chunk in in_chunks(ids):
                 found.update((r[0], r[1]) for r in self.store.conn.execute(
                     f"SELECT message_id, size FROM fetched WHERE server = ?"
                     f" AND message_id IN ({marks})", (self.server, *chunk)))

@@ -18,7 +18,7 @@ from typing import Any
 
 from mailsync.config.units import iso
 from mailsync.outbound.queue import OutboundStore
-from mailsync.store import where
+from mailsync.store import in_chunks, where
 from mailsync.values import valueclass
 
 PAGE = 1000
@@ -65,10 +65,10 @@ class Follower:
         found: list[int] = []
         now = self.clock()
         self.gaps = {i: t for i, t in self.gaps.items() if now - t < GAP_PATIENCE}
-        if self.gaps:
-            found += self._ids(f"id IN ({', '.join('?' * len(self.gaps))})", list(self.gaps))
-            for i in found:
-                self.gaps.pop(i, None)
+        for marks, chunk in in_chunks(list(self.gaps)):
+            found += self._ids(f"id IN ({marks})", chunk)
+        for i in found:
+            self.gaps.pop(i, None)
         while True:
             page = self._ids("id > ? ORDER BY id LIMIT ?", [self.last, PAGE])
             for i in page:
@@ -87,11 +87,9 @@ class Follower:
     def _events(self, ids: list[int]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         w = self.wanted
-        for start in range(0, len(ids), 500):  # SQLite's limit on a statement's arguments
-            chunk = ids[start:start + 500]
-            clause, args = where(("e.status IN", w.status), ("m.account =", w.account),
-                                 ("m.user =", w.user), ("e.server =", w.server))
-            marks = ", ".join("?" * len(chunk))
+        clause, args = where(("e.status IN", w.status), ("m.account =", w.account),
+                             ("m.user =", w.user), ("e.server =", w.server))
+        for marks, chunk in in_chunks(ids):
             rows = self.store.query(
                 f"{_SELECT} {clause} {'AND' if clause else 'WHERE'} e.id IN ({marks})"
                 " ORDER BY e.id", [*args, *chunk])

@@ -14,7 +14,7 @@ from mailsync.config.units import iso, short_time
 from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.tables import RECIPIENT_DOMAIN
 from mailsync.printable import one_line, printable
-from mailsync.store import where
+from mailsync.store import in_chunks, where
 from mailsync.values import valueclass
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
@@ -136,9 +136,7 @@ def selected_ids(store: OutboundStore, f: Filters) -> list[int]:
 def statuses(store: OutboundStore, ids: Sequence[int]) -> dict[int, str]:
     """The status of each of ``ids`` that is a message (a dry run's answer)."""
     out: dict[int, str] = {}
-    for start in range(0, len(ids), 500):  # SQLite's limit on a statement's arguments
-        chunk = list(ids[start:start + 500])
-        marks = ", ".join("?" * len(chunk))
+    for marks, chunk in in_chunks(ids):
         out.update({int(r[0]): str(r[1]) for r in store.query(
             f"SELECT id, status FROM messages WHERE id IN ({marks})", chunk)})
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailsync.store import sqlite, sqlitefile
-from mailsync.store.sql import where
+from mailsync.store.sql import in_chunks, where
 from mailsync.store.sqlite import AppliedConfig, Store
 from mailsync.store.sqlitefile import db_path, integrity, store_error
 
@@ -59,5 +59,5 @@ def read_only(state_dir: Path, backend: StoreBackend | None = None) -> bool:
     return sqlitefile.read_only(state_dir)
 
 
-__all__ = ["AppliedConfig", "Store", "db_path", "existed", "integrity", "read_only",
-           "store_error", "where"]
+__all__ = ["AppliedConfig", "Store", "db_path", "existed", "in_chunks", "integrity",
+           "read_only", "store_error", "where"]

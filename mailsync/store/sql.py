@@ -1,14 +1,29 @@
-"""SQL text shared by the parts' queries: a listing's ``WHERE`` from its filters.
+"""SQL text shared by the parts' queries: a listing's ``WHERE`` from its filters, and
+long lists of values a chunk at a time.
 
 The listings (`mailsync history`, `mailsync inbox`, `mailsync activities`) each filter
 on a few optional columns; :func:`where` makes the clause and its arguments from the
-filters that are set, so that no query builds it by hand. Placeholders are SQLite's
-``?``, as in the parts' queries.
+filters that are set, so that no query builds it by hand. :func:`in_chunks` splits the
+values of an ``IN (...)`` so that no statement has more arguments than SQLite allows.
+Placeholders are SQLite's ``?``, as in the parts' queries.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+IN_CHUNK = 500  # values of one IN (...): far below SQLite's limit on a statement's arguments
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[tuple[str, list[T]]]:
+    """``values`` :data:`IN_CHUNK` at a time, each chunk with its placeholders
+    (``?,?,?``) for ``IN ({marks})``."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = list(values[start:start + IN_CHUNK])
+        yield ",".join("?" * len(chunk)), chunk
 
 
 def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
