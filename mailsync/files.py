@@ -84,13 +84,18 @@ def write_and_rename(fd: int, tmp: Path, final: Path, data: bytes, *,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if not durable:
-        return
-    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if durable:
+        fsync(final.parent)
+
+
+def fsync(path: Path) -> None:
+    """Flush ``path`` to the disk: a file's data, or a directory's names (a rename or a
+    link made in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def own_copy(path: Path, mode: int = FILE_MODE) -> None:

@@ -181,7 +181,7 @@ class MaildirWriter:
         for name, _ in todo:
             os.rename(tmp / name, new / name)
         if todo:
-            _fsync_dir(new)
+            files.fsync(new)
         present.update(name for name, _ in todo)
         return len(todo)
 
@@ -223,10 +223,3 @@ def _sync_filesystem(syncfs: Callable[[int], int], path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -51,13 +51,13 @@ def backup(source: Path, dest: Path) -> Backup:
     try:
         os.close(files.create_file(tmp))
         taken = _copy(source, tmp)
-        _fsync(tmp)
+        files.fsync(tmp)
         try:
             os.link(tmp, dest)  # never over a file made meanwhile, unlike a rename
         except FileExistsError:
             raise StoreError(f"{dest}: the file exists; a backup never replaces one "
                              "(it was made while the backup ran)") from None
-        _fsync(dest.parent)
+        files.fsync(dest.parent)
     except OSError as exc:
         raise StoreError(f"{dest}: cannot write the backup: {exc.strerror or exc}") from None
     finally:
@@ -119,10 +119,3 @@ def _open_source(source: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise store_error(exc, source) from None
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
