@@ -268,7 +268,7 @@ def test_the_collector_is_patient_from_the_first_import_of_the_command_line(
 
 
 def test_the_daemon_collects_garbage_as_python_sets_it():
-    from mailsync.cli.root import STARTUP_GC_THRESHOLD, long_running
+    from mailsync.collector import STARTUP_GC_THRESHOLD, long_running
 
     before = gc.get_threshold()
     try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from mailsync.cli.root import Exit, long_running, main
+from mailsync.cli.root import Exit, main
+from mailsync.collector import long_running
 
 # Imports inside functions: the demo's driver needs aiosmtpd (an extra), whose absence
 # the command reports instead of failing at `mailsync --help`.

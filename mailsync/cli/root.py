@@ -45,13 +45,6 @@ format_option = click.option(
 )
 
 
-# The collector while a command starts (mailsync.collector): the process's entry made it
-# patient before importing this module; a command called as `mailsync.cli:main` (an
-# older console script) is made so here, a moment later.
-STARTUP_GC_THRESHOLD = collector.STARTUP_GC_THRESHOLD
-long_running = collector.long_running
-
-
 class Exit(click.exceptions.Exit):
     """Leave with an exit code after printing."""
 
@@ -86,7 +79,9 @@ class LazyGroup(click.Group):
         """The process's entry (the console script, ``python -m mailsync``; CliRunner calls
         :meth:`main`, so a test process keeps its collector as it is).
 
-        The collector runs rarely while the command starts (:data:`STARTUP_GC_THRESHOLD`)
+        The collector runs rarely while the command starts (:mod:`mailsync.collector`: the
+        process's entry made it so before importing this module; a command called as
+        ``mailsync.cli:main``, an older console script, is made so here, a moment later)
         and not at all at exit: everything is frozen when the command returns, so the
         interpreter's last collection does not traverse every object the command made
         (~18 ms of a `run --once`; the memory is the system's again a moment later)."""

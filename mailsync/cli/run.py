@@ -11,11 +11,11 @@ from mailsync.cli.root import (
     _load_or_exit,
     closing,
     config_option,
-    long_running,
     main,
     open_store_or_exit,
     verp_key_or_exit,
 )
+from mailsync.collector import long_running
 from mailsync.printable import printable
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
