@@ -21,7 +21,7 @@ from pathlib import Path
 from mailsync import files
 from mailsync.errors import StoreDamaged, StoreError
 from mailsync.store.identity import StoreId, held_by
-from mailsync.store.sqlitefile import store_error
+from mailsync.store.sqlitefile import connect_readonly, store_error
 from mailsync.values import valueclass
 
 
@@ -68,7 +68,10 @@ def backup(source: Path, dest: Path) -> Backup:
 def _copy(source: Path, tmp: Path) -> tuple[StoreId, int, int]:
     """The pages of ``source`` into ``tmp``, as one self-contained file, checked; its
     store's id, schema version and number of messages."""
-    src = _open_source(source)
+    try:
+        src = connect_readonly(source, whole=True)
+    except sqlite3.Error as exc:
+        raise store_error(exc, source) from None
     try:
         dst = sqlite3.connect(tmp)
         try:
@@ -96,26 +99,3 @@ def _copy(source: Path, tmp: Path) -> tuple[StoreId, int, int]:
     finally:
         src.close()
     return held, version, messages
-
-
-def _open_source(source: Path) -> sqlite3.Connection:
-    """``source`` read only: through the WAL index (``mode=ro``: the daemon's last commits
-    included), or, where this user cannot open the ``-shm`` (a state_dir it may only read)
-    and no WAL is left to read, the file as it is (``immutable=1``)."""
-    uri = source.absolute().as_uri()
-    try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-            return conn
-        except sqlite3.OperationalError:
-            conn.close()
-        wal = source.with_name(source.name + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            raise StoreError(f"{source}: cannot read its last commits ({wal.name} needs its "
-                             "-shm, which this user cannot open): run the backup as the "
-                             "daemon's user")
-        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
-    except sqlite3.Error as exc:
-        raise store_error(exc, source) from None
-

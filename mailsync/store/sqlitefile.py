@@ -136,7 +136,7 @@ def _open_readonly(cls: type[Store], state_dir: Path) -> Store:
         raise StoreError(f"{path}: no store yet (the daemon has not run)")
     conn = None
     try:
-        conn = _connect_readonly(path)
+        conn = connect_readonly(path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < len(MIGRATIONS):
             raise outdated(path, version)
@@ -191,10 +191,12 @@ def read_only(state_dir: Path) -> bool:
     return path.exists() and not (os.access(path, os.W_OK) and os.access(state_dir, os.W_OK))
 
 
-def _connect_readonly(path: Path) -> sqlite3.Connection:
+def connect_readonly(path: Path, *, whole: bool = False) -> sqlite3.Connection:
     """A read-only connection. ``mode=ro`` sees the daemon's last commits through the WAL
     index; when the -shm cannot be opened (a state_dir that this user may only read and
-    that no writer has open), ``immutable=1``: the file read as it is."""
+    that no writer has open), ``immutable=1``: the file read as it is. ``whole`` (a
+    backup): StoreError instead when a WAL that this user cannot read is left beside
+    the file, which would be read without its last commits."""
     uri = path.absolute().as_uri()
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
                            check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -203,6 +205,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError:
         conn.close()
+    wal = path.with_name(path.name + "-wal")
+    if whole and wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(f"{path}: cannot read its last commits ({wal.name} needs its "
+                         "-shm, which this user cannot open): run the backup as the "
+                         "daemon's user")
     return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
                            check_same_thread=False)
 
