@@ -22,6 +22,14 @@ many per message, their mean time, and the share of the run one was in progress)
 server's CPU per message (its processes' in /proc), and how busy the machine's cores
 were (/proc/stat: below 1.0, the run waited for something other than CPU).
 
+``--pg-statements`` is a diagnostic too: the server loads ``pg_stat_statements``, and
+each PostgreSQL run's line holds the statements that took the server's time in that run
+(``statements``: the ten with the most execution time; calls, milliseconds and rows per
+message sent) and what mailsync's busy connections were doing (``waits``: the share of
+samples of ``pg_stat_activity``, taken every 5 ms by a thread of the bench, in each wait
+event, ``CPU`` for none, with the statement's first words), to see which of mailsync's
+statements a change should make cheaper and whether they run or wait.
+
 ``--pg-fsync-off`` is a diagnostic, not the issue's figure: the server runs with ``fsync
 = off``, so a commit's WAL flush costs nothing (and a crash of the machine could lose
 commits). It shows what bounds the rate when the disk does not: on a 2-core machine, the
@@ -47,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from benchfs import workdir  # bench/benchfs.py, beside this script
 
@@ -62,12 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pg-fsync-off", action="store_true",
                         help="diagnostic: the bench's PostgreSQL with fsync off (commits "
                              "not durable), to see the bound when the disk's flush is free")
+    parser.add_argument("--pg-statements", action="store_true",
+                        help="diagnostic: after each PostgreSQL run, the statements that "
+                             "took the server's time (pg_stat_statements)")
 
 
 @contextlib.contextmanager
-def postgres(fsync: bool = True) -> Iterator[tuple[str, int]]:
+def postgres(fsync: bool = True, statements: bool = False) -> Iterator[tuple[str, int]]:
     """A PostgreSQL cluster for the bench; yields (superuser DSN without dbname, port).
-    ``fsync=False``: the ``--pg-fsync-off`` diagnostic (commits not durable)."""
+    ``fsync=False``: the ``--pg-fsync-off`` diagnostic (commits not durable);
+    ``statements``: ``--pg-statements`` (pg_stat_statements loaded)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
     if not found:
         raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -97,7 +110,9 @@ def postgres(fsync: bool = True) -> Iterator[tuple[str, int]]:
                    f"-c unix_socket_directories={sockets} -c max_connections=100 "
                    "-c shared_buffers=128MB "  # fsync and full_page_writes on: durable
                    "-c track_wal_io_timing=on"  # the WAL flushes' time, in pg_stat_wal
-                   + ("" if fsync else " -c fsync=off"))
+                   + ("" if fsync else " -c fsync=off")
+                   + (" -c shared_preload_libraries=pg_stat_statements"
+                      " -c pg_stat_statements.track=all" if statements else ""))
         as_user(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"),
                 "-o", options, "-w", "start")
         print(json.dumps({"postgresql": str(bindir.parent.name), "data_filesystem": fs,
@@ -130,13 +145,85 @@ def _settings(base: str) -> dict[str, str]:
                 for name in SETTINGS}
 
 
-def _database(base: str, name: str) -> str:
+def _database(base: str, name: str, statements: bool = False) -> str:
     import psycopg
 
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[arg-type]
         conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    if statements:
+        with psycopg.connect(f"{base}/{name}", autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
     return f"{base}/{name}"
+
+
+# pg_stat_statements' view of a run: the statements with the most execution time (the
+# bench's own, reading counters, left out), one query text each, whitespace folded.
+_STATEMENTS = (
+    "SELECT calls, total_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g')"
+    " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+    " WHERE datname = current_database()) AND query !~* 'pg_stat_|pg_database'"
+    " ORDER BY total_exec_time DESC LIMIT 10")
+
+
+def _statements(dsn: str, reset: bool) -> list[tuple[Any, ...]]:
+    """The top statements since the last reset (calls, ms, rows, query); with ``reset``,
+    only reset the counters (before a run)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if reset:
+            conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        return conn.execute(_STATEMENTS).fetchall()  # type: ignore[arg-type]
+
+
+class _Waits:
+    """What the run's busy backends wait for: ``pg_stat_activity`` sampled every 5 ms on
+    a connection of its own, in a thread, from ``start()`` to ``stop()``."""
+
+    def __init__(self, dsn: str) -> None:
+        import threading
+
+        self.dsn = dsn
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.wait(0.005):
+                rows = conn.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'),"
+                    " left(regexp_replace(query, '\\s+', ' ', 'g'), 40)"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'active' AND pid <> pg_backend_pid()").fetchall()
+                self.samples += 1
+                for wait, query in rows:
+                    key = f"{wait} {query}"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+
+    def stop(self) -> dict[str, float]:
+        """The ten commonest (wait, statement) pairs, as shares of all busy samples."""
+        self._stop.set()
+        self._thread.join()
+        total = max(1, sum(self.counts.values()))
+        top = sorted(self.counts.items(), key=lambda kv: -kv[1])[:10]
+        return {key: round(n / total, 3) for key, n in top}
+
+
+def _per_message(rows: list[tuple[Any, ...]], sent: int) -> list[dict[str, object]]:
+    per = max(sent, 1)
+    return [{"calls_per_message": round(calls / per, 3),
+             "exec_ms_per_message": round(ms / per, 4),
+             "rows_per_message": round(n / per, 3), "query": query[:200]}
+            for calls, ms, n, query in rows]
 
 
 _WAL = "SELECT wal_sync, wal_sync_time, wal_records, wal_bytes FROM pg_stat_wal"
@@ -185,11 +272,12 @@ Prepare = Callable[[Path, Path, dict[str, str]], None]
 
 
 def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
-           drop: Callable[[Path, int], None], prepare: Prepare | None = None
-           ) -> dict[str, object]:
+           drop: Callable[[Path, int], None], prepare: Prepare | None = None,
+           statements: bool = False) -> dict[str, object]:
     """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``;
     ``prepare(config, spool, env)`` first, for each node (the state its earlier runs
-    leave), unless it is None."""
+    leave), unless it is None. ``statements``: the run's line holds, as ``statements``,
+    the top statements of the run (``--pg-statements``)."""
     env = {**os.environ, "MAILSYNC_DSN": dsn}
     with workdir() as (root, fs):
         cfgs = []
@@ -204,6 +292,10 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
                 prepare(cfg, home / "spool", env)
             drop(home / "spool", n // nodes + (1 if k < n % nodes else 0))
             cfgs.append(cfg)
+        waits = _Waits(dsn) if statements else None
+        if waits is not None:
+            _statements(dsn, reset=True)
+            waits.start()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = usage.ru_utime + usage.ru_stime
         wal, server, cores = _wal(dsn), _server_cpu(), _cores()
@@ -213,6 +305,7 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
                                   text=True, env=env) for cfg in cfgs]
         outs = [p.communicate() for p in procs]
         elapsed = time.perf_counter() - start
+        busy = waits.stop() if waits is not None else None
         cores_after = _cores()
         server = _server_cpu() - server  # the postmaster has reaped the run's backends
         syncs, sync_ms, records, wal_bytes = (b - a for a, b in zip(wal, _wal(dsn),
@@ -224,6 +317,7 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
                 raise SystemExit(f"mailsync failed: {err[-2000:]}")
         import psycopg
 
+        top = _statements(dsn, reset=False) if statements else None  # before the count
         with psycopg.connect(dsn) as conn:
             sent = int(conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'"
                                     ).fetchone()[0])  # type: ignore[index]
@@ -240,7 +334,9 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
                 "wal_flush_busy": round(sync_ms / 1000 / elapsed, 3),
                 "wal_records_per_message": round(records / max(sent, 1), 1),
                 "wal_kb_per_message": round(wal_bytes / 1024 / max(sent, 1), 2),
-                "filesystem": fs}
+                "filesystem": fs,
+                **({"statements": _per_message(top, sent), "waits": busy}
+                   if top is not None else {})}
 
 
 def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, object]],
@@ -254,14 +350,16 @@ def main(args: argparse.Namespace, *, one_run: Callable[[int, int], dict[str, ob
     if args.nodes > 1:
         rows[f"postgresql_{args.nodes}"] = []
     durable = not args.pg_fsync_off
-    with postgres(fsync=durable) as (base, _), sink(port) as sink_name:
+    with postgres(fsync=durable, statements=args.pg_statements) as (base, _), \
+            sink(port) as sink_name:
         for i in range(args.runs):
             lite = one_run(args.n, port)
             rows["sqlite"].append(float(lite["messages_per_s"]))  # type: ignore[arg-type]
             print(json.dumps({**lite, "store": "sqlite", "sink": sink_name}), flush=True)
             for k in sorted({1, args.nodes}):
-                r = pg_run(args.n, k, port, _database(base, f"bench_{i}_{k}"), config, drop,
-                           prepare)
+                r = pg_run(args.n, k, port,
+                           _database(base, f"bench_{i}_{k}", args.pg_statements), config,
+                           drop, prepare, args.pg_statements)
                 r["sink"] = sink_name
                 r["state"] = state
                 r["durable"] = durable
