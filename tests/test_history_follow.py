@@ -9,6 +9,8 @@ text and as JSON lines, and Ctrl-C ends it quietly.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from mailsync.outbound.follow import Filter, Follower
 from mailsync.outbound.queue import NewMessage, OutboundStore
 from mailsync.outbound.spool import drop
 from mailsync.store import Store
+from tests.conftest import need
 from tests.outbound_helpers import run_once, server_yaml, write_config
 
 
@@ -92,9 +95,9 @@ def test_an_event_committed_after_a_later_one_is_shown_late_not_missed(pg_dsn, t
         store.close()
 
 
-def _follow(cfg: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "mailsync", "history", "follow", "-c",
-                             str(cfg), *args], stdout=subprocess.PIPE,
+def _follow(cfg: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    return subprocess.Popen([*prefix, sys.executable, "-m", "mailsync", "history", "follow",
+                             "-c", str(cfg), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -142,3 +145,42 @@ def test_the_command_prints_each_event_as_it_happens_and_stops_on_ctrl_c(
     for proc in (text, as_json):
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+# Root without CAP_DAC_OVERRIDE: file modes then bind it like any user.
+CAPS = "-dac_override,-dac_read_search"
+
+
+def test_a_reader_who_may_only_read_a_stopped_store_sees_what_the_daemon_sends_later(
+        tmp_path, smtp_server):
+    """A state_dir this user may only read and no daemon running (no -wal or -shm: SQLite
+    reads the file as it is, immutable); the daemon then starts and sends. The follower
+    must see its events, not the file as it was when it started."""
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+         "needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    run_once(cfg)  # the store made, nothing in it
+    state = tmp_path / "state"
+    assert not list(state.glob("mailsync.db-*"))  # the daemon stopped: no -wal, no -shm
+    (state / "mailsync.db").chmod(0o444)
+    state.chmod(0o555)
+    follower = _follow(cfg, "--format", "json", prefix=(
+        "setpriv", "--bounding-set", CAPS, "--inh-caps", CAPS, "--"))
+    try:
+        time.sleep(1.5)  # started, and read where the history ends
+        assert follower.poll() is None, follower.communicate()[1]
+        drop(tmp_path / "spool", user="alice", to=["ann@example.org"], subject="later",
+             text="Hello")
+        run_once(cfg)  # the daemon (root, whom the modes do not bind) sends it
+        queued, sent = (json.loads(line) for line in _lines(follower, 2))
+        assert (queued["status"], sent["status"], sent["subject"]) == (
+            "queued", "sent", "later")
+        assert srv.messages  # it was sent indeed
+    finally:
+        follower.send_signal(signal.SIGINT)
+        state.chmod(0o750)
+    _, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0 and "Traceback" not in err, err
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("mailsync.db")) == [
+        "mailsync.db", "mailsync.db.writer"]  # the reader left nothing behind

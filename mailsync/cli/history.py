@@ -16,6 +16,7 @@ from mailsync.cli.root import (
     config_option,
     config_or_last_applied,
     main,
+    open_store_or_exit,
     to_subcommand,
     using_store,
 )
@@ -23,6 +24,7 @@ from mailsync.outbound.queue import OutboundStore
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config
+    from mailsync.outbound.follow import Follower
     from mailsync.outbound.history import Filters
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
@@ -175,18 +177,25 @@ def history_follow(config_path: Path, status: tuple[str, ...], account: str | No
         since_t = parse_since(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    with using_store(_config(config_path)) as store:
+    config = _config(config_path)
+    with using_store(config) as store:
         if store is None:
             click.echo("error: no store yet: the daemon has not started", err=True)
             raise Exit(1)
         follower = Follower(OutboundStore(store), Filter(status, account, user, server),
                             since_t)
+        current = store
         try:
             while True:
-                for event in follower.poll():
+                for event in _poll(follower, current.frozen):
                     click.echo(json.dumps(event) if fmt == "json" else _event_line(event))
                 sys.stdout.flush()
                 time.sleep(FOLLOW_EVERY)
+                if current.frozen:  # the file as it was: open it again to see new commits
+                    if current is not store:
+                        current.close()
+                    current = open_store_or_exit(config, create=False)
+                    follower.store = OutboundStore(current)
         except KeyboardInterrupt:
             return
         except BrokenPipeError:  # | head: the reader has gone
@@ -195,6 +204,25 @@ def history_follow(config_path: Path, status: tuple[str, ...], account: str | No
             # Nothing more to write, not even at exit's flush.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
+        finally:
+            if current is not store:
+                current.close()
+
+
+def _poll(follower: Follower, frozen: bool) -> list[dict[str, Any]]:
+    """The follower's new events. A store read as a frozen file (no daemon had it open)
+    may change under the read once a daemon starts: then nothing this time (the follower
+    where it was), and the next poll reads the store opened again."""
+    import sqlite3
+
+    last, gaps = follower.last, dict(follower.gaps)
+    try:
+        return follower.poll()
+    except sqlite3.Error:
+        if not frozen:
+            raise
+        follower.last, follower.gaps = last, gaps
+        return []
 
 
 def _event_line(e: dict[str, Any]) -> str:

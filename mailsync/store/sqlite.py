@@ -82,6 +82,13 @@ class Store:
                 self._writer = os.open(f"{path}.writer",
                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, files.FILE_MODE)
 
+    @property
+    def frozen(self) -> bool:
+        """Whether this read-only store sees its file as it was when opened (a state_dir
+        this user may only read, with no daemon running: sqlitefile.Frozen); a reader
+        that waits for new commits must open it again (`history follow`)."""
+        return getattr(self.conn, "frozen", False)
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on error.

@@ -191,6 +191,13 @@ def read_only(state_dir: Path) -> bool:
     return path.exists() and not (os.access(path, os.W_OK) and os.access(state_dir, os.W_OK))
 
 
+class Frozen(sqlite3.Connection):
+    """A connection that reads the file as it is (``immutable=1``): it takes no lock and
+    sees no commit made after it opened (nor must the file change under it)."""
+
+    frozen = True
+
+
 def connect_readonly(path: Path, *, whole: bool = False) -> sqlite3.Connection:
     """A read-only connection. ``mode=ro`` sees the daemon's last commits through the WAL
     index; when the -shm cannot be opened (a state_dir that this user may only read and
@@ -211,7 +218,7 @@ def connect_readonly(path: Path, *, whole: bool = False) -> sqlite3.Connection:
                          "-shm, which this user cannot open): run the backup as the "
                          "daemon's user")
     return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
-                           check_same_thread=False)
+                           check_same_thread=False, factory=Frozen)
 
 
 def integrity(path: Path) -> list[str]:
