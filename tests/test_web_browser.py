@@ -9,6 +9,7 @@ MAILSYNC_REQUIRE_SERVERS=1 (`.ci/run` installs them).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -127,6 +128,18 @@ def test_log_in_filter_open_and_retry_as_operator(browser, site):
     _login(driver, site, "olga")
     rows = driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")
     assert len(rows) == 4
+    # The pages' links apart, each readable on its own (not "History Queue Inbox").
+    links = driver.find_elements(By.CSS_SELECTOR, "header.top nav a")
+    assert [a.text for a in links] == ["History", "Queue", "Inbox", "Activities", "Servers",
+                                       "Configuration"]
+    for left, right in itertools.pairwise(links):
+        assert right.rect["x"] - (left.rect["x"] + left.rect["width"]) >= 12
+    # The search box shows its whole hint.
+    search = driver.find_element(By.ID, "f-q")
+    assert driver.execute_script(
+        "const e = arguments[0], c = document.createElement('canvas').getContext('2d');"
+        "c.font = getComputedStyle(e).font;"
+        "return c.measureText(e.placeholder).width <= e.clientWidth;", search)
     _shoot(driver, "history")
     Select(driver.find_element(By.ID, "f-status")).select_by_value("failed")
     driver.find_element(By.ID, "apply").click()
