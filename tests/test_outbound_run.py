@@ -332,6 +332,9 @@ def test_history_filters_and_json_keys(tmp_path, smtp_server):
     assert [r["subject"] for r in history(cfg, "--user", "bob")] == ["s2"]
     assert [r["subject"] for r in history(cfg, "--account", "sales")] == ["s1"]
     assert history(cfg, "--since", "1h") and history(cfg, "--since", "2099-01-01") == []
+    assert history(cfg, "--until", "1h") == []  # made just now
+    assert history(cfg, "--until", "2099-01-01") == history(cfg, "--since", "1h", "--until",
+                                                            "2099-01-01") == history(cfg)
     assert [r["subject"] for r in history(cfg, "--search", "B@Example.org")] == ["s2"]
     assert [r["subject"] for r in history(cfg, "--search", " S1 ")] == ["s1"]
     assert history(cfg, "--search", "nobody@example.org") == []

@@ -100,6 +100,10 @@ def test_failed_messages_of_a_server_are_retried_a_chunk_at_a_time(tmp_path, mon
     assert {r["status"] for r in show(cfg, ids["sales 4"])["recipients"]} == {"queued"}
     nothing = run(["queue", "retry", "--server", "elsewhere", "-c", str(cfg)])
     assert (nothing.exit_code, nothing.stdout) == (0, "retry: no message matches\n")
+    older = run(["queue", "hold", "--until", "1h", "-c", str(cfg)])  # all are newer
+    assert (older.exit_code, older.stdout) == (0, "hold: no message matches\n")
+    window = run(["queue", "hold", "--since", "1h", "--until", "2099-01-01", "-c", str(cfg)])
+    assert "hold: 5 messages held by an operator" in window.stdout, window.output
 
 
 def test_a_dry_run_of_many_ids_reads_them_in_chunks_and_changes_nothing(tmp_path):
@@ -117,6 +121,8 @@ def test_a_dry_run_of_many_ids_reads_them_in_chunks_and_changes_nothing(tmp_path
     (["1", "--account", "sales"], "give message IDs or a selection, not both"),
     (["--status", "sent"], "'sent' (retry applies to deferred, failed)"),
     (["--since", "yesterday-ish"], "--since"),
+    (["--until", "later"], "--until"),
+    (["--since", "1h", "--until", "2h"], "'2h' is not after --since '1h'"),
 ])
 def test_a_retry_without_a_clear_target_is_a_usage_error(tmp_path, args, says):
     cfg, _ = _deferred(tmp_path, sales=1, support=0)

@@ -116,6 +116,26 @@ def test_a_subject_search_ignores_case_on_either_backend(store):
     assert history.list_messages(queue, history.Filters(search="invoice 43")) == []
 
 
+def test_the_history_of_a_window_of_time(store):
+    """``since`` keeps what was made at or after it, ``until`` what was made before it."""
+    queue = OutboundStore(store)
+    made = {t: queue.ingest([_new(f"at{t}.json")], float(t)).queued[f"at{t}.json"]
+            for t in (100, 200, 300, 400)}
+
+    def listed(since: float | None = None, until: float | None = None) -> list[int]:
+        window = history.Filters(since=since, until=until)
+        rows = history.list_messages(queue, window)
+        assert history.count_messages(queue, window) == len(rows)
+        return [r["id"] for r in rows]
+
+    assert listed(until=300.0) == [made[200], made[100]]
+    assert listed(since=200.0, until=400.0) == [made[300], made[200]]
+    assert listed(since=200.0, until=201.0) == [made[200]]
+    assert listed(until=100.0) == [] and listed(since=401.0) == []
+    assert history.selected_ids(queue, history.Filters(("queued",), until=250.0)) == [
+        made[100], made[200]]
+
+
 def test_an_operators_selection_is_acted_on_a_chunk_at_a_time(store, monkeypatch):
     queue = OutboundStore(store)
     done = queue.ingest([_new(f"m{i}.json") for i in range(5)], 100.0)

@@ -107,6 +107,9 @@ def test_history_lists_messages_with_their_columns_and_a_partial_failure(site):
     ("server=main&status=sent", {"Quote Q-1042", "Partly there"}),
     ("since=1h", {"Quote Q-1042", "Partly there", "Never there", "Later"}),
     ("since=2099-01-01", set()),
+    ("until=2099-01-01", {"Quote Q-1042", "Partly there", "Never there", "Later"}),
+    ("until=1h", set()),  # all were made less than an hour ago
+    ("since=1h&until=2099-01-01&user=bob", {"Never there", "Later"}),
     ("q=BAD%40example.org", {"Partly there", "Never there"}),
     ("q=q-10", {"Quote Q-1042"}),
     ("q=there&user=bob", {"Never there"}),
@@ -141,6 +144,10 @@ def test_a_bad_filter_is_a_clear_400(site):
     r = c.get("/history?since=yesterday")
     assert r.status == 400 and "since &#39;yesterday&#39; is neither a duration nor a date" \
         in r.text
+    r = c.get("/history?until=soon")
+    assert r.status == 400 and "until &#39;soon&#39; is neither a duration nor a date" in r.text
+    r = c.get("/history?since=1h&until=2h")
+    assert r.status == 400 and "until &#39;2h&#39; is not after since &#39;1h&#39;" in r.text
 
 
 def test_history_pages_by_keyset(tmp_path, smtp_server):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync.cli.render import WIDTH, table
+from mailsync.cli.render import WIDTH, table, time_window
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -47,6 +47,9 @@ _config = config_or_last_applied
 @click.option("--user")
 @click.option("--server", help="Only the messages of this outgoing server.")
 @click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
+@click.option("--until", help="Only messages before: 1h (ago), or an ISO date or time "
+              "(with --since: a window, e.g. --since 2026-12-01T09:00 --until "
+              "2026-12-01T10:00).")
 @click.option("--search", help="@domain: its recipients; a recipient's address or a"
               " Message-ID (another term with @); or a part of the subject (any case).")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
@@ -55,12 +58,11 @@ _config = config_or_last_applied
 @click.pass_context
 def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
             account: str | None, user: str | None, server: str | None, since: str | None,
-            search: str | None, limit: int, fmt: str, wide: bool) -> None:
+            until: str | None, search: str | None, limit: int, fmt: str, wide: bool) -> None:
     """List sent, queued and refused messages, newest first (`history show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         to_subcommand(ctx)
         return
-    from mailsync.cli.render import parse_since
     from mailsync.outbound import history as h
     from mailsync.outbound.queue import STATUSES
 
@@ -68,13 +70,10 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         if s not in STATUSES:
             raise click.BadParameter(f"{s!r} (allowed: {', '.join(STATUSES)})",
                                      param_hint="--status")
-    try:
-        since_t = parse_since(since, time.time()) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    since_t, until_t = time_window(since, until)
     list_messages(_config(config_path),
                   h.Filters(status, account, user, since_t, limit, server=server,
-                            search=(search or "").strip() or None),
+                            search=(search or "").strip() or None, until=until_t),
                   h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
 
 

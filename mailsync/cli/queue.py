@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mailsync.cli.history import list_format, list_messages, wide_option
-from mailsync.cli.render import parse_since
+from mailsync.cli.render import time_window
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -59,8 +59,9 @@ def _queue_action(name: str) -> None:
     @queue.command(name, short_help=f"By ID or a selection: {what}.", help=(
         f"The messages given by ID, or those the options select: {what} (from"
         f" {', '.join(allowed)}).\n\nSelect with --status (of {', '.join(allowed)}; all of"
-        " them if not given), --account, --user, --server and --since (2h, 7d, an ISO"
-        " date), each one narrowing the selection; --dry-run prints what would be done."))
+        " them if not given), --account, --user, --server, --since and --until (2h, 7d"
+        " ago, an ISO date), each one narrowing the selection; --dry-run prints what would"
+        " be done."))
     @click.argument("message_ids", nargs=-1, type=int, metavar="[ID]...")
     @config_option
     @click.option("--status", multiple=True, help=f"Of {', '.join(allowed)} (repeatable).")
@@ -68,14 +69,15 @@ def _queue_action(name: str) -> None:
     @click.option("--user")
     @click.option("--server", help="The outgoing server that has (or last had) it.")
     @click.option("--since", help="Messages created since: 2h, 7d, or an ISO date.")
+    @click.option("--until", help="Messages created before: 1h (ago), or an ISO date.")
     @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
     def action(message_ids: tuple[int, ...], config_path: Path, status: tuple[str, ...],
                account: str | None, user: str | None, server: str | None,
-               since: str | None, dry_run: bool) -> None:
-        selection = _selection(name, status, account, user, server, since)
+               since: str | None, until: str | None, dry_run: bool) -> None:
+        selection = _selection(name, status, account, user, server, since, until)
         if not message_ids and selection is None:
             raise click.UsageError(f"give message IDs, or select the messages to {name} "
-                                   "with --status, --account, --user, --server or --since")
+                                   "with --status, --account, --user, --server, --since or --until")
         if message_ids and selection is not None:
             raise click.UsageError("give message IDs or a selection, not both")
         config = _config(config_path)
@@ -98,7 +100,8 @@ def _queue_action(name: str) -> None:
 
 
 def _selection(name: str, status: tuple[str, ...], account: str | None, user: str | None,
-               server: str | None, since: str | None) -> Filters | None:
+               server: str | None, since: str | None, until: str | None
+               ) -> Filters | None:
     """The messages the options select (None: no option given), of the statuses the
     action applies to."""
     from mailsync.outbound import history as h
@@ -108,13 +111,11 @@ def _selection(name: str, status: tuple[str, ...], account: str | None, user: st
         if s not in allowed:
             raise click.BadParameter(f"{s!r} ({name} applies to {', '.join(allowed)})",
                                      param_hint="--status")
-    if not (status or account or user or server or since):
+    if not (status or account or user or server or since or until):
         return None
-    try:
-        since_t = parse_since(since, time.time()) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
-    return h.Filters(status or allowed, account, user, since_t, server=server)
+    since_t, until_t = time_window(since, until)
+    return h.Filters(status or allowed, account, user, since_t, server=server,
+                     until=until_t)
 
 
 def _apply(store: OutboundStore | None, name: str, ids: list[int], dry_run: bool,

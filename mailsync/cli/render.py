@@ -8,9 +8,12 @@ escape sequence is shown, not run, and the columns stay aligned.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import click
 
 from mailsync.config.units import parse_duration
 from mailsync.printable import one_line
@@ -72,6 +75,23 @@ def parse_since(text: str, now: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def time_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``--since`` and ``--until`` as epoch seconds (None: not given); a value that is no
+    time, or a window that ends before it starts, is a usage error."""
+    now = time.time()
+    times: list[float | None] = []
+    for value, hint in ((since, "--since"), (until, "--until")):
+        try:
+            times.append(parse_since(value, now) if value else None)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    start, end = times
+    if start is not None and end is not None and end <= start:
+        raise click.BadParameter(f"{until!r} is not after --since {since!r}",
+                                 param_hint="--until")
+    return start, end
 
 
 def age(seconds: float) -> str:

@@ -30,7 +30,9 @@ PROBLEMS = ("bounced", "failed")
 class Filters:
     """Listing filters; None means any. ``search`` matches a recipient's address (the
     whole address, any case), a Message-ID (with or without its ``<>``) or a part of the
-    subject (any case); ``before`` is the keyset of the next page: ids below it."""
+    subject (any case); ``before`` is the keyset of the next page: ids below it;
+    ``since`` and ``until`` (epoch seconds) keep the messages created at or after the
+    one and before the other."""
 
     status: tuple[str, ...] = ()
     account: str | None = None
@@ -40,12 +42,14 @@ class Filters:
     server: str | None = None
     search: str | None = None
     before: int | None = None
+    until: float | None = None
 
 
 def _where(f: Filters) -> tuple[str, list[Any]]:
     clause, args = where(("m.status IN", f.status), ("m.account =", f.account or None),
                          ("m.user =", f.user or None), ("m.created_at >=", f.since),
-                         ("m.server =", f.server or None), ("m.id <", f.before))
+                         ("m.server =", f.server or None), ("m.id <", f.before),
+                         ("m.created_at <", f.until))
     extra: list[str] = []
     if f.since is not None:
         # The same rows, as a range of ids that the messages_created index finds (id + 0:

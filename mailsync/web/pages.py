@@ -28,12 +28,12 @@ log = logging.getLogger("mailsync.web")
 
 PAGE_SIZE = 50
 ACTION_NAMES = tuple(ACTIONS)
-FILTERS = ("status", "account", "user", "server", "since", "q")
+FILTERS = ("status", "account", "user", "server", "since", "until", "q")
 
 
-def parse_since(value: str, now: float) -> float:
+def parse_since(value: str, now: float, what: str = "since") -> float:
     """``2h``, ``7d`` (that long ago) or an ISO date/time (UTC unless it says); ValueError
-    naming the value and what is allowed."""
+    naming the value (``what``: the field) and what is allowed."""
     value = value.strip()
     try:
         return now - parse_duration(value).total_seconds()
@@ -42,7 +42,7 @@ def parse_since(value: str, now: float) -> float:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"since {value!r} is neither a duration nor a date (allowed: 30m, "
+        raise ValueError(f"{what} {value!r} is neither a duration nor a date (allowed: 30m, "
                          "2h, 7d, or an ISO date such as 2026-03-01 or 2026-03-01T14:00)"
                          ) from None
     if when.tzinfo is None:
@@ -62,19 +62,23 @@ def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], s
         else:
             error = f"status {shown['status']!r} is not a status (allowed: " \
                     f"{', '.join(STATUSES)})"
-    since = None
-    if shown["since"]:
-        try:
+    since = until = None
+    try:
+        if shown["since"]:
             since = parse_since(shown["since"], now)
-        except ValueError as exc:
-            error = str(exc)
+        if shown["until"]:
+            until = parse_since(shown["until"], now, "until")
+    except ValueError as exc:
+        error = str(exc)
+    if since is not None and until is not None and until <= since:
+        error = f"until {shown['until']!r} is not after since {shown['since']!r}"
     before = None
     if request.query.get("before", "").isdigit():
         before = int(request.query["before"])
     filters = h.Filters(status=status, account=shown["account"] or None,
                         user=shown["user"] or None, since=since, limit=PAGE_SIZE + 1,
                         server=shown["server"] or None, search=shown["q"][:200] or None,
-                        before=before)
+                        before=before, until=until)
     return filters, shown, error
 
 
