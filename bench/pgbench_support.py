@@ -72,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="diagnostic: the bench's PostgreSQL with fsync off (commits "
                              "not durable), to see the bound when the disk's flush is free")
     parser.add_argument("--pg-statements", action="store_true",
-                        help="diagnostic: after each PostgreSQL run, the statements that "
-                             "took the server's time (pg_stat_statements)")
+                        help="diagnostic: in each PostgreSQL run's line, the statements "
+                             "that took the server's time (pg_stat_statements) and what "
+                             "the busy connections waited for (pg_stat_activity)")
 
 
 @contextlib.contextmanager
@@ -187,7 +188,6 @@ class _Waits:
 
         self.dsn = dsn
         self.counts: dict[str, int] = {}
-        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -204,7 +204,6 @@ class _Waits:
                     " left(regexp_replace(query, '\\s+', ' ', 'g'), 40)"
                     " FROM pg_stat_activity WHERE datname = current_database()"
                     " AND state = 'active' AND pid <> pg_backend_pid()").fetchall()
-                self.samples += 1
                 for wait, query in rows:
                     key = f"{wait} {query}"
                     self.counts[key] = self.counts.get(key, 0) + 1
@@ -276,8 +275,8 @@ def pg_run(n: int, nodes: int, port: int, dsn: str, config: str,
            statements: bool = False) -> dict[str, object]:
     """One burst of ``n`` messages through ``nodes`` nodes sharing the database ``dsn``;
     ``prepare(config, spool, env)`` first, for each node (the state its earlier runs
-    leave), unless it is None. ``statements``: the run's line holds, as ``statements``,
-    the top statements of the run (``--pg-statements``)."""
+    leave), unless it is None. ``statements`` (``--pg-statements``): the run's line also
+    holds its top statements and its busy connections' waits."""
     env = {**os.environ, "MAILSYNC_DSN": dsn}
     with workdir() as (root, fs):
         cfgs = []
