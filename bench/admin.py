@@ -7,9 +7,10 @@ daemon does (its read-only connections, its threaded listener), logs in, and tim
 page ``-r`` times (default 50) as a browser asks for it: the first History page, a
 filtered one (a rare status; an account and a server), a search (a recipient's address;
 a domain, the most common one and a rare one; a word of the subject; a Message-ID), a
-deep keyset page (older than the 1,000th
-message), a page since an hour ago, and a Message page. One JSON line per page (p50,
-p95, max in ms), then a summary line. Target (issue #17): p95 <= 100 ms per page.
+deep keyset page (older than the 1,000th message), a page since an hour ago, one until
+60 days ago (the oldest days), a day's window 30 days ago, and a Message page. One JSON
+line per page (p50, p95, max in ms), then a summary line. Target (issue #17): p95 <= 100
+ms per page.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def main() -> None:
         "history status=failed": "/history?status=failed",
         "history account+server": "/history?account=billing&server=relay-c",
         "history since=1h": "/history?since=1h",
+        "history until=60d": "/history?until=60d",  # the oldest ~10 days of ~70
+        "history a day 30 days ago": "/history?since=31d&until=30d",
         "search recipient": f"/history?q={sample['address'].replace('@', '%40')}",
         "search subject word": "/history?q=reminder+1234",
         "search domain (90 % of mail)": "/history?q=%40example.org",

@@ -132,6 +132,7 @@ def test_the_history_of_a_window_of_time(store):
     assert listed(since=200.0, until=400.0) == [made[300], made[200]]
     assert listed(since=200.0, until=201.0) == [made[200]]
     assert listed(until=100.0) == [] and listed(since=401.0) == []
+    assert listed(since=150.0, until=160.0) == []  # a window with no message in it
     assert history.selected_ids(queue, history.Filters(("queued",), until=250.0)) == [
         made[100], made[200]]
 

@@ -57,6 +57,13 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
         # stops there instead of reading the older history to its end.
         extra.append("m.id >= (SELECT MIN(id + 0) FROM messages WHERE created_at >= ?)")
         args.append(f.since)
+        if f.until is not None:
+            # A window: its newest row bounds the ids from above as well (found in the
+            # window's part of the same index), so that the newest-first read starts
+            # there, not at the newest message (none in the window: none at all).
+            extra.append("m.id <= (SELECT MAX(id + 0) FROM messages WHERE created_at >= ?"
+                         " AND created_at < ?)")
+            args.extend((f.since, f.until))
     if f.search:
         extra.append(_search(f.search.strip(), args))
     if extra:
