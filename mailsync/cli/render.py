@@ -79,15 +79,16 @@ def parse_since(text: str, now: float) -> float:
 
 # What a spreadsheet would run as a formula at the start of a cell (CSV injection): such
 # a cell of text gets a leading ' (what servers and senders wrote, a hostile Subject,
-# goes into CSV files that people open).
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# goes into CSV files that people open). Tabs and CRs are escaped before (one_line).
+_FORMULA = ("=", "+", "-", "@")
 
 
 def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
     """``rows`` as CSV (RFC 4180: the ``header`` line, even for no rows, then a line a
     row; CRLF, quoted where needed), for a spreadsheet or a script: None is empty, a
-    mapping is ``key=value`` pairs (``sent=1; failed=1``), text that starts like a
-    formula gets a leading '."""
+    mapping is ``key=value`` pairs (``sent=1; failed=1``), text is one line with its
+    control characters escaped as in the tables (it may be printed to a terminal), and
+    text that starts like a formula gets a leading '."""
     # Here: only a CSV listing needs them.
     import csv
     import io
@@ -105,8 +106,10 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, dict):
         value = "; ".join(f"{k}={v}" for k, v in value.items())
-    text = str(value)
-    return "'" + text if isinstance(value, str) and text.startswith(_FORMULA) else text
+    if not isinstance(value, str):
+        return str(value)
+    text = one_line(value)
+    return "'" + text if text.startswith(_FORMULA) else text
 
 
 def time_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
