@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 # Characters never written as they are (tab and line feed are decided per call).
@@ -86,3 +87,38 @@ def one_line(value: Any) -> str:
     becomes a space, every other non-printable character is escaped (``\\x1b``, ``\\r``)."""
     text = "" if value is None else str(value)
     return printable(text.replace("\r\n", " ").replace("\n", " "))
+
+
+# What a spreadsheet would run as a formula at the start of a cell (CSV injection): such
+# a cell of text gets a leading ' (what servers and senders wrote, a hostile Subject,
+# goes into CSV files that people open). Tabs and CRs are escaped before (one_line).
+_FORMULA = ("=", "+", "-", "@")
+
+
+def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
+    """``rows`` as CSV (RFC 4180: the ``header`` line, even for no rows, then a line a
+    row; CRLF, quoted where needed), for a spreadsheet or a script: None is empty, a
+    mapping is ``key=value`` pairs (``sent=1; failed=1``), text is one line with its
+    control characters escaped as in the tables (it may be printed to a terminal), and
+    text that starts like a formula gets a leading '."""
+    # Here: only a CSV listing needs them (this module is on every command's path).
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(key)) for key in header])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        value = "; ".join(f"{k}={v}" for k, v in value.items())
+    if not isinstance(value, str):
+        return str(value)
+    text = one_line(value)
+    return "'" + text if text.startswith(_FORMULA) else text

@@ -3,12 +3,16 @@ History and Message pages, the operators' actions, and no secret in any page."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import re
 
 import pytest
 
+from mailsync.outbound import history as h
 from mailsync.outbound.queue import OutboundStore
+from mailsync.web import pages
 from tests.outbound_helpers import show
 from tests.web_helpers import PASSWORDS, Site, make_site, site_fixture  # noqa: F401
 
@@ -22,7 +26,7 @@ def _status(site: Site, mid: int) -> str:
 
 def test_every_page_needs_a_login(site):
     c = site.client()
-    for path in ("/", "/history", f"/messages/{site.ids['Quote Q-1042']}",
+    for path in ("/", "/history", "/history.csv", f"/messages/{site.ids['Quote Q-1042']}",
                  f"/messages/{site.ids['Quote Q-1042']}/html",
                  f"/messages/{site.ids['Quote Q-1042']}/raw"):
         r = c.get(path)
@@ -328,3 +332,28 @@ def test_the_session_key_is_kept_in_state_dir_0600(site):
     from mailsync.web.sessions import load_key
 
     assert load_key(site.config.daemon.state_dir, None) == path.read_bytes().strip()
+
+
+def test_the_history_filters_export_as_a_csv_file(site, monkeypatch):
+    """Download CSV: every message the filters select (not a page), the CLI's columns,
+    as an attachment; more than the export's bound is refused, saying so."""
+    c = site.client()
+    c.login("victor")
+    page = c.get("/history?user=bob")
+    assert 'href="/history.csv?user=bob" id="export"' in page.text
+    r = c.get("/history.csv?user=bob")
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert re.fullmatch(r'attachment; filename="mailsync-history-[0-9]{8}-[0-9]{6}\.csv";.*',
+                        r.headers["content-disposition"])
+    rows = list(csv.DictReader(io.StringIO(r.body.decode("utf-8-sig"))))
+    assert {row["subject"] for row in rows} == {"Never there", "Later"}
+    assert list(rows[0]) == list(h.SUMMARY_KEYS)
+    everything = c.get("/history.csv")
+    assert len(list(csv.DictReader(io.StringIO(everything.body.decode("utf-8-sig"))))) == 4
+    bad = c.get("/history.csv?since=soon")
+    assert bad.status == 400 and "since 'soon' is neither a duration nor a date" in bad.text
+    monkeypatch.setattr(pages, "EXPORT_LIMIT", 3)
+    big = c.get("/history.csv")
+    assert big.status == 400 and "more than 3 messages match: narrow the filters" in big.text
+    assert c.get("/history.csv?status=failed").status == 200

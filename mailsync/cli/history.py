@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync.cli.render import WIDTH, csv_text, table, time_window
+from mailsync.cli.render import WIDTH, table, time_window
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -21,6 +21,7 @@ from mailsync.cli.root import (
     using_store,
 )
 from mailsync.outbound.queue import OutboundStore
+from mailsync.printable import csv_text
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config

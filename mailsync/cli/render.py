@@ -77,41 +77,6 @@ def parse_since(text: str, now: float) -> float:
     return when.timestamp()
 
 
-# What a spreadsheet would run as a formula at the start of a cell (CSV injection): such
-# a cell of text gets a leading ' (what servers and senders wrote, a hostile Subject,
-# goes into CSV files that people open). Tabs and CRs are escaped before (one_line).
-_FORMULA = ("=", "+", "-", "@")
-
-
-def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
-    """``rows`` as CSV (RFC 4180: the ``header`` line, even for no rows, then a line a
-    row; CRLF, quoted where needed), for a spreadsheet or a script: None is empty, a
-    mapping is ``key=value`` pairs (``sent=1; failed=1``), text is one line with its
-    control characters escaped as in the tables (it may be printed to a terminal), and
-    text that starts like a formula gets a leading '."""
-    # Here: only a CSV listing needs them.
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([_cell(row.get(key)) for key in header])
-    return out.getvalue()
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        value = "; ".join(f"{k}={v}" for k, v in value.items())
-    if not isinstance(value, str):
-        return str(value)
-    text = one_line(value)
-    return "'" + text if text.startswith(_FORMULA) else text
-
-
 def time_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     """``--since`` and ``--until`` as epoch seconds (None: not given); a value that is no
     time, or a window that ends before it starts, is a usage error."""

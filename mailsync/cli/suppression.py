@@ -16,6 +16,7 @@ import click
 
 from mailsync.cli.history import list_format, wide_option
 from mailsync.cli.root import Exit, config_option, config_or_last_applied, main, using_store
+from mailsync.printable import csv_text
 
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 COLUMNS = ("address", "reason", "since", "until", "message", "detail")
@@ -68,8 +69,6 @@ def suppression_list(config_path: Path, everything: bool, fmt: str, wide: bool) 
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
-        from mailsync.cli.render import csv_text
-
         click.echo(csv_text(rows, COLUMNS), nl=False)
     elif rows:
         click.echo(table(rows, COLUMNS, width=None if wide else 100))

@@ -56,7 +56,8 @@ STATIC_FILES = {"/static/admin.css": "text/css; charset=utf-8",
                 "/static/favicon.svg": "image/svg+xml",
                 "/favicon.ico": "image/svg+xml"}   # asked for by browsers, whatever a page says
 Page = Callable[["App", Request, "Visitor"], Response]
-PAGES: dict[str, Page] = {"/history": pages.history, "/queue": queue.page,
+PAGES: dict[str, Page] = {"/history": pages.history, "/history.csv": pages.history_csv,
+                          "/queue": queue.page,
                           "/inbox": inbox.page, "/activities": activities.page,
                           "/servers": servers.page, "/config": settings.page}
 # The operators' forms that are not a message's button (those: _MESSAGE).

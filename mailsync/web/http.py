@@ -207,15 +207,15 @@ def text(status: int, message: str) -> Response:
     return Response(status, f"{message}\n".encode(), "text/plain; charset=utf-8")
 
 
-def download(data: bytes, filename: str) -> Response:
-    """A file to save, never to show: ``application/octet-stream`` as an attachment
-    (a mail's HTML attachment cannot run in the console's origin)."""
+def download(data: bytes, filename: str,
+             content_type: str = "application/octet-stream") -> Response:
+    """A file to save, never to show: an attachment (``application/octet-stream``
+    unless the console made it: a mail's HTML attachment cannot run in its origin)."""
     safe = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_"
                    for c in filename) or "attachment"
     disposition = f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename)}"
-    return Response(200, data, "application/octet-stream",
-                    [("Content-Disposition", disposition)], policy="default-src 'none'; "
-                    "sandbox")
+    return Response(200, data, content_type, [("Content-Disposition", disposition)],
+                    policy="default-src 'none'; sandbox")
 
 
 def cookie(name: str, value: str, *, secure: bool, max_age: int | None = None,

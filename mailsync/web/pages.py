@@ -18,8 +18,10 @@ from mailsync.config.units import parse_duration
 from mailsync.outbound import history as h
 from mailsync.outbound.actions import ACTIONS, act
 from mailsync.outbound.queue import STATUSES
+from mailsync.printable import csv_text
+from mailsync.values import replace
 from mailsync.web import mail
-from mailsync.web.http import MAIL_HTML_POLICY, Request, Response, download, redirect
+from mailsync.web.http import MAIL_HTML_POLICY, Request, Response, download, redirect, text
 
 if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports this module)
     from mailsync.web.app import App, Visitor
@@ -27,6 +29,10 @@ if TYPE_CHECKING:  # the application that calls these pages (web/app.py imports 
 log = logging.getLogger("mailsync.web")
 
 PAGE_SIZE = 50
+# The most messages one CSV export holds (the History page's filters select them); more
+# is refused, saying so, rather than a file silently cut (`mailsync history --format
+# csv --limit N` has no such bound).
+EXPORT_LIMIT = 50_000
 ACTION_NAMES = tuple(ACTIONS)
 FILTERS = ("status", "account", "user", "server", "since", "until", "q")
 
@@ -114,6 +120,26 @@ def history(app: App, request: Request, visitor: Visitor) -> Response:
                     newest=filters.before is not None, statuses=STATUSES,
                     accounts=[a.name for a in config.accounts], users=list(config.users),
                     servers=servers)
+
+
+def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
+    """The messages the History page's filters and search select (all of them, not a
+    page: ``before`` is ignored) as a CSV file to save, the columns of ``mailsync history
+    --format csv``; at most :data:`EXPORT_LIMIT`, else a 400 saying to narrow them."""
+    filters, _, error = _filters(request, time.time())
+    if error is not None:
+        return text(400, error)
+    filters = replace(filters, limit=EXPORT_LIMIT + 1, before=None)
+    with app.reads() as store:
+        rows = h.list_messages(store, filters)
+    if len(rows) > EXPORT_LIMIT:
+        return text(400, f"more than {EXPORT_LIMIT:,} messages match: narrow the filters "
+                         "(since and until, a status, an account), or run `mailsync "
+                         "history --format csv` on the daemon's machine")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    # A byte order mark first: without it a spreadsheet reads UTF-8 as a legacy code page.
+    return download(("\ufeff" + csv_text(rows, h.SUMMARY_KEYS)).encode(),
+                    f"mailsync-history-{stamp}.csv", "text/csv; charset=utf-8")
 
 
 def _short(iso: str | None) -> str:
