@@ -355,5 +355,6 @@ def test_the_history_filters_export_as_a_csv_file(site, monkeypatch):
     assert bad.status == 400 and "since 'soon' is neither a duration nor a date" in bad.text
     monkeypatch.setattr(pages, "EXPORT_LIMIT", 3)
     big = c.get("/history.csv")
-    assert big.status == 400 and "more than 3 messages match: narrow the filters" in big.text
+    assert big.status == 400 and "4 messages match, more than the 3 of one file: narrow" \
+        in big.text
     assert c.get("/history.csv?status=failed").status == 200

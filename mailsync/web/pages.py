@@ -129,13 +129,14 @@ def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
     filters, _, error = _filters(request, time.time())
     if error is not None:
         return text(400, error)
-    filters = replace(filters, limit=EXPORT_LIMIT + 1, before=None)
+    filters = replace(filters, limit=EXPORT_LIMIT, before=None)
     with app.reads() as store:
-        rows = h.list_messages(store, filters)
-    if len(rows) > EXPORT_LIMIT:
-        return text(400, f"more than {EXPORT_LIMIT:,} messages match: narrow the filters "
-                         "(since and until, a status, an account), or run `mailsync "
-                         "history --format csv` on the daemon's machine")
+        count = h.count_messages(store, filters)  # before reading any row
+        rows = h.list_messages(store, filters) if count <= EXPORT_LIMIT else []
+    if count > EXPORT_LIMIT:
+        return text(400, f"{count:,} messages match, more than the {EXPORT_LIMIT:,} of one "
+                         "file: narrow the filters (since and until, a status, an account),"
+                         " or run `mailsync history --format csv` on the daemon's machine")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     # A byte order mark first: without it a spreadsheet reads UTF-8 as a legacy code page.
     return download(("\ufeff" + csv_text(rows, h.SUMMARY_KEYS)).encode(),
