@@ -11,7 +11,7 @@ deep keyset page (older than the 1,000th message), a page since an hour ago, one
 60 days ago (the oldest days), a day's window 30 days ago and its CSV export, the export
 of everything (refused: more than the bound), and a Message page. One JSON line per
 page (p50, p95, max in ms), then a summary line. Target (issue #17): p95 <= 100 ms per
-page.
+page (the exports are files, not pages: timed, not judged).
 """
 
 from __future__ import annotations
@@ -171,7 +171,11 @@ def main() -> None:
         console.close()
         store.close()
     print(json.dumps({"summary": "p95 ms per page", "messages": args.n,
-                      "store_built_s": round(built, 1), "worst_p95_ms": max(summary.values()),
+                      "store_built_s": round(built, 1),
+                      # Pages only: an export is a file of its rows (its time grows with
+                      # them), not a page the target is for.
+                      "worst_p95_ms": max(v for k, v in summary.items()
+                                          if not k.startswith("CSV export")),
                       "target_p95_ms": 100, **summary}), flush=True)
 
 
