@@ -95,9 +95,11 @@ def one_line(value: Any) -> str:
 _FORMULA = ("=", "+", "-", "@")
 
 
-def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
+def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str], *,
+             with_header: bool = True) -> str:
     """``rows`` as CSV (RFC 4180: the ``header`` line, even for no rows, then a line a
-    row; CRLF, quoted where needed), for a spreadsheet or a script: None is empty, a
+    row of the ``header``'s keys; CRLF, quoted where needed; ``with_header=False``: the
+    rows' lines alone, a file's next part), for a spreadsheet or a script: None is empty, a
     mapping is ``key=value`` pairs (``sent=1; failed=1``), text is one line with its
     control characters escaped as in the tables (it may be printed to a terminal), and
     text that starts like a formula gets a leading '."""
@@ -107,7 +109,8 @@ def csv_text(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(header)
+    if with_header:
+        writer.writerow(header)
     for row in rows:
         writer.writerow([_cell(row.get(key)) for key in header])
     return out.getvalue()

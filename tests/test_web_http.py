@@ -353,6 +353,9 @@ def test_the_history_filters_export_as_a_csv_file(site, monkeypatch):
     assert len(list(csv.DictReader(io.StringIO(everything.body.decode("utf-8-sig"))))) == 4
     bad = c.get("/history.csv?since=soon")
     assert bad.status == 400 and "since 'soon' is neither a duration nor a date" in bad.text
+    monkeypatch.setattr(pages, "EXPORT_CHUNK", 3)  # the 4 messages in two chunks
+    chunked = c.get("/history.csv")
+    assert chunked.body == everything.body
     monkeypatch.setattr(pages, "EXPORT_LIMIT", 3)
     big = c.get("/history.csv")
     assert big.status == 400 and "4 messages match, more than the 3 of one file: narrow" \
