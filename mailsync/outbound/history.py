@@ -54,16 +54,17 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
     if f.since is not None:
         # The same rows, as a range of ids that the messages_created index finds (id + 0:
         # not the id order, which would read the history from its start): a page then
-        # stops there instead of reading the older history to its end.
-        extra.append("m.id >= (SELECT MIN(id + 0) FROM messages WHERE created_at >= ?)")
-        args.append(f.since)
+        # stops there instead of reading the older history to its end. A window (until
+        # too) is found in its own part of the index, and bounds the ids from above as
+        # well, so that the newest-first read starts at its newest row, not at the newest
+        # message (none in the window: none at all).
+        window, times = ("created_at >= ? AND created_at < ?", [f.since, f.until]) \
+            if f.until is not None else ("created_at >= ?", [f.since])
+        extra.append(f"m.id >= (SELECT MIN(id + 0) FROM messages WHERE {window})")
+        args.extend(times)
         if f.until is not None:
-            # A window: its newest row bounds the ids from above as well (found in the
-            # window's part of the same index), so that the newest-first read starts
-            # there, not at the newest message (none in the window: none at all).
-            extra.append("m.id <= (SELECT MAX(id + 0) FROM messages WHERE created_at >= ?"
-                         " AND created_at < ?)")
-            args.extend((f.since, f.until))
+            extra.append(f"m.id <= (SELECT MAX(id + 0) FROM messages WHERE {window})")
+            args.extend(times)
     if f.search:
         extra.append(_search(f.search.strip(), args))
     if extra:
