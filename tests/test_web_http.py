@@ -334,7 +334,7 @@ def test_the_session_key_is_kept_in_state_dir_0600(site):
     assert load_key(site.config.daemon.state_dir, None) == path.read_bytes().strip()
 
 
-def test_the_history_filters_export_as_a_csv_file(site, monkeypatch):
+def test_the_history_filters_export_as_a_csv_file(site, monkeypatch, caplog):
     """Download CSV: every message the filters select (not a page), the CLI's columns,
     as an attachment; more than the export's bound is refused, saying so."""
     c = site.client()
@@ -349,6 +349,7 @@ def test_the_history_filters_export_as_a_csv_file(site, monkeypatch):
     rows = list(csv.DictReader(io.StringIO(r.body.decode("utf-8-sig"))))
     assert {row["subject"] for row in rows} == {"Never there", "Later"}
     assert list(rows[0]) == list(h.SUMMARY_KEYS)
+    assert "admin console: victor exported 2 messages of the history as CSV" in caplog.text
     everything = c.get("/history.csv")
     assert len(list(csv.DictReader(io.StringIO(everything.body.decode("utf-8-sig"))))) == 4
     bad = c.get("/history.csv?since=soon")

@@ -134,10 +134,11 @@ def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
     parts = [csv_text([], h.SUMMARY_KEYS)]  # the header
     with app.reads() as store:
         count = h.count_messages(store, filters)  # before reading any row
-        before = None
+        before, exported = None, 0
         while count <= EXPORT_LIMIT:  # newest first, a keyset chunk at a time
             rows = h.list_messages(store, replace(filters, limit=EXPORT_CHUNK, before=before))
             parts.append(csv_text(rows, h.SUMMARY_KEYS, with_header=False))
+            exported += len(rows)
             if len(rows) < EXPORT_CHUNK:
                 break
             before = rows[-1]["id"]
@@ -145,6 +146,9 @@ def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
         return text(400, f"{count:,} messages match, more than the {EXPORT_LIMIT:,} of one "
                          "file: narrow the filters (since and until, a status, an account),"
                          " or run `mailsync history --format csv` on the daemon's machine")
+    # Who took a copy of the history, and of how much (the message log's audit trail).
+    log.info("admin console: %s exported %d messages of the history as CSV",
+             visitor.user.name, exported)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     # A byte order mark first: without it a spreadsheet reads UTF-8 as a legacy code page.
     return download(("\ufeff" + "".join(parts)).encode(),
