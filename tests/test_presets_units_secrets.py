@@ -15,7 +15,13 @@ from mailsync.config import load_file, load_text
 from mailsync.config.presets import resolve_endpoint
 from mailsync.config.schema import schema
 from mailsync.config.secrets import Secret, from_config
-from mailsync.config.units import format_duration, format_size, parse_duration, parse_size
+from mailsync.config.units import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    parse_when,
+)
 from mailsync.errors import SecretError
 
 # --- presets --------------------------------------------------------------------------------
@@ -227,6 +233,22 @@ def test_schema_and_parser_agree_on_durations_and_sizes(text):
     else:
         with pytest.raises(ValueError):
             parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "when"), [
+    ("2h", 100_000.0 - 7200), (" 7d ", 100_000.0 - 7 * 86400),  # that long before now
+    ("1970-01-02", 86400.0),  # a date: its midnight, UTC
+    ("1970-01-01T01:00", 3600.0), ("1970-01-01T03:00+02:00", 3600.0),
+])
+def test_parse_when_takes_a_duration_ago_or_an_iso_time(text, when):
+    assert parse_when(text, 100_000.0) == when
+
+
+@pytest.mark.parametrize("text", ["soon", "2 hours", "", "99999999999999d"])
+def test_parse_when_names_the_value_and_what_is_allowed(text):
+    with pytest.raises(ValueError, match=f"{text.strip()!r} is neither a duration nor a date"
+                       r" \(allowed: 30m, 2h, 7d ago, or an ISO date"):
+        parse_when(text, 0.0)
 
 
 def test_huge_duration_is_a_value_error():

@@ -175,11 +175,11 @@ def history_follow(config_path: Path, status: tuple[str, ...], account: str | No
     tail -f, read from the store (read only; the daemon may run on any node)."""
     import sys
 
-    from mailsync.cli.render import parse_since
+    from mailsync.config.units import parse_when
     from mailsync.outbound.follow import Filter, Follower
 
     try:
-        since_t = parse_since(since, time.time()) if since else None
+        since_t = parse_when(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     config = _config(config_path)

@@ -59,11 +59,11 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
     if ctx.invoked_subcommand is not None:
         to_subcommand(ctx)
         return
-    from mailsync.cli.render import parse_since
+    from mailsync.config.units import parse_when
     from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched
 
     try:
-        since_t = parse_since(since, time.time()) if since else None
+        since_t = parse_when(since, time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     config = _config(config_path)

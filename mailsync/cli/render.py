@@ -7,15 +7,14 @@ escape sequence is shown, not run, and the columns stay aligned.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import click
 
-from mailsync.config.units import parse_duration
+from mailsync.config.units import parse_when
 from mailsync.printable import one_line
 
 WIDTH = 100  # what a listing fits in unless --wide
@@ -62,21 +61,6 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_since(text: str, now: float) -> float:
-    """``1h``/``2d`` ago, or an ISO date/datetime (UTC unless it says otherwise)."""
-    if re.fullmatch(r"[0-9]+[smhd]", text):
-        return now - parse_duration(text).total_seconds()
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: use a duration ago (30m, 2h, 7d) or an ISO date "
-            "(2026-11-25 or 2026-11-25T08:00)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 def time_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     """``--since`` and ``--until`` as epoch seconds (None: not given); a value that is no
     time, or a window that ends before it starts, is a usage error."""
@@ -84,7 +68,7 @@ def time_window(since: str | None, until: str | None) -> tuple[float | None, flo
     times: list[float | None] = []
     for value, hint in ((since, "--since"), (until, "--until")):
         try:
-            times.append(parse_since(value, now) if value else None)
+            times.append(parse_when(value, now) if value else None)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=hint) from None
     start, end = times

@@ -23,6 +23,26 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is too long a duration") from None
 
 
+def parse_when(text: str, now: float) -> float:
+    """A time as epoch seconds: a duration that long before ``now`` (``2h``, ``7d``) or an
+    ISO date or time (UTC unless it says); ValueError naming the value and what is
+    allowed. The listings' ``--since``/``--until`` and the console's fields alike."""
+    text = text.strip()
+    try:
+        return now - parse_duration(text).total_seconds()
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration nor a date (allowed: 30m, 2h, 7d "
+                         "ago, or an ISO date such as 2026-03-01 or 2026-03-01T14:00)"
+                         ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def format_duration(value: timedelta) -> str:
     """The largest exact unit: ``timedelta(hours=2)`` -> ``'2h'``."""
     seconds = int(value.total_seconds())

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mailsync.config.units import parse_duration
+from mailsync.config.units import parse_when
 from mailsync.outbound import history as h
 from mailsync.outbound.actions import ACTIONS, act
 from mailsync.outbound.queue import STATUSES
@@ -40,22 +40,12 @@ FILTERS = ("status", "account", "user", "server", "since", "until", "q")
 
 
 def parse_since(value: str, now: float, what: str = "since") -> float:
-    """``2h``, ``7d`` (that long ago) or an ISO date/time (UTC unless it says); ValueError
-    naming the value (``what``: the field) and what is allowed."""
-    value = value.strip()
+    """:func:`~mailsync.config.units.parse_when` with the field's name (``what``) first
+    in its error."""
     try:
-        return now - parse_duration(value).total_seconds()
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{what} {value!r} is neither a duration nor a date (allowed: 30m, "
-                         "2h, 7d, or an ISO date such as 2026-03-01 or 2026-03-01T14:00)"
-                         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        return parse_when(value, now)
+    except ValueError as exc:
+        raise ValueError(f"{what} {exc}") from None
 
 
 def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], str | None]:
