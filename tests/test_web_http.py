@@ -352,6 +352,8 @@ def test_the_history_filters_export_as_a_csv_file(site, monkeypatch, caplog):
     assert "admin console: victor exported 2 messages of the history as CSV" in caplog.text
     everything = c.get("/history.csv")
     assert len(list(csv.DictReader(io.StringIO(everything.body.decode("utf-8-sig"))))) == 4
+    paged = c.get(f"/history.csv?before={site.ids['Later']}")  # a page's keyset: not an export's
+    assert paged.body == everything.body
     bad = c.get("/history.csv?since=soon")
     assert bad.status == 400 and "since 'soon' is neither a duration nor a date" in bad.text
     monkeypatch.setattr(pages, "EXPORT_CHUNK", 3)  # the 4 messages in two chunks
@@ -361,4 +363,6 @@ def test_the_history_filters_export_as_a_csv_file(site, monkeypatch, caplog):
     big = c.get("/history.csv")
     assert big.status == 400 and "4 messages match, more than the 3 of one file: narrow" \
         in big.text
+    # A page's keyset does not shrink what is counted against the bound: all 4 again.
+    assert c.get(f"/history.csv?before={site.ids['Later']}").status == 400
     assert c.get("/history.csv?status=failed").status == 200

@@ -121,12 +121,13 @@ def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
     filters, _, error = _filters(request, time.time())
     if error is not None:
         return text(400, error)
+    filters = replace(filters, limit=EXPORT_CHUNK, before=None)  # all, a chunk at a time
     parts = [csv_text([], h.SUMMARY_KEYS)]  # the header
     with app.reads() as store:
         count = h.count_messages(store, filters)  # before reading any row
         before, exported = None, 0
         while count <= EXPORT_LIMIT:  # newest first, a keyset chunk at a time
-            rows = h.list_messages(store, replace(filters, limit=EXPORT_CHUNK, before=before))
+            rows = h.list_messages(store, replace(filters, before=before))
             parts.append(csv_text(rows, h.SUMMARY_KEYS, with_header=False))
             exported += len(rows)
             if len(rows) < EXPORT_CHUNK:
