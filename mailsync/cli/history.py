@@ -94,10 +94,8 @@ def list_messages(config: Config, filters: Filters, columns: tuple[str, ...], fm
             total = h.count_messages(outbound, filters) \
                 if len(rows) == filters.limit else len(rows)
     print_rows(rows, columns, fmt, wide)
-    if fmt == "table" and total > len(rows):
-        click.echo(f"showing {len(rows):,} of {total:,} (--limit)")
-    elif fmt == "csv" and total > len(rows):  # the file is the rows alone: say it aside
-        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=True)
+    if fmt != "json" and total > len(rows):  # a CSV file is the rows alone: said aside
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=fmt == "csv")
 
 
 def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,
@@ -175,13 +173,9 @@ def history_follow(config_path: Path, status: tuple[str, ...], account: str | No
     tail -f, read from the store (read only; the daemon may run on any node)."""
     import sys
 
-    from mailsync.config.units import parse_when
     from mailsync.outbound.follow import Filter, Follower
 
-    try:
-        since_t = parse_when(since, time.time()) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    since_t, _ = time_window(since, None)
     config = _config(config_path)
     with using_store(config) as store:
         if store is None:

@@ -4,7 +4,6 @@ inbox poll."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,13 +58,10 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
     if ctx.invoked_subcommand is not None:
         to_subcommand(ctx)
         return
-    from mailsync.config.units import parse_when
+    from mailsync.cli.render import time_window
     from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched
 
-    try:
-        since_t = parse_when(since, time.time()) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    since_t, _ = time_window(since, None)
     config = _config(config_path)
     _check_server(config, server)
     rows: list[dict[str, Any]] = []
