@@ -11,13 +11,10 @@ other users may do and warns about the rest.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-
-log = logging.getLogger("mailsync.files")
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -160,6 +157,9 @@ def tighten(state_dir: Path, files: Iterable[Path]) -> list[str]:
         if extra & 0o070:
             what = "write" if extra & 0o020 else "execute"
             text += f"; its group may {what} it: chmod {expected:04o} unless on purpose"
-        log.warning("%s", text)
+        # Here, only when there is something to say: not logging's import on every send.
+        import logging
+
+        logging.getLogger("mailsync.files").warning("%s", text)
         said.append(text)
     return said

@@ -116,6 +116,16 @@ def test_a_one_shot_command_on_a_remembered_file_imports_no_heavy_library(
         assert modules & NETWORK == set()
 
 
+def test_send_imports_no_logging_when_it_has_nothing_to_log(tmp_path, cfg):
+    # Every application's `mailsync send` pays what it imports: logging (with traceback,
+    # string and its locks) only where a warning is written (files, spool).
+    imported(tmp_path, "inbox", "poll", "-c", str(cfg))  # the verdict remembered
+    args, stdin = COMMANDS["send"]
+    facts = process(tmp_path, *args, "-c", str(cfg), stdin=stdin)
+    assert "/spool/new/" in facts["output"]  # the message was dropped
+    assert "logging" not in facts["modules"]
+
+
 def test_status_reads_only_the_yaml(tmp_path, cfg):
     modules = imported(tmp_path, "status", "-c", str(cfg))
     assert "mailsync.config.yamlload" in modules

@@ -9,7 +9,6 @@ Config`` is what the parts import.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,7 +87,9 @@ def _store(value: dict[str, Any] | None, base: Path) -> StoreBackend:
 def default_node() -> str:
     """``daemon.node`` when the file sets none: $MAILSYNC_NODE, else the host name (its
     first label), so that each machine of a cluster is one node under one file."""
-    name = os.environ.get("MAILSYNC_NODE") or socket.gethostname().split(".")[0]
+    # os.uname's nodename is what socket.gethostname() returns, without importing socket
+    # (and selectors) into every `mailsync send` (#19).
+    name = os.environ.get("MAILSYNC_NODE") or os.uname().nodename.split(".")[0]
     return name or "mailsync"
 
 

@@ -10,7 +10,6 @@ scan, reject, remove.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import stat
@@ -32,7 +31,6 @@ __all__ = ["SUFFIXES", "Attachment", "drop", "drop_eml", "ensure_dirs", "parse",
            "remove", "scan"]
 
 SUFFIXES = (".eml", ".json")
-log = logging.getLogger("mailsync.spool")
 
 _NAME_TIME = re.compile(r"(\d{19})\.")                # names made by _spool()
 
@@ -187,7 +185,11 @@ def reject(spool_dir: Path, path: Path, rejection: Rejection, *,
             # one else): a chmod, or a copy replacing it when another user owns it.
             files.own_copy(target)
         except OSError as exc:
-            log.warning("%s: cannot make the rejected file 0640: %s", target, exc)
+            # Only on this failure: not logging's import on every `mailsync send`.
+            import logging
+
+            logging.getLogger("mailsync.spool").warning(
+                "%s: cannot make the rejected file 0640: %s", target, exc)
     when = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     detail = " ".join(rejection.detail.splitlines())
     files.write_new(target.with_name(target.name + ".error"),
