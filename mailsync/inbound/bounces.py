@@ -42,6 +42,7 @@ from mailsync.inbound.message import Headers, first, parse_headers, text
 from mailsync.outbound import suppression
 from mailsync.outbound.verp import VerpAddress, VerpKey, read_verp
 from mailsync.outbound.webhooks import enqueue
+from mailsync.store.sql import indexed
 from mailsync.values import valueclass
 
 _ADDRESSED = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
@@ -318,7 +319,8 @@ def find_message(conn: sqlite3.Connection, bounce: Bounce) -> int | None:
             bounce.message_ids):
         bare = candidate.strip().strip("<>")
         row = conn.execute("SELECT id FROM messages WHERE message_id IN (?, ?)"
-                           " ORDER BY id DESC LIMIT 1", (f"<{bare}>", bare)).fetchone()
+                           " ORDER BY id DESC LIMIT 1",
+                           (indexed(f"<{bare}>"), indexed(bare))).fetchone()
         if row:
             return int(row[0])
     return None

@@ -13,6 +13,7 @@ from datetime import UTC
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 
+from mailsync.store.sql import indexed
 from mailsync.values import valueclass
 
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -95,10 +96,12 @@ def summarize(raw: bytes, fields: Headers | None = None) -> Summary:
         except (ValueError, TypeError, OverflowError, IndexError):
             sent_at = None
     return Summary(
-        message_id=text(first(fields, "message-id")) or None,
-        from_address=text(first(fields, "from")),
-        to_address=text(first(fields, "to")),
-        subject=text(first(fields, "subject")),
+        # Each as its column holds it (store.sql.indexed: a hostile header's length
+        # cannot make the store refuse the batch on PostgreSQL).
+        message_id=indexed(text(first(fields, "message-id")) or None),
+        from_address=indexed(text(first(fields, "from"))),
+        to_address=indexed(text(first(fields, "to"))),
+        subject=indexed(text(first(fields, "subject"))),
         date=date,
         sent_at=sent_at,
         size=len(raw),
@@ -106,5 +109,6 @@ def summarize(raw: bytes, fields: Headers | None = None) -> Summary:
 
 
 def message_id_of(header_bytes: bytes) -> str | None:
-    """The Message-ID in a header block (as fetched with HEADER.FIELDS), normalised."""
-    return text(first(parse_headers(header_bytes), "message-id")) or None
+    """The Message-ID in a header block (as fetched with HEADER.FIELDS), normalised and cut
+    as the store holds it (:func:`summarize`), so that the two compare equal."""
+    return indexed(text(first(parse_headers(header_bytes), "message-id")) or None)

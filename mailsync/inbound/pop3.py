@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import poplib
 import ssl
@@ -48,6 +49,11 @@ _BLOCK = 1 << 16  # bytes read at a time for a listing or a message
 MAX_LISTED = 250_000
 LISTED_LINE = 80
 _TIDY = bytes(range(0x21, 0x7F)) + b" \r\n"  # what a UIDL listing is made of (RFC 1939)
+# A UIDL longer than this (RFC 1939: 70 characters at most) is stored, and compared, by
+# its SHA-256 (``sha256:`` and 64 hex digits): a hostile server's endless unique-id must
+# not make the store refuse every batch (PostgreSQL indexes an entry of 2,704 bytes at
+# most), nor fill it.
+MAX_UIDL = 200
 
 
 class _LongLines:
@@ -338,7 +344,8 @@ def parse_uidl(body: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:
     lines = text.splitlines()
     if not body.translate(None, _TIDY) and body.count(b" ") == body.count(b"\n"):
         numbers = {uidl: number for number, _, uidl in (line.partition(" ") for line in lines)}
-        if "" not in numbers and len(numbers) == len(lines):
+        if "" not in numbers and len(numbers) == len(lines) and \
+                max(map(len, numbers), default=0) <= MAX_UIDL:
             return numbers, []  # each line had one space, a UIDL after it, and its own
     numbers = {}
     skipped: list[tuple[str, str]] = []
@@ -347,6 +354,8 @@ def parse_uidl(body: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:
         if not number:
             continue
         uidl = uidl.strip()
+        if len(uidl) > MAX_UIDL:
+            uidl = "sha256:" + hashlib.sha256(uidl.encode("ascii", "replace")).hexdigest()
         if uidl in numbers:
             skipped.append((number, uidl))
         else:

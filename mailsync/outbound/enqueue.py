@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from mailsync.outbound.events import event
 from mailsync.store import Store
+from mailsync.store.sql import indexed
 from mailsync.values import field, valueclass
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ class _Bulk:
 
     def add(self, m: NewMessage, now: float, mid: int, verp: str | None) -> None:
         self.messages.append((mid, now, now, "queued", m.user, m.account, m.from_address,
-                              m.message_id, m.subject, len(m.raw), now, m.source,
+                              indexed(m.message_id), indexed(m.subject), len(m.raw), now,
+                              m.source,
                               m.idempotency_key, verp))
         self.contents.append((mid, m.raw))
         # INSERT OR IGNORE's effect: a recipient listed twice is one row.
@@ -264,7 +266,7 @@ class SpoolIntake:
             "INSERT INTO messages (id, created_at, updated_at, status, user, account, subject,"
             " size, last_error, reason, source)"
             " VALUES (?, ?, ?, 'rejected', ?, ?, ?, ?, ?, ?, ?)",
-            (mid, now, now, m.user, m.account, m.subject, len(m.raw or b""), m.detail,
+            (mid, now, now, m.user, m.account, indexed(m.subject), len(m.raw or b""), m.detail,
              m.reason, m.source))
         mid = int(cur.lastrowid or 0)
         if m.raw is not None:

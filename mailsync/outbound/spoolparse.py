@@ -115,7 +115,7 @@ def _parse_json(data: bytes) -> Submission:
     except Exception as exc:  # the stdlib email package has many odd failure modes
         raise _Refused("unparseable", f"cannot build the message: {exc}") from None
     return Submission(user, account, _unique(recipients), message, subject,
-                      _field(doc, "idempotency_key", str))
+                      _key(_field(doc, "idempotency_key", str)))
 
 
 def _field(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -172,12 +172,18 @@ def _check_header_value(where: str, value: str | None) -> None:
 
 
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)")
+# RFC 5321 4.5.3.1.3: a path is at most 256 octets with its angle brackets. (A longer one
+# no server takes; and the store indexes each recipient's address.)
+MAX_ADDRESS = 254
+# An idempotency key is a caller's name for one message (a UUID, an order number): one the
+# store can index on either backend (store.sql.INDEXED_BYTES), in any script.
+MAX_IDEMPOTENCY_KEY = 200
 
 
 def _addresses(value: str, where: str) -> list[tuple[str, str]]:
     """The (display name, address) pairs in a header value; a malformed one is refused."""
     plain = _PLAIN_ADDRESS.fullmatch(value.strip())
-    if plain is not None and _DOMAIN.match(plain.group(1)):
+    if plain is not None and _DOMAIN.match(plain.group(1)) and len(value) <= MAX_ADDRESS:
         # The common case, one bare address (its local part has no '@', quote or space):
         # the same answer as email.utils.getaddresses, which costs ~60 µs a call.
         return [("", plain.group(0))]
@@ -194,12 +200,22 @@ def _addresses(value: str, where: str) -> list[tuple[str, str]]:
             problem = "is not ASCII (SMTPUTF8 addresses are not supported)"
         elif any(c <= " " or c == "\x7f" for c in addr) or addr not in value:
             problem = "contains a space, comment or control character"
+        elif len(addr) > MAX_ADDRESS:
+            problem = f"is {len(addr):,} characters long (at most {MAX_ADDRESS}, RFC 5321)"
         else:
             found.append((display, addr))
             continue
         raise _Refused("bad_recipient",
                        f"{where}: address {_show(addr)} in {_show(value)} {problem}")
     return found
+
+
+def _key(value: str | None) -> str | None:
+    """An idempotency key as given, or refused when it is longer than the store keeps."""
+    if value is not None and len(value) > MAX_IDEMPOTENCY_KEY:
+        raise _Refused("unparseable", f"the idempotency key is {len(value):,} characters long"
+                                      f" (at most {MAX_IDEMPOTENCY_KEY})")
+    return value
 
 
 def _unique(addresses: list[str]) -> tuple[str, ...]:
@@ -303,7 +319,7 @@ def _parse_eml(data: bytes) -> Submission:
     subjects = named.get("subject")
     return Submission(user, single("x-mailsync-account") or None, _unique(recipients),
                       b"".join(kept) + rest, _decode(subjects[0].strip()) if subjects else "",
-                      single("x-mailsync-idempotency-key") or None)
+                      _key(single("x-mailsync-idempotency-key") or None))
 
 
 def _checked_line(number: int, line: bytes) -> str:

@@ -3,7 +3,8 @@ long lists of values a chunk at a time.
 
 The listings (`mailsync history`, `mailsync inbox`, `mailsync activities`) each filter
 on a few optional columns; :func:`where` makes the clause and its arguments from the
-filters that are set, so that no query builds it by hand. :func:`in_chunks` splits the
+filters that are set, so that no query builds it by hand; :func:`indexed` cuts a text to
+what an index takes on either backend. :func:`in_chunks` splits the
 values of an ``IN (...)`` so that no statement has more arguments than SQLite allows.
 Placeholders are SQLite's ``?``, as in the parts' queries.
 """
@@ -16,6 +17,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 IN_CHUNK = 500  # values of one IN (...): far below SQLite's limit on a statement's arguments
+
+# PostgreSQL's B-tree refuses an entry over 2,704 bytes (a third of a page: "index row
+# size exceeds btree version 4 maximum"), where SQLite has no bound: a message whose
+# Message-ID or Subject were longer would fail the whole batch it came in, at every
+# poll or pickup. The indexed copy of such a header is cut to this many bytes of UTF-8,
+# on both backends alike; the message's own bytes keep it whole.
+INDEXED_BYTES = 1000
 
 
 def in_chunks(values: Sequence[T]) -> Iterator[tuple[str, list[T]]]:
@@ -47,3 +55,14 @@ def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
             parts.append(f"{sql} ?")
             args.append(value)
     return (f"WHERE {' AND '.join(parts)}" if parts else ""), args
+
+
+def indexed(text: str | None) -> str | None:
+    """``text`` as an indexed column holds it: at most :data:`INDEXED_BYTES` bytes of
+    UTF-8, cut at a character's boundary (None stays None)."""
+    if text is None or len(text) * 4 <= INDEXED_BYTES:  # the common case: nothing to cut
+        return text
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) <= INDEXED_BYTES:
+        return text
+    return data[:INDEXED_BYTES].decode("utf-8", "ignore")
