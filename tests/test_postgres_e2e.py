@@ -4,6 +4,7 @@ handle ``daemon.store``; `store copy` moves an SQLite store into PostgreSQL."""
 
 from __future__ import annotations
 
+import sqlite3
 from email import message_from_bytes
 
 import psycopg
@@ -109,6 +110,27 @@ def test_store_copy_moves_an_sqlite_store_and_refuses_a_non_empty_target(
     run_once(cfg)
     ids = [r["id"] for r in history(cfg)]
     assert max(ids) == max(r["id"] for r in before) + 1 and len(ids) == 5
+
+
+def test_store_copy_cuts_what_an_older_store_kept_longer_than_an_index_takes(
+        tmp_path, smtp_server, pg_dsn, monkeypatch):
+    # A store written before the indexed copies were cut (store.sql.indexed): a subject
+    # of 6,000 characters there must not fail the whole copy on PostgreSQL's B-tree.
+    srv = smtp_server()
+    cfg = write_config(tmp_path, server_yaml("main", srv.port))
+    drop(tmp_path / "spool", user="alice", to=["r@example.org"], subject="short", text="x")
+    run_once(cfg)
+    db = tmp_path / "state" / "mailsync.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE messages SET subject = ?, message_id = ?",
+                     ("S" * 6000, "<" + "i" * 6000 + ">"))
+    monkeypatch.setenv("TARGET_DSN", pg_dsn)
+    done = run(["store", "copy", "--from", f"sqlite:{db}", "--to", "postgresql:env:TARGET_DSN"])
+    assert done.exit_code == 0, done.output
+    assert "messages: 1 rows" in done.output
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT length(subject), length(message_id), status"
+                            " FROM messages").fetchall() == [(1000, 1000, "sent")]
 
 
 @pytest.mark.parametrize(("target", "says"), [

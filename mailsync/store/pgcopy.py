@@ -24,6 +24,7 @@ from mailsync.store import pgschema
 from mailsync.store.backend import describe, missing_driver, scrub
 from mailsync.store.migrations import MIGRATIONS
 from mailsync.store.pgsql import ID_TABLES
+from mailsync.store.sql import indexed
 from mailsync.values import valueclass
 
 # Imports inside functions: the PostgreSQL store (and so psycopg) loads only when a copy
@@ -152,6 +153,12 @@ def _refuse_non_empty(conn: Any, tables: list[str], label: str) -> None:
                          "copy into an empty database only (nothing was copied)")
 
 
+# The indexed text columns: a store written before their copies were cut (store.sql.indexed)
+# can hold values longer than PostgreSQL's B-tree takes, which would fail the whole copy.
+_INDEXED = {"messages": ("message_id", "subject"),
+            "fetched": ("message_id", "from_address", "to_address", "subject")}
+
+
 def _quote(column: str) -> str:
     return f'"{column}"'
 
@@ -162,9 +169,14 @@ def _copy_table(src: sqlite3.Connection, conn: Any, table: str,
     names = ", ".join(_quote(c) for c in columns)
     rows = 0
     reader = src.execute(f'SELECT {names} FROM "{table}"')
+    cut = [columns.index(c) for c in _INDEXED.get(table, ())]
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
         while batch := reader.fetchmany(_BATCH):
             for row in batch:
+                if cut:
+                    row = list(row)
+                    for i in cut:
+                        row[i] = indexed(row[i])
                 copy.write_row(row)
             rows += len(batch)
     if "id" in columns and table in ID_TABLES:
