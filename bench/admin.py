@@ -9,7 +9,10 @@ filtered one (a rare status; an account and a server), a search (a recipient's a
 a domain, the most common one and a rare one; a word of the subject; a Message-ID), a
 deep keyset page (older than the 1,000th message), a page since an hour ago, one until
 60 days ago (the oldest days), a day's window 30 days ago and its CSV export, the export
-of everything (refused: more than the bound), and a Message page. One JSON line per
+of everything (refused: more than the bound), and a Message page; the Queue page; and
+the Inbox page on ``--fetched`` fetched messages of ~2 KB (default 100,000, one a
+minute): its first page, a search (a word of the subject, a sender, a part of a
+Message-ID, a text nothing has) and a day's window 30 days ago. One JSON line per
 page (p50, p95, max in ms), then a summary line. Target (issue #17): p95 <= 100 ms per
 page (the exports are files, not pages: timed, not judged).
 """
@@ -97,6 +100,31 @@ def fill(store: Store, n: int, seed: int = 7) -> None:
             conn.executemany("INSERT INTO contents VALUES (?,?)", contents)
 
 
+def fill_fetched(store: Store, n: int, seed: int = 11) -> None:
+    """``n`` fetched messages of ~2 KB (one a minute, from 2,000 senders at 200 domains,
+    to three addresses), as a poll stores them, in batches."""
+    rng = random.Random(seed)
+    now = time.time()
+    body = ("Some text of the message, long enough to be a real one.\r\n" * 32).encode()
+    batch = 5000
+    for start in range(1, n + 1, batch):
+        rows = []
+        for fid in range(start, min(n, start + batch - 1) + 1):
+            sender = f"Customer {fid % 2000} <c{fid % 2000}@d{fid % 200}.example.com>"
+            to = rng.choice(("support@example.com", "sales@example.com", "catchall"))
+            subject = f"{rng.choice(WORDS).title()} question {fid} about order {fid % 997}"
+            msg_id = f"<in{fid}.{rng.getrandbits(40):x}@d{fid % 200}.example.com>"
+            raw = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+                   f"Message-ID: {msg_id}\r\n\r\n").encode() + body
+            rows.append((fid, "support", "INBOX", f"7/{fid}", now - (n - fid) * 60.0, msg_id,
+                         sender, to, subject, None, None, len(raw), raw))
+        with store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO fetched (id, server, folder, source_key, fetched_at, message_id,"
+                " from_address, to_address, subject, date, sent_at, size, raw)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+
 def _time(client: Client, path: str, rounds: int, status: int = 200) -> list[float]:
     out = []
     for _ in range(rounds):
@@ -110,6 +138,8 @@ def _time(client: Client, path: str, rounds: int, status: int = 200) -> list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=200_000, help="messages in the store")
+    parser.add_argument("--fetched", type=int, default=100_000,
+                        help="fetched messages in the store (the Inbox pages)")
     parser.add_argument("-r", "--rounds", type=int, default=50, help="requests per page")
     parser.add_argument("--dir", type=Path, help="work here (default: a temporary dir)")
     args = parser.parse_args()
@@ -123,6 +153,8 @@ def main() -> None:
     t = time.perf_counter()
     if store.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] < args.n:
         fill(store, args.n)
+    if store.conn.execute("SELECT COUNT(*) FROM fetched").fetchone()[0] < args.fetched:
+        fill_fetched(store, args.fetched)
     built = time.perf_counter() - t
     outbound = OutboundStore(store)
     sample = outbound.query("SELECT m.id, m.message_id, r.address FROM messages m JOIN"
@@ -154,6 +186,12 @@ def main() -> None:
         "queue first page": "/queue",
         "queue status=deferred": "/queue?status=deferred",
         "queue deep keyset page": f"/queue?after={args.n // 2}",
+        "inbox first page": "/inbox",
+        "inbox search subject word": "/inbox?q=reminder+question+4",
+        "inbox search sender": "/inbox?q=c1234%40d34.example.com",
+        "inbox search Message-ID": f"/inbox?q=in{args.fetched // 2}.",
+        "inbox search nothing found": "/inbox?q=no+such+text",
+        "inbox a day 30 days ago": "/inbox?since=31d&until=30d",
     }
     summary: dict[str, float] = {}
     try:

@@ -78,6 +78,42 @@ def test_inbox_filters_by_server_and_time(mailbox, tmp_path):
     assert _run("inbox", "-c", str(cfg), "--since", "yesterday").exit_code == 2
 
 
+def test_inbox_searches_a_window_and_writes_csv(mailbox, tmp_path):
+    cfg = _setup(mailbox, tmp_path)  # message 1, then 2 (Café)
+    mailbox.append(message(3, subject="Invoice 100% paid", to="billing@example.com"))
+    _run("inbox", "poll", "-c", str(cfg))
+
+    def found(*args: str) -> list[str]:
+        done = _run("inbox", "-c", str(cfg), "--format", "json", *args)
+        assert done.exit_code == 0, done.output
+        return [r["subject"] for r in json.loads(done.output)]
+
+    assert found() == ["Invoice 100% paid", "Café", "message 1"]
+    assert found("--search", "CAFÉ") == []  # SQLite's LIKE folds ASCII letters only
+    assert found("--search", "café") == ["Café"]  # the decoded subject
+    assert found("--search", "100%") == ["Invoice 100% paid"]
+    assert found("--search", "1_0") == []  # % and _ are characters, not wildcards
+    assert found("--search", "BILLING@") == ["Invoice 100% paid"]  # a part of To
+    assert found("--search", "c1@example.org") == ["message 1"]  # a part of From
+    assert found("--search", "<m2@test>") == found("--search", "m2@test") == ["Café"]
+    assert found("--since", "1h", "--until", "1m") == []  # fetched within the last minute
+    assert found("--until", "2999-01-01", "--search", "message") == ["message 1"]
+    assert found("--bounces") == []
+    backwards = _run("inbox", "-c", str(cfg), "--since", "1m", "--until", "1h")
+    assert backwards.exit_code == 2 and "is not after --since" in backwards.output
+
+    cut = CliRunner().invoke(main, ["inbox", "-c", str(cfg), "--format", "csv", "--limit", "2"])
+    assert cut.exit_code == 0
+    lines = cut.stdout_bytes.decode().split("\r\n")
+    assert lines[0] == ("id,server,folder,source_key,fetched_at,message_id,from,to,subject,"
+                        "date,size,bounce_of")
+    assert lines[1].startswith("3,support,") and ",Invoice 100% paid," in lines[1]
+    assert lines[2].startswith("2,support,") and ",Café," in lines[2] and lines[3:] == [""]
+    assert cut.stderr == "showing 2 of 3 (--limit)\n"  # said aside, not in the file
+    table = _run("inbox", "-c", str(cfg), "--limit", "1")
+    assert table.output.splitlines()[-1] == "showing 1 of 3 (--limit)"
+
+
 def test_inbox_show_unknown_id_fails(mailbox, tmp_path):
     cfg = _setup(mailbox, tmp_path)
     _run("inbox", "poll", "-c", str(cfg))

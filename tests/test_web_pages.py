@@ -7,6 +7,7 @@ the console restarts."""
 from __future__ import annotations
 
 import hashlib
+import html
 import http.client
 import re
 import socket
@@ -154,6 +155,31 @@ def test_the_inbox_per_server_with_the_bounce_linked_to_what_it_bounced(site):
     assert only.count('<tr id="f-') == 1 and "failure notice" in only
     bad = c.get("/inbox?server=nope")
     assert bad.status == 400 and "allowed: drop" in bad.text
+
+
+def test_the_inbox_searches_and_keeps_its_filters_across_tabs(site):
+    c = site.client()
+    c.login("victor")
+    found = c.get("/inbox?q=q-1042")  # a part of the subject, any case
+    assert found.status == 200 and found.text.count('<tr id="f-') == 1
+    assert "A question about Q-1042" in found.text and 'value="q-1042"' in found.text
+    assert c.get("/inbox?q=ANN@example.org").text.count('<tr id="f-') == 1  # From
+    assert c.get("/inbox?q=<q1@example.org>").text.count('<tr id="f-') == 1  # Message-ID
+    assert c.get("/inbox?q=q1@example.org").text.count('<tr id="f-') == 1   # without <>
+    none = c.get("/inbox?q=100%25").text  # % is a character, not a wildcard
+    assert "No fetched message matches." in none and '<tr id="f-' not in none
+    # A tab and the bounces toggle keep the search; Clear keeps the tab alone.
+    tab = c.get("/inbox?server=drop&q=q-1042").text
+    assert 'href="/inbox?q=q-1042"' in tab  # All servers, with the search
+    assert 'href="/inbox?server=drop&amp;q=q-1042&amp;bounces=1"' in tab
+    assert 'href="/inbox?server=drop" id="clear"' in tab
+    # The time window: all of it was fetched in the last minutes.
+    assert c.get("/inbox?since=1h").text.count('<tr id="f-') == 2
+    assert c.get("/inbox?since=2h&until=1h").text.count('<tr id="f-') == 0
+    bad = c.get("/inbox?since=1h&until=2h")
+    assert bad.status == 400 and "until '2h' is not after since '1h'" in html.unescape(bad.text)
+    worse = c.get("/inbox?since=yesterday-ish")
+    assert worse.status == 400 and "since " in worse.text
 
 
 def test_activities_by_user_and_type_with_icon_colour_and_relative_deadline(site):

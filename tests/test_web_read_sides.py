@@ -2,7 +2,7 @@
 
 The Queue, Inbox, Servers and Activities pages run no SQL of their own (test_layout):
 their listings are the parts' (``outbound.history.list_waiting`` and ``server_lasts``,
-``inbound.records.list_inbox`` and ``last_fetched``,
+``inbound.records.list_fetched`` (linked) and ``last_fetched``,
 ``ActivityStore.counts_by_user``), each tested here on a real SQLite file and on a real
 PostgreSQL database (the ``store`` fixture of tests/test_store_backends.py).
 """
@@ -84,18 +84,35 @@ def test_the_inbox_lists_fetched_messages_with_what_they_bounced(store):  # noqa
         records.mark_bounce_of(conn, bounce, sent)
         other = records.insert_fetched(conn, "drop", "", "k", Summary(
             None, "c@x", "d@x", "other", None, 7.0, 5), b"o", 7.0)
-    rows = records.list_inbox(store, None, False, None, 10)
+    rows = records.list_fetched(store, records.InboxFilters(limit=10), linked=True)
     assert [r["id"] for r in rows] == [other, bounce, plain]  # newest first
     by_id = {r["id"]: r for r in rows}
     assert by_id[bounce]["bounce_of"] == sent
     assert by_id[bounce]["bounced_subject"] == "Bounced later"
     assert by_id[bounce]["bounced_status"] == "queued"
     assert by_id[plain]["bounced_subject"] is None and by_id[plain]["from"] == "ann@x"
-    assert [r["id"] for r in records.list_inbox(store, "inbox", False, None, 10)] == \
+    assert [r["id"] for r in records.list_fetched(
+        store, records.InboxFilters(server="inbox", limit=10), linked=True)] == \
         [bounce, plain]
-    assert [r["id"] for r in records.list_inbox(store, None, True, None, 10)] == [bounce]
-    assert [r["id"] for r in records.list_inbox(store, None, False, bounce, 10)] == [plain]
-    assert [r["id"] for r in records.list_inbox(store, None, False, None, 1)] == [other]
+    assert [r["id"] for r in records.list_fetched(
+        store, records.InboxFilters(bounces=True), linked=True)] == [bounce]
+    assert [r["id"] for r in records.list_fetched(
+        store, records.InboxFilters(before=bounce), linked=True)] == [plain]
+    assert [r["id"] for r in records.list_fetched(
+        store, records.InboxFilters(limit=1), linked=True)] == [other]
+    # The search (a part of From, To or Subject in any case, or a Message-ID) and the
+    # window (fetched at 5.0, 6.0 and 7.0), through the same SQL on either backend.
+    def found(**filters: object) -> list[int]:
+        f = records.InboxFilters(**filters)  # type: ignore[arg-type]
+        return [r["id"] for r in records.list_fetched(store, f)]
+
+    assert found(search="QUESTION") == [plain] and found(search="<q@x>") == [plain]
+    assert found(search="q@x") == [plain] and found(search="MAILER-daemon") == [bounce]
+    assert found(search="d@x") == [other] and found(search="%") == []
+    assert found(since=6.0) == [other, bounce] and found(since=5.5, until=7.0) == [bounce]
+    assert found(until=6.0) == [plain] and found(since=8.0) == []
+    assert found(search="x", bounces=True, server="inbox") == [bounce]
+    assert records.count_fetched(store, records.InboxFilters(search="x", limit=1)) == 3
     assert records.last_fetched(store, "inbox") == 6.0
     assert records.last_fetched(store, "nowhere") is None
 

@@ -22,7 +22,7 @@ from mailsync.cli.root import (
 )
 from mailsync.cli.terminal import write_raw
 from mailsync.config.units import short_time
-from mailsync.printable import one_line, printable
+from mailsync.printable import csv_text, one_line, printable
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config
@@ -46,37 +46,53 @@ def _check_server(config: Config, server: str | None) -> None:
 @config_option
 @click.option("--server", help="Only messages fetched from this incoming server.")
 @click.option("--since", help="Only messages fetched since: 2h, 7d, or an ISO date.")
+@click.option("--until", help="Only messages fetched before: 1h (ago), or an ISO date or "
+              "time (with --since: a window).")
+@click.option("--search", help="A part of the From, To or Subject header (any case), or a"
+              " Message-ID.")
+@click.option("--bounces", is_flag=True,
+              help="Only the bounces of messages sent from here.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              default="table", show_default=True,
+              help="Output format (json and csv: every field, stable keys).")
 @click.option("--wide", is_flag=True,
               help="Every column in full (default: what fits 100 columns).")
 @click.pass_context
 def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str | None,
-          limit: int, fmt: str, wide: bool) -> None:
+          until: str | None, search: str | None, bounces: bool, limit: int, fmt: str,
+          wide: bool) -> None:
     """List fetched messages, newest first (`inbox show ID` for one, `inbox poll` to fetch)."""
     if ctx.invoked_subcommand is not None:
         to_subcommand(ctx)
         return
     from mailsync.cli.render import time_window
-    from mailsync.inbound.records import LIST_COLUMNS, InboxFilters, list_fetched
+    from mailsync.inbound import records
 
-    since_t, _ = time_window(since, None)
+    since_t, until_t = time_window(since, until)
     config = _config(config_path)
     _check_server(config, server)
+    filters = records.InboxFilters(server, since_t, limit, until=until_t,
+                                   search=(search or "").strip() or None, bounces=bounces)
     rows: list[dict[str, Any]] = []
+    total = 0
     with using_store(config) as store:
         if store is not None:
-            rows = list_fetched(store, InboxFilters(server, since_t, limit))
+            rows = records.list_fetched(store, filters)
+            total = records.count_fetched(store, filters) if len(rows) == limit else len(rows)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        click.echo(csv_text(rows, records.SUMMARY_KEYS), nl=False)
     elif rows:
         shown = rows if wide else [{**r, "fetched_at": short_time(r["fetched_at"])}
                                    for r in rows]
-        click.echo(table(shown, LIST_COLUMNS, width=None if wide else WIDTH,
+        click.echo(table(shown, records.LIST_COLUMNS, width=None if wide else WIDTH,
                          shrink=("server", "from", "subject")))
     else:
         click.echo("(no messages)")
+    if fmt != "json" and total > len(rows):  # a CSV file is the rows alone: said aside
+        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=fmt == "csv")
 
 
 @inbox.command("show")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mailsync.config.units import iso
 from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store, in_chunks, where
-from mailsync.store.sql import IN_CHUNK
+from mailsync.store.sql import IN_CHUNK, contains, id_window
 from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
 _CACHE_RATIO = 4  # cache the keys stored while they are at most 4x the keys listed
 
 LIST_COLUMNS = ("id", "server", "fetched_at", "from", "subject", "size", "bounce_of")
+# The keys of a listed message (--format json and csv), in order: _summary's.
+SUMMARY_KEYS = ("id", "server", "folder", "source_key", "fetched_at", "message_id", "from",
+                "to", "subject", "date", "size", "bounce_of")
 
 
 class StoreKnown:
@@ -163,48 +166,76 @@ def mark_bounce_of(conn: sqlite3.Connection, fetched_id: int, message: int) -> N
 
 @valueclass
 class InboxFilters:
-    """Listing filters of ``mailsync inbox``; None means any."""
+    """Listing filters of ``mailsync inbox`` and the Inbox page; None means any.
+    ``since`` and ``until`` (epoch seconds) keep the messages fetched at or after the one
+    and before the other; ``search`` matches a part of the From, To or Subject header
+    (any case) or a Message-ID (with or without its ``<>``); ``bounces`` keeps only those
+    that bounced a message this daemon sent; ``before`` is the keyset of the next page:
+    ids below it."""
 
     server: str | None = None
     since: float | None = None
     limit: int = 100
+    until: float | None = None
+    search: str | None = None
+    bounces: bool = False
+    before: int | None = None
 
 
-def list_fetched(store: Store, f: InboxFilters) -> list[dict[str, Any]]:
-    """Fetched messages, newest first, as objects with stable keys."""
-    clause, args = where(("server =", f.server), ("fetched_at >=", f.since))
+# What a listing reads of each fetched message (the columns _summary turns into an object).
+_LIST_SELECT = ("SELECT f.id, f.server, f.folder, f.source_key, f.fetched_at, f.message_id,"
+                " f.from_address, f.to_address, f.subject, f.date, f.size, f.bounce_of")
+
+
+def _where(f: InboxFilters) -> tuple[str, list[Any]]:
+    clause, args = where(("f.server =", f.server), ("f.fetched_at >=", f.since),
+                         ("f.fetched_at <", f.until), ("f.id <", f.before))
+    # A page stops at the window's oldest message instead of reading the rows (each with
+    # its raw bytes) to the table's start: store.sql.id_window.
+    extra, window_args = id_window("fetched", "fetched_at", "f", f.since, f.until)
+    args.extend(window_args)
+    if f.bounces:
+        extra.append("f.bounce_of IS NOT NULL")
+    term = (f.search or "").strip()
+    if term:
+        # Each through its index (migration 18): the headers alone are read, not the rows.
+        args.extend((term, f"<{term.strip('<>')}>", *[contains(term)] * 3))
+        extra.append("(f.message_id IN (?, ?)" + "".join(
+            f" OR f.id IN (SELECT id FROM fetched WHERE {column} LIKE ? ESCAPE '\\')"
+            for column in ("from_address", "to_address", "subject")) + ")")
+    if extra:
+        clause = f"{clause} AND {' AND '.join(extra)}" if clause else \
+            f"WHERE {' AND '.join(extra)}"
+    return clause, args
+
+
+def list_fetched(store: Store, f: InboxFilters, *, linked: bool = False
+                 ) -> list[dict[str, Any]]:
+    """Fetched messages, newest first, as objects with stable keys; ``linked`` adds the
+    subject and status of the message each one bounced (``bounced_subject``,
+    ``bounced_status``: None when it bounced none), as the Inbox page shows them."""
+    clause, args = _where(f)
+    sql = f"{_LIST_SELECT} FROM fetched f {clause} ORDER BY f.id DESC LIMIT ?"
+    if linked:
+        sql = (f"{_LIST_SELECT}, m.subject AS bounced_subject, m.status AS bounced_status"
+               f" FROM fetched f LEFT JOIN messages m ON m.id = f.bounce_of {clause}"
+               " ORDER BY f.id DESC LIMIT ?")
     with store.lock:
-        cur = store.conn.execute(
-            "SELECT id, server, folder, source_key, fetched_at, message_id, from_address,"
-            f" to_address, subject, date, size, bounce_of FROM fetched {clause}"
-            " ORDER BY id DESC LIMIT ?", (*args, f.limit))
+        cur = store.conn.execute(sql, (*args, f.limit))
         cur.row_factory = sqlite3.Row
         rows = cur.fetchall()
-    return [_summary(r) for r in rows]
-
-
-def list_inbox(store: Store, server: str | None, bounces: bool, before: int | None,
-               limit: int) -> list[dict[str, Any]]:
-    """Fetched messages of ``server`` (any: None), bounces only when ``bounces``, with ids
-    below ``before`` (the keyset of the next page), newest first, at most ``limit``: the
-    admin console's Inbox page. Each is :func:`list_fetched`'s object with the subject
-    and status of the message it bounced (``bounced_subject``, ``bounced_status``: None
-    when it bounced none)."""
-    clause, args = where(("f.server =", server), ("f.id <", before))
-    if bounces:
-        clause = f"{clause} AND f.bounce_of IS NOT NULL" if clause else \
-            "WHERE f.bounce_of IS NOT NULL"
-    with store.lock:
-        cur = store.conn.execute(
-            "SELECT f.id, f.server, f.folder, f.source_key, f.fetched_at, f.message_id,"
-            " f.from_address, f.to_address, f.subject, f.date, f.size, f.bounce_of,"
-            " m.subject AS bounced_subject, m.status AS bounced_status"
-            f" FROM fetched f LEFT JOIN messages m ON m.id = f.bounce_of {clause}"
-            " ORDER BY f.id DESC LIMIT ?", (*args, limit))
-        cur.row_factory = sqlite3.Row
-        rows = cur.fetchall()
+    if not linked:
+        return [_summary(r) for r in rows]
     return [{**_summary(r), "bounced_subject": r["bounced_subject"],
              "bounced_status": r["bounced_status"]} for r in rows]
+
+
+def count_fetched(store: Store, f: InboxFilters) -> int:
+    """How many fetched messages the filters match, whatever the limit."""
+    clause, args = _where(f)
+    with store.lock:
+        row = store.conn.execute(f"SELECT COUNT(*) FROM fetched f {clause}", args).fetchone()
+    return int(row[0])
 
 
 def last_fetched(store: Store, server: str) -> float | None:

@@ -86,4 +86,6 @@ MIGRATIONS: list[str] = [
     # 17: the recipients' domains, for the history's search by domain
     # (mailsync/outbound/tables.py).
     outbound_tables.DOMAIN_MIGRATION,
+    # 18: indexes of the inbox's search (mailsync/inbound/tables.py).
+    inbound_tables.SEARCH_MIGRATION,
 ]

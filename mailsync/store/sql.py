@@ -3,8 +3,9 @@ long lists of values a chunk at a time.
 
 The listings (`mailsync history`, `mailsync inbox`, `mailsync activities`) each filter
 on a few optional columns; :func:`where` makes the clause and its arguments from the
-filters that are set, so that no query builds it by hand; :func:`indexed` cuts a text to
-what an index takes on either backend. :func:`in_chunks` splits the
+filters that are set, so that no query builds it by hand; :func:`id_window` bounds a
+time window's ids and :func:`contains` makes a text search's pattern; :func:`indexed`
+cuts a text to what an index takes on either backend. :func:`in_chunks` splits the
 values of an ``IN (...)`` so that no statement has more arguments than SQLite allows.
 Placeholders are SQLite's ``?``, as in the parts' queries.
 """
@@ -66,3 +67,32 @@ def indexed(text: str | None) -> str | None:
     if len(data) <= INDEXED_BYTES:
         return text
     return data[:INDEXED_BYTES].decode("utf-8", "ignore")
+
+
+def id_window(table: str, column: str, alias: str, since: float | None,
+              until: float | None) -> tuple[list[str], list[Any]]:
+    """Conditions on ``alias.id`` that bound it to the ids of ``table``'s rows whose
+    ``column`` (a time, indexed) is in ``[since, until)``, and their arguments; none
+    without ``since``. They add nothing to the time conditions themselves (which stay
+    in the query) but let a newest-first page by id stop at the window's oldest row
+    instead of reading the older rows to the table's start, and (with ``until``) start
+    at its newest, not at the table's newest: ``id + 0`` makes the MIN and MAX read
+    ``column``'s index rather than the ids in order."""
+    if since is None:
+        return [], []
+    window, times = (f"{column} >= ? AND {column} < ?", [since, until]) \
+        if until is not None else (f"{column} >= ?", [since])
+    conditions = [f"{alias}.id >= (SELECT MIN(id + 0) FROM {table} WHERE {window})"]
+    args = list(times)
+    if until is not None:
+        conditions.append(f"{alias}.id <= (SELECT MAX(id + 0) FROM {table} WHERE {window})")
+        args.extend(times)
+    return conditions, args
+
+
+def contains(text: str) -> str:
+    """The ``LIKE ? ESCAPE '\\'`` pattern of a part of a text: ``%`` and ``_`` are
+    characters, not wildcards. (SQLite's LIKE ignores the case of ASCII letters; on
+    PostgreSQL the store says ILIKE.)"""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

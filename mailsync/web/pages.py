@@ -48,6 +48,23 @@ def parse_since(value: str, now: float, what: str = "since") -> float:
         raise ValueError(f"{what} {exc}") from None
 
 
+def time_window(shown: dict[str, str], now: float
+                ) -> tuple[float | None, float | None, str | None]:
+    """The ``since`` and ``until`` fields of a listing's form as epoch seconds (None: not
+    given), and what is wrong with them (None: nothing): the History and Inbox pages'."""
+    since = until = None
+    try:
+        if shown["since"]:
+            since = parse_since(shown["since"], now)
+        if shown["until"]:
+            until = parse_since(shown["until"], now, "until")
+    except ValueError as exc:
+        return None, None, str(exc)
+    if since is not None and until is not None and until <= since:
+        return None, None, f"until {shown['until']!r} is not after since {shown['since']!r}"
+    return since, until, None
+
+
 def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], str | None]:
     """The listing's filters from the query, the values to show in the form, and what is
     wrong with them (None: nothing)."""
@@ -60,16 +77,8 @@ def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], s
         else:
             error = f"status {shown['status']!r} is not a status (allowed: " \
                     f"{', '.join(STATUSES)})"
-    since = until = None
-    try:
-        if shown["since"]:
-            since = parse_since(shown["since"], now)
-        if shown["until"]:
-            until = parse_since(shown["until"], now, "until")
-    except ValueError as exc:
-        error = str(exc)
-    if since is not None and until is not None and until <= since:
-        error = f"until {shown['until']!r} is not after since {shown['since']!r}"
+    since, until, wrong = time_window(shown, now)
+    error = error or wrong
     before = None
     if request.query.get("before", "").isdigit():
         before = int(request.query["before"])
