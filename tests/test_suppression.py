@@ -124,6 +124,8 @@ def test_add_list_remove_and_expiry(tmp_path, smtp_server):
     bad = _lines(cfg, "add", "not an address")
     assert bad.exit_code == 2
     assert "address: 'not an address' is not an email address" in bad.output
+    bad = _lines(cfg, "add", "a" * 250 + "@example.org")
+    assert bad.exit_code == 2 and "262 characters long (at most 254, RFC 5321)" in bad.output
     bad = _lines(cfg, "add", "x@example.org", "--for", "soon")
     assert bad.exit_code == 2 and "--for: 'soon' is not a duration" in bad.output
     listed = _listed(cfg)

@@ -38,6 +38,14 @@ def _address(value: str) -> str:
         click.echo(f"error: address: {value!r} is not an email address (expected "
                    "local@domain, without spaces or angle brackets)", err=True)
         raise Exit(2)
+    # The spool's own bound on a recipient (RFC 5321): no longer address is ever sent to,
+    # and the list's key is indexed on either backend.
+    from mailsync.outbound.spoolparse import MAX_ADDRESS
+
+    if len(value.strip()) > MAX_ADDRESS:
+        click.echo(f"error: address: {len(value.strip()):,} characters long (at most "
+                   f"{MAX_ADDRESS}, RFC 5321)", err=True)
+        raise Exit(2)
     return value.strip().lower()
 
 
