@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync.cli.render import WIDTH, table, time_window
+from mailsync.cli.render import WIDTH, say_cut, table, time_window
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -94,8 +94,7 @@ def list_messages(config: Config, filters: Filters, columns: tuple[str, ...], fm
             total = h.count_messages(outbound, filters) \
                 if len(rows) == filters.limit else len(rows)
     print_rows(rows, columns, fmt, wide)
-    if fmt != "json" and total > len(rows):  # a CSV file is the rows alone: said aside
-        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=fmt == "csv")
+    say_cut(len(rows), total, fmt)
 
 
 def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str,

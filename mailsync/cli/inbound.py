@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailsync.cli.render import WIDTH, table
+from mailsync.cli.render import WIDTH, say_cut, table
 from mailsync.cli.root import (
     Exit,
     config_option,
@@ -91,8 +91,7 @@ def inbox(ctx: click.Context, config_path: Path, server: str | None, since: str 
                          shrink=("server", "from", "subject")))
     else:
         click.echo("(no messages)")
-    if fmt != "json" and total > len(rows):  # a CSV file is the rows alone: said aside
-        click.echo(f"showing {len(rows):,} of {total:,} (--limit)", err=fmt == "csv")
+    say_cut(len(rows), total, fmt)
 
 
 @inbox.command("show")

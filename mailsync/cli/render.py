@@ -61,6 +61,14 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def say_cut(shown: int, total: int, fmt: str) -> None:
+    """End a listing the --limit cut with ``showing N of M (--limit)``: a listing is never
+    cut silently. Not for JSON (a document of its rows); for CSV on stderr (the file is the
+    rows alone)."""
+    if fmt != "json" and total > shown:
+        click.echo(f"showing {shown:,} of {total:,} (--limit)", err=fmt == "csv")
+
+
 def time_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     """``--since`` and ``--until`` as epoch seconds (None: not given); a value that is no
     time, or a window that ends before it starts, is a usage error."""

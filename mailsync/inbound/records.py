@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mailsync.config.units import iso
 from mailsync.inbound.source import Cursor, Skipped
 from mailsync.store import Store, in_chunks, where
-from mailsync.store.sql import IN_CHUNK, contains, id_window
+from mailsync.store.sql import IN_CHUNK, and_where, contains, id_window
 from mailsync.values import valueclass
 
 if TYPE_CHECKING:  # the email package: imported when a poll fetches a message
@@ -203,10 +203,7 @@ def _where(f: InboxFilters) -> tuple[str, list[Any]]:
         extra.append("(f.message_id IN (?, ?)" + "".join(
             f" OR f.id IN (SELECT id FROM fetched WHERE {column} LIKE ? ESCAPE '\\')"
             for column in ("from_address", "to_address", "subject")) + ")")
-    if extra:
-        clause = f"{clause} AND {' AND '.join(extra)}" if clause else \
-            f"WHERE {' AND '.join(extra)}"
-    return clause, args
+    return and_where(clause, extra), args
 
 
 def list_fetched(store: Store, f: InboxFilters, *, linked: bool = False

@@ -15,7 +15,7 @@ from mailsync.outbound.queue import OutboundStore
 from mailsync.outbound.tables import RECIPIENT_DOMAIN
 from mailsync.printable import one_line, printable
 from mailsync.store import in_chunks, where
-from mailsync.store.sql import contains, id_window
+from mailsync.store.sql import and_where, contains, id_window
 from mailsync.values import valueclass
 
 LIST_COLUMNS = ("id", "status", "created_at", "account", "user", "server", "to", "subject",
@@ -58,10 +58,7 @@ def _where(f: Filters) -> tuple[str, list[Any]]:
     args.extend(window_args)
     if f.search:
         extra.append(_search(f.search.strip(), args))
-    if extra:
-        clause = f"{clause} AND {' AND '.join(extra)}" if clause else \
-            f"WHERE {' AND '.join(extra)}"
-    return clause, args
+    return and_where(clause, extra), args
 
 
 def _search(term: str, args: list[Any]) -> str:

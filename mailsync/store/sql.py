@@ -3,10 +3,11 @@ long lists of values a chunk at a time.
 
 The listings (`mailsync history`, `mailsync inbox`, `mailsync activities`) each filter
 on a few optional columns; :func:`where` makes the clause and its arguments from the
-filters that are set, so that no query builds it by hand; :func:`id_window` bounds a
-time window's ids and :func:`contains` makes a text search's pattern; :func:`indexed`
-cuts a text to what an index takes on either backend. :func:`in_chunks` splits the
-values of an ``IN (...)`` so that no statement has more arguments than SQLite allows.
+filters that are set, so that no query builds it by hand (:func:`and_where` adds the
+conditions written by hand); :func:`id_window` bounds a time window's ids and
+:func:`contains` makes a text search's pattern; :func:`indexed` cuts a text to what an
+index takes on either backend. :func:`in_chunks` splits the values of an ``IN (...)``
+so that no statement has more arguments than SQLite allows.
 Placeholders are SQLite's ``?``, as in the parts' queries.
 """
 
@@ -56,6 +57,15 @@ def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
             parts.append(f"{sql} ?")
             args.append(value)
     return (f"WHERE {' AND '.join(parts)}" if parts else ""), args
+
+
+def and_where(clause: str, conditions: Sequence[str]) -> str:
+    """``clause`` (a :func:`where`'s, or ``""``) with ``conditions`` ANDed to it: SQL
+    written by hand (subqueries, ORs), whose arguments follow the :func:`where`'s."""
+    if not conditions:
+        return clause
+    joined = " AND ".join(conditions)
+    return f"{clause} AND {joined}" if clause else f"WHERE {joined}"
 
 
 def indexed(text: str | None) -> str | None:
