@@ -9,7 +9,9 @@ filtered one (a rare status; an account and a server), a search (a recipient's a
 a domain, the most common one and a rare one; a word of the subject; a Message-ID), a
 deep keyset page (older than the 1,000th message), a page since an hour ago, one until
 60 days ago (the oldest days), a day's window 30 days ago and its CSV export, the export
-of everything (refused: more than the bound), and a Message page; the Queue page; and
+of everything (refused: more than the bound), and a Message page; the Queue page (its
+first page, a deep one, filtered by an account and a server, searched, a day's window),
+as an operator sees it (with the counts of its "Retry all" and "Release all"); and
 the Inbox page on ``--fetched`` fetched messages of ~2 KB (default 100,000, one a
 minute): its first page, a search (a word of the subject, a sender, a part of a
 Message-ID, a text nothing has) and a day's window 30 days ago. One JSON line per
@@ -186,6 +188,10 @@ def main() -> None:
         "queue first page": "/queue",
         "queue status=deferred": "/queue?status=deferred",
         "queue deep keyset page": f"/queue?after={args.n // 2}",
+        "queue account+server": "/queue?account=billing&server=relay-c",
+        "queue search domain (a customer's)": "/queue?q=%40shop7.example.net",
+        "queue search subject word": "/queue?q=reminder+1234",
+        "queue a day 30 days ago": "/queue?since=31d&until=30d",
         "inbox first page": "/inbox",
         "inbox search subject word": "/inbox?q=reminder+question+4",
         "inbox search sender": "/inbox?q=c1234%40d34.example.com",

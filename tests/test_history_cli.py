@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import socket
 import time
@@ -139,6 +140,36 @@ def test_listings_fit_100_columns_wide_shows_all_and_a_limit_says_what_it_left(t
     some = run(["queue", "list", "-c", str(cfg), "--limit", "3"]).output.splitlines()
     assert len(some) == 1 + 3 + 1 and some[-1] == "showing 3 of 1,200 (--limit)"
     assert some[1].startswith("1200 ")
+
+
+def test_queue_list_narrows_as_history_does(tmp_path):
+    cfg = write_config(tmp_path, server_yaml("main", _dead_port()), accounts=SALES)
+    for subject, to in (("Invoice 7", "a@shop.example.org"), ("Invoice 8", "b@example.net"),
+                        ("Welcome", "c@shop.example.org")):
+        drop(tmp_path / "spool", user="alice", subject=subject, text="x", to=[to])
+    assert "3 deferred" in run_once(cfg).output
+    ids = {r["subject"]: r["id"] for r in history(cfg)}
+    assert run(["queue", "hold", str(ids["Welcome"]), "-c", str(cfg)]).exit_code == 0
+
+    def listed(*args: str) -> list[int]:
+        result = run(["queue", "list", "-c", str(cfg), "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        return [row["id"] for row in json.loads(result.stdout)]
+
+    assert listed() == [ids["Welcome"], ids["Invoice 8"], ids["Invoice 7"]]
+    assert listed("--search", "@shop.example.org") == [ids["Welcome"], ids["Invoice 7"]]
+    assert listed("--search", "invoice", "--status", "deferred") == [ids["Invoice 8"],
+                                                                      ids["Invoice 7"]]
+    assert listed("--status", "held") == [ids["Welcome"]]
+    assert listed("--account", "sales", "--since", "1h") == listed()
+    assert listed("--until", "1h") == []  # all were made in the last hour
+    assert listed("--server", "elsewhere") == []
+    table = run(["queue", "list", "-c", str(cfg), "--search", "no such"])
+    assert table.exit_code == 0 and table.output == "(no messages)\n"
+    # Sent is not in the queue: said so, with what is.
+    wrong = run(["queue", "list", "-c", str(cfg), "--status", "sent"])
+    assert wrong.exit_code == 2
+    assert "'sent' (allowed: queued, sending, deferred, held)" in wrong.output
 
 
 def test_the_listings_options_before_a_subcommand_reach_it_or_are_refused(tmp_path,

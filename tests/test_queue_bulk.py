@@ -1,8 +1,9 @@
 """`mailsync queue retry|hold|release|delete` on several messages: by ID, or a selection.
 
 After an outage an operator retries what failed or waited (`--status failed --since 2h`,
-`--account`, `--server`), or releases what was held, in one command: each message moved
-and audited as by its own command, the store committed a chunk at a time.
+`--account`, `--server`, `--search @domain`), or releases what was held, in one command:
+each message moved and audited as by its own command, the store committed a chunk at a
+time.
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ def test_a_selection_is_retried_once_the_relay_is_back_and_only_it(tmp_path, smt
     assert sorted(m.rcpt_tos[0] for m in srv.wait_for(3)) == [
         "a0@example.org", "a1@example.org", "a2@example.org"]
     assert _statuses(cfg)["support 0"] == "deferred"
+
+
+def test_the_mail_to_one_domain_is_retried_by_search(tmp_path):
+    """A domain's servers were down: its deferred mail is retried, nobody else's."""
+    cfg, ids = _deferred(tmp_path, sales=2, support=2)  # a*@ and b*@example.org
+    drop(tmp_path / "spool", user="alice", subject="to shop", text="x",
+         to=["ann@Shop.Example.NET"])
+    run_once(cfg)
+    ids = {r["subject"]: r["id"] for r in history(cfg)}
+    out = run(["queue", "retry", "--search", "@shop.example.net", "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == [
+        f"message {ids['to shop']}: deferred -> queued (queued for an immediate retry)",
+        "retry: 1 message queued for an immediate retry"]
+    assert [s for s, st in _statuses(cfg).items() if st == "queued"] == ["to shop"]
+    subject = run(["queue", "hold", "--search", "support", "--dry-run", "-c", str(cfg)])
+    assert "hold: 2 messages would be held by an operator" in subject.stdout, subject.output
+    blank = run(["queue", "retry", "--search", "  ", "-c", str(cfg)])
+    assert blank.exit_code == 2 and "or --search" in blank.output  # no selection at all
 
 
 def test_several_ids_each_acted_on_and_a_wrong_one_makes_the_exit_1(tmp_path):

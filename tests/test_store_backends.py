@@ -97,6 +97,10 @@ def test_enqueue_claim_and_deliver_then_history_lists_and_shows_it(store):
     assert by_id[first.id]["status"] == "deferred"
     assert by_id[first.id]["user"] == "alice" and by_id[first.id]["subject"] == "hi 100% sure?"
     assert history.count_messages(queue, history.Filters(user="alice", limit=1)) == 3
+    # The deferred one, the failed one retried (queued) and the rejected file.
+    assert history.count_by_status(queue, history.Filters(user="alice")) == {
+        "deferred": 1, "queued": 1, "rejected": 1}
+    assert history.count_by_status(queue, history.Filters(("held",))) == {}
     detail = history.show(queue, first.id)
     assert detail is not None and detail["raw"] == b"Subject: hi\r\n\r\nbody\r\n"
     statuses = [e["status"] for e in detail["events"]]

@@ -1,7 +1,8 @@
 """The admin console's second part in a real headless Chromium: the viewer's 403 on the
-retry button's POST, a bulk retry on the Queue page, Test connection on the Servers page,
-marking an activity done, a POST without its CSRF token (or from another origin)
-refused, and the screenshots of docs/admin.md (MAILSYNC_SCREENSHOTS=DIR).
+retry button's POST, a bulk retry on the Queue page and a retry of all its filters
+match, Test connection on the Servers page, marking an activity done, a POST without its
+CSRF token (or from another origin) refused, and the screenshots of docs/admin.md
+(MAILSYNC_SCREENSHOTS=DIR).
 
 Skipped when Chromium or its driver is missing; failed instead under
 MAILSYNC_REQUIRE_SERVERS=1 (`.ci/run` installs them).
@@ -70,6 +71,29 @@ def test_bulk_retry_on_the_queue_page(browser, site):  # noqa: F811
     assert "queued" in browser.find_element(By.ID, f"q-{later}").text
     browser.get(f"http://{site.host}:{site.port}/messages/{later}")
     assert "retry by olga (admin console)" in browser.find_element(By.ID, "timeline").text
+    assert _severe(browser) == []
+
+
+def test_retry_all_matching_the_queue_pages_filters(browser, site):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _login(browser, site, "olga")
+    browser.get(f"http://{site.host}:{site.port}/queue")
+    later = site.ids["Later"]
+    Select(browser.find_element(By.ID, "f-account")).select_by_value("support")
+    browser.find_element(By.ID, "apply").click()
+    _wait(browser, lambda d: "account=support" in d.current_url)
+    button = browser.find_element(By.ID, "all-retry")
+    assert button.text == "Retry all deferred that match (1)"
+    button.click()
+    _wait(browser, lambda d: "done=retry" in d.current_url)
+    assert browser.find_element(By.ID, "done").text == "retry: 1 message done (all that matched)."
+    # The filters stay in force after the action.
+    assert Select(browser.find_element(By.ID, "f-account")).first_selected_option.text == \
+        "support"
+    assert "queued" in browser.find_element(By.ID, f"q-{later}").text
+    assert browser.find_elements(By.ID, "all-retry") == []
     assert _severe(browser) == []
 
 

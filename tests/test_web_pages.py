@@ -128,6 +128,79 @@ def test_bulk_retry_and_release_of_a_selection_audited_per_message(tmp_path, smt
         assert wrong.status == 400 and "allowed: retry, release" in wrong.text
 
 
+def test_the_queue_filters_as_the_history_does_and_keeps_them_across_pages(tmp_path,
+                                                                          smtp_server):
+    for site in make_site(tmp_path, smtp_server, more=4):
+        s = OutboundStore(site.store)
+        bulk = [site.ids[f"Bulk {i:03d}"] for i in range(4)]
+        s.query(f"UPDATE messages SET status = 'deferred' WHERE id IN ({bulk[0]}, {bulk[1]})")
+        s.query(f"UPDATE messages SET account = 'sales', user = 'alice' WHERE id = {bulk[1]}")
+        s.query(f"UPDATE messages SET status = 'queued' WHERE id IN ({bulk[2]}, {bulk[3]})")
+        c = site.client()
+        c.login("victor")
+        support = c.get("/queue?account=support&status=deferred").text
+        ids = [int(m) for m in re.findall(r'<tr id="q-(\d+)"', support)]
+        assert ids == [site.ids["Later"], bulk[0]]  # not the sales one, not the queued ones
+        assert len(re.findall(r'<tr id="q-', c.get("/queue").text)) == 5
+        assert '<option value="support" selected>' in support
+        found = c.get("/queue?q=n2%40example.org").text  # a recipient, as the History's
+        assert re.findall(r'<tr id="q-(\d+)"', found) == [str(bulk[2])]
+        assert "No waiting message matches." in c.get("/queue?q=nobody%40example.org").text
+        assert "Nothing waits." not in c.get("/queue?q=nobody%40example.org").text
+        # Since a date to come: nothing; a wrong time says what is wrong.
+        assert re.findall(r'<tr id="q-', c.get("/queue?since=2099-01-01").text) == []
+        bad = c.get("/queue?since=yesterday")
+        assert bad.status == 400 and "since" in bad.text and 'id="error"' in bad.text
+        assert 'id="all-retry"' not in support  # a viewer gets no bulk button
+
+
+def test_retry_all_matching_acts_on_every_page_not_only_the_one_shown(tmp_path, smtp_server):
+    woken = []
+    for site in make_site(tmp_path, smtp_server, more=60):
+        site.console.app.wake = lambda: woken.append(1)
+        s = OutboundStore(site.store)
+        bulk = [site.ids[f"Bulk {i:03d}"] for i in range(60)]
+        s.query(f"UPDATE messages SET status = 'deferred' WHERE id IN ({','.join(map(str, bulk))})")
+        s.query(f"UPDATE messages SET account = 'sales' WHERE id = {bulk[0]}")
+        held = bulk[1]
+        s.query(f"UPDATE messages SET status = 'held' WHERE id = {held}")
+        c = site.client()
+        c.login("olga")
+        page = c.get("/queue?account=support")
+        # 58 deferred bulk ones and "Later"; more than a page (50) shows.
+        assert len(re.findall(r'<tr id="q-', page.text)) == 50
+        assert "Retry all deferred that match (59)</button>" in page.text
+        assert "Release all held that match (1)</button>" in page.text
+        newer = re.search(r'href="/queue\?([^"]*)" id="newer"', page.text)
+        assert newer and html.unescape(newer.group(1)).startswith("account=support&after=")
+        rest = c.get("/queue?" + html.unescape(newer.group(1))).text
+        assert len(re.findall(r'<tr id="q-', rest)) == 10  # the page after: the other 10
+        form = {"csrf": page.csrf(), "action": "retry", "scope": "matching",
+                "account": "support", "status": "", "user": "", "server": "", "since": "",
+                "until": "", "q": ""}
+        r = c.post("/queue", form)
+        assert r.status == 303
+        assert r.headers["location"] == ("/queue?done=retry&count=59&skipped=0"
+                                         "&scope=matching&account=support")
+        assert "retry: 59 messages done (all that matched)." in c.get(r.headers["location"]).text
+        assert [_status(site, m) for m in bulk[2:]] == ["queued"] * 58
+        assert _status(site, site.ids["Later"]) == "queued"
+        assert _status(site, bulk[0]) == "deferred"  # another account: not matched
+        assert _status(site, held) == "held"          # retry does not apply to held
+        assert any("retry by olga (admin console)" in e for e in _events(site, bulk[59]))
+        assert woken == [1]
+        # Nothing deferred is left in support: no Retry all button, Release all still.
+        after = c.get("/queue?account=support").text
+        assert 'id="all-retry"' not in after and 'id="all-release"' in after
+        # Retry of a page showing only queued messages: refused, nothing done.
+        wrong = c.post("/queue", {**form, "status": "queued"})
+        assert wrong.status == 400 and "retry applies to deferred, failed" in wrong.text
+        viewer = site.client()
+        viewer.login("victor")
+        refused = viewer.form_post("/queue", "/queue", {**form, "action": "release"})
+        assert refused.status == 403 and _status(site, held) == "held"
+
+
 def _post_pairs(c: Client, path: str, pairs: list[tuple[str, str]]) -> Reply:
     """A POST whose form repeats a field (Client.post takes a dict)."""
     conn = http.client.HTTPConnection(c.host, c.port, timeout=10)

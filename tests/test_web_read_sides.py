@@ -42,15 +42,20 @@ def test_the_queue_lists_waiting_messages_oldest_first_by_keyset(store):  # noqa
         next_attempt_at=None, error=None, duration=0.1)
     act(queue, "hold", ids[3], 202.0, by="olga")
 
-    rows = history.list_waiting(queue, WAITING, None, 10)
+    rows = history.list_waiting(queue, history.Filters(WAITING, limit=10))
     assert [r["id"] for r in rows] == [ids[0], ids[2], ids[3], ids[4]]  # not the sent one
     assert [r["status"] for r in rows] == ["sending", "queued", "held", "queued"]
     assert rows[0]["to"] == "a@example.com, b@example.com" and rows[0]["subject"] == "m0"
     assert rows[0]["created_at"] is not None and rows[0]["created_at"].startswith("1970-")
-    page = history.list_waiting(queue, WAITING, ids[2], 1)  # the keyset: ids above ids[2]
+    # The keyset: ids above ids[2].
+    page = history.list_waiting(queue, history.Filters(WAITING, limit=1, after=ids[2]))
     assert [r["id"] for r in page] == [ids[3]]
-    held = history.list_waiting(queue, ("held",), None, 10)
+    held = history.list_waiting(queue, history.Filters(("held",), limit=10))
     assert [r["id"] for r in held] == [ids[3]]
+    # The History's filters narrow it too: the Queue page's Search and Since.
+    found = history.list_waiting(queue, history.Filters(WAITING, search="m4", limit=10))
+    assert [r["id"] for r in found] == [ids[4]]
+    assert history.list_waiting(queue, history.Filters(WAITING, since=150.0)) == []
 
 
 def test_a_servers_last_send_and_last_error(store):  # noqa: F811

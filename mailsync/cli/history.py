@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,13 +21,15 @@ from mailsync.cli.root import (
     to_subcommand,
     using_store,
 )
-from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.queue import STATUSES, OutboundStore
 from mailsync.printable import csv_text
 
 if TYPE_CHECKING:
     from mailsync.config.model import Config
     from mailsync.outbound.follow import Follower
     from mailsync.outbound.history import Filters
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 # Imports inside the commands: each loads what its command runs and no more (`mailsync
 # --help` imports every command module; `validate`, a pre-commit hook, none of them).
@@ -42,18 +45,50 @@ wide_option = click.option("--wide", is_flag=True,
 _config = config_or_last_applied
 
 
+def listing_options(statuses: str) -> Callable[[Command], Command]:
+    """The filters of a listing of messages (``mailsync history``, ``queue list``):
+    --status (of ``statuses``), --account, --user, --server, --since, --until, --search;
+    :func:`listing_filters` reads them."""
+    options = (
+        click.option("--status", multiple=True, help=f"Only these statuses (repeatable): "
+                     f"{statuses}."),
+        click.option("--account"),
+        click.option("--user"),
+        click.option("--server", help="Only the messages of this outgoing server."),
+        click.option("--since", help="Only messages since: 2h, 7d, or an ISO date."),
+        click.option("--until", help="Only messages before: 1h (ago), or an ISO date or "
+                     "time (with --since: a window, e.g. --since 2026-12-01T09:00 --until "
+                     "2026-12-01T10:00)."),
+        click.option("--search", help="@domain: its recipients; a recipient's address or a"
+                     " Message-ID (another term with @); or a part of the subject (any "
+                     "case)."))
+
+    def apply(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def listing_filters(allowed: tuple[str, ...], status: tuple[str, ...], account: str | None,
+                    user: str | None, server: str | None, since: str | None,
+                    until: str | None, search: str | None, limit: int) -> Filters:
+    """The :func:`listing_options` given as filters (statuses not given: ``allowed``, or
+    any when ``allowed`` is empty); a status not of ``allowed`` is a usage error."""
+    from mailsync.outbound import history as h
+
+    for s in status:
+        if s not in (allowed or STATUSES):
+            raise click.BadParameter(f"{s!r} (allowed: {', '.join(allowed or STATUSES)})",
+                                     param_hint="--status")
+    since_t, until_t = time_window(since, until)
+    return h.Filters(status or allowed, account, user, since_t, limit, server=server,
+                     search=(search or "").strip() or None, until=until_t)
+
+
 @main.group(invoke_without_command=True)
 @config_option
-@click.option("--status", multiple=True, help="Only these statuses (repeatable).")
-@click.option("--account")
-@click.option("--user")
-@click.option("--server", help="Only the messages of this outgoing server.")
-@click.option("--since", help="Only messages since: 2h, 7d, or an ISO date.")
-@click.option("--until", help="Only messages before: 1h (ago), or an ISO date or time "
-              "(with --since: a window, e.g. --since 2026-12-01T09:00 --until "
-              "2026-12-01T10:00).")
-@click.option("--search", help="@domain: its recipients; a recipient's address or a"
-              " Message-ID (another term with @); or a part of the subject (any case).")
+@listing_options(", ".join(STATUSES))
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @list_format
 @wide_option
@@ -66,16 +101,10 @@ def history(ctx: click.Context, config_path: Path, status: tuple[str, ...],
         to_subcommand(ctx)
         return
     from mailsync.outbound import history as h
-    from mailsync.outbound.queue import STATUSES
 
-    for s in status:
-        if s not in STATUSES:
-            raise click.BadParameter(f"{s!r} (allowed: {', '.join(STATUSES)})",
-                                     param_hint="--status")
-    since_t, until_t = time_window(since, until)
     list_messages(_config(config_path),
-                  h.Filters(status, account, user, since_t, limit, server=server,
-                            search=(search or "").strip() or None, until=until_t),
+                  listing_filters((), status, account, user, server, since, until, search,
+                                  limit),
                   h.LIST_COLUMNS if wide else h.NARROW_COLUMNS, fmt, wide)
 
 

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mailsync.cli.history import list_format, list_messages, wide_option
+from mailsync.cli.history import (
+    list_format,
+    list_messages,
+    listing_filters,
+    listing_options,
+    wide_option,
+)
 from mailsync.cli.render import time_window
 from mailsync.cli.root import (
     Exit,
@@ -21,7 +27,7 @@ from mailsync.cli.root import (
 )
 from mailsync.config.model import Config
 from mailsync.outbound.actions import ACTIONS, act_many
-from mailsync.outbound.queue import OutboundStore
+from mailsync.outbound.queue import IN_QUEUE, OutboundStore
 
 if TYPE_CHECKING:
     from mailsync.outbound.history import Filters
@@ -40,15 +46,18 @@ def queue() -> None:
 
 @queue.command("list")
 @config_option
+@listing_options(", ".join(IN_QUEUE))
 @click.option("--limit", type=click.IntRange(1), default=10_000, show_default=True)
 @list_format
 @wide_option
-def queue_list(config_path: Path, limit: int, fmt: str, wide: bool) -> None:
-    """Messages not yet delivered: queued, sending, deferred, held; newest first."""
-    from mailsync.outbound import history as h
-
+def queue_list(config_path: Path, status: tuple[str, ...], account: str | None,
+               user: str | None, server: str | None, since: str | None, until: str | None,
+               search: str | None, limit: int, fmt: str, wide: bool) -> None:
+    """Messages not yet delivered: queued, sending, deferred, held; newest first. The
+    options narrow the list as `mailsync history`'s do."""
     list_messages(_config(config_path),
-                  h.Filters(("queued", "sending", "deferred", "held"), limit=limit),
+                  listing_filters(IN_QUEUE, status, account, user, server, since, until,
+                                  search, limit),
                   ("id", "status", "created_at", "account", "to", "attempts",
                    "next_attempt_at", "error"), fmt, wide)
 
@@ -60,8 +69,9 @@ def _queue_action(name: str) -> None:
         f"The messages given by ID, or those the options select: {what} (from"
         f" {', '.join(allowed)}).\n\nSelect with --status (of {', '.join(allowed)}; all of"
         " them if not given), --account, --user, --server, --since and --until (2h, 7d"
-        " ago, an ISO date), each one narrowing the selection; --dry-run prints what would"
-        " be done."))
+        " ago, an ISO date) and --search (as history's: @domain, an address, a part of"
+        " the subject), each one narrowing the selection; --dry-run prints what would be"
+        " done."))
     @click.argument("message_ids", nargs=-1, type=int, metavar="[ID]...")
     @config_option
     @click.option("--status", multiple=True, help=f"Of {', '.join(allowed)} (repeatable).")
@@ -70,14 +80,19 @@ def _queue_action(name: str) -> None:
     @click.option("--server", help="The outgoing server that has (or last had) it.")
     @click.option("--since", help="Messages created since: 2h, 7d, or an ISO date.")
     @click.option("--until", help="Messages created before: 1h (ago), or an ISO date.")
+    @click.option("--search", help="@domain: its recipients (all the mail to a domain whose"
+                  " servers were down); a recipient's address or a Message-ID; or a part"
+                  " of the subject.")
     @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
     def action(message_ids: tuple[int, ...], config_path: Path, status: tuple[str, ...],
                account: str | None, user: str | None, server: str | None,
-               since: str | None, until: str | None, dry_run: bool) -> None:
-        selection = _selection(name, status, account, user, server, since, until)
+               since: str | None, until: str | None, search: str | None,
+               dry_run: bool) -> None:
+        selection = _selection(name, status, account, user, server, since, until, search)
         if not message_ids and selection is None:
-            raise click.UsageError(f"give message IDs, or select the messages to {name} "
-                                   "with --status, --account, --user, --server, --since or --until")
+            raise click.UsageError(f"give message IDs, or select the messages to {name} with"
+                                   " --status, --account, --user, --server, --since, --until"
+                                   " or --search")
         if message_ids and selection is not None:
             raise click.UsageError("give message IDs or a selection, not both")
         config = _config(config_path)
@@ -100,8 +115,8 @@ def _queue_action(name: str) -> None:
 
 
 def _selection(name: str, status: tuple[str, ...], account: str | None, user: str | None,
-               server: str | None, since: str | None, until: str | None
-               ) -> Filters | None:
+               server: str | None, since: str | None, until: str | None,
+               search: str | None) -> Filters | None:
     """The messages the options select (None: no option given), of the statuses the
     action applies to."""
     from mailsync.outbound import history as h
@@ -111,11 +126,12 @@ def _selection(name: str, status: tuple[str, ...], account: str | None, user: st
         if s not in allowed:
             raise click.BadParameter(f"{s!r} ({name} applies to {', '.join(allowed)})",
                                      param_hint="--status")
-    if not (status or account or user or server or since or until):
+    search = (search or "").strip() or None
+    if not (status or account or user or server or since or until or search):
         return None
     since_t, until_t = time_window(since, until)
     return h.Filters(status or allowed, account, user, since_t, server=server,
-                     until=until_t)
+                     until=until_t, search=search)
 
 
 def _apply(store: OutboundStore | None, name: str, ids: list[int], dry_run: bool,

@@ -31,9 +31,9 @@ PROBLEMS = ("bounced", "failed")
 class Filters:
     """Listing filters; None means any. ``search`` matches a recipient's address (the
     whole address, any case), a Message-ID (with or without its ``<>``) or a part of the
-    subject (any case); ``before`` is the keyset of the next page: ids below it;
-    ``since`` and ``until`` (epoch seconds) keep the messages created at or after the
-    one and before the other."""
+    subject (any case); ``before`` is the keyset of the next page: ids below it (of an
+    oldest-first listing, ``after``: ids above it); ``since`` and ``until`` (epoch
+    seconds) keep the messages created at or after the one and before the other."""
 
     status: tuple[str, ...] = ()
     account: str | None = None
@@ -44,13 +44,14 @@ class Filters:
     search: str | None = None
     before: int | None = None
     until: float | None = None
+    after: int | None = None
 
 
 def _where(f: Filters) -> tuple[str, list[Any]]:
     clause, args = where(("m.status IN", f.status), ("m.account =", f.account or None),
                          ("m.user =", f.user or None), ("m.created_at >=", f.since),
                          ("m.server =", f.server or None), ("m.id <", f.before),
-                         ("m.created_at <", f.until))
+                         ("m.created_at <", f.until), ("m.id >", f.after))
     # The same rows, as a range of ids that the messages_created index finds: a page
     # then stops at the window's oldest message instead of reading the history to its
     # start (store.sql.id_window).
@@ -100,15 +101,15 @@ def list_messages(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
     return [_summary(r) for r in rows]
 
 
-def list_waiting(store: OutboundStore, statuses: Sequence[str], after: int | None,
-                 limit: int) -> list[dict[str, Any]]:
-    """Messages of ``statuses`` (the waiting ones, say) with ids above ``after``, oldest
-    first, at most ``limit``: the admin console's Queue page and its keyset (``after``:
-    the last id of the page before). The same objects as :func:`list_messages`; read
-    through the ``messages_due`` index (status, next attempt), never the sent history."""
-    clause, args = where(("m.status IN", tuple(statuses)), ("m.id >", after))
+def list_waiting(store: OutboundStore, f: Filters) -> list[dict[str, Any]]:
+    """Messages the filters match (``status``: the waiting ones, say), oldest first, at
+    most ``f.limit`` and with ids above ``f.after``: the admin console's Queue page and its
+    keyset (``after``: the last id of the page before). The same objects as
+    :func:`list_messages`; read through the ``messages_due`` index (status, next
+    attempt), never the sent history."""
+    clause, args = _where(f)
     rows = store.query(
-        f"{_SUMMARY_SELECT} {clause} ORDER BY m.id LIMIT ?", (*args, limit))
+        f"{_SUMMARY_SELECT} {clause} ORDER BY m.id LIMIT ?", (*args, f.limit))
     return [_summary(r) for r in rows]
 
 
@@ -145,6 +146,14 @@ def count_messages(store: OutboundStore, f: Filters) -> int:
     """How many messages the filters match, whatever the limit."""
     clause, args = _where(f)
     return int(store.query(f"SELECT COUNT(*) FROM messages m {clause}", args)[0][0])
+
+
+def count_by_status(store: OutboundStore, f: Filters) -> dict[str, int]:
+    """How many messages the filters match, per status (those with none left out): the
+    Queue page's counts for its "Retry all" and "Release all", in one read."""
+    clause, args = _where(f)
+    return {str(r[0]): int(r[1]) for r in store.query(
+        f"SELECT m.status, COUNT(*) FROM messages m {clause} GROUP BY m.status", args)}
 
 
 def status_text(row: dict[str, Any]) -> str:

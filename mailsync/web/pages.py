@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,28 +66,45 @@ def time_window(shown: dict[str, str], now: float
     return since, until, None
 
 
-def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], str | None]:
-    """The listing's filters from the query, the values to show in the form, and what is
-    wrong with them (None: nothing)."""
-    shown = {k: request.query.get(k, "").strip() for k in FILTERS}
+def listing_filters(values: Mapping[str, str], now: float,
+                    statuses: tuple[str, ...] = STATUSES
+                    ) -> tuple[h.Filters, dict[str, str], str | None]:
+    """A listing's :data:`FILTERS` from its query (or a form: ``values``), the values to
+    show in the form, and what is wrong with them (None: nothing); the status one of
+    ``statuses``, all of them when none is chosen (the History page: any). The limit is
+    a page's and one more (is there a next page?); the keyset is the caller's."""
+    shown = {k: values.get(k, "").strip() for k in FILTERS}
     error = None
-    status: tuple[str, ...] = ()
+    status = () if statuses == STATUSES else statuses
     if shown["status"]:
-        if shown["status"] in STATUSES:
+        if shown["status"] in statuses:
             status = (shown["status"],)
         else:
-            error = f"status {shown['status']!r} is not a status (allowed: " \
-                    f"{', '.join(STATUSES)})"
+            what = "a status" if statuses == STATUSES else "a waiting status"
+            error = f"status {shown['status']!r} is not {what} (allowed: " \
+                    f"{', '.join(statuses)})"
     since, until, wrong = time_window(shown, now)
-    error = error or wrong
-    before = None
-    if request.query.get("before", "").isdigit():
-        before = int(request.query["before"])
     filters = h.Filters(status=status, account=shown["account"] or None,
                         user=shown["user"] or None, since=since, limit=PAGE_SIZE + 1,
                         server=shown["server"] or None, search=shown["q"][:200] or None,
-                        before=before, until=until)
+                        until=until)
+    return filters, shown, error or wrong
+
+
+def _filters(request: Request, now: float) -> tuple[h.Filters, dict[str, str], str | None]:
+    """The History page's filters (:func:`listing_filters`) and its keyset, ``before``."""
+    filters, shown, error = listing_filters(request.query, now)
+    before = request.query.get("before", "")
+    if before.isdigit() and len(before) <= 18:
+        filters = replace(filters, before=int(before))
     return filters, shown, error
+
+
+def choices(app: App) -> dict[str, list[str]]:
+    """The values of a listing's Account, User and Server menus, from the config."""
+    config = app.config()
+    return {"accounts": [a.name for a in config.accounts], "users": list(config.users),
+            "servers": sorted(config.sending_servers())}
 
 
 def _chips(row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -102,7 +120,6 @@ def _chips(row: dict[str, Any]) -> list[tuple[str, str]]:
 
 def history(app: App, request: Request, visitor: Visitor) -> Response:
     """The History page: filters, search, a page of messages, the link to older ones."""
-    config = app.config()
     filters, shown, error = _filters(request, time.time())
     rows: list[dict[str, Any]] = []
     if error is None:
@@ -113,14 +130,11 @@ def history(app: App, request: Request, visitor: Visitor) -> Response:
         rows = rows[:PAGE_SIZE]
         older = rows[-1]["id"]
     keep = {k: v for k, v in shown.items() if v}
-    servers = sorted(config.sending_servers())
     return app.page(400 if error else 200, "history.html", visitor, title="History",
                     rows=[{**r, "chips": _chips(r), "created": _short(r["created_at"])}
                           for r in rows],
                     shown=shown, error=error, older=older, keep=keep,
-                    newest=filters.before is not None, statuses=STATUSES,
-                    accounts=[a.name for a in config.accounts], users=list(config.users),
-                    servers=servers)
+                    newest=filters.before is not None, statuses=STATUSES, **choices(app))
 
 
 def history_csv(app: App, request: Request, visitor: Visitor) -> Response:
