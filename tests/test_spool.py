@@ -215,6 +215,21 @@ def test_json_html_only_and_empty_body():
     assert empty["Subject"] == "Hi"
 
 
+def test_json_text_and_html_on_one_long_line_are_sent_within_smtps_line_limit():
+    """A report's HTML on one line of 50,000 characters (what a template engine writes):
+    encoded so that no line passes 998 characters (RFC 5322), where an .eml file would
+    be sent as written and refused by a strict relay."""
+    text, html = "é" + "word " * 10_000, "<table>" + "<td>1</td>" * 5_000 + "</table>"
+    sub = parsed("m.json", as_json(text=text, html=html, subject="Q" * 2000))
+    assert max(len(line) for line in sub.message.split(b"\r\n")) <= 998
+    msg = email.message_from_bytes(sub.message, policy=policy.default)
+
+    def body(kind: str) -> str:  # the canonical CRLF form of text, as sent
+        return msg.get_body((kind,)).get_content().replace("\r\n", "\n").rstrip("\n")
+    assert body("plain") == text and body("html") == html
+    assert msg["Subject"] == "Q" * 2000
+
+
 def test_json_recipients_are_bare_ordered_and_deduplicated():
     sub = parsed("m.json", as_json(to=["Bob <Bob@Example.com>", "a@example.com, c@example.com"],
                                    cc=["bob@example.com"], bcc=["A@EXAMPLE.COM", "d@example.com"]))
