@@ -4,6 +4,8 @@ names (servers, accounts, users) stay identifiers."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 import unicodedata
@@ -140,6 +142,28 @@ def test_the_cli_takes_display_names_and_quotes_them_for_the_shell(tmp_path):
     assert refused.stderr.strip() == (
         "error: activity type 'To Dp' is not declared "
         f"(declared: 'Upload Document', 'To Do', '{VI}')")
+
+
+def test_activity_list_as_csv_has_the_json_fields_and_defuses_formulas(tmp_path):
+    cfg = write(tmp_path)
+    activity(cfg, "schedule", "--type", VI, "--summary", "=HYPERLINK(\"http://x\")")
+    activity(cfg, "schedule", "--type", "To Do", "--summary", "Send the quote")
+    rows = json.loads(activity(cfg, "list", "--format", "json"))
+    result = CliRunner().invoke(main, ["activity", "list", "-c", str(cfg), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert b"\r\n" in result.stdout_bytes  # RFC 4180 line ends
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(table[0]) == list(rows[0])  # every field of the JSON, in its order
+    assert [(r["id"], r["type"], r["user"]) for r in table] == [
+        (str(r["id"]), r["type"], r["user"]) for r in rows]
+    by_type = {r["type"]: r for r in table}
+    assert by_type[VI]["summary"] == "'=HYPERLINK(\"http://x\")"  # not run as a formula
+    assert by_type["To Do"]["summary"] == "Send the quote"
+    assert by_type["To Do"]["deadline"] == next(r["deadline"] for r in rows
+                                                if r["type"] == "To Do")
+    empty = CliRunner().invoke(main, ["activity", "list", "-c", str(cfg), "--format", "csv",
+                                      "--state", "done"])
+    assert empty.stdout.splitlines() == [",".join(rows[0])]  # the header alone
 
 
 def test_metric_labels_carry_display_names(tmp_path):

@@ -34,7 +34,7 @@ from mailsync.cli.root import Exit, _load_or_exit, config_option, main, using_st
 from mailsync.config.model import Config
 from mailsync.config.units import iso
 from mailsync.errors import ActivityRefused
-from mailsync.printable import one_line, printable
+from mailsync.printable import csv_text, one_line, printable
 
 LIST_COLUMNS = ("id", "icon", "type", "summary", "user", "deadline", "due", "decoration",
                 "state", "record")
@@ -74,8 +74,15 @@ def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> date
         raise click.BadParameter(f"{value!r} is not a date: use YYYY-MM-DD") from None
 
 
+# The keys of row(), in its order: the columns of `activity list --format csv`.
+ROW_KEYS = ("id", "type", "type_removed", "action", "icon", "decoration", "state", "user",
+            "summary", "note", "deadline", "due", "overdue", "record", "fetched_id",
+            "previous_id", "created_at", "done_at", "done_on", "feedback", "attachment")
+
+
 def row(a: Activity, config: Config, today: date, state_dir: Path) -> dict[str, Any]:
-    """One activity as an object with stable keys (the JSON of list and show)."""
+    """One activity as an object with stable keys (:data:`ROW_KEYS`: the JSON of list
+    and show, the CSV of list)."""
     t = config.activity_type(a.type)
     return {
         "id": a.id, "type": a.type, "type_removed": t is None,
@@ -224,8 +231,8 @@ def _color() -> bool:
 @click.option("--state", "states", multiple=True, type=click.Choice([*STATES, "all"]),
               help="Only these states (repeatable; default open).")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="Output format (json and csv: every field, stable keys).")
 def list_cmd(config_path: Path, user: str | None, type_name: str | None, overdue: bool,
              states: tuple[str, ...], limit: int, fmt: str) -> None:
     """Activities by deadline: icon, decoration, deadline relative to today."""
@@ -247,6 +254,8 @@ def list_cmd(config_path: Path, user: str | None, type_name: str | None, overdue
             rows = [row(a, config, today, store.state_dir) for a in found]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        click.echo(csv_text(rows, ROW_KEYS), nl=False)
     elif rows:
         click.echo(render_table(rows, _color()))
     else:
