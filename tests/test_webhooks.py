@@ -330,6 +330,43 @@ def test_a_redirect_is_followed_only_to_the_same_origin(receiver):
         server.server_close()
 
 
+def test_a_receiver_that_drips_its_reply_is_cut_at_the_timeout(tmp_path):
+    """A socket timeout bounds one read only: a receiver sending a byte every 0.2 s would
+    hold the webhook's thread (and every later event) for as long as it likes. The
+    timeout is the whole request's."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        hook = Webhook("h", f"http://127.0.0.1:{port}/", Secret("env", "S"),
+                       timeout=timedelta(seconds=1))
+        started = time.monotonic()
+        with pytest.raises(WebhookError, match=r"127\.0\.0\.1:\d+: POST: no complete reply "
+                                               r"within 1s"):
+            post(hook, b"{}", {})
+        assert time.monotonic() - started < 2.5
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
 def test_a_suppressed_recipient_is_a_suppressed_event_and_never_reaches_the_sink(
         tmp_path, smtp_server, receiver, monkeypatch):
     srv = smtp_server()
