@@ -350,6 +350,53 @@ def test_a_stalled_endpoint_times_out(endpoint: Endpoint) -> None:
     assert info.value.reason == "timeout" and time.monotonic() - start < 2.5
 
 
+@pytest.mark.parametrize("grant,phase", [("client_credentials", "headers"),
+                                         ("refresh_token", "headers"),
+                                         ("client_credentials", "body")])
+def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str,
+                                                     phase: str) -> None:
+    """A socket timeout bounds one read: an endpoint (or a proxy before it) sending a
+    byte every 0.2 s would hold the refreshing thread, and so every later refresh of
+    the server's token, for as long as it liked. The timeout is the whole request's,
+    whether the headers or the body come slowly."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    start_of = {"headers": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: ",
+                "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000\r\n\r\n{\"access_token\": \""}[phase]
+
+    def drip() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(start_of)
+                    while not stop.wait(0.2):
+                        conn.sendall(b"a")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+    ep = OAuth2("generic", grant, url, "s", "c", client_secret=Secret("plain", SECRET),
+                refresh_token=Secret("plain", "CANARY-refresh-0")
+                if grant == "refresh_token" else None)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OAuth2Unavailable, match="did not answer within 1 s") as info:
+            grants.fetch(ep, grants.GrantContext("m365", timeout=1.0, state_dir=tmp_path))
+        assert info.value.reason == "timeout" and time.monotonic() - start < 3.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
 def test_an_unreachable_endpoint() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

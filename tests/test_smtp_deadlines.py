@@ -171,7 +171,7 @@ def test_a_peer_that_stops_reading_times_out_the_send_in_the_kernel_bound_mode()
     buffers are full) ends at the deadline: a total for the whole data, not per send."""
     import socket
 
-    from mailsync.netio import DeadlineExceeded
+    from mailsync.deadline import DeadlineExceeded
     from mailsync.outbound.smtpwire import KernelDeadline
 
     ours, theirs = socket.socketpair()

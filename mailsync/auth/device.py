@@ -24,6 +24,7 @@ from mailsync.auth.grants import (
     client_session,
     translate,
 )
+from mailsync.auth.sessions import bounded
 from mailsync.auth.settings import OAuth2
 from mailsync.auth.store import RefreshTokenFile
 from mailsync.errors import OAuth2Refused, OAuth2Unavailable
@@ -36,7 +37,7 @@ def _device_request(settings: OAuth2, ctx: GrantContext, url: str) -> dict[str, 
     """Ask the device authorization endpoint for a device code and a user code."""
     data = {"client_id": settings.client_id or "", "scope": settings.scope}
     try:
-        with requests.Session() as http:
+        with bounded(requests.Session()) as http:
             resp = http.post(url, data=data, timeout=ctx.timeout,
                              headers={"Accept": "application/json"})
         answer = resp.json()

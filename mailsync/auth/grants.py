@@ -129,13 +129,16 @@ def translate(exc: Exception, settings: OAuth2, ctx: GrantContext,
     import requests
     from authlib.integrations.base_client import OAuthError
 
+    # With them: sessions imports requests and urllib3.
+    from mailsync.auth.sessions import timed_out
+
     url = settings.token_url
     if isinstance(exc, OAuthError):
         error = refusal(str(exc.error), settings, ctx.name)
         if exc.description:
             error.detail = _printable(str(exc.description), secrets)
         return error
-    if isinstance(exc, requests.Timeout):
+    if timed_out(exc):
         return OAuth2Unavailable(
             f"OAuth2: the token endpoint {url} did not answer within {ctx.timeout:g} s",
             "timeout")
@@ -187,12 +190,15 @@ def client_session(settings: OAuth2, ctx: GrantContext, scope: str | None) -> tu
     """An authlib session for this client, and the client secret ("" when none)."""
     from authlib.integrations.requests_client import OAuth2Session
 
+    # With them: sessions imports requests and urllib3.
+    from mailsync.auth.sessions import bounded
+
     secret = (resolve(settings.client_secret, "client_secret", ctx)
               if settings.client_secret else "")
     session = OAuth2Session(
         client_id=settings.client_id, client_secret=secret or None,
         token_endpoint_auth_method=auth_method(settings, bool(secret)), scope=scope)
-    return session, secret
+    return bounded(session), secret
 
 
 def _client_credentials(settings: OAuth2, ctx: GrantContext) -> AccessToken:
@@ -257,6 +263,9 @@ def _service_account(settings: OAuth2, ctx: GrantContext) -> AccessToken:
     from authlib.integrations.requests_client import AssertionSession
     from joserfc.jwk import RSAKey
 
+    # With them: sessions imports requests and urllib3.
+    from mailsync.auth.sessions import bounded
+
     if settings.service_account_key is None:
         raise ValueError("a service_account grant needs service_account_key")
     text = resolve(settings.service_account_key, "service_account_key", ctx)
@@ -268,10 +277,10 @@ def _service_account(settings: OAuth2, ctx: GrantContext) -> AccessToken:
     except Exception:  # whatever it is, its text may quote the key
         raise OAuth2Refused(f"{what} is not a Google JSON key with an RSA private_key and "
                             "a client_email", "key") from None
-    session = AssertionSession(
+    session = bounded(AssertionSession(
         token_endpoint=settings.token_url, issuer=issuer, subject=settings.subject,
         audience=settings.token_url, scope=settings.scope, key=rsa_key,
-        header={"alg": "RS256"}, default_timeout=ctx.timeout)
+        header={"alg": "RS256"}, default_timeout=ctx.timeout))
     with session:
         try:
             raw = session.refresh_token()  # type: ignore[no-untyped-call]

@@ -1,17 +1,17 @@
-"""IMAP and POP3 client classes whose commands keep to deadlines (mailsync.netio.Deadline).
+"""IMAP and POP3 client classes whose commands keep to deadlines (mailsync.deadline.Deadline).
 
 A socket timeout starts again at every byte received, so a server answering one byte a
 second would hold a poll as long as it likes. Here each command's answer (the greeting
 included) must be complete within the server's ``timeout``, plus one second for every
-:data:`~mailsync.netio.MIN_RATE` bytes (64 KiB) it brings: a big FETCH or RETR that keeps
+:data:`~mailsync.deadline.MIN_RATE` bytes (64 KiB) it brings: a big FETCH or RETR that keeps
 coming at that rate is never cut, a dripped answer is cut after ``timeout``. A command
-past its deadline raises :class:`~mailsync.netio.DeadlineExceeded`, a TimeoutError that
+past its deadline raises :class:`~mailsync.deadline.DeadlineExceeded`, a TimeoutError that
 ``inbound.wireerrors.translate`` words as ``EXAMINE: no complete reply within 30s``
 (kind ``timeout``).
 
 How: imaplib and poplib read through ``self.file`` (``sock.makefile("rb")``, assigned
 at connect and after STARTTLS/STLS); :class:`_DeadlineFile` makes that a
-:func:`mailsync.netio.reader`, which gives each socket read the time left. Each command
+:func:`mailsync.deadline.reader`, which gives each socket read the time left. Each command
 starts its deadline where the library writes it (``_command``/``_new_tag`` for imaplib,
 imapclient's ``_raw_command``; ``_putcmd`` for poplib). IMAP IDLE waits on purpose:
 :meth:`Client.idle_check` lifts the deadline while it looks for what the server sent.
@@ -31,8 +31,8 @@ from typing import Any
 import imapclient  # type: ignore[import-untyped]
 from imapclient import imap4, tls
 
+from mailsync.deadline import MIN_RATE, Deadline, reader
 from mailsync.inbound import early
-from mailsync.netio import MIN_RATE, Deadline, reader
 
 # POP3 commands a deadline is named after; any other line (an AUTH continuation, which
 # holds credentials) goes on under the name of the command it continues.
@@ -41,7 +41,7 @@ _POP3_VERBS = frozenset({"USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "RETR",
 
 
 class _DeadlineFile:
-    """``self.file``, as the library assigns it, read through :func:`netio.reader`."""
+    """``self.file``, as the library assigns it, read through :func:`deadline.reader`."""
 
     sock: Any
     deadline: Deadline

@@ -14,9 +14,10 @@ import poplib
 import re
 
 from mailsync.config.model import IncomingServer
+from mailsync.deadline import DeadlineExceeded
 from mailsync.errors import ConnectError
 from mailsync.inbound.source import describe
-from mailsync.netio import GMAIL_HINT, DeadlineExceeded, fallback_error, network_error
+from mailsync.netio import GMAIL_HINT, fallback_error, network_error
 
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 _TIMING = re.compile(r"\s*\([0-9.]+(?: \+ [0-9.]+)* secs\)")

@@ -6,10 +6,10 @@ server and the reason in plain words (:func:`mailsync.outbound.smtpwire.translat
 transaction keeps each recipient's reply, as Postfix does (docs/design.md §3): 2xx sent,
 4xx deferred, 5xx failed.
 
-Deadlines (mailsync.netio.Deadline): every command's reply (the greeting, EHLO, STARTTLS,
+Deadlines (mailsync.deadline.Deadline): every command's reply (the greeting, EHLO, STARTTLS,
 AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT) must be complete within the server's
 ``timeout``, however the server spreads its bytes; the message content may take
-``timeout`` plus its size at :data:`~mailsync.netio.MIN_RATE` (64 KiB/s) to be sent and
+``timeout`` plus its size at :data:`~mailsync.deadline.MIN_RATE` (64 KiB/s) to be sent and
 answered. A command past its deadline raises ConnectError(kind="timeout"), e.g.
 ``RCPT: no complete reply within 30s``. The bounded smtplib is
 :mod:`mailsync.outbound.smtpwire`'s.
@@ -32,8 +32,9 @@ from types import TracebackType
 
 from mailsync.auth import sasl
 from mailsync.config.model import OutgoingServer
+from mailsync.deadline import MIN_RATE
 from mailsync.errors import ConnectError, WireGuard
-from mailsync.netio import MIN_RATE, connection_note, helo_name, tls_context
+from mailsync.netio import connection_note, helo_name, tls_context
 from mailsync.outbound.smtpwire import (
     WIRE_ERRORS,
     Bounded,

@@ -3,7 +3,7 @@ its errors mean.
 
 :class:`Bounded` (and :class:`BoundedSSL`) is ``smtplib.SMTP`` whose replies are
 bounded by :data:`MAX_REPLY` and whose commands each have a deadline
-(:class:`mailsync.netio.Deadline`). :func:`translate` turns a socket, TLS or smtplib
+(:class:`mailsync.deadline.Deadline`). :func:`translate` turns a socket, TLS or smtplib
 error into a :class:`~mailsync.errors.ConnectError` that names the server and the reason
 in plain words. The sessions that use both are :mod:`mailsync.outbound.smtp`'s.
 """
@@ -18,15 +18,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from mailsync.config.model import OutgoingServer
+from mailsync.deadline import Deadline, DeadlineExceeded, reader
 from mailsync.errors import ConnectError
-from mailsync.netio import (
-    GMAIL_HINT,
-    Deadline,
-    DeadlineExceeded,
-    fallback_error,
-    network_error,
-    reader,
-)
+from mailsync.netio import GMAIL_HINT, fallback_error, network_error
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -128,7 +122,7 @@ class Bounded(smtplib.SMTP):
 
     ``getreply`` is smtplib's own (Python 3.11), with the reply's size counted: one
     addition per line on the hot path. Its socket file reads through
-    :func:`mailsync.netio.reader`, which gives each read the time left to the command in
+    :func:`mailsync.deadline.reader`, which gives each read the time left to the command in
     progress (``putcmd`` starts each command's deadline, :meth:`expect` one for a reply
     whose command went out pipelined): one ``settimeout`` per read and per write.
     """

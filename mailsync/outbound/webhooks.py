@@ -113,32 +113,6 @@ def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
-class _Bounded:
-    """``conn.sock`` of an HTTP connection, its request's sending and its reply's reading
-    kept to one :class:`~mailsync.netio.Deadline` (http.client sends with ``sendall``
-    and reads the reply from ``makefile("rb")``; the rest is the socket's)."""
-
-    def __init__(self, sock: Any, deadline: Any) -> None:
-        self._sock, self._deadline = sock, deadline
-
-    def sendall(self, data: bytes) -> None:
-        self._deadline.sendall(self._sock, data)
-
-    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> Any:
-        # Here: netio imports ssl, which most commands never need (see post).
-        from mailsync.netio import reader
-
-        file = reader(self._sock, self._deadline)
-        # As socket.makefile counts its files: http.client closes the connection as soon
-        # as a reply says it will close, and the socket must stay open until that reply
-        # is read (the reader's close gives the count back).
-        self._sock._io_refs += 1
-        return file
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
 def post(hook: Webhook, data: bytes, headers: dict[str, str]) -> int:
     """POST ``data`` to the webhook; its 2xx status, else :class:`WebhookError`.
 
@@ -150,8 +124,8 @@ def post(hook: Webhook, data: bytes, headers: dict[str, str]) -> int:
     import http.client
     import ssl
 
-    # netio too: it imports ssl.
-    from mailsync.netio import Deadline, DeadlineExceeded
+    # With them: only a post needs its deadline.
+    from mailsync.deadline import Deadline, DeadlineExceeded, DeadlineSocket
 
     url = hook.url
     timeout = hook.timeout.total_seconds()
@@ -170,7 +144,7 @@ def post(hook: Webhook, data: bytes, headers: dict[str, str]) -> int:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn.connect()
-            conn.sock = _Bounded(conn.sock, deadline)
+            conn.sock = DeadlineSocket(conn.sock, deadline)
             conn.request("POST", target, body=data, headers={
                 "Content-Type": "application/json", "User-Agent": f"mailsync/{__version__}",
                 **headers})
