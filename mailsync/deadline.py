@@ -167,15 +167,16 @@ class DeadlineSocket:
     OAuth2 token endpoint's) keeps to the deadline instead of a timeout per read."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self._sock, self._deadline = sock, deadline
+        self._sock = sock
+        self.deadline = deadline  # a kept-alive connection's next request: a new one
 
     def sendall(self, data: bytes) -> None:
-        self._deadline.sendall(self._sock, data)
+        self.deadline.sendall(self._sock, data)
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
         if mode != "rb":
             raise ValueError(f"DeadlineSocket.makefile: mode {mode!r} (only 'rb')")
-        file = reader(self._sock, self._deadline)
+        file = reader(self._sock, self.deadline)
         # As socket.makefile counts its files: http.client closes the connection as soon
         # as a reply says it will close, and the socket must stay open until that reply
         # is read (the reader's close gives the count back).

@@ -397,6 +397,85 @@ def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str,
         thread.join(5)
 
 
+def test_an_endpoint_that_floods_its_answer_is_cut_at_one_mib(tmp_path: Path) -> None:
+    """requests keeps a whole answer in memory: a token endpoint streaming gigabytes
+    within the timeout would exhaust it. An answer is read up to MAX_ANSWER (1 MiB; a
+    token response is a few KiB). Here 64 MiB are sent, and the read stops past 1."""
+    from mailsync.auth import sessions
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def flood() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            total = 0
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 67108864\r\n\r\n")
+                chunk = b"0" * 65536
+                while total < 64 * 1024 * 1024:
+                    conn.sendall(chunk)
+                    total += len(chunk)
+            except OSError:
+                pass
+            sent.append(total)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+    ep = OAuth2("generic", "client_credentials", url, "s", "c",
+                client_secret=Secret("plain", SECRET))
+    try:
+        with pytest.raises(OAuth2Unavailable, match="answered more than 1 MiB") as info:
+            grants.fetch(ep, grants.GrantContext("m365", timeout=5.0))
+        assert info.value.reason == "bad_response"
+        thread.join(10)
+        assert sent and sent[0] < 64 * 1024 * 1024  # the connection was dropped early
+        assert sessions.MAX_ANSWER == 1024 * 1024
+    finally:
+        listener.close()
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_timeout() -> None:
+    """The device flow polls the token endpoint through one session, every few seconds
+    for minutes: each request has the timeout, not the connection."""
+    import requests
+
+    from mailsync.auth.sessions import bounded
+
+    peers = []
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            peers.append(self.client_address)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/token"
+    try:
+        with bounded(requests.Session()) as http:
+            for _ in range(3):
+                assert http.post(url, data={"a": "b"}, timeout=0.5).json() == {}
+                time.sleep(0.7)  # longer than the timeout, between the polls
+        assert len(peers) == 3 and len(set(peers)) == 1  # one connection, kept alive
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_unreachable_endpoint() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -130,7 +130,7 @@ def translate(exc: Exception, settings: OAuth2, ctx: GrantContext,
     from authlib.integrations.base_client import OAuthError
 
     # With them: sessions imports requests and urllib3.
-    from mailsync.auth.sessions import timed_out
+    from mailsync.auth.sessions import MAX_ANSWER, timed_out, too_long
 
     url = settings.token_url
     if isinstance(exc, OAuthError):
@@ -149,6 +149,10 @@ def translate(exc: Exception, settings: OAuth2, ctx: GrantContext,
                                      "server_error")
         return OAuth2Refused(f"OAuth2: the token endpoint {url} answered HTTP {status} "
                              "without an OAuth2 error: check token_url", "bad_response")
+    if too_long(exc):
+        return OAuth2Unavailable(f"OAuth2: the token endpoint {url} answered more than "
+                                 f"{MAX_ANSWER // 2**20} MiB: no token response",
+                                 "bad_response")
     if isinstance(exc, requests.RequestException):
         found = _ERRNO.search(str(exc))
         why = found.group(1).strip() if found else "connection failed"

@@ -7,13 +7,16 @@ every later refresh, for as long as it liked. :func:`bounded` mounts on a sessio
 adapter whose connections, once connected, read and send through a
 :class:`~mailsync.deadline.DeadlineSocket`: a request gets ``timeout`` in all. A reply that
 runs out of time is urllib3's read timeout, which requests raises as ``ReadTimeout``
-(headers) or as a ``ConnectionError`` holding a ``ReadTimeoutError`` (the body).
+(headers) or as a ``ConnectionError`` holding a ``ReadTimeoutError`` (the body). An
+answer is read up to :data:`MAX_ANSWER` (requests keeps all of one in memory): past it
+the connection is dropped (:func:`too_long`).
 
 Imported where a token is asked for, as requests and authlib are (mailsync/auth/grants.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
@@ -24,28 +27,77 @@ from urllib3.exceptions import ReadTimeoutError
 
 from mailsync.deadline import Deadline, DeadlineSocket
 
+# The most of an answer read (status line, headers and body): a token response is a few
+# KiB, and requests keeps the whole of one in memory.
+MAX_ANSWER = 1024 * 1024
 
-def _start(conn: Any) -> Deadline:
-    """The deadline of a connection's request: its connect timeout (requests gives the
-    one ``timeout`` to both), from before it connects."""
+
+class AnswerTooLong(OSError):
+    """The endpoint's answer grew past :data:`MAX_ANSWER`; the connection is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(f"answered more than {MAX_ANSWER // (1024 * 1024)} MiB")
+
+
+class _Budget(Deadline):
+    """The request's deadline, which also counts what the answer brought."""
+
+    __slots__ = ("got",)
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.got = 0
+
+    def received(self, size: int) -> None:
+        self.got += size
+        if self.got > MAX_ANSWER:
+            raise AnswerTooLong()
+
+
+def _budget(conn: Any) -> _Budget:
+    """A request's deadline: the connection's timeout (requests gives its one
+    ``timeout`` to connecting and reading alike), from now on."""
     timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else 30.0
-    deadline = Deadline(float(timeout))
-    deadline.start("the token request")
-    return deadline
+    budget = _Budget(float(timeout))
+    budget.start("the token request")
+    return budget
+
+
+def _connect(conn: Any, connect: Callable[[], None]) -> None:
+    """Connect ``conn`` under the deadline of its first request (connecting counts)."""
+    budget = _budget(conn)
+    connect()
+    conn.sock = DeadlineSocket(conn.sock, budget)
+
+
+def _request(conn: Any, request: Callable[[], None]) -> None:
+    """Send a request: on a kept-alive connection that served one already (the device
+    flow polls through one), under a deadline of its own; the first one (which may
+    connect, here or before) under the deadline it connected under."""
+    if conn.served and isinstance(getattr(conn, "sock", None), DeadlineSocket):
+        conn.sock.deadline = _budget(conn)
+    request()
+    conn.served = True
 
 
 class _Connection(HTTPConnection):
+    served = False
+
     def connect(self) -> None:
-        deadline = _start(self)
-        super().connect()
-        self.sock = DeadlineSocket(self.sock, deadline)
+        _connect(self, super().connect)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _request(self, lambda: super(_Connection, self).request(*args, **kwargs))
 
 
 class _TLSConnection(HTTPSConnection):
+    served = False
+
     def connect(self) -> None:
-        deadline = _start(self)
-        super().connect()
-        self.sock = DeadlineSocket(self.sock, deadline)
+        _connect(self, super().connect)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _request(self, lambda: super(_TLSConnection, self).request(*args, **kwargs))
 
 
 class _Pool(HTTPConnectionPool):
@@ -80,3 +132,19 @@ def timed_out(exc: BaseException) -> bool:
         return True
     return isinstance(exc, requests.ConnectionError) and any(
         isinstance(arg, ReadTimeoutError) for arg in exc.args)
+
+
+def too_long(exc: BaseException) -> bool:
+    """Whether requests' exception comes of an answer past :data:`MAX_ANSWER` (urllib3
+    wraps it in a ProtocolError, requests that in a ConnectionError)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or not isinstance(item, BaseException):
+            continue
+        seen.add(id(item))
+        if isinstance(item, AnswerTooLong):
+            return True
+        todo.extend((*item.args, item.__cause__, item.__context__))
+    return False
