@@ -476,6 +476,71 @@ def test_each_request_on_a_kept_alive_connection_gets_its_own_timeout() -> None:
         server.server_close()
 
 
+def test_an_https_endpoint_through_the_deadline_sockets(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token endpoints are https: over TLS (a trustme CA that requests trusts through
+    REQUESTS_CA_BUNDLE) a token comes back through the bounded session, and an endpoint
+    that drips is cut at the timeout as over plain HTTP."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    token = json.dumps({"access_token": "CANARY-access-tls", "token_type": "Bearer",
+                        "expires_in": 3600}).encode()
+
+    def serve(drip: bool) -> tuple[str, threading.Event]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def run() -> None:
+            with listener:
+                listener.settimeout(10)
+                try:
+                    conn = context.wrap_socket(listener.accept()[0], server_side=True)
+                except OSError:
+                    return
+                with conn:
+                    try:
+                        data = b""
+                        while b"grant_type" not in data:  # the form body came in
+                            data += conn.recv(65536) or b"grant_type"
+                        if drip:
+                            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                            while not stop.wait(0.2):
+                                conn.sendall(b"a")
+                        else:
+                            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+                                         b"\r\nContent-Length: %d\r\n\r\n%s"
+                                         % (len(token), token))
+                    except OSError:
+                        pass
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"https://127.0.0.1:{listener.getsockname()[1]}/token", stop
+
+    def grant(url: str) -> OAuth2:
+        return OAuth2("generic", "client_credentials", url, "s", "c",
+                      client_secret=Secret("plain", SECRET))
+
+    url, _ = serve(drip=False)
+    got = grants.fetch(grant(url), grants.GrantContext("m365", timeout=2.0))
+    assert got.value == "CANARY-access-tls"
+    url, stop = serve(drip=True)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OAuth2Unavailable, match="did not answer within 1 s"):
+            grants.fetch(grant(url), grants.GrantContext("m365", timeout=1.0))
+        assert time.monotonic() - start < 3.0
+    finally:
+        stop.set()
+
+
 def test_an_unreachable_endpoint() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -367,6 +367,85 @@ def test_a_receiver_that_drips_its_reply_is_cut_at_the_timeout(tmp_path):
         thread.join(5)
 
 
+def _read_request(conn) -> bytes:
+    """A whole request (headers and Content-Length body) off a raw socket: answering
+    and closing before the body came in would reset the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    declared = re.search(rb"(?i)content-length: *(\d+)", head)
+    length = int(declared[1]) if declared else 0
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_https_receiver_is_verified_and_its_drip_is_cut_too(tmp_path, monkeypatch):
+    """Over TLS (a trustme CA the process trusts through SSL_CERT_FILE): a good receiver
+    takes the event, one whose certificate another CA signed is refused, and one that
+    drips its reply is cut at the timeout, as over plain HTTP."""
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+    def serve(cert_ca: trustme.CA, drip: bool) -> tuple[int, threading.Event]:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert_ca.issue_cert("127.0.0.1").configure_cert(context)
+        listener = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def run() -> None:
+            with listener:
+                listener.settimeout(10)
+                try:
+                    raw, _ = listener.accept()
+                    conn = context.wrap_socket(raw, server_side=True)
+                except OSError:
+                    return
+                with conn:
+                    try:
+                        _read_request(conn)
+                        if not drip:
+                            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                            return
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                        while not stop.wait(0.2):
+                            conn.sendall(b"a")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=run, daemon=True).start()
+        return listener.getsockname()[1], stop
+
+    def hook(port: int) -> Webhook:
+        return Webhook("h", f"https://127.0.0.1:{port}/", Secret("env", "S"),
+                       timeout=timedelta(seconds=1))
+
+    good, _ = serve(ca, drip=False)
+    assert post(hook(good), b"{}", {}) == 204
+    stranger, _ = serve(trustme.CA(), drip=False)
+    with pytest.raises(WebhookError, match="CERTIFICATE_VERIFY_FAILED"):
+        post(hook(stranger), b"{}", {})
+    slow, stop = serve(ca, drip=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WebhookError, match="POST: no complete reply within 1s"):
+            post(hook(slow), b"{}", {})
+        assert time.monotonic() - started < 2.5
+    finally:
+        stop.set()
+
+
 def test_a_suppressed_recipient_is_a_suppressed_event_and_never_reaches_the_sink(
         tmp_path, smtp_server, receiver, monkeypatch):
     srv = smtp_server()
