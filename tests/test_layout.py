@@ -38,7 +38,7 @@ KNOWN_LONG: set[str] = set()
 # modules are parts of their own.
 LAYERS: list[set[str]] = [
     # Shared, importing nothing of mailsync.
-    {"mailsync", "printable", "files", "values", "collector", "deadline"},
+    {"mailsync", "printable", "files", "values", "collector", "deadline", "mime"},
     {"errors"},
     {"config"},
     {"auth"},

@@ -30,12 +30,12 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
-from email import message_from_bytes
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
+from mailsync import mime
 from mailsync.config.deliverability import Webhook
 from mailsync.config.model import Config
 from mailsync.inbound.message import Headers, first, parse_headers, text
@@ -165,7 +165,10 @@ def plausible_bounce(fields: Headers) -> bool:
 
 def _parse_dsn(raw: bytes, config: Config, key: VerpKey | None,
                verp: VerpAddress | None, subject: str | None) -> Verdict:
-    message = message_from_bytes(raw, policy=compat32)
+    try:
+        message = mime.parse(raw, compat32)
+    except mime.TooDeep:
+        return NOT_A_BOUNCE  # no report can be read from it: stored as a message
     envelope_id: str | None = None
     failed: list[FailedRecipient] = []
     returned: list[str] = []

@@ -314,9 +314,20 @@ def readable(raw: bytes) -> str:
     Header values are escaped to one line each, the text keeps its lines and tabs with
     every other non-printable character escaped (:mod:`mailsync.printable`).
     """
-    from email import message_from_bytes, policy
+    from email import policy
+    from email.message import EmailMessage
+    from email.parser import BytesHeaderParser
 
-    msg = message_from_bytes(raw, policy=policy.default)
+    # With the email package, which only `show` needs of this module.
+    from mailsync import mime
+
+    try:
+        msg = mime.parse(raw, policy.default)
+        assert isinstance(msg, EmailMessage)
+    except mime.TooDeep as exc:
+        top = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+        return "\n".join([*(f"  {one_line(k)}: {one_line(v)}" for k, v in top.items()), "",
+                          f"  (not shown: {exc}; --raw prints the message as stored)"])
     out = [f"  {one_line(k)}: {one_line(v)}" for k, v in msg.items()]
     body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
     if body is not None:

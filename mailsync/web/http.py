@@ -11,12 +11,13 @@ runs, and only the console may frame it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from email.parser import BytesParser
+from email.message import EmailMessage
 from email.policy import HTTP
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from mailsync import mime
 from mailsync.values import field, valueclass
 
 PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -151,9 +152,13 @@ def parse_multipart(content_type: str, body: bytes
                     ) -> tuple[dict[str, list[str]], dict[str, Upload]]:
     """The fields (as ``parse_qs`` gives them) and files of a ``multipart/form-data``
     body (RFC 7578), parsed by the email package; ValueError naming what is wrong."""
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
-    if not message.is_multipart() or message.defects:
+    try:
+        message = mime.parse(b"Content-Type: " + content_type.encode("latin-1", "replace")
+                             + b"\r\n\r\n" + body, HTTP)
+    except mime.TooDeep as exc:  # a form's parts are one level deep
+        raise ValueError(f"a multipart/form-data body: {exc}") from None
+    if not isinstance(message, EmailMessage) or not message.is_multipart() \
+            or message.defects:
         raise ValueError("a multipart/form-data body that does not parse (its boundary?)")
     fields: dict[str, list[str]] = {}
     uploads: dict[str, Upload] = {}

@@ -1,15 +1,18 @@
 """A stored message's parts as the Message page shows them: headers, the text part, the
 HTML part (served apart, sandboxed), the attachments (downloads only).
 
-Parsing is the standard library's (``policy.default``); a part that does not decode is
-shown with its undecodable bytes replaced, never an error page.
+Parsing is the standard library's (``policy.default``, through :func:`mailsync.mime.parse`);
+a part that does not decode is shown with its undecodable bytes replaced, and a message
+whose parts nest too deep for it with its headers and why, never an error page.
 """
 
 from __future__ import annotations
 
-from email import message_from_bytes, policy
+from email import policy
 from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
 
+from mailsync import mime
 from mailsync.values import valueclass
 
 
@@ -31,12 +34,17 @@ class Parts:
     text: str | None
     html: str | None
     attachments: list[Attachment]
+    problem: str | None = None   # why the parts are not shown
 
 
 def _parse(raw: bytes) -> EmailMessage:
-    msg = message_from_bytes(raw, policy=policy.default)
+    msg = mime.parse(raw, policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+def _headers(msg: Message) -> list[tuple[str, str]]:
+    return [(str(k), " ".join(str(v).split())) for k, v in msg.items()]
 
 
 def _content(part: Message) -> str:
@@ -56,9 +64,15 @@ def _attachment(part: Message) -> bool:
 
 def parts(raw: bytes) -> Parts:
     """The headers (each value on one line), the first text/plain and text/html parts
-    that are not attachments, and the attachments."""
-    msg = _parse(raw)
-    headers = [(str(k), " ".join(str(v).split())) for k, v in msg.items()]
+    that are not attachments, and the attachments; of a message whose parts nest too
+    deep (:class:`mailsync.mime.TooDeep`), the headers and why."""
+    try:
+        msg = _parse(raw)
+    except mime.TooDeep as exc:
+        top = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+        return Parts(_headers(top), None, None, [],
+                     f"The parts are not shown: {exc}. Download the raw message to read it.")
+    headers = _headers(msg)
     text = html = None
     attachments: list[Attachment] = []
     for index, part in enumerate(msg.walk()):
@@ -79,7 +93,11 @@ def parts(raw: bytes) -> Parts:
 def attachment(raw: bytes, index: int) -> tuple[str, bytes] | None:
     """The name and bytes of the attachment at ``index`` (as :func:`parts` numbers
     them); None when there is no such attachment."""
-    for i, part in enumerate(_parse(raw).walk()):
+    try:
+        msg = _parse(raw)
+    except mime.TooDeep:
+        return None
+    for i, part in enumerate(msg.walk()):
         if i == index and not part.is_multipart() and _attachment(part):
             payload = part.get_payload(decode=True)
             return part.get_filename() or f"part-{index}", \

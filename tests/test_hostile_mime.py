@@ -1,0 +1,113 @@
+"""A message whose MIME parts nest a thousand deep (80 KB: anyone can send one) cannot
+wedge a mailbox nor break a page.
+
+The email package follows nested multiparts by recursion, and raised RecursionError on
+such a message: the poll that fetched it failed, and every poll after it, so nothing
+behind it in the mailbox was ever stored; `inbox show`, `history show` and the console's
+Message page failed on it too. Now the poller stores it as a message (no report can be
+read from it), the shows print its headers and say why its parts are not shown.
+"""
+
+from __future__ import annotations
+
+import json
+from email import policy
+from email.policy import compat32
+
+import pytest
+
+from mailsync import mime
+from mailsync.outbound.spool import drop_eml
+from tests.dovecot import dovecot_fixture, incoming_yaml, mailbox_fixture, message  # noqa: F401
+from tests.outbound_helpers import run, run_once
+from tests.web_helpers import make_site
+
+
+def nested(depth: int, *, head: bytes = b"") -> bytes:
+    """A message of ``depth`` multipart levels, one inside the other, claiming to be a
+    delivery report (``multipart/report; report-type=delivery-status``)."""
+    top = (head or b"From: MAILER-DAEMON@mx.example.net\r\nTo: support@example.com\r\n"
+           b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <deep@example.net>\r\n")
+    out = [top, b'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"'
+                b"\r\n\r\n"]
+    for i in range(1, depth):
+        out.append(b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (i - 1, i))
+    out.append(b"--b%d\r\nContent-Type: message/delivery-status\r\n\r\n"
+               b"Final-Recipient: rfc822; ann@example.org\r\nAction: failed\r\n"
+               b"Status: 5.1.1\r\n\r\n" % (depth - 1))
+    out.extend(b"--b%d--\r\n" % i for i in range(depth - 1, -1, -1))
+    return b"".join(out)
+
+
+# nested(n): n multipart levels, then the delivery-status part and its status block,
+# the deepest part n + 1 levels below the top one.
+@pytest.mark.parametrize("depth,deep", [(5, False), (mime.MAX_DEPTH - 1, False),
+                                        (mime.MAX_DEPTH, True), (1200, True)])
+def test_parse_refuses_what_nests_deeper_than_max_depth(depth, deep):
+    raw = nested(depth)
+    if deep:
+        with pytest.raises(mime.TooDeep, match=f"deeper than {mime.MAX_DEPTH} levels"):
+            mime.parse(raw, compat32)
+    else:
+        assert len(list(mime.parse(raw, policy.default).walk())) == depth + 2
+
+
+@pytest.mark.servers
+def test_a_deep_message_is_stored_and_the_mailbox_goes_on(tmp_path, mailbox):
+    mailbox.append(nested(1200))
+    mailbox.append(message(2, subject="After the deep one"))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
+                   "alias_domain: {domain: example.com, bounce: bounce}\n"
+                   "incoming_servers:\n" + incoming_yaml(mailbox, "support",
+                                                         tmp_path / "imap.secret"))
+    polled = run(["inbox", "poll", "-c", str(cfg)])
+    assert polled.exit_code == 0, polled.output
+    assert "support: 2 fetched" in polled.output
+    rows = {r["subject"]: r for r in json.loads(
+        run(["inbox", "-c", str(cfg), "--format", "json"]).stdout)}
+    assert set(rows) == {"Undelivered Mail Returned to Sender", "After the deep one"}
+    deep = rows["Undelivered Mail Returned to Sender"]
+    assert not deep.get("bounce_of")  # no report can be read from it
+    again = run(["inbox", "poll", "-c", str(cfg)])
+    assert again.exit_code == 0 and "support: 0 fetched" in again.output
+    shown = run(["inbox", "show", str(deep["id"]), "-c", str(cfg)])
+    assert shown.exit_code == 0, shown.output
+    assert "Subject: Undelivered Mail Returned to Sender" in shown.stdout
+    assert f"(not shown: its MIME parts nest deeper than {mime.MAX_DEPTH} levels; --raw " \
+           "prints the message as stored)" in shown.stdout
+    raw = run(["inbox", "show", str(deep["id"]), "-c", str(cfg), "--raw"])
+    assert raw.exit_code == 0 and raw.stdout_bytes.count(b"Content-Type: multipart/mixed") \
+        == 1199
+
+
+@pytest.mark.servers
+def test_a_deep_sent_message_shows_its_headers_on_the_page_and_in_history(tmp_path,
+                                                                          smtp_server):
+    for site in make_site(tmp_path, smtp_server):
+        drop_eml(tmp_path / "spool", nested(
+            1200, head=b"X-Mailsync-User: alice\r\nTo: ok@example.org\r\nSubject: Deep\r\n"))
+        assert "1 sent" in run_once(site.config_path).output
+        mid = int(json.loads(run(["history", "-c", str(site.config_path), "--search", "Deep",
+                                  "--format", "json"]).stdout)[0]["id"])
+        shown = run(["history", "show", str(mid), "-c", str(site.config_path)])
+        assert shown.exit_code == 0, shown.output
+        assert "Subject: Deep" in shown.stdout and "(not shown: its MIME parts nest" \
+            in shown.stdout
+        c = site.client()
+        c.login("victor")
+        page = c.get(f"/messages/{mid}")
+        assert page.status == 200, page.text
+        assert "The parts are not shown: its MIME parts nest deeper than" in page.text
+        assert f'href="/messages/{mid}/raw"' in page.text
+        assert c.get(f"/messages/{mid}/parts/3").status == 404
+        assert c.get(f"/messages/{mid}/raw").body.count(b"multipart/mixed") == 1199
+
+
+def test_a_deep_form_body_is_a_bad_request_not_an_error_page():
+    from mailsync.web.http import parse_multipart
+
+    body = nested(1200, head=b"X: y\r\n").split(b"\r\n\r\n", 1)[1]
+    with pytest.raises(ValueError, match="multipart/form-data body: its MIME parts nest deeper"):
+        parse_multipart('multipart/form-data; boundary="b0"', body)
+
