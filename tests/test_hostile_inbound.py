@@ -231,3 +231,46 @@ def test_an_endless_uidl_listing_fails_the_poll_within_bounds(tmp_path):
     assert "UIDL listing longer than 20000000 bytes" in done.stdout, done.stdout
     assert streams.dropped == [True] and streams.sent[0] < 64 << 20, streams.sent
     assert peak <= 150, f"peak RSS {peak:.0f} MB"
+
+
+def test_an_answer_nesting_its_lists_thousands_deep_fails_the_poll_not_the_poller(tmp_path):
+    """imapclient reads parenthesised lists by recursion: a FETCH answer nesting them
+    3,000 deep raised RecursionError out of the poll (in the daemon: the poller's thread
+    stopped and the daemon turned unhealthy). It is a malformed answer: the poll fails,
+    saying so, and the mailbox is probed again like a server that is down."""
+    from tests.outbound_helpers import run
+
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(b"* OK [CAPABILITY IMAP4rev1] deep ready\r\n")
+        for line in _lines(conn):
+            tag, _, rest = line.partition(" ")
+            words = rest.split()
+            cmd = " ".join(words[:2]).upper() if words[:1] == ["UID"] else words[0].upper()
+            out = b""
+            if cmd == "CAPABILITY":
+                out = b"* CAPABILITY IMAP4rev1\r\n"
+            elif cmd in ("SELECT", "EXAMINE"):
+                out = b"* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n"
+            elif cmd == "STATUS":
+                out = b"* STATUS INBOX (UIDVALIDITY 7 UIDNEXT 2 MESSAGES 1)\r\n"
+            elif cmd == "UID SEARCH":
+                out = b"* SEARCH 1\r\n"
+            elif cmd == "UID FETCH":
+                out = (b"* 1 FETCH (UID 1 RFC822.SIZE 100 FLAGS " + b"(" * 3000
+                       + b")" * 3000 + b")\r\n")
+            elif cmd == "LOGOUT":
+                conn.sendall(b"* BYE bye\r\n" + f"{tag} OK done\r\n".encode())
+                return
+            conn.sendall(out + f"{tag} OK {cmd} done\r\n".encode())
+
+    listener, port = _serve(handler)
+    try:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text("version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
+                       "incoming_servers:\n" + _incoming("imap", port, tmp_path))
+        polled = run(["inbox", "poll", "-c", str(cfg)])
+        assert polled.exit_code == 1 and not isinstance(polled.exception, RecursionError)
+        assert "box: poll failed:" in polled.output
+        assert "its lists nest too deep to be read" in polled.output
+    finally:
+        listener.close()

@@ -23,8 +23,11 @@ _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 _TIMING = re.compile(r"\s*\([0-9.]+(?: \+ [0-9.]+)* secs\)")
 
 # Errors a socket, TLS, IMAP or POP3 conversation can raise; everything else is a bug.
+# RecursionError: imapclient reads an answer's parenthesised lists by recursion, so a
+# server nesting them thousands deep would raise it out of the poller's thread (which
+# stopped, leaving the daemon unhealthy): it is the server's malformed answer.
 WIRE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, UnicodeError, imaplib.IMAP4.error, poplib.error_proto)
+    OSError, EOFError, UnicodeError, imaplib.IMAP4.error, poplib.error_proto, RecursionError)
 
 
 def translate(exc: BaseException, server: IncomingServer, phase: str) -> ConnectError:
@@ -42,6 +45,9 @@ def translate(exc: BaseException, server: IncomingServer, phase: str) -> Connect
         return common
     if isinstance(exc, imaplib.IMAP4.abort | EOFError | ConnectionError):
         return ConnectError(f"{where}: the server closed the connection", "closed")
+    if isinstance(exc, RecursionError):
+        return ConnectError(f"{where}: unexpected reply during {_noun(phase)}: its lists "
+                            "nest too deep to be read", "protocol")
     if isinstance(exc, UnicodeError):
         return ConnectError(f"{where}: {_noun(phase)} needs ASCII only, and the value "
                             "given is not", "auth" if phase == "auth" else "protocol")
