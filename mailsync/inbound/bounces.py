@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 
 from mailsync import mime
 from mailsync.config.deliverability import Webhook
@@ -155,7 +154,10 @@ def plausible_bounce(fields: Headers) -> bool:
         path = (text(value) or "").strip().strip("<>").strip()
         if not path or path.partition("@")[0].lower() in _DAEMONS:
             return True
-    senders = getaddresses([text(v) or "" for v in fields.get("from", ())])
+    try:
+        senders = mime.addresses([text(v) or "" for v in fields.get("from", ())])
+    except mime.TooDeep:
+        senders = []
     if any(address.partition("@")[0].lower() in _DAEMONS for _, address in senders):
         return True
     if "x-failed-recipients" in fields:
@@ -275,7 +277,11 @@ def _verp_in(values: list[str], config: Config, key: VerpKey | None) -> VerpAddr
     if not any(prefix in v.lower() for v in values):  # cheap test before parsing addresses
         return None
     found: VerpAddress | None = None
-    for _, address in getaddresses(values):
+    try:
+        pairs = mime.addresses(values)
+    except mime.TooDeep:
+        return None  # no address can be read from them
+    for _, address in pairs:
         found = _better(found, read_verp(config, key, address) if address else None)
         if found is not None and found.signed:
             break

@@ -308,27 +308,9 @@ def _each(recorded: str | None) -> list[dict[str, Any]] | None:
             for a, s, c, r in json.loads(recorded)]
 
 
-def readable(raw: bytes) -> str:
-    """Headers and the text parts of a message, decoded for reading on a terminal.
-
-    Header values are escaped to one line each, the text keeps its lines and tabs with
-    every other non-printable character escaped (:mod:`mailsync.printable`).
-    """
-    from email import policy
-    from email.message import EmailMessage
-    from email.parser import BytesHeaderParser
-
-    # With the email package, which only `show` needs of this module.
-    from mailsync import mime
-
-    try:
-        msg = mime.parse(raw, policy.default)
-        assert isinstance(msg, EmailMessage)
-    except mime.TooDeep as exc:
-        top = BytesHeaderParser(policy=policy.default).parsebytes(raw)
-        return "\n".join([*(f"  {one_line(k)}: {one_line(v)}" for k, v in top.items()), "",
-                          f"  (not shown: {exc}; --raw prints the message as stored)"])
-    out = [f"  {one_line(k)}: {one_line(v)}" for k, v in msg.items()]
+def _body_lines(msg: Any) -> list[str]:
+    """The text part of a parsed message and its attachments' names, for :func:`readable`."""
+    out: list[str] = []
     body = msg.get_body(preferencelist=("plain", "html")) if msg.is_multipart() else msg
     if body is not None:
         try:
@@ -342,6 +324,34 @@ def readable(raw: bytes) -> str:
     if attachments:
         out.append("")
         out.append("  Attachments: " + ", ".join(one_line(a) for a in attachments))
+    return out
+
+
+def readable(raw: bytes) -> str:
+    """Headers and the text parts of a message, decoded for reading on a terminal.
+
+    Header values are escaped to one line each, the text keeps its lines and tabs with
+    every other non-printable character escaped (:mod:`mailsync.printable`).
+    """
+    from email import policy
+    from email.message import EmailMessage
+
+    # With the email package, which only `show` needs of this module.
+    from mailsync import mime
+
+    def headers(pairs: list[tuple[str, str]]) -> list[str]:
+        return [f"  {one_line(k)}: {one_line(v)}" for k, v in pairs]
+
+    try:
+        msg = mime.parse(raw, policy.default)
+        assert isinstance(msg, EmailMessage)
+        out = headers(mime.header_items(msg))
+        out.extend(_body_lines(msg))
+    except (mime.TooDeep, RecursionError) as exc:
+        # RecursionError: a MIME header (Content-Type...) policy.default cannot follow.
+        why = exc if isinstance(exc, mime.TooDeep) else "a header nests too deep to be read"
+        return "\n".join([*headers(mime.headers_only(raw)), "",
+                          f"  (not shown: {why}; --raw prints the message as stored)"])
     return "\n".join(out)
 
 

@@ -12,9 +12,9 @@ import binascii
 import json
 import re
 from email.header import decode_header, make_header
-from email.utils import getaddresses
 from typing import Any
 
+from mailsync import mime
 from mailsync.outbound.types import Rejection, RejectReason, Submission
 
 _JSON_FIELDS = ("user", "account", "to", "cc", "bcc", "subject", "text", "html", "reply_to",
@@ -58,6 +58,8 @@ def parse(name: str, data: bytes, *, max_size: int) -> Submission | Rejection:
             return _parse_eml(data)
     except _Refused as refused:
         return refused.rejection
+    except RecursionError:  # a library's parser on something nested thousands deep
+        return Rejection("unparseable", f"{name!r} nests something too deep to be read")
     return Rejection("unparseable", f"{name!r} is neither an .eml nor a .json file")
 
 
@@ -188,7 +190,11 @@ def _addresses(value: str, where: str) -> list[tuple[str, str]]:
         # the same answer as email.utils.getaddresses, which costs ~60 µs a call.
         return [("", plain.group(0))]
     found = []
-    for display, addr in getaddresses([value]):
+    try:
+        pairs = mime.addresses([value])
+    except mime.TooDeep as exc:
+        raise _Refused("bad_recipient", f"{where}: {_show(value)}: {exc}") from None
+    for display, addr in pairs:
         if not addr:
             if display:
                 raise _Refused("bad_recipient", f"{where}: {_show(display)} is not an address")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser
 
 from mailsync import mime
 from mailsync.values import valueclass
@@ -44,7 +43,7 @@ def _parse(raw: bytes) -> EmailMessage:
 
 
 def _headers(msg: Message) -> list[tuple[str, str]]:
-    return [(str(k), " ".join(str(v).split())) for k, v in msg.items()]
+    return [(str(k), " ".join(v.split())) for k, v in mime.header_items(msg)]
 
 
 def _content(part: Message) -> str:
@@ -67,11 +66,15 @@ def parts(raw: bytes) -> Parts:
     that are not attachments, and the attachments; of a message whose parts nest too
     deep (:class:`mailsync.mime.TooDeep`), the headers and why."""
     try:
-        msg = _parse(raw)
-    except mime.TooDeep as exc:
-        top = BytesHeaderParser(policy=policy.default).parsebytes(raw)
-        return Parts(_headers(top), None, None, [],
-                     f"The parts are not shown: {exc}. Download the raw message to read it.")
+        return _parts(_parse(raw))
+    except (mime.TooDeep, RecursionError) as exc:
+        # RecursionError: a MIME header (Content-Type...) policy.default cannot follow.
+        why = exc if isinstance(exc, mime.TooDeep) else "a header nests too deep to be read"
+        return Parts(mime.headers_only(raw), None, None, [],
+                     f"The parts are not shown: {why}. Download the raw message to read it.")
+
+
+def _parts(msg: EmailMessage) -> Parts:
     headers = _headers(msg)
     text = html = None
     attachments: list[Attachment] = []
@@ -94,12 +97,11 @@ def attachment(raw: bytes, index: int) -> tuple[str, bytes] | None:
     """The name and bytes of the attachment at ``index`` (as :func:`parts` numbers
     them); None when there is no such attachment."""
     try:
-        msg = _parse(raw)
-    except mime.TooDeep:
+        for i, part in enumerate(_parse(raw).walk()):
+            if i == index and not part.is_multipart() and _attachment(part):
+                payload = part.get_payload(decode=True)
+                return part.get_filename() or f"part-{index}", \
+                    payload if isinstance(payload, bytes) else b""
+    except (mime.TooDeep, RecursionError):  # as parts() says: the raw message only
         return None
-    for i, part in enumerate(msg.walk()):
-        if i == index and not part.is_multipart() and _attachment(part):
-            payload = part.get_payload(decode=True)
-            return part.get_filename() or f"part-{index}", \
-                payload if isinstance(payload, bytes) else b""
     return None
