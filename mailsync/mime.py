@@ -20,13 +20,15 @@ classifier. :func:`addresses` raises TooDeep instead.
 
 from __future__ import annotations
 
-from email import message_from_bytes
-from email.header import decode_header, make_header
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from email.message import Message
+
+# The parser, the message class and the policies are imported where a message is read:
+# the spool's parser imports this module for addresses, and `mailsync send` must not pay
+# for email.policy's header registry (~25 ms).
 
 # Multipart levels below the top one: far above real mail's handful, far below Python's
 # recursion limit (1,000 frames, which the parser reaches at about 960 levels).
@@ -44,6 +46,9 @@ class TooDeep(ValueError):
 
 def parse(raw: bytes, policy: Any) -> Message:
     """``email.message_from_bytes(raw, policy=policy)``, or TooDeep."""
+    from email import message_from_bytes
+    from email.message import Message
+
     try:
         message: Message = message_from_bytes(raw, policy=policy)
     except RecursionError:  # parts nested ~960 deep, or a MIME header's comments
@@ -85,6 +90,10 @@ def headers_only(raw: bytes) -> list[tuple[str, str]]:
     """The message's top header block alone, each value decoded (RFC 2047) where it can
     be: what a reader of a message :func:`parse` refused still shows. Read without
     policy.default's structured parsing, which a refused message may defeat."""
+    from email.header import decode_header, make_header
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
     out = []
     for name, value in BytesHeaderParser(policy=compat32).parsebytes(raw).raw_items():
         try:
