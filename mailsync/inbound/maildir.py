@@ -16,9 +16,11 @@ else an fsync per file), renamed into ``new/``, and ``new/`` is fsynced once.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -75,7 +77,9 @@ class LocalSource:
         self._names = {}
         with os.scandir(self._path / "new") as entries:
             for entry in entries:
-                if not entry.name.startswith(".") and entry.is_file():
+                # Regular files only, never through a symbolic link: a local user who may
+                # write here could link a file only mailsync may read (its store).
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     self._names[base_name(entry.name)] = entry.name
         stored = known.keys(list(self._names))
         if stored:
@@ -104,11 +108,22 @@ class LocalSource:
         new/). Never more than the cap + 1 bytes are read, even from a growing file."""
         cap = self.server.max_message_size
         try:
-            with open(self._path / "new" / self._names[key], "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                raw = f.read(cap + 1) if size <= cap else b""
+            # Not followed if a symlink was put there since the listing; not waited on if
+            # a FIFO was (O_NONBLOCK), and read only once fstat says it is a regular file.
+            fd = os.open(self._path / "new" / self._names[key],
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink now: as if it were gone
+                return None
+            raise
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            size = st.st_size
+            raw = f.read(cap + 1) if size <= cap else b""
         if size > cap or len(raw) > cap:
             over.append(Skipped(key, "too_large", max(size, len(raw))))
             return None
@@ -167,7 +182,7 @@ class MaildirWriter:
         tmp, new = self.path / "tmp", self.path / "new"
         syncfs = _syncfs() if todo else None
         for name, raw in todo:
-            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = _create(tmp / name)
             try:
                 view = memoryview(raw)
                 while view:
@@ -193,6 +208,19 @@ class MaildirWriter:
             self._present = {base_name(n) for sub in ("new", "cur")
                              for n in os.listdir(self.path / sub)}
         return self._present
+
+
+def _create(path: Path) -> int:
+    """A new file at ``path`` (0600) to write a message to. Its name is anyone's to
+    compute, so whatever is there already (a crash's leftover, or a symbolic link a local
+    user planted to have mailsync overwrite its target) is removed, never written
+    through: unlink removes a link, not what it points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, 0o600)
 
 
 # One syncfs(2) makes a whole batch of files durable at the cost of one journal commit;
