@@ -352,9 +352,10 @@ def test_a_stalled_endpoint_times_out(endpoint: Endpoint) -> None:
 
 @pytest.mark.parametrize("grant,phase", [("client_credentials", "headers"),
                                          ("refresh_token", "headers"),
-                                         ("client_credentials", "body")])
-def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str,
-                                                     phase: str) -> None:
+                                         ("client_credentials", "body"),
+                                         ("client_credentials", "proxy")])
+def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str, phase: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket timeout bounds one read: an endpoint (or a proxy before it) sending a
     byte every 0.2 s would hold the refreshing thread, and so every later refresh of
     the server's token, for as long as it liked. The timeout is the whole request's,
@@ -362,6 +363,7 @@ def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str,
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
     start_of = {"headers": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: ",
+                "proxy": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: ",
                 "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                         b"Content-Length: 4000\r\n\r\n{\"access_token\": \""}[phase]
 
@@ -383,6 +385,11 @@ def test_an_endpoint_that_drips_its_answer_times_out(tmp_path: Path, grant: str,
     thread = threading.Thread(target=drip, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+    if phase == "proxy":  # the dripping one is the proxy (HTTP_PROXY) before the endpoint
+        monkeypatch.setenv("HTTP_PROXY", url.removesuffix("/token"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        url = "http://login.example.invalid/token"
     ep = OAuth2("generic", grant, url, "s", "c", client_secret=Secret("plain", SECRET),
                 refresh_token=Secret("plain", "CANARY-refresh-0")
                 if grant == "refresh_token" else None)
