@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from email import policy
 from email.policy import compat32
+from pathlib import Path
 
 import pytest
 
@@ -59,10 +60,9 @@ def test_parse_refuses_what_nests_deeper_than_max_depth(depth, deep):
         assert len(list(mime.parse(raw, policy.default).walk())) == depth + 2
 
 
-@pytest.mark.servers
-def test_a_deep_message_is_stored_and_the_mailbox_goes_on(tmp_path, mailbox):
-    mailbox.append(nested(1200))
-    mailbox.append(message(2, subject="After the deep one"))
+def _polled(tmp_path, mailbox, count: int) -> tuple[Path, dict[str, dict]]:
+    """`inbox poll` of ``mailbox`` (alias domain example.com, bounces to bounce+), which
+    must fetch ``count`` messages; the config and the inbox's rows by subject."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text("version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
                    "alias_domain: {domain: example.com, bounce: bounce}\n"
@@ -70,9 +70,16 @@ def test_a_deep_message_is_stored_and_the_mailbox_goes_on(tmp_path, mailbox):
                                                          tmp_path / "imap.secret"))
     polled = run(["inbox", "poll", "-c", str(cfg)])
     assert polled.exit_code == 0, polled.output
-    assert "support: 2 fetched" in polled.output
-    rows = {r["subject"]: r for r in json.loads(
+    assert f"support: {count} fetched" in polled.output
+    return cfg, {r["subject"]: r for r in json.loads(
         run(["inbox", "-c", str(cfg), "--format", "json"]).stdout)}
+
+
+@pytest.mark.servers
+def test_a_deep_message_is_stored_and_the_mailbox_goes_on(tmp_path, mailbox):
+    mailbox.append(nested(1200))
+    mailbox.append(message(2, subject="After the deep one"))
+    cfg, rows = _polled(tmp_path, mailbox, 2)
     assert set(rows) == {"Undelivered Mail Returned to Sender", "After the deep one"}
     deep = rows["Undelivered Mail Returned to Sender"]
     assert not deep.get("bounce_of")  # no report can be read from it
@@ -155,16 +162,8 @@ def test_a_deeply_commented_bounce_address_does_not_wedge_the_mailbox(tmp_path, 
                    b"=?utf-8?q?caf=C3=A9?=\r\nContent-Type: text/plain; " + b"(" * 5000
                    + b"\r\n\r\nhi\r\n")
     mailbox.append(message(2, subject="After the comments"))
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("version: 1\ndaemon:\n  state_dir: ./state\n  spool_dir: ./spool\n"
-                   "alias_domain: {domain: example.com, bounce: bounce}\n"
-                   "incoming_servers:\n" + incoming_yaml(mailbox, "support",
-                                                         tmp_path / "imap.secret"))
-    polled = run(["inbox", "poll", "-c", str(cfg)])
-    assert polled.exit_code == 0, polled.output
-    assert "support: 3 fetched" in polled.output
-    listed = {r["subject"]: r["id"] for r in json.loads(
-        run(["inbox", "-c", str(cfg), "--format", "json"]).stdout)}
+    cfg, rows = _polled(tmp_path, mailbox, 3)
+    listed = {subject: row["id"] for subject, row in rows.items()}
     assert set(listed) == {"a comment in depth", "café", "After the comments"}
     to = run(["inbox", "show", str(listed["a comment in depth"]), "-c", str(cfg)])
     assert to.exit_code == 0 and "  hi" in to.stdout, to.output  # its text is shown
