@@ -25,8 +25,9 @@ MIN_RATE = 64 * 1024
 class DeadlineExceeded(TimeoutError):
     """A command's reply (or the sending of its data) did not complete within its budget.
 
-    A TimeoutError, so that code catching timeouts catches it; :func:`network_error`
-    words it as ``RCPT: no complete reply within 30s`` (kind ``timeout``).
+    A TimeoutError, so that code catching timeouts catches it;
+    :func:`mailsync.netio.network_error` words it as ``RCPT: no complete reply within
+    30s`` (kind ``timeout``).
     """
 
     def __init__(self, what: str, budget: float, *, sending: bool = False) -> None:
